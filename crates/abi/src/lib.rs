@@ -1,0 +1,56 @@
+//! Byte-exact wire formats of the three interfaces ballast implements, and of the VMBus
+//! packets and rings that carry Dynamic Memory.
+//!
+//! `ballast-abi` turns bytes into typed values and back. It keeps no state and does no
+//! I/O, so every other crate (the hypervisor core, the Dynamic Memory endpoints, the
+//! fuzz targets) shares one definition of every bit.
+//!
+//! | module | interface | follows |
+//! |---|---|---|
+//! | [`hv`] | Hyper-V partition memory-pool and lifecycle hypercalls | seeds 000, 001, 004; reference `hv-pool.md` §1-3, §6 |
+//! | [`xen`] | Xen `memory_op` (XENMEM_*) | seed 002; reference `xen-memop.md` §2-3 (x86_64 layouts) |
+//! | [`dm`] | Hyper-V Dynamic Memory messages | seed 003 (`hv-balloon` protocol header); reference `dm-protocol.md` §3 |
+//! | [`vmbus`] | VMBus packet descriptors and ring control pages | Linux `drivers/hv/ring_buffer.c`; reference `dm-protocol.md` §2 |
+//!
+//! # Conventions
+//! - Every wire struct is `#[repr(C)]`, derives the zerocopy traits and has its size
+//!   asserted at compile time. Reserved fields are spelled out, never left as implicit
+//!   padding, so a struct reads top to bottom like the table it comes from.
+//! - Codes are open enums (newtypes over the wire integer): an unknown value stays
+//!   representable and is rejected by whoever interprets it, not by the decoder.
+//! - Every decoder is total: arbitrary bytes give an error value, never a panic.
+//! - The Hyper-V and Xen structs are the x86_64 in-memory ABIs and use native integers, as
+//!   the C headers do; the Dynamic Memory and VMBus formats are packed, unaligned
+//!   little-endian byte streams and use zerocopy's little-endian types, so they can be
+//!   read in place from any offset of a ring.
+//!
+//! # Deliberate deviations
+//! - [`dm::Message::parse`] takes a message's length from `hdr.size`, not from the VMBus
+//!   payload length, because VMBus pads payloads to 8 bytes; `hdr.size` beyond the bytes
+//!   given is an error. QEMU uses the payload length and ignores `hdr.size`.
+//! - [`hv::HvCreateVp`] is the seed's 32-byte form; the 40-byte form Linux's mshv driver
+//!   writes is [`hv::HvCreateVpV2`]. The bytes cannot tell them apart, so the host picks.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!(
+    "ballast-abi describes little-endian x86_64 ABIs; big-endian hosts are not supported"
+);
+
+pub mod dm;
+pub mod hv;
+pub mod vmbus;
+pub mod xen;
+
+/// Size of a Hyper-V / Xen / x86 page, in bytes.
+pub const PAGE_SIZE: usize = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
