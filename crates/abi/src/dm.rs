@@ -9,7 +9,10 @@
 //! Decoding is lenient where the real peers are lenient and strict where a lie could cost
 //! memory: reserved bits and `trans_id` are not checked (neither QEMU nor Linux checks
 //! them), but `hdr.size` must cover the message's fixed part and every range its count
-//! claims, and must not run past the bytes received.
+//! claims, and must not run past the bytes received. The info message's `info_size` is
+//! ignored, as Linux ignores it. Encoding refuses anything beyond one 4 KiB receive buffer
+//! ([`MAX_MESSAGE_SIZE`]); decoding accepts what `hdr.size` can say, and leaves the limit
+//! to the transport.
 //!
 //! Two layouts that look alike and are not: in [`wire::DmBalloonResponse`] the word at
 //! +12 holds `more_pages` in bit 0 and `range_count` in bits 31:1, while
@@ -273,7 +276,8 @@ pub const MAX_HOT_REMOVE_RANGES_PER_MESSAGE: usize = (MAX_MESSAGE_SIZE - 24) / 8
 /// The largest balloon request a host should send: Windows guests stop honouring larger
 /// ones (QEMU hv-balloon's cap, `dm-protocol.md` §9 item 12).
 pub const MAX_BALLOON_REQUEST_PAGES: u32 = 585_728;
-/// `hdr.size` is a u16.
+/// The largest `hdr.size` (a u16); [`Message::parse`] accepts up to this, while
+/// [`Message::write`] keeps to [`MAX_MESSAGE_SIZE`].
 pub const MAX_ENCODED_SIZE: usize = u16::MAX as usize;
 
 pub mod wire {
@@ -788,9 +792,9 @@ pub enum DecodeError {
         /// `hdr.size`.
         size: u16,
     },
-    /// `info_size` runs past `hdr.size`, or is too small for a `dm_info_header`.
+    /// `hdr.size` leaves no room for a `dm_info_header` after the fixed part.
     #[error(
-        "DM_INFO_MESSAGE: info_size {info_size} does not fit a dm_info_header within hdr.size {size}"
+        "DM_INFO_MESSAGE: hdr.size {size} leaves no room for a dm_info_header (info_size says {info_size})"
     )]
     InfoSize {
         /// `info_size`.
@@ -798,15 +802,15 @@ pub enum DecodeError {
         /// `hdr.size`.
         size: u16,
     },
-    /// `data_size` runs past the info blob.
+    /// `data_size` runs past the message.
     #[error(
-        "DM_INFO_MESSAGE: data_size {data_size} exceeds info_size {info_size} less the 8-byte dm_info_header"
+        "DM_INFO_MESSAGE: data_size {data_size} exceeds the {available} bytes after the dm_info_header"
     )]
     InfoDataSize {
         /// `data_size`.
         data_size: u32,
-        /// `info_size`.
-        info_size: u32,
+        /// Bytes of the message after the info header.
+        available: usize,
     },
 }
 
@@ -823,8 +827,9 @@ pub enum EncodeError {
         /// Bytes available.
         available: usize,
     },
-    /// The message would exceed the 65535 bytes `hdr.size` can express.
-    #[error("{ty}: {size} bytes exceed what hdr.size can express")]
+    /// The message would not fit the peer's 4 KiB receive buffer ([`MAX_MESSAGE_SIZE`]):
+    /// Linux reads every message into one page, and a longer packet stalls its ring.
+    #[error("{ty}: {size} bytes exceed the {MAX_MESSAGE_SIZE}-byte receive buffer")]
     TooLarge {
         /// Message type.
         ty: MessageType,
@@ -969,20 +974,19 @@ impl<'a> Message<'a> {
                 }
             }
             MessageType::INFO_MESSAGE => {
+                // Linux reads the dm_info_header right after the 16-byte fixed part and
+                // never looks at info_size, so neither does this decoder: the blob is the
+                // rest of the message, bounded by hdr.size.
                 let info_size = read::<DmInfoMsg>(msg).info_size.get();
-                let info_err = DecodeError::InfoSize { info_size, size };
-                let blob = usize::try_from(info_size)
-                    .ok()
-                    .and_then(|n| msg.get(fixed..fixed.checked_add(n)?))
-                    .ok_or(info_err)?;
-                let (ih, rest) = DmInfoHeader::ref_from_prefix(blob).map_err(|_| info_err)?;
+                let (ih, rest) = DmInfoHeader::ref_from_prefix(&msg[fixed..])
+                    .map_err(|_| DecodeError::InfoSize { info_size, size })?;
                 let data_size = ih.data_size.get();
                 let data = usize::try_from(data_size)
                     .ok()
                     .and_then(|n| rest.get(..n))
                     .ok_or(DecodeError::InfoDataSize {
                         data_size,
-                        info_size,
+                        available: rest.len(),
                     })?;
                 Body::Info {
                     info_type: InfoType(ih.ty.get()),
@@ -1034,7 +1038,7 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The bytes [`write`](Self::write) produces (may exceed [`MAX_ENCODED_SIZE`], in
+    /// The bytes [`write`](Self::write) produces (may exceed [`MAX_MESSAGE_SIZE`], in
     /// which case `write` refuses).
     pub const fn encoded_len(&self) -> usize {
         let fixed = match self.message_type().fixed_size() {
@@ -1058,7 +1062,7 @@ impl<'a> Message<'a> {
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let ty = self.message_type();
         let len = self.encoded_len();
-        if len > MAX_ENCODED_SIZE {
+        if len > MAX_MESSAGE_SIZE {
             return Err(EncodeError::TooLarge { ty, size: len });
         }
         let available = buf.len();
@@ -1072,7 +1076,7 @@ impl<'a> Message<'a> {
             size: U16::new(len as u16),
             trans_id: U32::new(self.trans_id),
         };
-        // Ranges are at most (65535 - 16) / 8, so their count fits every count field.
+        // Ranges are at most (4096 - 16) / 8, so their count fits every count field.
         let put_ranges = |out: &mut [u8], at: usize, ranges: &[PageRange]| {
             out[at..].copy_from_slice(ranges.as_bytes());
         };
@@ -1184,7 +1188,7 @@ impl<'a> Message<'a> {
                 .as_bytes(),
             ),
             Body::Info { info_type, data } => {
-                // `len` <= 65535 was checked, so both sizes fit in a u32.
+                // `len` <= 4096 was checked, so both sizes fit in a u32.
                 out[..16].copy_from_slice(
                     DmInfoMsg {
                         hdr,

@@ -11,7 +11,9 @@
 //!   the call's input struct. It never applies a per-call check such as a bad proximity
 //!   domain: those come after the privilege check in each call's own order, which needs
 //!   partition state this crate does not have.
-//! - G5 (where the input and output lists sit in guest memory) is [`check_param_gpa`].
+//! - G5 (where the input and output lists sit in guest memory) is [`check_param_gpa`] for
+//!   alignment and page crossing; whether a GPA lies inside the caller's GPA space, and
+//!   whether input and output overlap, only the dispatcher can tell.
 //!
 //! Layout generations: the seeds document the TLFS 2.0 forms (16-byte HvCreatePartition,
 //! 32-byte HvCreateVp); today's Linux mshv root writes 56- and 40-byte forms. The bytes do
@@ -74,7 +76,9 @@ pub struct CallInfo {
     pub name: &'static str,
     /// Simple or rep.
     pub class: CallClass,
-    /// The TLFS marks the call `[fast]`: its input may be passed in registers.
+    /// The TLFS 2.0 tables mark the call `[fast]`. Informational: like the current TLFS,
+    /// [`check_control`] lets any call be fast whose input fits the registers and that has
+    /// no output.
     pub fast_capable: bool,
     /// Size of the fixed input header in bytes.
     pub input_size: usize,
@@ -492,12 +496,13 @@ impl Control {
         HypercallCode(self.code())
     }
 
-    /// A control word for `code` with `rep_count` elements starting at `rep_start`.
+    /// A control word for `code` with `rep_count` elements starting at `rep_start`. Both
+    /// are 12-bit fields: higher bits are dropped.
     pub const fn for_call(code: HypercallCode, rep_count: u16, rep_start: u16) -> Self {
         Self::new()
             .with_code(code.0)
-            .with_rep_count(rep_count)
-            .with_rep_start(rep_start)
+            .with_rep_count(rep_count & Self::MAX_REP_COUNT)
+            .with_rep_start(rep_start & Self::MAX_REP_COUNT)
     }
 }
 
@@ -517,16 +522,18 @@ pub struct HypercallOutput {
 }
 
 impl HypercallOutput {
-    /// A successful result that completed `reps` elements.
+    /// A successful result that completed `reps` elements (a 12-bit field: higher bits
+    /// are dropped; a rep count cannot exceed it).
     pub const fn success(reps: u16) -> Self {
-        Self::new().with_reps_completed(reps)
+        Self::new().with_reps_completed(reps & Control::MAX_REP_COUNT)
     }
 
-    /// A failed result after `reps` completed elements.
+    /// A failed result after `reps` completed elements (12 bits, as for
+    /// [`success`](Self::success)).
     pub const fn error(error: HvError, reps: u16) -> Self {
         Self::new()
             .with_call_status(error.status().0)
-            .with_reps_completed(reps)
+            .with_reps_completed(reps & Control::MAX_REP_COUNT)
     }
 
     /// The status as a typed value.
@@ -619,7 +626,9 @@ impl HvProximityDomainInfo {
         }
     }
 
-    /// Interprets the structure against a host with `node_count` proximity domains.
+    /// Interprets the structure against a host with `node_count` proximity domains, whose
+    /// ids are `0..node_count` (ballast numbers its nodes so; a host with sparse ACPI
+    /// proximity ids maps them before calling).
     ///
     /// Reserved flag bits are an error whatever the valid bit says; a valid id at or
     /// beyond `node_count` is an error; with the valid bit clear the id and the preferred

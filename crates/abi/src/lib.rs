@@ -24,6 +24,46 @@
 //!   little-endian byte streams and use zerocopy's little-endian types, so they can be
 //!   read in place from any offset of a ring.
 //!
+//! # Examples
+//!
+//! A Linux root's fast HvInitializePartition, through the generic checks:
+//!
+//! ```
+//! use ballast_abi::hv::{DecodeOptions, HvCall, HvError, decode};
+//!
+//! let rdx = 7u64.to_le_bytes();
+//! let d = decode(0x0001_0041, &rdx, DecodeOptions::default()).unwrap();
+//! assert!(matches!(d.call, HvCall::InitializePartition(i) if i.partition_id == 7));
+//! // A reserved control bit is refused before the input is looked at.
+//! let e = decode(0x0001_0041 | 1 << 63, &[], DecodeOptions::default()).unwrap_err();
+//! assert_eq!(e, HvError::INVALID_HYPERCALL_INPUT);
+//! ```
+//!
+//! A Xen `memory_op` command word resuming `populate_physmap` at extent 5:
+//!
+//! ```
+//! use ballast_abi::xen::{MemoryOp, MemoryOpCmd};
+//!
+//! let cmd = MemoryOpCmd::decode(0x146);
+//! assert_eq!((cmd.op, cmd.start_extent), (MemoryOp::POPULATE_PHYSMAP, 5));
+//! ```
+//!
+//! A Dynamic Memory balloon response inside a VMBus in-band packet:
+//!
+//! ```
+//! use ballast_abi::dm::{Body, Message, PageRange};
+//! use ballast_abi::vmbus::{Packet, write_inband};
+//!
+//! let ranges = [PageRange::try_new(0x12345, 512).unwrap()];
+//! let msg = Message::new(5, Body::BalloonResponse { more_pages: false, ranges: &ranges });
+//! let mut dm = [0u8; 64];
+//! let n = msg.write(&mut dm).unwrap();
+//! let mut pkt = [0u8; 128];
+//! let len = write_inband(&mut pkt, &dm[..n], 0, 0).unwrap();
+//! let payload = Packet::parse(&pkt[..len]).unwrap().payload;
+//! assert_eq!(Message::parse(payload).unwrap(), msg);
+//! ```
+//!
 //! # Deliberate deviations
 //! - [`dm::Message::parse`] takes a message's length from `hdr.size`, not from the VMBus
 //!   payload length, because VMBus pads payloads to 8 bytes; `hdr.size` beyond the bytes

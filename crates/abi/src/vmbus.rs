@@ -19,14 +19,18 @@
 //!
 //! # Reading a packet out of a ring
 //! 1. [`bytes_available_to_read`] checks the peer's indices and says how much is queued.
-//! 2. Copy [`DESCRIPTOR_LEN`] bytes out of the ring, [`PacketDescriptor::peek`] them and
-//!    [`PacketDescriptor::validate`] the result; [`PacketDescriptor::ring_len`] is the number
-//!    of bytes the packet occupies, trailer included.
+//! 2. Copy [`DESCRIPTOR_LEN`] bytes out of the ring, [`PacketDescriptor::peek`] them,
+//!    [`PacketDescriptor::validate`] the result and [`PacketDescriptor::check_queued`] it
+//!    against the bytes queued; [`PacketDescriptor::ring_len`] is the number of bytes the
+//!    packet occupies, trailer included.
 //! 3. Copy that many bytes out (see [`wrap_ranges`]) and decode the copy with
 //!    [`Packet::parse_with_trailer`]. The copy is decoded again rather than trusting the
 //!    descriptor from step 2, because the peer can rewrite shared memory between the two
 //!    reads; only the copy is stable.
 //! 4. Advance `read_index` by [`Packet::total_len`] with [`advance_index`].
+//!
+//! A packet that fails any step cannot be skipped safely (its length is the thing in
+//! doubt), so the channel must be reset; that is what the ring endpoints do.
 //!
 //! # Deliberate deviations
 //! - Linux (`hv_pkt_iter_first`) repairs a descriptor whose offset or length is out of range
@@ -181,6 +185,20 @@ impl PacketDescriptor {
         Ok(())
     }
 
+    /// Checks that the whole packet, trailer included, is among the `readable` bytes the
+    /// ring holds ([`bytes_available_to_read`]). A peer that writes a longer `len8` than it
+    /// queued would otherwise make the reader take stale bytes as a packet and move
+    /// `read_index` past `write_index`.
+    pub const fn check_queued(&self, readable: u32) -> Result<(), PacketError> {
+        if self.ring_len() > readable as usize {
+            return Err(PacketError::BeyondQueued {
+                ring_len: self.ring_len(),
+                readable,
+            });
+        }
+        Ok(())
+    }
+
     /// The packet type.
     pub const fn ty(&self) -> PacketType {
         PacketType(self.packet_type.get())
@@ -234,6 +252,14 @@ pub enum PacketError {
         offset8: u16,
         /// The descriptor's `len8`.
         len8: u16,
+    },
+    /// The packet and its trailer run past the bytes queued in the ring.
+    #[error("packet occupies {ring_len} ring bytes but only {readable} are queued")]
+    BeyondQueued {
+        /// Bytes the descriptor says the packet occupies, trailer included.
+        ring_len: usize,
+        /// Bytes queued.
+        readable: u32,
     },
     /// The packet (and trailer, when one is expected) runs past the bytes given.
     #[error("packet needs {needed} bytes but only {available} are available")]
@@ -432,12 +458,14 @@ pub struct RingControl {
     /// Non-zero while the consumer is draining the ring and needs no signal for new data.
     pub interrupt_mask: U32,
     /// Bytes the producer is waiting to write; 0 when it is not blocked. The consumer
-    /// signals once that much space is free, if the producer advertised
+    /// signals once that much space is free, if the ring's `feature_bits` carry
     /// [`FEAT_PENDING_SEND_SZ`].
     pub pending_send_sz: U32,
     /// Reserved.
     pub reserved1: [U32; 12],
-    /// [`RingFeatureBits`], set by the ring's producer.
+    /// [`RingFeatureBits`]. Linux's `hv_ringbuffer_init` sets `feat_pending_send_sz` on
+    /// every ring it sets up, in both directions; the consumer of a ring reads it before
+    /// honouring that ring's `pending_send_sz`.
     pub feature_bits: U32,
     /// Pads the control page so the data area starts on a page boundary.
     pub reserved2: [u8; RING_CONTROL_SIZE - FEATURE_BITS_OFFSET - 4],
@@ -491,9 +519,10 @@ impl fmt::Debug for RingControl {
 #[bitfield(u32)]
 #[derive(PartialEq, Eq)]
 pub struct RingFeatureBits {
-    /// Linux `feat_pending_send_sz`: the side that sets it on its outgoing ring writes
-    /// `pending_send_sz` there when blocked, and signals the peer when it frees enough space
-    /// in the peer's outgoing ring. A side that does not set it must poll a full ring.
+    /// Linux `feat_pending_send_sz`: the ring supports `pending_send_sz` signalling. A
+    /// blocked producer writes the space it needs into `pending_send_sz`; the ring's
+    /// consumer, seeing this bit, signals the producer once it has freed that much. Without
+    /// it a producer must poll a full ring.
     pub pending_send_sz: bool,
     #[bits(31)]
     __: u32,
@@ -540,6 +569,14 @@ pub enum RingError {
     ReadIndexMisaligned {
         /// The read index.
         read_index: u32,
+    },
+    /// An [`advance_index`] step that is not a multiple of 8 or not below the data size.
+    #[error("cannot advance by {by} bytes in a {data_size}-byte data area")]
+    AdvanceInvalid {
+        /// The step.
+        by: u32,
+        /// The data area size.
+        data_size: u32,
     },
     /// An offset passed to [`advance_index`] or [`wrap_ranges`] lies outside the data area.
     #[error("offset {offset} is outside the {data_size}-byte data area")]
@@ -667,11 +704,16 @@ pub const fn has_room_for(
 
 /// The index `by` bytes past `offset`, wrapping at the end of the data area: where
 /// `write_index` or `read_index` moves after a packet of [`Packet::total_len`] bytes.
+///
+/// `by` must be a multiple of 8 and below `data_size` (a ring is never completely full, so
+/// no index ever moves by a whole lap); anything else is a length no honest peer wrote.
 pub const fn advance_index(offset: u32, by: u32, data_size: u32) -> Result<u32, RingError> {
     if let Err(e) = check_offset(offset, data_size) {
         return Err(e);
     }
-    let by = by % data_size;
+    if by >= data_size || by % ALIGN32 != 0 {
+        return Err(RingError::AdvanceInvalid { by, data_size });
+    }
     // `offset < data_size`, so `room > 0`, and `by < data_size` keeps every step in range.
     let room = data_size - offset;
     Ok(if by >= room { by - room } else { offset + by })
@@ -1291,8 +1333,27 @@ mod tests {
         assert_eq!(advance_index(0, 40, 4096), Ok(40));
         assert_eq!(advance_index(4088, 8, 4096), Ok(0));
         assert_eq!(advance_index(4080, 40, 4096), Ok(24));
-        assert_eq!(advance_index(8, u32::MAX - 7, 4096), Ok(0));
-        assert_eq!(advance_index(8, u32::MAX, 4096), Ok(7));
+        assert_eq!(
+            advance_index(8, u32::MAX - 7, 4096),
+            Err(RingError::AdvanceInvalid {
+                by: u32::MAX - 7,
+                data_size: 4096
+            })
+        );
+        assert_eq!(
+            advance_index(8, 4096, 4096),
+            Err(RingError::AdvanceInvalid {
+                by: 4096,
+                data_size: 4096
+            })
+        );
+        assert_eq!(
+            advance_index(8, 12, 4096),
+            Err(RingError::AdvanceInvalid {
+                by: 12,
+                data_size: 4096
+            })
+        );
         assert_eq!(wrap_ranges(0, 40, 4096), Ok((0..40, 0..0)));
         assert_eq!(wrap_ranges(4080, 16, 4096), Ok((4080..4096, 0..0)));
         assert_eq!(wrap_ranges(4080, 40, 4096), Ok((4080..4096, 0..24)));

@@ -120,6 +120,34 @@ fn t2_version_reject() {
 }
 
 #[test]
+fn t2_follow_up_and_linux_fallback_requests() {
+    golden(
+        &hex("01 00 10 00 02 00 00 00 00 00 02 00 00 00 00 00"),
+        Message::new(
+            2,
+            Body::VersionRequest {
+                version: Version::V2_0,
+                is_last_attempt: false,
+            },
+        ),
+    );
+    // §4.1: Linux's legacy fallback offers 1.0 next.
+    golden(
+        &hex("01 00 10 00 02 00 00 00 00 00 01 00 00 00 00 00"),
+        Message::new(
+            2,
+            Body::VersionRequest {
+                version: Version::V1_0,
+                is_last_attempt: false,
+            },
+        ),
+    );
+    // §3.3 byte forms.
+    assert_eq!(Version::V0_3.as_bytes(), &[3, 0, 0, 0]);
+    assert_eq!(Version::V1_0.as_bytes(), &[0, 0, 1, 0]);
+}
+
+#[test]
 fn t3_oldest_version_last_attempt() {
     golden(
         &hex("01 00 10 00 03 00 00 00 03 00 00 00 01 00 00 00"),
@@ -420,6 +448,62 @@ fn t19_hot_add_results() {
 }
 
 #[test]
+fn t20_hot_add_over_report() {
+    golden(
+        &hex("0b 00 10 00 0c 00 00 00 40 9c 00 00 01 00 00 00"),
+        Message::new(
+            12,
+            Body::HotAddResponse {
+                page_count: 40_000,
+                result: 1,
+            },
+        ),
+    );
+}
+
+#[test]
+fn t21_caps_alignment_11() {
+    let caps = Caps::new()
+        .with_balloon(true)
+        .with_hot_add(true)
+        .with_hot_add_alignment(11);
+    assert_eq!(caps.to_u64(), 0x2f);
+    let mut bytes = hex("03 00 20 00 02 00 00 00 2f 00 00 00 00 00 00 00");
+    bytes.extend_from_slice(&[0; 8]);
+    bytes.extend_from_slice(&[0xff; 8]);
+    golden(
+        &bytes,
+        Message::new(
+            2,
+            Body::CapabilitiesReport {
+                caps,
+                min_page_cnt: 0,
+                max_page_number: u64::MAX,
+            },
+        ),
+    );
+    assert_eq!(caps.hot_add_alignment_pages(), 524_288);
+}
+
+#[test]
+fn t12_duplicate_ranges_are_kept() {
+    // The codec reports what the guest sent; counting a page once is the host's job.
+    let r = [range(0x12345, 512), range(0x12345, 512)];
+    let m = Message::new(
+        6,
+        Body::BalloonResponse {
+            more_pages: false,
+            ranges: &r,
+        },
+    );
+    let bytes = m.to_bytes().unwrap();
+    let Body::BalloonResponse { ranges, .. } = Message::parse(&bytes).unwrap().body else {
+        panic!()
+    };
+    assert_eq!(ranges, &r);
+}
+
+#[test]
 fn t22_status_report() {
     let mut v = hex("05 00 30 00 09 00 00 00 00 00 04 00 00 00 00 00 00 00 02 00 00 00 00 00");
     v.extend_from_slice(&[0; 24]);
@@ -463,30 +547,31 @@ fn t23_info_max_page_count() {
     let m = Message::parse(&odd).unwrap();
     assert_eq!(m.body.max_page_count(), None);
     assert!(matches!(m.body, Body::Info { data, .. } if data.len() == 4));
-    // data_size beyond the blob, and info_size beyond the message.
+    // data_size beyond the message.
     odd[20] = 9;
     assert_eq!(
         Message::parse(&odd),
         Err(DecodeError::InfoDataSize {
             data_size: 9,
-            info_size: 16
+            available: 8
         })
     );
-    let mut big = bytes.clone();
-    big[12] = 0x11;
+    // info_size is not looked at, as Linux does not look at it.
+    for info_size in [0u8, 4, 0x11, 0xFF] {
+        let mut other = bytes.clone();
+        other[12] = info_size;
+        assert_eq!(
+            Message::parse(&other).unwrap().body.max_page_count(),
+            Some(524_288)
+        );
+    }
+    // No room for the info header.
+    let short = hex("0c 00 14 00 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 00");
     assert_eq!(
-        Message::parse(&big),
+        Message::parse(&short),
         Err(DecodeError::InfoSize {
-            info_size: 17,
-            size: 32
-        })
-    );
-    big[12] = 4;
-    assert_eq!(
-        Message::parse(&big),
-        Err(DecodeError::InfoSize {
-            info_size: 4,
-            size: 32
+            info_size: 16,
+            size: 20
         })
     );
 }
@@ -572,7 +657,8 @@ fn encode_errors() {
             available: 15
         })
     );
-    let ranges = std::vec![range(0, 1); 8190];
+    // 511 ranges would not fit a 4 KiB receive buffer; 510 do.
+    let ranges = std::vec![range(0, 1); 511];
     let m = Message::new(
         0,
         Body::BalloonResponse {
@@ -584,18 +670,33 @@ fn encode_errors() {
         m.to_bytes(),
         Err(EncodeError::TooLarge {
             ty: MessageType::BALLOON_RESPONSE,
-            size: 65536
+            size: 4104
         })
     );
-    let ranges = &ranges[..8189];
     let m = Message::new(
         0,
-        Body::BalloonResponse {
+        Body::UnballoonRequest {
             more_pages: false,
-            ranges,
+            ranges: &ranges[..510],
         },
     );
     assert_eq!(Message::parse(&m.to_bytes().unwrap()).unwrap(), m);
+    let m = Message::new(
+        0,
+        Body::HotRemoveResponse {
+            result: 0,
+            more_pages: false,
+            ranges: &ranges[..510],
+        },
+    );
+    assert!(m.to_bytes().is_err());
+    // Decoding is not limited to 4 KiB: an 8189-range message (hdr.size 65528) parses.
+    let mut big = hex("07 00 f8 ff 00 00 00 00 00 00 00 00 fa 3f 00 00");
+    big.resize(65528, 0x11);
+    let Body::BalloonResponse { ranges, .. } = Message::parse(&big).unwrap().body else {
+        panic!()
+    };
+    assert_eq!(ranges.len(), 8189);
 }
 
 #[test]
@@ -698,7 +799,10 @@ fn owned() -> impl Strategy<Value = Owned> {
         0u8..=14,
         any::<(u64, u64, u64)>(),
         any::<[bool; 3]>(),
-        proptest::collection::vec(any::<u64>().prop_map(PageRange::from_u64), 0..600),
+        proptest::collection::vec(
+            any::<u64>().prop_map(PageRange::from_u64),
+            0..=MAX_HOT_REMOVE_RANGES_PER_MESSAGE,
+        ),
         proptest::collection::vec(any::<u8>(), 0..64),
     )
         .prop_map(|(trans_id, kind, (a, b, c), flags, ranges, data)| Owned {

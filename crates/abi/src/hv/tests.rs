@@ -444,6 +444,23 @@ proptest! {
         }
     }
 
+    /// Arbitrary control words on the served codes, so every later stage is reached.
+    #[test]
+    fn decode_is_total_on_served_codes(
+        code in prop::sample::select(&[0x40u16, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F][..]),
+        high in any::<u64>(),
+        len in 0usize..33_000,
+        fill in any::<u8>(),
+    ) {
+        let control = (high & !0xFFFF) | code as u64;
+        let input = std::vec![fill; len];
+        for layout in [InputLayout::Tlfs2, InputLayout::Current] {
+            for xmm in [false, true] {
+                let _ = decode(control, &input, DecodeOptions { layout, xmm_fast_input: xmm });
+            }
+        }
+    }
+
     #[test]
     fn decode_accepts_what_it_should(
         code in prop::sample::select(&[0x40u16, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F][..]),
@@ -459,8 +476,8 @@ proptest! {
         let d = decode(ctl(code, reps, start), &input, OPTS).unwrap();
         prop_assert_eq!(d.control.rep_count(), reps);
         prop_assert_eq!(d.info, info);
-        if reps > 0 {
-            // One byte short of the list is an input the caller could not supply.
+        if !input.is_empty() {
+            // One byte short of the input is an input the caller could not supply.
             prop_assert_eq!(
                 decode(ctl(code, reps, start), &input[..input.len() - 1], OPTS).unwrap_err(),
                 HvError::INVALID_HYPERCALL_INPUT
