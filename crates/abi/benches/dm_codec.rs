@@ -10,24 +10,10 @@
 //! per message and the ratio ballast / baseline (1.0 = as fast as touching the bytes).
 
 use std::hint::black_box;
-use std::time::Instant;
+
+use ballast_benchkit::median_ns;
 
 use ballast_abi::dm::{Body, MAX_RANGES_PER_MESSAGE, Message, PageRange};
-
-/// Median ns per call of `f` over `samples` samples of `iters` calls each.
-fn median_ns(samples: usize, iters: u32, mut f: impl FnMut()) -> f64 {
-    let mut v: Vec<f64> = (0..samples)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// What a host must check of each returned range before trusting it: a non-empty count
 /// and a run that stays inside guest memory. Returns the pages, or `None` on a bad range.
@@ -44,11 +30,8 @@ fn validate(ranges: &[PageRange], guest_pages: u64) -> Option<u64> {
 }
 
 fn report(name: &str, ours: f64, base: f64, ranges: usize) {
-    println!(
-        "{name:<28} {ours:>9.1} ns/msg {:>8.1} M ranges/s | baseline {base:>7.1} ns/msg | ratio {:>5.2}",
-        ranges as f64 / ours * 1e3,
-        ours / base
-    );
+    ballast_benchkit::report(name, "ns/msg", ours, "4 KiB copy", base);
+    println!("{:<40} {:>10.1} M ranges/s", "", ranges as f64 / ours * 1e3);
 }
 
 fn main() {

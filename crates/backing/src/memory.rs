@@ -1,0 +1,554 @@
+//! One partition's guest memory: a memfd, mapped shared into this process.
+//!
+//! The bytes of gfn `g` live at offset `g * 4096` of the memfd. The file is sparse: it has
+//! a size (the guest's physical address space so far) but only touched pages use memory.
+//! The mapping sits at the start of a virtual address reservation as large as the guest
+//! may ever grow, so a hot-add extends it in place and the base pointer a VMM gave to KVM
+//! never moves.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{FallocateFlags, MemfdFlags, SeekFrom};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::ranges::{GfnRange, merge, subtract};
+use crate::{BackingError, GFN_SIZE};
+
+/// The page size the memfd is backed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PageSize {
+    /// Ordinary shmem pages (4 KiB).
+    #[default]
+    Base,
+    /// hugetlbfs 2 MiB pages (`MFD_HUGETLB | MFD_HUGE_2MB`); needs pages reserved in
+    /// `/proc/sys/vm/nr_hugepages`.
+    Huge2M,
+}
+
+impl PageSize {
+    /// Bytes per page.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Base => 4096,
+            PageSize::Huge2M => 2 << 20,
+        }
+    }
+
+    /// Gfns per page.
+    pub const fn gfns(self) -> u64 {
+        self.bytes() / GFN_SIZE
+    }
+}
+
+/// What a discard did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiscardStats {
+    /// Ranges the caller passed.
+    pub ranges_in: usize,
+    /// Hole-punching syscalls made (one per merged range).
+    pub syscalls: usize,
+    /// Bytes punched out.
+    pub bytes_released: u64,
+    /// Bytes zeroed in place instead (partial huge pages), which stay resident.
+    pub bytes_zeroed: u64,
+}
+
+/// The result of an audit: resident memory that no mapped gfn explains.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditReport {
+    /// Resident gfn ranges of the memfd.
+    pub resident: Vec<GfnRange>,
+    /// Resident ranges outside every mapped gfn: memory the partition holds but does not
+    /// own, such as a guest touching pages it ballooned away.
+    pub violations: Vec<GfnRange>,
+}
+
+impl AuditReport {
+    /// Gfns in violation.
+    pub fn violating_gfns(&self) -> u64 {
+        self.violations.iter().map(|r| r.count).sum()
+    }
+}
+
+/// A partition's guest memory.
+#[derive(Debug)]
+pub struct PartitionMemory {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    reserved: usize,
+    size: u64,
+    page_size: PageSize,
+}
+
+// SAFETY: the struct owns the memfd and the mapping; every method either makes syscalls on
+// them or copies bytes through the mapping, and shared guest memory is meant to be reached
+// from several threads (the bytes may change under a reader, which only ever copies them).
+unsafe impl Send for PartitionMemory {}
+// SAFETY: as for Send: no method hands out references into the mapping.
+unsafe impl Sync for PartitionMemory {}
+
+fn check_multiple(what: &'static str, value: u64, page: PageSize) -> Result<(), BackingError> {
+    if value % page.bytes() != 0 {
+        return Err(BackingError::Unaligned {
+            what,
+            value,
+            page_bytes: page.bytes(),
+        });
+    }
+    Ok(())
+}
+
+impl PartitionMemory {
+    /// A memfd named `name` of `size` bytes, in a reservation of `max_size` bytes of
+    /// address space. Both must be multiples of the page size.
+    pub fn new(
+        name: &str,
+        size: u64,
+        max_size: u64,
+        page_size: PageSize,
+    ) -> Result<Self, BackingError> {
+        check_multiple("size", size, page_size)?;
+        check_multiple("max_size", max_size, page_size)?;
+        if size > max_size {
+            return Err(BackingError::TooLarge { size, max_size });
+        }
+        let reserved = usize::try_from(max_size)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(BackingError::TooLarge { size, max_size })?;
+        let flags = match page_size {
+            PageSize::Base => MemfdFlags::CLOEXEC,
+            PageSize::Huge2M => MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
+        };
+        let fd = rustix::fs::memfd_create(name, flags).map_err(|e| match (page_size, e) {
+            (PageSize::Huge2M, Errno::INVAL | Errno::NOENT | Errno::NOSYS) => {
+                BackingError::NoHugePages(e)
+            }
+            _ => BackingError::Syscall("memfd_create", e),
+        })?;
+        rustix::fs::ftruncate(&fd, size).map_err(|e| BackingError::Syscall("ftruncate", e))?;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks, with no
+        // access: it only reserves address space and aliases nothing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                reserved.get(),
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| BackingError::Syscall("mmap (reserve)", e))?;
+        let mem = PartitionMemory {
+            fd,
+            base: NonNull::new(base.cast()).expect("mmap never returns null on success"),
+            reserved: reserved.get(),
+            size: 0,
+            page_size,
+        };
+        let mut mem = mem;
+        mem.map_range(0, size)?;
+        mem.size = size;
+        Ok(mem)
+    }
+
+    /// Maps `[from, to)` of the file over the same part of the reservation.
+    fn map_range(&mut self, from: u64, to: u64) -> Result<(), BackingError> {
+        if to == from {
+            return Ok(());
+        }
+        // `to <= reserved` was checked by every caller, so both fit in usize.
+        let (off, len) = (from as usize, (to - from) as usize);
+        // SAFETY: `[base + off, base + off + len)` lies inside the reservation this struct
+        // owns (to <= max_size), which holds nothing that anyone references: MAP_FIXED
+        // replaces only our own PROT_NONE pages (or, on grow, pages past the old size).
+        unsafe {
+            rustix::mm::mmap(
+                self.base.as_ptr().add(off).cast(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &self.fd,
+                from,
+            )
+        }
+        .map_err(|e| BackingError::Syscall("mmap (memfd)", e))?;
+        Ok(())
+    }
+
+    /// Grows the guest space to `new_size` bytes (hot-add). Shrinking is not supported:
+    /// hot-removed memory is discarded, not truncated.
+    pub fn grow(&mut self, new_size: u64) -> Result<(), BackingError> {
+        check_multiple("new_size", new_size, self.page_size)?;
+        if new_size > self.reserved as u64 {
+            return Err(BackingError::TooLarge {
+                size: new_size,
+                max_size: self.reserved as u64,
+            });
+        }
+        if new_size <= self.size {
+            return Ok(());
+        }
+        rustix::fs::ftruncate(&self.fd, new_size)
+            .map_err(|e| BackingError::Syscall("ftruncate", e))?;
+        self.map_range(self.size, new_size)?;
+        self.size = new_size;
+        Ok(())
+    }
+
+    /// Bytes of guest physical space.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Gfns of guest physical space.
+    pub fn gfns(&self) -> u64 {
+        self.size / GFN_SIZE
+    }
+
+    /// The page size.
+    pub fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
+    /// The memfd, e.g. to share with another process or register with KVM.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Start of the mapping: gfn `g` is at `host_address() + g * 4096`.
+    pub fn host_address(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    fn check_span(&self, offset: u64, len: usize) -> Result<(), BackingError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(BackingError::OutOfRange {
+                offset,
+                len: len as u64,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Copies guest bytes at byte `offset` into `buf`.
+    ///
+    /// Reads through the file, not the mapping, so reading a hole returns zeros without
+    /// allocating a page for it.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackingError> {
+        self.check_span(offset, buf.len())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64)
+                .map_err(|e| BackingError::Syscall("pread", e))?;
+            if n == 0 {
+                // Inside the file size a short read only happens at EOF, which check_span
+                // excludes; treat it as zeros rather than loop forever.
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into guest memory at byte `offset`, as the guest writing there would.
+    pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), BackingError> {
+        self.check_span(offset, buf.len())?;
+        // SAFETY: `[offset, offset + len)` is inside the mapped size (checked above), the
+        // mapping is readable and writable for the life of `self`, and `buf` cannot overlap
+        // it: `buf` is a Rust slice, and no method hands out references into the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                self.base.as_ptr().add(offset as usize),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Releases the memory behind the given gfn ranges back to the host kernel, so they
+    /// read as zero and stop counting as resident.
+    ///
+    /// The ranges are sorted and merged first (overlaps and neighbours become one range),
+    /// then each merged range is one `fallocate(PUNCH_HOLE | KEEP_SIZE)`: on shmem and
+    /// hugetlbfs that frees the pages; `MADV_DONTNEED` would only drop this process's page
+    /// table entries and free nothing. Gfns beyond the guest space are ignored.
+    ///
+    /// With 2 MiB pages only whole huge pages can be freed. The kernel (6.2 and later)
+    /// zeroes the covered part of a partly covered huge page in place, which keeps the zero
+    /// guarantee while the page stays resident for its other gfns; those bytes are counted
+    /// as zeroed, not released.
+    pub fn discard(&self, ranges: &[GfnRange]) -> Result<DiscardStats, BackingError> {
+        let mut v = ranges.to_vec();
+        self.discard_in_place(&mut v)
+    }
+
+    /// [`discard`](Self::discard), reusing the caller's vector for the sort and merge.
+    pub fn discard_in_place(
+        &self,
+        ranges: &mut Vec<GfnRange>,
+    ) -> Result<DiscardStats, BackingError> {
+        let mut stats = DiscardStats {
+            ranges_in: ranges.len(),
+            ..Default::default()
+        };
+        let limit = self.gfns();
+        let per_page = self.page_size.gfns();
+        for r in merge(ranges).iter() {
+            let start = r.start.min(limit);
+            let end = r.end().min(limit);
+            if start >= end {
+                continue;
+            }
+            self.punch(start, end - start)?;
+            stats.syscalls += 1;
+            // Whole pages inside [start, end) are freed; partial pages at either edge are
+            // only zeroed.
+            let inner_start = start.div_ceil(per_page) * per_page;
+            let inner_end = (end / per_page) * per_page;
+            let released = inner_end.saturating_sub(inner_start);
+            stats.bytes_released += released * GFN_SIZE;
+            stats.bytes_zeroed += (end - start - released) * GFN_SIZE;
+        }
+        Ok(stats)
+    }
+
+    fn punch(&self, gfn: u64, count: u64) -> Result<(), BackingError> {
+        rustix::fs::fallocate(
+            &self.fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            gfn * GFN_SIZE,
+            count * GFN_SIZE,
+        )
+        .map_err(|e| BackingError::Syscall("fallocate(PUNCH_HOLE)", e))
+    }
+
+    /// Bytes of memory the memfd holds (its allocated blocks).
+    pub fn resident_bytes(&self) -> Result<u64, BackingError> {
+        let st = rustix::fs::fstat(&self.fd).map_err(|e| BackingError::Syscall("fstat", e))?;
+        Ok(st.st_blocks as u64 * 512)
+    }
+
+    /// The resident gfn ranges, from `SEEK_DATA` / `SEEK_HOLE` (4 KiB backing only:
+    /// hugetlbfs reports its whole file as data).
+    pub fn resident_ranges(&self) -> Result<Vec<GfnRange>, BackingError> {
+        if self.page_size != PageSize::Base {
+            return Err(BackingError::AuditUnsupported);
+        }
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let data = match rustix::fs::seek(&self.fd, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(Errno::NXIO) => break,
+                Err(e) => return Err(BackingError::Syscall("lseek(SEEK_DATA)", e)),
+            };
+            let hole = rustix::fs::seek(&self.fd, SeekFrom::Hole(data))
+                .map_err(|e| BackingError::Syscall("lseek(SEEK_HOLE)", e))?
+                .min(self.size);
+            let (s, e) = (data / GFN_SIZE, hole.div_ceil(GFN_SIZE));
+            if e > s {
+                out.push(GfnRange::new(s, e - s));
+            }
+            pos = hole.max(data + 1);
+        }
+        Ok(out)
+    }
+
+    /// Finds resident memory outside `mapped` (sorted or not, overlapping or not): every
+    /// byte a partition holds that its p2m does not account for.
+    pub fn audit(&self, mapped: &[GfnRange]) -> Result<AuditReport, BackingError> {
+        let resident = self.resident_ranges()?;
+        let mut keep = mapped.to_vec();
+        let keep = merge(&mut keep);
+        let violations = subtract(&resident, keep);
+        Ok(AuditReport {
+            resident,
+            violations,
+        })
+    }
+
+    /// Audits, then discards every violation. Returns the report of what was found.
+    pub fn audit_and_repair(&self, mapped: &[GfnRange]) -> Result<AuditReport, BackingError> {
+        let report = self.audit(mapped)?;
+        self.discard(&report.violations)?;
+        Ok(report)
+    }
+}
+
+impl Drop for PartitionMemory {
+    fn drop(&mut self) {
+        // SAFETY: the reservation was mapped by `new` with this base and length and is
+        // unmapped exactly once, here; nothing can reference it after `self` is gone.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn pattern(gfn: u64) -> [u8; 4096] {
+        let mut p = [0u8; 4096];
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (gfn as u8).wrapping_mul(31).wrapping_add(i as u8) | 1;
+        }
+        p
+    }
+
+    fn touch(m: &PartitionMemory, gfns: impl IntoIterator<Item = u64>) {
+        for g in gfns {
+            m.write(g * GFN_SIZE, &pattern(g)).unwrap();
+        }
+    }
+
+    fn read_page(m: &PartitionMemory, gfn: u64) -> Vec<u8> {
+        let mut b = vec![0xEE; 4096];
+        m.read(gfn * GFN_SIZE, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn discard_releases_memory_and_reads_zero() {
+        let m = PartitionMemory::new("t", 8 * MIB, 16 * MIB, PageSize::Base).unwrap();
+        assert_eq!(m.resident_bytes().unwrap(), 0);
+        touch(&m, 0..1024);
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB);
+        assert_eq!(read_page(&m, 5), pattern(5));
+        // Pages given in scattered order, with overlaps, merge into two punches.
+        let ranges: Vec<GfnRange> = (0..256u64)
+            .rev()
+            .map(|g| GfnRange::new(g, 1))
+            .chain([
+                GfnRange::new(512, 256),
+                GfnRange::new(600, 10),
+                GfnRange::new(100, 5),
+            ])
+            .collect();
+        let stats = m.discard(&ranges).unwrap();
+        assert_eq!(stats.syscalls, 2);
+        assert_eq!(stats.ranges_in, 259);
+        assert_eq!(stats.bytes_released, 512 * GFN_SIZE);
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * GFN_SIZE);
+        assert_eq!(read_page(&m, 5), vec![0; 4096]);
+        assert_eq!(read_page(&m, 600), vec![0; 4096]);
+        assert_eq!(read_page(&m, 256), pattern(256));
+        // Reading a hole through the file does not make it resident.
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * GFN_SIZE);
+        // Beyond the guest space: ignored, not an error.
+        assert_eq!(m.discard(&[GfnRange::new(1 << 30, 4)]).unwrap().syscalls, 0);
+    }
+
+    #[test]
+    fn grow_keeps_the_base_and_the_bytes() {
+        let mut m = PartitionMemory::new("g", 2 * MIB, 64 * MIB, PageSize::Base).unwrap();
+        touch(&m, [3]);
+        let base = m.host_address();
+        assert!(m.write(2 * MIB, &[1]).is_err());
+        m.grow(6 * MIB).unwrap();
+        assert_eq!(m.host_address(), base);
+        assert_eq!(m.gfns(), 6 * 256);
+        touch(&m, [1000]);
+        assert_eq!(read_page(&m, 3), pattern(3));
+        assert_eq!(read_page(&m, 1000), pattern(1000));
+        assert!(matches!(
+            m.grow(128 * MIB),
+            Err(BackingError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            m.grow(6 * MIB + 1),
+            Err(BackingError::Unaligned { .. })
+        ));
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let m = PartitionMemory::new("b", MIB, MIB, PageSize::Base).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(m.read(MIB - 8, &mut buf).is_ok());
+        assert!(matches!(
+            m.read(MIB - 4, &mut buf),
+            Err(BackingError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            m.write(u64::MAX - 2, &buf),
+            Err(BackingError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            PartitionMemory::new("x", 2 * MIB, MIB, PageSize::Base),
+            Err(BackingError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            PartitionMemory::new("x", 100, MIB, PageSize::Base),
+            Err(BackingError::Unaligned { .. })
+        ));
+    }
+
+    #[test]
+    fn audit_finds_planted_violations() {
+        let m = PartitionMemory::new("a", 4 * MIB, 4 * MIB, PageSize::Base).unwrap();
+        let mapped = [GfnRange::new(0, 100), GfnRange::new(200, 50)];
+        touch(&m, (0..100).chain(200..250));
+        let clean = m.audit(&mapped).unwrap();
+        assert!(clean.violations.is_empty(), "{clean:?}");
+        assert_eq!(
+            clean.resident,
+            vec![GfnRange::new(0, 100), GfnRange::new(200, 50)]
+        );
+        // A guest touches pages it does not own.
+        touch(&m, [150, 151, 900]);
+        let report = m.audit(&mapped).unwrap();
+        assert_eq!(
+            report.violations,
+            vec![GfnRange::new(150, 2), GfnRange::new(900, 1)]
+        );
+        assert_eq!(report.violating_gfns(), 3);
+        let before = m.resident_bytes().unwrap();
+        m.audit_and_repair(&mapped).unwrap();
+        assert_eq!(m.resident_bytes().unwrap(), before - 3 * GFN_SIZE);
+        assert!(m.audit(&mapped).unwrap().violations.is_empty());
+        assert_eq!(read_page(&m, 150), vec![0; 4096]);
+        assert_eq!(read_page(&m, 50), pattern(50));
+    }
+
+    /// 2 MiB pages. `scripts/test` reserves huge pages and sets
+    /// `BALLAST_REQUIRE_HUGETLB=1`; without that, a host with no huge pages must refuse
+    /// with a clear error instead.
+    #[test]
+    fn hugetlb_backing() {
+        let required = std::env::var_os("BALLAST_REQUIRE_HUGETLB").is_some();
+        let m = match PartitionMemory::new("h", 8 * MIB, 8 * MIB, PageSize::Huge2M) {
+            Ok(m) => m,
+            Err(BackingError::NoHugePages(_)) | Err(BackingError::Syscall(_, Errno::NOMEM))
+                if !required =>
+            {
+                return;
+            }
+            Err(e) => panic!("hugetlb backing: {e}"),
+        };
+        assert!(matches!(
+            PartitionMemory::new("h2", MIB, 8 * MIB, PageSize::Huge2M),
+            Err(BackingError::Unaligned { .. })
+        ));
+        touch(&m, [0, 512, 513, 1024]);
+        assert_eq!(m.resident_bytes().unwrap(), 6 * MIB);
+        // One whole huge page and a 4 KiB piece of another.
+        let stats = m
+            .discard(&[GfnRange::new(0, 512), GfnRange::new(513, 1)])
+            .unwrap();
+        assert_eq!(stats.bytes_released, 2 * MIB);
+        assert_eq!(stats.bytes_zeroed, 4096);
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB);
+        assert_eq!(read_page(&m, 0), vec![0; 4096]);
+        assert_eq!(read_page(&m, 513), vec![0; 4096]);
+        assert_eq!(read_page(&m, 512), pattern(512));
+        assert_eq!(m.resident_ranges(), Err(BackingError::AuditUnsupported));
+    }
+}

@@ -1,0 +1,231 @@
+//! Gfn ranges: merging what a caller passes into the fewest syscalls, and subtracting one
+//! sorted set from another.
+
+/// A run of guest frame numbers (4 KiB pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GfnRange {
+    /// First gfn.
+    pub start: u64,
+    /// Number of gfns.
+    pub count: u64,
+}
+
+impl GfnRange {
+    /// A range.
+    pub const fn new(start: u64, count: u64) -> Self {
+        GfnRange { start, count }
+    }
+
+    /// One past the last gfn (saturating: a range cannot wrap).
+    pub const fn end(&self) -> u64 {
+        self.start.saturating_add(self.count)
+    }
+}
+
+/// Sorts `ranges` and merges overlapping and adjacent ones in place; empty ranges go.
+/// Returns the merged ranges, in order.
+///
+/// Many small ranges in a dense span (a balloon handing back 4 KiB pages in any order)
+/// are merged through a bitmap of the span in linear time; anything else is sorted.
+pub fn merge(ranges: &mut Vec<GfnRange>) -> &[GfnRange] {
+    ranges.retain(|r| r.count != 0);
+    if ranges.len() >= 64 {
+        let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.end()).max().unwrap_or(0);
+        let covered: u64 = ranges.iter().map(|r| r.count).fold(0, u64::saturating_add);
+        // Worth it when the bitmap is no bigger than the ranges themselves, counted in
+        // bits set: then filling and scanning it costs about as much as reading the input.
+        if hi - lo <= covered.saturating_mul(4).max(64 * ranges.len() as u64) {
+            merge_by_bitmap(ranges, lo, hi);
+            return ranges;
+        }
+    }
+    // A balloon usually hands pages back in order; check before paying for a sort.
+    if !ranges.is_sorted_by_key(|r| r.start) {
+        ranges.sort_unstable_by_key(|r| r.start);
+    }
+    let mut out = 0usize;
+    for i in 0..ranges.len() {
+        let r = ranges[i];
+        if out > 0 && r.start <= ranges[out - 1].end() {
+            let last = &mut ranges[out - 1];
+            last.count = last.end().max(r.end()) - last.start;
+        } else {
+            ranges[out] = r;
+            out += 1;
+        }
+    }
+    ranges.truncate(out);
+    ranges
+}
+
+fn merge_by_bitmap(ranges: &mut Vec<GfnRange>, lo: u64, hi: u64) {
+    let span = hi - lo;
+    let mut bits = vec![0u64; span.div_ceil(64) as usize];
+    for r in ranges.iter() {
+        let (mut s, e) = (r.start - lo, r.end() - lo);
+        while s < e {
+            let (w, b) = ((s / 64) as usize, s % 64);
+            let n = (64 - b).min(e - s);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << b
+            };
+            bits[w] |= mask;
+            s += n;
+        }
+    }
+    ranges.clear();
+    let mut run: Option<u64> = None;
+    for (w, &word) in bits.iter().enumerate() {
+        let mut word = word;
+        let mut base = w as u64 * 64;
+        // Walk alternating runs of ones and zeros inside the word.
+        let mut left = 64u32;
+        while left > 0 {
+            if run.is_none() {
+                let z = word.trailing_zeros().min(left);
+                base += z as u64;
+                left -= z;
+                word = word.checked_shr(z).unwrap_or(0);
+                if left > 0 {
+                    run = Some(base);
+                }
+            } else {
+                let o = word.trailing_ones().min(left);
+                base += o as u64;
+                left -= o;
+                word = word.checked_shr(o).unwrap_or(0);
+                if left > 0 {
+                    let start = run.take().unwrap_or(base);
+                    ranges.push(GfnRange::new(lo + start, base - start));
+                }
+            }
+        }
+    }
+    if let Some(start) = run {
+        ranges.push(GfnRange::new(
+            lo + start,
+            span.min(bits.len() as u64 * 64) - start,
+        ));
+    }
+}
+
+/// The parts of the sorted, disjoint `have` that no range of the sorted, disjoint `keep`
+/// covers.
+pub fn subtract(have: &[GfnRange], keep: &[GfnRange]) -> Vec<GfnRange> {
+    let mut out = Vec::new();
+    let mut k = 0usize;
+    for h in have {
+        let mut start = h.start;
+        let end = h.end();
+        while k < keep.len() && keep[k].end() <= start {
+            k += 1;
+        }
+        let mut j = k;
+        while start < end {
+            match keep.get(j) {
+                Some(kr) if kr.start < end => {
+                    if kr.start > start {
+                        out.push(GfnRange::new(start, kr.start - start));
+                    }
+                    start = start.max(kr.end());
+                    j += 1;
+                }
+                _ => {
+                    out.push(GfnRange::new(start, end - start));
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn pages(rs: &[GfnRange]) -> BTreeSet<u64> {
+        rs.iter().flat_map(|r| r.start..r.end()).collect()
+    }
+
+    #[test]
+    fn merges_neighbours_and_overlaps() {
+        let mut v = vec![
+            GfnRange::new(10, 2),
+            GfnRange::new(0, 4),
+            GfnRange::new(4, 1),
+            GfnRange::new(11, 5),
+            GfnRange::new(30, 0),
+            GfnRange::new(20, 1),
+        ];
+        assert_eq!(
+            merge(&mut v),
+            &[
+                GfnRange::new(0, 5),
+                GfnRange::new(10, 6),
+                GfnRange::new(20, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn subtracts() {
+        let have = [GfnRange::new(0, 10), GfnRange::new(20, 10)];
+        let keep = [
+            GfnRange::new(2, 3),
+            GfnRange::new(8, 14),
+            GfnRange::new(25, 1),
+        ];
+        assert_eq!(
+            subtract(&have, &keep),
+            vec![
+                GfnRange::new(0, 2),
+                GfnRange::new(5, 3),
+                GfnRange::new(22, 3),
+                GfnRange::new(26, 4)
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn merge_keeps_the_same_pages(v in proptest::collection::vec((0u64..500, 0u64..20), 0..60)) {
+            let mut ranges: Vec<GfnRange> = v.iter().map(|&(s, c)| GfnRange::new(s, c)).collect();
+            let before = pages(&ranges);
+            let merged = merge(&mut ranges).to_vec();
+            prop_assert_eq!(pages(&merged), before);
+            for w in merged.windows(2) {
+                prop_assert!(w[0].end() < w[1].start, "merged ranges neither touch nor overlap");
+            }
+        }
+
+        #[test]
+        fn bitmap_and_sort_merge_agree(v in proptest::collection::vec((0u64..2000, 1u64..3), 64..300), lo in 0u64..1 << 40) {
+            let mut ranges: Vec<GfnRange> = v.iter().map(|&(s, c)| GfnRange::new(lo + s, c)).collect();
+            let before = pages(&ranges);
+            let merged = merge(&mut ranges).to_vec();
+            prop_assert_eq!(pages(&merged), before);
+            for w in merged.windows(2) {
+                prop_assert!(w[0].end() < w[1].start);
+            }
+        }
+
+        #[test]
+        fn subtract_is_set_difference(
+            a in proptest::collection::vec((0u64..300, 1u64..20), 0..20),
+            b in proptest::collection::vec((0u64..300, 1u64..20), 0..20),
+        ) {
+            let mut a: Vec<GfnRange> = a.iter().map(|&(s, c)| GfnRange::new(s, c)).collect();
+            let mut b: Vec<GfnRange> = b.iter().map(|&(s, c)| GfnRange::new(s, c)).collect();
+            let a = merge(&mut a).to_vec();
+            let b = merge(&mut b).to_vec();
+            let want: BTreeSet<u64> = pages(&a).difference(&pages(&b)).copied().collect();
+            prop_assert_eq!(pages(&subtract(&a, &b)), want);
+        }
+    }
+}

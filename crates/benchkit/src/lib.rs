@@ -1,0 +1,70 @@
+//! Timing for ballast's benchmarks.
+//!
+//! Every benchmark prints ballast's figure next to a baseline or physical limit measured
+//! in the same run, and their ratio, so that a noisy or slow machine shifts both and the
+//! comparison stays meaningful. Figures are medians over many samples.
+
+use std::time::Instant;
+
+/// Median nanoseconds per call of `f`, over `samples` samples of `iters` calls each.
+pub fn median_ns(samples: usize, iters: u32, mut f: impl FnMut()) -> f64 {
+    median_ns_per(samples, iters, 1, || f())
+}
+
+/// Median nanoseconds per item, where each call of `f` handles `items` items.
+pub fn median_ns_per(samples: usize, iters: u32, items: u64, mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..samples.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / iters.max(1) as f64 / items.max(1) as f64
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median nanoseconds per item of a run that needs fresh state for every sample:
+/// `setup` builds it (untimed), `run` is timed and handles `items` items.
+pub fn median_ns_with_setup<S>(
+    samples: usize,
+    items: u64,
+    mut setup: impl FnMut() -> S,
+    mut run: impl FnMut(&mut S),
+) -> f64 {
+    let mut v: Vec<f64> = (0..samples.max(1))
+        .map(|_| {
+            let mut s = setup();
+            let t = Instant::now();
+            run(&mut s);
+            t.elapsed().as_nanos() as f64 / items.max(1) as f64
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One line of a benchmark report: ballast's figure, the baseline's, and the ratio.
+pub fn report(name: &str, unit: &str, ours: f64, baseline_name: &str, base: f64) {
+    println!(
+        "{name:<40} {ours:>10.2} {unit} | {baseline_name} {base:>9.2} {unit} | ratio {:>6.2}",
+        ours / base
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_are_per_item() {
+        let per_item = median_ns_per(3, 2, 1000, || {
+            std::hint::black_box((0..1000u64).sum::<u64>());
+        });
+        assert!(per_item >= 0.0 && per_item.is_finite());
+        let with_setup = median_ns_with_setup(3, 10, || vec![1u8; 10], |v| v.clear());
+        assert!(with_setup.is_finite());
+    }
+}
