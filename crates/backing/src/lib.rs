@@ -31,9 +31,11 @@ use thiserror::Error;
 
 mod memory;
 pub mod ranges;
+mod shared;
 
 pub use memory::{AuditReport, DiscardStats, PageSize, PartitionMemory};
 pub use ranges::GfnRange;
+pub use shared::SharedRegion;
 
 /// Bytes per gfn.
 pub const GFN_SIZE: u64 = 4096;

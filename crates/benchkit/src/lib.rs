@@ -8,7 +8,7 @@ use std::time::Instant;
 
 /// Median nanoseconds per call of `f`, over `samples` samples of `iters` calls each.
 pub fn median_ns(samples: usize, iters: u32, mut f: impl FnMut()) -> f64 {
-    median_ns_per(samples, iters, 1, || f())
+    median_ns_per(samples, iters, 1, &mut f)
 }
 
 /// Median nanoseconds per item, where each call of `f` handles `items` items.

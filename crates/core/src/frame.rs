@@ -1,0 +1,640 @@
+//! Machine frames: the per-frame state table and the per-node heap that hands frames out.
+//!
+//! Every managed 4 KiB frame has 12 bytes of metadata: a `u32` state word (what the frame
+//! is, who owns it, and for a free block its order) and a `u64` link word whose meaning
+//! depends on the state (free-list links, the gfn it is mapped at, or the next frame of a
+//! pool list). That is the whole m2p and the whole allocator: no side tables per frame.
+//!
+//! The heap of each NUMA node is a binary buddy allocator over the node's MFN range, with
+//! blocks aligned to their size in absolute MFNs (an order-9 block is 2 MiB-aligned in
+//! machine memory), orders 0 to [`MAX_ORDER`]. Order-0 traffic goes through a per-node
+//! cache in front of the buddy lists, as Linux's per-CPU page lists do, so that the
+//! common balloon and populate paths neither split nor coalesce on every page.
+
+use crate::Mfn;
+
+/// The largest extent order: 2^18 frames = 1 GiB (Xen's MAX_ORDER on x86).
+pub const MAX_ORDER: u32 = 18;
+/// Marks "no frame" in links and lists.
+pub const NO_FRAME: Mfn = u32::MAX;
+
+/// What a frame is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FrameState {
+    /// In the heap: free memory, identity-mapped in the root partition.
+    Free = 0,
+    /// In a partition's memory pool, not used by the hypervisor (withdrawable).
+    PoolAvailable = 1,
+    /// In a partition's memory pool, holding hypervisor structures for it.
+    PoolInUse = 2,
+    /// Allocated to a partition but mapped at no gfn (Xen `increase_reservation` for a
+    /// translated guest).
+    Assigned = 3,
+    /// Mapped into a partition's guest physical space; the link word holds the gfn.
+    Mapped = 4,
+    /// Held by the hypervisor itself (not part of any partition or the heap).
+    Hypervisor = 5,
+}
+
+impl FrameState {
+    const fn from_bits(b: u32) -> Self {
+        match b & 7 {
+            0 => Self::Free,
+            1 => Self::PoolAvailable,
+            2 => Self::PoolInUse,
+            3 => Self::Assigned,
+            4 => Self::Mapped,
+            _ => Self::Hypervisor,
+        }
+    }
+}
+
+// The state word: bits 2:0 state, bits 7:3 `order` (free frames only), bits 31:8 owner
+// slot (owned frames only).
+const ORDER_SHIFT: u32 = 3;
+const OWNER_SHIFT: u32 = 8;
+/// Order field of a free frame that is inside a block, not its head.
+const NOT_HEAD: u32 = 31;
+/// Order field of a free frame sitting in a node's order-0 cache.
+const CACHED: u32 = 30;
+/// The largest owner slot the state word holds.
+pub const MAX_OWNER_SLOT: u32 = (1 << 24) - 1;
+
+const fn pack(state: FrameState, order: u32, owner: u32) -> u32 {
+    state as u32 | order << ORDER_SHIFT | owner << OWNER_SHIFT
+}
+
+/// Bytes of metadata the frame table keeps per frame.
+pub const METADATA_BYTES_PER_FRAME: usize =
+    core::mem::size_of::<u32>() + core::mem::size_of::<u64>();
+
+/// Which nodes an allocation may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeSel {
+    /// Any node, lowest first.
+    Any,
+    /// This node, then the others.
+    Preferred(u32),
+    /// This node only.
+    Exact(u32),
+}
+
+/// The per-frame table and the per-node heaps.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    meta: Vec<u32>,
+    link: Vec<u64>,
+    nodes: Vec<NodeHeap>,
+}
+
+#[derive(Debug, Clone)]
+struct NodeHeap {
+    start: Mfn,
+    end: Mfn,
+    /// Head of the free list of each order (doubly linked through the link words).
+    heads: [Mfn; MAX_ORDER as usize + 1],
+    /// Free frames of this node, cache included.
+    free: u64,
+    /// Order-0 frames in front of the buddy lists.
+    cache: Vec<Mfn>,
+    /// Entries of `cache`.
+    cached: u64,
+}
+
+const CACHE_HIGH: usize = 1024;
+const CACHE_BATCH: usize = 256;
+
+impl Frames {
+    /// A frame table over `node_frames[i]` frames per node, laid out consecutively from
+    /// MFN 0, all free.
+    ///
+    /// # Panics
+    /// If the total exceeds what a u32 MFN can number (16 TiB); the caller validates
+    /// configurations before this.
+    pub fn new(node_frames: &[u32]) -> Self {
+        let total: u64 = node_frames.iter().map(|&n| n as u64).sum();
+        assert!(total < NO_FRAME as u64, "at most 2^32 - 1 frames");
+        let mut frames = Frames {
+            meta: vec![pack(FrameState::Free, NOT_HEAD, 0); total as usize],
+            link: vec![0; total as usize],
+            nodes: Vec::with_capacity(node_frames.len()),
+        };
+        let mut start = 0u32;
+        for &n in node_frames {
+            frames.nodes.push(NodeHeap {
+                start,
+                end: start + n,
+                heads: [NO_FRAME; MAX_ORDER as usize + 1],
+                free: 0,
+                cache: Vec::with_capacity(CACHE_HIGH),
+                cached: 0,
+            });
+            start += n;
+        }
+        for node in 0..frames.nodes.len() {
+            let (s, e) = (frames.nodes[node].start, frames.nodes[node].end);
+            let mut m = s;
+            while m < e {
+                let mut order = MAX_ORDER;
+                while order > 0 && (m % (1 << order) != 0 || m as u64 + (1u64 << order) > e as u64) {
+                    order -= 1;
+                }
+                frames.push_block(node, m, order);
+                frames.nodes[node].free += 1 << order;
+                m += 1 << order;
+            }
+        }
+        frames
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> u32 {
+        self.meta.len() as u32
+    }
+
+    /// True if there are no frames.
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Number of NUMA nodes.
+    pub fn node_count(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    /// The MFN range of `node`.
+    pub fn node_range(&self, node: u32) -> core::ops::Range<Mfn> {
+        let n = &self.nodes[node as usize];
+        n.start..n.end
+    }
+
+    /// The node `mfn` belongs to.
+    pub fn node_of(&self, mfn: Mfn) -> u32 {
+        self.nodes.partition_point(|n| n.end <= mfn) as u32
+    }
+
+    /// Free frames on `node`.
+    pub fn free_frames(&self, node: u32) -> u64 {
+        self.nodes[node as usize].free
+    }
+
+    /// Free frames on all nodes.
+    pub fn total_free(&self) -> u64 {
+        self.nodes.iter().map(|n| n.free).sum()
+    }
+
+    /// The state of `mfn`.
+    #[inline]
+    pub fn state(&self, mfn: Mfn) -> FrameState {
+        FrameState::from_bits(self.meta[mfn as usize])
+    }
+
+    /// The owner slot of an owned frame.
+    #[inline]
+    pub fn owner(&self, mfn: Mfn) -> u32 {
+        self.meta[mfn as usize] >> OWNER_SHIFT
+    }
+
+    /// The link word of `mfn` (its gfn when mapped, its next frame in a pool list).
+    #[inline]
+    pub fn link(&self, mfn: Mfn) -> u64 {
+        self.link[mfn as usize]
+    }
+
+    /// Gives `mfn` (which must not be free) a new state, owner and link.
+    #[inline]
+    pub fn set(&mut self, mfn: Mfn, state: FrameState, owner: u32, link: u64) {
+        debug_assert!(state != FrameState::Free);
+        debug_assert!(owner <= MAX_OWNER_SLOT);
+        self.meta[mfn as usize] = pack(state, 0, owner);
+        self.link[mfn as usize] = link;
+    }
+
+    /// Sets only the link word.
+    #[inline]
+    pub fn set_link(&mut self, mfn: Mfn, link: u64) {
+        self.link[mfn as usize] = link;
+    }
+
+    fn order_field(&self, mfn: Mfn) -> u32 {
+        (self.meta[mfn as usize] >> ORDER_SHIFT) & 31
+    }
+
+    fn is_free_head(&self, mfn: Mfn, order: u32) -> bool {
+        self.meta[mfn as usize] == pack(FrameState::Free, order, 0)
+    }
+
+    fn push_block(&mut self, node: usize, mfn: Mfn, order: u32) {
+        let head = self.nodes[node].heads[order as usize];
+        self.meta[mfn as usize] = pack(FrameState::Free, order, 0);
+        self.link[mfn as usize] = (head as u64) << 32 | NO_FRAME as u64;
+        if head != NO_FRAME {
+            let l = self.link[head as usize];
+            self.link[head as usize] = (l & !0xFFFF_FFFF) | mfn as u64;
+        }
+        self.nodes[node].heads[order as usize] = mfn;
+    }
+
+    fn unlink_block(&mut self, node: usize, mfn: Mfn, order: u32) {
+        let l = self.link[mfn as usize];
+        let (prev, next) = (l as u32, (l >> 32) as u32);
+        if prev == NO_FRAME {
+            self.nodes[node].heads[order as usize] = next;
+        } else {
+            let pl = self.link[prev as usize];
+            self.link[prev as usize] = (pl & 0xFFFF_FFFF) | (next as u64) << 32;
+        }
+        if next != NO_FRAME {
+            let nl = self.link[next as usize];
+            self.link[next as usize] = (nl & !0xFFFF_FFFF) | prev as u64;
+        }
+    }
+
+    /// Marks the frames of a block as allocated-but-unassigned; the caller sets the
+    /// final state with [`set`](Self::set) right after.
+    fn claim_block(&mut self, mfn: Mfn, order: u32) {
+        for m in mfn..mfn + (1 << order) {
+            self.meta[m as usize] = pack(FrameState::Hypervisor, 0, 0);
+        }
+    }
+
+    /// Takes a block of `order` from the buddy lists of `node` whose end is at or below
+    /// `limit`, splitting a larger one if needed.
+    fn buddy_alloc(&mut self, node: usize, order: u32, limit: Mfn) -> Option<Mfn> {
+        let unlimited = limit >= self.nodes[node].end;
+        for k in order..=MAX_ORDER {
+            let mut m = self.nodes[node].heads[k as usize];
+            if !unlimited {
+                // Slow path for address-limited requests: walk the list for a low block.
+                while m != NO_FRAME && m as u64 + (1u64 << order) > limit as u64 {
+                    m = (self.link[m as usize] >> 32) as u32;
+                }
+            }
+            if m == NO_FRAME {
+                continue;
+            }
+            self.unlink_block(node, m, k);
+            // Keep the low part, give back the upper halves.
+            for j in (order..k).rev() {
+                self.push_block(node, m + (1 << j), j);
+            }
+            return Some(m);
+        }
+        None
+    }
+
+    fn buddy_free(&mut self, node: usize, mut mfn: Mfn, mut order: u32) {
+        let (start, end) = (self.nodes[node].start, self.nodes[node].end);
+        while order < MAX_ORDER {
+            let buddy = mfn ^ (1 << order);
+            if buddy < start || buddy >= end || !self.is_free_head(buddy, order) {
+                break;
+            }
+            self.unlink_block(node, buddy, order);
+            self.meta[buddy as usize] = pack(FrameState::Free, NOT_HEAD, 0);
+            self.meta[mfn as usize] = pack(FrameState::Free, NOT_HEAD, 0);
+            mfn = mfn.min(buddy);
+            order += 1;
+        }
+        self.push_block(node, mfn, order);
+    }
+
+    /// Cached frames keep their index in the cache vector in their link word, so a
+    /// deposit can take one out in O(1).
+    fn cache_push(&mut self, node: usize, mfn: Mfn) {
+        self.meta[mfn as usize] = pack(FrameState::Free, CACHED, 0);
+        self.link[mfn as usize] = self.nodes[node].cache.len() as u64;
+        self.nodes[node].cache.push(mfn);
+        self.nodes[node].cached += 1;
+    }
+
+    fn cache_pop(&mut self, node: usize) -> Option<Mfn> {
+        let m = self.nodes[node].cache.pop()?;
+        self.nodes[node].cached -= 1;
+        Some(m)
+    }
+
+    fn cache_refill(&mut self, node: usize) {
+        for _ in 0..CACHE_BATCH {
+            let Some(m) = self.buddy_alloc(node, 0, NO_FRAME) else { break };
+            self.cache_push(node, m);
+        }
+    }
+
+    fn cache_drain(&mut self, node: usize, keep: usize) {
+        while self.nodes[node].cached as usize > keep {
+            let Some(m) = self.cache_pop(node) else { break };
+            self.buddy_free(node, m, 0);
+        }
+    }
+
+    fn alloc_on(&mut self, node: usize, order: u32, limit: Mfn) -> Option<Mfn> {
+        let n = &self.nodes[node];
+        if n.free < 1 << order || n.start as u64 + (1u64 << order) > limit as u64 {
+            return None;
+        }
+        let m = if order == 0 && limit >= n.end {
+            match self.cache_pop(node) {
+                Some(m) => m,
+                None => {
+                    self.cache_refill(node);
+                    self.cache_pop(node)?
+                }
+            }
+        } else {
+            match self.buddy_alloc(node, order, limit) {
+                Some(m) => m,
+                None if self.nodes[node].cached > 0 => {
+                    // The block may be held up by cached frames: give them back and retry.
+                    self.cache_drain(node, 0);
+                    self.buddy_alloc(node, order, limit)?
+                }
+                None => return None,
+            }
+        };
+        self.claim_block(m, order);
+        self.nodes[node].free -= 1 << order;
+        Some(m)
+    }
+
+    /// Allocates a naturally aligned block of 2^`order` frames on the nodes `sel` allows,
+    /// ending at or below MFN `limit` (exclusive; `NO_FRAME` for none).
+    ///
+    /// The frames come back in state [`FrameState::Hypervisor`]; the caller gives each
+    /// its final state. `None` when no allowed node has such a block.
+    pub fn alloc(&mut self, sel: NodeSel, order: u32, limit: Mfn) -> Option<Mfn> {
+        if order > MAX_ORDER {
+            return None;
+        }
+        let count = self.nodes.len() as u32;
+        match sel {
+            NodeSel::Exact(n) if n < count => self.alloc_on(n as usize, order, limit),
+            NodeSel::Exact(_) => None,
+            NodeSel::Preferred(n) if n < count => self
+                .alloc_on(n as usize, order, limit)
+                .or_else(|| (0..count).filter(|&i| i != n).find_map(|i| self.alloc_on(i as usize, order, limit))),
+            _ => (0..count).find_map(|i| self.alloc_on(i as usize, order, limit)),
+        }
+    }
+
+    /// A free frame on the nodes `sel` allows, left in the heap.
+    pub fn peek_free(&self, sel: NodeSel) -> Option<Mfn> {
+        let count = self.nodes.len() as u32;
+        let order: Vec<u32> = match sel {
+            NodeSel::Exact(n) if n < count => vec![n],
+            NodeSel::Exact(_) => vec![],
+            NodeSel::Preferred(n) if n < count => {
+                core::iter::once(n).chain((0..count).filter(|&i| i != n)).collect()
+            }
+            _ => (0..count).collect(),
+        };
+        order.into_iter().find_map(|n| {
+            let node = &self.nodes[n as usize];
+            node.cache
+                .last()
+                .copied()
+                .or_else(|| node.heads.iter().copied().find(|&h| h != NO_FRAME))
+        })
+    }
+
+    /// Returns a block of 2^`order` frames starting at `mfn` to the heap.
+    ///
+    /// The block must have come from [`alloc`](Self::alloc) (or single frames from
+    /// [`take`](Self::take)); its frames must not be free.
+    pub fn free(&mut self, mfn: Mfn, order: u32) {
+        let node = self.node_of(mfn) as usize;
+        debug_assert!((mfn..mfn + (1 << order)).all(|m| self.state(m) != FrameState::Free));
+        self.nodes[node].free += 1 << order;
+        if order == 0 {
+            self.cache_push(node, mfn);
+            if self.nodes[node].cached as usize >= CACHE_HIGH {
+                self.cache_drain(node, CACHE_HIGH - CACHE_BATCH);
+            }
+            return;
+        }
+        for m in mfn..mfn + (1 << order) {
+            self.meta[m as usize] = pack(FrameState::Free, NOT_HEAD, 0);
+        }
+        self.buddy_free(node, mfn, order);
+    }
+
+    /// Takes the specific free frame `mfn` out of the heap (a root GPA page being
+    /// deposited). Returns false if it is not free.
+    pub fn take(&mut self, mfn: Mfn) -> bool {
+        if mfn as usize >= self.meta.len() || self.state(mfn) != FrameState::Free {
+            return false;
+        }
+        let node = self.node_of(mfn) as usize;
+        match self.order_field(mfn) {
+            CACHED => {
+                let cache = &mut self.nodes[node].cache;
+                let i = self.link[mfn as usize] as usize;
+                debug_assert_eq!(cache.get(i), Some(&mfn));
+                cache.swap_remove(i);
+                if let Some(&moved) = cache.get(i) {
+                    self.link[moved as usize] = i as u64;
+                }
+                self.nodes[node].cached -= 1;
+            }
+            _ => {
+                let Some((head, order)) = (0..=MAX_ORDER).find_map(|k| {
+                    let h = mfn & !((1u32 << k) - 1);
+                    self.is_free_head(h, k).then_some((h, k))
+                }) else {
+                    unreachable!("a free frame outside the cache lies in a free block")
+                };
+                self.unlink_block(node, head, order);
+                let mut h = head;
+                for j in (0..order).rev() {
+                    let upper = h + (1 << j);
+                    if mfn >= upper {
+                        self.push_block(node, h, j);
+                        h = upper;
+                    } else {
+                        self.push_block(node, upper, j);
+                    }
+                }
+            }
+        }
+        self.meta[mfn as usize] = pack(FrameState::Hypervisor, 0, 0);
+        self.nodes[node].free -= 1;
+        true
+    }
+
+    /// Checks the heap's own invariants: every free frame is in exactly one free block
+    /// or the cache, blocks are aligned and in range, and the counts agree.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut seen = 0u64;
+            for order in 0..=MAX_ORDER {
+                let mut m = n.heads[order as usize];
+                let mut prev = NO_FRAME;
+                while m != NO_FRAME {
+                    if m < n.start || m >= n.end || m % (1 << order) != 0 {
+                        return Err(format!("node {i}: block {m} of order {order} misplaced"));
+                    }
+                    if !self.is_free_head(m, order) {
+                        return Err(format!("node {i}: listed block {m} not a free head"));
+                    }
+                    if self.link[m as usize] as u32 != prev {
+                        return Err(format!("node {i}: broken prev link at {m}"));
+                    }
+                    for f in m + 1..m + (1 << order) {
+                        if self.meta[f as usize] != pack(FrameState::Free, NOT_HEAD, 0) {
+                            return Err(format!("node {i}: frame {f} inside free block {m}"));
+                        }
+                    }
+                    seen += 1 << order;
+                    prev = m;
+                    m = (self.link[m as usize] >> 32) as u32;
+                }
+            }
+            for (idx, &m) in n.cache.iter().enumerate() {
+                if self.meta[m as usize] != pack(FrameState::Free, CACHED, 0) || self.link[m as usize] != idx as u64 {
+                    return Err(format!("node {i}: cache entry {idx} (frame {m}) is stale"));
+                }
+            }
+            let live = n.cache.len() as u64;
+            if live != n.cached {
+                return Err(format!("node {i}: cache count {} != live {live}", n.cached));
+            }
+            if seen + live != n.free {
+                return Err(format!("node {i}: free count {} != {} listed + {live} cached", n.free, seen));
+            }
+            let free_frames = (n.start..n.end).filter(|&m| self.state(m) == FrameState::Free).count() as u64;
+            if free_frames != n.free {
+                return Err(format!("node {i}: {free_frames} frames free, counted {}", n.free));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn metadata_is_compact() {
+        assert_eq!(METADATA_BYTES_PER_FRAME, 12);
+    }
+
+    #[test]
+    fn initial_blocks_are_maximal_and_aligned() {
+        let f = Frames::new(&[(1 << 18) + 3, 1000]);
+        f.check().unwrap();
+        assert_eq!(f.free_frames(0), (1 << 18) + 3);
+        assert_eq!(f.free_frames(1), 1000);
+        assert_eq!(f.node_of(0), 0);
+        assert_eq!(f.node_of((1 << 18) + 2), 0);
+        assert_eq!(f.node_of((1 << 18) + 3), 1);
+    }
+
+    #[test]
+    fn alloc_free_orders() {
+        let mut f = Frames::new(&[1 << 12]);
+        let a = f.alloc(NodeSel::Any, 9, NO_FRAME).unwrap();
+        assert_eq!(a % 512, 0);
+        let b = f.alloc(NodeSel::Any, 0, NO_FRAME).unwrap();
+        assert!(b < a || b >= a + 512);
+        f.check().unwrap();
+        f.free(a, 9);
+        f.free(b, 0);
+        f.check().unwrap();
+        assert_eq!(f.free_frames(0), 1 << 12);
+        // Everything coalesces back once the cache drains.
+        let whole = f.alloc(NodeSel::Any, 12, NO_FRAME).unwrap();
+        assert_eq!(whole, 0);
+        assert_eq!(f.alloc(NodeSel::Any, 0, NO_FRAME), None);
+    }
+
+    #[test]
+    fn exact_and_preferred_nodes() {
+        let mut f = Frames::new(&[16, 16]);
+        let m = f.alloc(NodeSel::Exact(1), 0, NO_FRAME).unwrap();
+        assert_eq!(f.node_of(m), 1);
+        assert_eq!(f.alloc(NodeSel::Exact(2), 0, NO_FRAME), None);
+        for _ in 0..15 {
+            f.alloc(NodeSel::Exact(1), 0, NO_FRAME).unwrap();
+        }
+        assert_eq!(f.alloc(NodeSel::Exact(1), 0, NO_FRAME), None);
+        let m = f.alloc(NodeSel::Preferred(1), 0, NO_FRAME).unwrap();
+        assert_eq!(f.node_of(m), 0);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn address_limit() {
+        let mut f = Frames::new(&[1 << 10]);
+        // Use up the low half through the cache, then ask below the midpoint.
+        let low: Vec<_> = (0..512).map(|_| f.alloc(NodeSel::Any, 0, 512).unwrap()).collect();
+        assert!(low.iter().all(|&m| m < 512));
+        assert_eq!(f.alloc(NodeSel::Any, 0, 512), None);
+        assert!(f.alloc(NodeSel::Any, 0, NO_FRAME).unwrap() >= 512);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn take_specific_frames() {
+        let mut f = Frames::new(&[64]);
+        assert!(f.take(37));
+        assert!(!f.take(37));
+        assert!(!f.take(64));
+        f.check().unwrap();
+        let c = f.alloc(NodeSel::Any, 0, NO_FRAME).unwrap();
+        f.free(c, 0);
+        assert!(f.take(c)); // out of the cache
+        f.check().unwrap();
+        f.free(37, 0);
+        f.free(c, 0);
+        f.check().unwrap();
+        assert_eq!(f.free_frames(0), 64);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(u32, u8),
+        Free(usize),
+        Take(u32),
+    }
+
+    proptest! {
+        #[test]
+        fn heap_invariants_hold(ops in proptest::collection::vec(
+            prop_oneof![
+                (0u32..10, 0u8..3).prop_map(|(o, n)| Op::Alloc(o, n)),
+                any::<usize>().prop_map(Op::Free),
+                (0u32..3000).prop_map(Op::Take),
+            ], 1..200)
+        ) {
+            let mut f = Frames::new(&[1500, 1100]);
+            let mut held: Vec<(Mfn, u32)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Alloc(order, n) => {
+                        let sel = match n { 0 => NodeSel::Any, 1 => NodeSel::Exact(1), _ => NodeSel::Preferred(1) };
+                        if let Some(m) = f.alloc(sel, order, NO_FRAME) {
+                            prop_assert_eq!(m % (1 << order), 0);
+                            held.push((m, order));
+                        }
+                    }
+                    Op::Free(i) if !held.is_empty() => {
+                        let (m, o) = held.swap_remove(i % held.len());
+                        f.free(m, o);
+                    }
+                    Op::Free(_) => {}
+                    Op::Take(m) => {
+                        let was_free = m < f.len() && f.state(m) == FrameState::Free;
+                        prop_assert_eq!(f.take(m), was_free);
+                        if was_free { held.push((m, 0)); }
+                    }
+                }
+                prop_assert!(f.check().is_ok(), "{:?}", f.check());
+            }
+            let held_frames: u64 = held.iter().map(|&(_, o)| 1u64 << o).sum();
+            prop_assert_eq!(f.total_free() + held_frames, 2600);
+        }
+    }
+}

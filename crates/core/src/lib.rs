@@ -1,0 +1,47 @@
+//! The hypervisor memory model of ballast, with the Hyper-V partition memory-pool
+//! hypercalls and the Xen `memory_op` interface served from it.
+//!
+//! One model, two interfaces: machine frames on NUMA nodes ([`frame`]), partitions with
+//! pools, a p2m and VPs ([`partition`], [`p2m`]), and the moves between them
+//! ([`Hypervisor`]). Hyper-V callers reach it through [`Hypervisor::hypercall`], Xen
+//! callers through [`Hypervisor::memory_op`]; a VMM embedding ballast uses the same
+//! moves through the host API ([`Hypervisor::populate`], [`Hypervisor::release`]).
+//!
+//! The crate is deterministic and does no I/O. Whenever a gfn leaves a partition's guest
+//! space it records an [`Effect::Discard`]; the host applies those to real memory.
+//!
+//! Follows seeds 000, 001, 004 (Hyper-V) and 002 (Xen), with the per-call orders and
+//! decisions of reference `hv-pool.md` §5-6 and `xen-memop.md` §1-5, as DESIGN.md fixes
+//! them. Deliberate deviations are listed where they are made: [`hyperv`] and [`xen`].
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod effects;
+pub mod frame;
+pub mod guest;
+pub mod hyperv;
+pub mod hypervisor;
+pub mod p2m;
+pub mod partition;
+pub mod xen;
+
+pub use config::{Config, ConfigError, Costs, Limits, XenConfig};
+pub use effects::{Effect, GfnRange};
+pub use guest::{FlatMemory, GuestFault, GuestMemory};
+pub use frame::NodeSel;
+pub use hypervisor::{
+    CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
+};
+pub use partition::{Partition, PartitionState, Vp, VpRunState};
+
+/// A machine frame number (4 KiB frames; ballast manages up to 2^32 - 1 of them).
+pub type Mfn = u32;
+
+/// A Hyper-V partition id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId(pub u64);
+
+/// A Xen domain id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomId(pub u16);

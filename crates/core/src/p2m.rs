@@ -1,0 +1,194 @@
+//! A partition's physical-to-machine map: gfn → mfn.
+//!
+//! A four-level radix tree over 40-bit gfns (13 + 9 + 9 + 9 bits), allocated as it is
+//! touched, with 2 KiB leaves of 512 u32 entries (one leaf maps 2 MiB of guest memory).
+//! 40 bits is the Dynamic Memory page range's limit and 4 PiB of guest space; larger gfns
+//! are refused by the callers.
+
+use crate::Mfn;
+use crate::frame::NO_FRAME;
+
+/// Gfns are below this.
+pub const GFN_LIMIT: u64 = 1 << 40;
+
+const LEAF_BITS: u32 = 9;
+const MID_BITS: u32 = 9;
+const TOP_BITS: u32 = 40 - LEAF_BITS - 2 * MID_BITS;
+const FAN: usize = 1 << MID_BITS;
+
+type Leaf = [Mfn; 1 << LEAF_BITS];
+type L3 = [Option<Box<Leaf>>; FAN];
+type L2 = [Option<Box<L3>>; FAN];
+
+/// gfn → mfn for one partition.
+#[derive(Debug, Clone)]
+pub struct P2m {
+    top: Vec<Option<Box<L2>>>,
+    mapped: u64,
+    /// The highest gfn ever mapped (Xen's `max_mapped_pfn`: it never shrinks).
+    max_mapped: Option<u64>,
+}
+
+impl Default for P2m {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[inline]
+fn split(gfn: u64) -> (usize, usize, usize, usize) {
+    (
+        (gfn >> (LEAF_BITS + 2 * MID_BITS)) as usize,
+        (gfn >> (LEAF_BITS + MID_BITS)) as usize & (FAN - 1),
+        (gfn >> LEAF_BITS) as usize & (FAN - 1),
+        gfn as usize & ((1 << LEAF_BITS) - 1),
+    )
+}
+
+impl P2m {
+    /// An empty map.
+    pub fn new() -> Self {
+        P2m {
+            top: (0..1usize << TOP_BITS).map(|_| None).collect(),
+            mapped: 0,
+            max_mapped: None,
+        }
+    }
+
+    /// Number of mapped gfns.
+    pub fn mapped(&self) -> u64 {
+        self.mapped
+    }
+
+    /// The highest gfn ever mapped.
+    pub fn max_mapped(&self) -> Option<u64> {
+        self.max_mapped
+    }
+
+    /// The frame at `gfn`, if mapped.
+    #[inline]
+    pub fn get(&self, gfn: u64) -> Option<Mfn> {
+        if gfn >= GFN_LIMIT {
+            return None;
+        }
+        let (a, b, c, d) = split(gfn);
+        let m = self.top[a].as_ref()?[b].as_ref()?[c].as_ref()?[d];
+        (m != NO_FRAME).then_some(m)
+    }
+
+    /// Maps `gfn` to `mfn`; returns the frame that was there.
+    ///
+    /// # Panics
+    /// If `gfn >= GFN_LIMIT`: callers check guest-supplied gfns first.
+    #[inline]
+    pub fn set(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
+        assert!(gfn < GFN_LIMIT, "gfn {gfn:#x} beyond the p2m");
+        debug_assert!(mfn != NO_FRAME);
+        let (a, b, c, d) = split(gfn);
+        let l2 = self.top[a].get_or_insert_with(|| Box::new([const { None }; FAN]));
+        let l3 = l2[b].get_or_insert_with(|| Box::new([const { None }; FAN]));
+        let leaf = l3[c].get_or_insert_with(|| Box::new([NO_FRAME; 1 << LEAF_BITS]));
+        let old = core::mem::replace(&mut leaf[d], mfn);
+        if old == NO_FRAME {
+            self.mapped += 1;
+        }
+        self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
+        (old != NO_FRAME).then_some(old)
+    }
+
+    /// Unmaps `gfn`; returns the frame that was there.
+    #[inline]
+    pub fn remove(&mut self, gfn: u64) -> Option<Mfn> {
+        if gfn >= GFN_LIMIT {
+            return None;
+        }
+        let (a, b, c, d) = split(gfn);
+        let slot = &mut self.top[a].as_mut()?[b].as_mut()?[c].as_mut()?[d];
+        let old = core::mem::replace(slot, NO_FRAME);
+        if old == NO_FRAME {
+            return None;
+        }
+        self.mapped -= 1;
+        Some(old)
+    }
+
+    /// The mapped gfns as maximal runs `(start, count)`, in order.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.for_each(|gfn, _| match out.last_mut() {
+            Some((s, c)) if *s + *c == gfn => *c += 1,
+            _ => out.push((gfn, 1)),
+        });
+        out
+    }
+
+    /// Every mapping, in gfn order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Mfn)> + '_ {
+        let mut out = Vec::with_capacity(self.mapped as usize);
+        self.for_each(|g, m| out.push((g, m)));
+        out.into_iter()
+    }
+
+    /// Calls `f` for every mapping, in gfn order.
+    pub fn for_each(&self, mut f: impl FnMut(u64, Mfn)) {
+        for (a, l2) in self.top.iter().enumerate() {
+            let Some(l2) = l2 else { continue };
+            for (b, l3) in l2.iter().enumerate() {
+                let Some(l3) = l3 else { continue };
+                for (c, leaf) in l3.iter().enumerate() {
+                    let Some(leaf) = leaf else { continue };
+                    let base = ((a as u64) << (LEAF_BITS + 2 * MID_BITS))
+                        | ((b as u64) << (LEAF_BITS + MID_BITS))
+                        | ((c as u64) << LEAF_BITS);
+                    for (d, &m) in leaf.iter().enumerate() {
+                        if m != NO_FRAME {
+                            f(base | d as u64, m);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn set_get_remove() {
+        let mut p = P2m::new();
+        assert_eq!(p.set(5, 100), None);
+        assert_eq!(p.set(GFN_LIMIT - 1, 7), None);
+        assert_eq!(p.set(5, 101), Some(100));
+        assert_eq!(p.get(5), Some(101));
+        assert_eq!(p.get(6), None);
+        assert_eq!(p.get(GFN_LIMIT), None);
+        assert_eq!(p.mapped(), 2);
+        assert_eq!(p.remove(5), Some(101));
+        assert_eq!(p.remove(5), None);
+        assert_eq!(p.max_mapped(), Some(GFN_LIMIT - 1));
+        assert_eq!(p.iter().collect::<Vec<_>>(), vec![(GFN_LIMIT - 1, 7)]);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_btreemap(ops in proptest::collection::vec((any::<bool>(), 0u64..4096, 0u32..1000), 0..300), high in any::<u64>()) {
+            let mut p = P2m::new();
+            let mut m = BTreeMap::new();
+            let spread = |g: u64| ((g * 0x9E37_79B9) ^ high) % GFN_LIMIT;
+            for (set, g, v) in ops {
+                let g = spread(g);
+                if set {
+                    prop_assert_eq!(p.set(g, v), m.insert(g, v));
+                } else {
+                    prop_assert_eq!(p.remove(g), m.remove(&g));
+                }
+            }
+            prop_assert_eq!(p.mapped(), m.len() as u64);
+            prop_assert_eq!(p.iter().collect::<Vec<_>>(), m.into_iter().collect::<Vec<_>>());
+        }
+    }
+}

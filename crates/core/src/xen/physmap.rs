@@ -1,0 +1,179 @@
+//! add_to_physmap (§4.8), add_to_physmap_batch (§4.9) and remove_from_physmap (§4.10).
+
+use ballast_abi::xen::{MapSpace, XenAddToPhysmap, XenAddToPhysmapBatch, XenRemoveFromPhysmap};
+
+use super::errno::*;
+use super::{Call, MemoryOpResult, Xsm, elem};
+use crate::hypervisor::Hypervisor;
+use crate::p2m::GFN_LIMIT;
+
+/// Xen's `INVALID_GFN`.
+const INVALID_GFN: u64 = u64::MAX;
+
+impl Hypervisor {
+    /// `xatp_permission_check` and the translated-target check before it.
+    fn xen_xatp_permission(&self, caller: u32, target: u32, space: MapSpace) -> Result<(), i64> {
+        if !self.part(target).translated {
+            return Err(EACCES);
+        }
+        // dev_mmio is for the hardware domain mapping itself.
+        if space == MapSpace::DEV_MMIO && !(caller == Self::ROOT_SLOT && target == caller) {
+            return Err(EACCES);
+        }
+        if !self.xen_xsm(caller, target, Xsm::Target) {
+            return Err(EPERM);
+        }
+        Ok(())
+    }
+
+    pub(super) fn xen_add_to_physmap(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
+        match self.xen_add_to_physmap_inner(c) {
+            Ok(Some(next)) => MemoryOpResult::resume(c.op, next),
+            Ok(None) => MemoryOpResult::value(0),
+            Err(e) => MemoryOpResult::err(e),
+        }
+    }
+
+    fn xen_add_to_physmap_inner(&mut self, c: &mut Call<'_>) -> Result<Option<u64>, i64> {
+        if c.start > u64::from(u16::MAX) {
+            return Err(EDOM);
+        }
+        let x = c.read::<XenAddToPhysmap>(c.arg).ok_or(EFAULT)?;
+        if x.space == MapSpace::GMFN_FOREIGN {
+            return Err(ENOSYS);
+        }
+        let t = self.xen_lookup(c.caller, x.domid).ok_or(ESRCH)?;
+        self.xen_xatp_permission(c.caller, t, x.space)?;
+        if x.gpfn == INVALID_GFN {
+            return Err(EINVAL);
+        }
+        if x.space != MapSpace::GMFN_RANGE {
+            return self.xen_add_one(t, x.space, x.idx, x.gpfn).map(|()| None);
+        }
+        let size = u64::from(x.size);
+        if size < c.start {
+            return Err(EILSEQ);
+        }
+        if x.gpfn.checked_add(size).is_none() || x.idx.checked_add(size).is_none() {
+            return Err(EOVERFLOW);
+        }
+        // Walk from the top when the destination overlaps the source from above, so no
+        // page is moved onto one not yet moved. The direction comes from the whole
+        // request, so a resumed call keeps it.
+        let backwards = x.gpfn > x.idx && x.gpfn < x.idx + size;
+        for done in c.start..size {
+            if done != c.start && c.preempt() {
+                return Ok(Some(done));
+            }
+            let off = if backwards { size - 1 - done } else { done };
+            self.xen_add_one(t, MapSpace::GMFN, x.idx + off, x.gpfn + off)?;
+            c.spend(1);
+        }
+        Ok(None)
+    }
+
+    pub(super) fn xen_add_to_physmap_batch(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
+        match self.xen_add_to_physmap_batch_inner(c) {
+            Ok(Some(next)) => MemoryOpResult::resume(c.op, next),
+            Ok(None) => MemoryOpResult::value(0),
+            Err(e) => MemoryOpResult::err(e),
+        }
+    }
+
+    fn xen_add_to_physmap_batch_inner(&mut self, c: &mut Call<'_>) -> Result<Option<u64>, i64> {
+        if c.start > u64::from(u16::MAX) {
+            return Err(EDOM);
+        }
+        let b = c.read::<XenAddToPhysmapBatch>(c.arg).ok_or(EFAULT)?;
+        let space = b.map_space();
+        if space == MapSpace::GMFN_RANGE {
+            return Err(EOPNOTSUPP);
+        }
+        let t = self.xen_lookup(c.caller, b.domid).ok_or(ESRCH)?;
+        self.xen_xatp_permission(c.caller, t, space)?;
+        let size = u64::from(b.size);
+        if size < c.start {
+            return Err(EILSEQ);
+        }
+        if size == c.start {
+            return if c.start != 0 { Err(EILSEQ) } else { Ok(None) };
+        }
+        let n = size - c.start;
+        if !c.array_ok(b.idxs, c.start, n, 8)
+            || !c.array_ok(b.gpfns, c.start, n, 8)
+            || !c.array_ok(b.errs, c.start, n, 4)
+        {
+            return Err(EFAULT);
+        }
+        if space == MapSpace::DEV_MMIO && b.foreign_domid != 0 {
+            return Err(EOPNOTSUPP);
+        }
+        for i in c.start..size {
+            if i != c.start && c.preempt() {
+                return Ok(Some(i));
+            }
+            let idx = c.read_u64(elem(b.idxs, i, 8)).ok_or(EFAULT)?;
+            let gpfn = c.read_u64(elem(b.gpfns, i, 8)).ok_or(EFAULT)?;
+            if gpfn == INVALID_GFN {
+                return Err(EINVAL);
+            }
+            let rc = match self.xen_add_one(t, space, idx, gpfn) {
+                Ok(()) => 0,
+                // Errnos are small positive numbers.
+                Err(e) => -(e as i32),
+            };
+            if !c.write(elem(b.errs, i, 4), &rc) {
+                return Err(EFAULT);
+            }
+            c.spend(1);
+        }
+        Ok(None)
+    }
+
+    /// `xenmem_add_to_physmap_one` for the spaces ballast has pages for.
+    fn xen_add_one(&mut self, t: u32, space: MapSpace, idx: u64, gpfn: u64) -> Result<(), i64> {
+        match space {
+            MapSpace::SHARED_INFO if idx != 0 => Err(EINVAL),
+            MapSpace::SHARED_INFO | MapSpace::GRANT_TABLE | MapSpace::GMFN_FOREIGN => {
+                Err(EOPNOTSUPP)
+            }
+            MapSpace::GMFN => self.xen_move_gmfn(t, idx, gpfn),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Moves the page at gfn `from` to gfn `to`, freeing the page that was at `to`.
+    fn xen_move_gmfn(&mut self, t: u32, from: u64, to: u64) -> Result<(), i64> {
+        if self.part(t).p2m.get(from).is_none() {
+            return Err(EACCES);
+        }
+        if to >= GFN_LIMIT {
+            return Err(EINVAL);
+        }
+        if from == to {
+            return Ok(());
+        }
+        let Some(m) = self.unmap(t, from) else {
+            return Err(EACCES);
+        };
+        if let Some(old) = self.unmap(t, to) {
+            self.heap_free(old, 0);
+        }
+        self.map(t, to, m);
+        Ok(())
+    }
+
+    pub(super) fn xen_remove_from_physmap(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let x = c.read::<XenRemoveFromPhysmap>(c.arg).ok_or(EFAULT)?;
+        let t = self.xen_lookup(c.caller, x.domid).ok_or(ESRCH)?;
+        if !self.part(t).translated {
+            return Err(EACCES);
+        }
+        if !self.xen_xsm(c.caller, t, Xsm::Target) {
+            return Err(EPERM);
+        }
+        let m = self.unmap(t, x.gpfn).ok_or(ENOENT)?;
+        self.heap_free(m, 0);
+        Ok(0)
+    }
+}

@@ -1,0 +1,418 @@
+//! increase_reservation, decrease_reservation, populate_physmap (§4.1-4.4), exchange
+//! (§4.5) and claim_pages (§4.11).
+
+use core::mem::offset_of;
+
+use ballast_abi::xen::{MemoryOp, XenMemoryExchange, XenMemoryReservation};
+
+use super::errno::*;
+use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, Placement, StopReason, Xsm, elem};
+use crate::Mfn;
+use crate::frame::MAX_ORDER;
+use crate::hypervisor::Hypervisor;
+use crate::p2m::GFN_LIMIT;
+
+/// How a reservation loop ended early.
+enum Halt {
+    Stop(StopReason),
+    Preempt,
+}
+
+impl From<StopReason> for Halt {
+    fn from(r: StopReason) -> Self {
+        Halt::Stop(r)
+    }
+}
+
+/// One exchange, as checked: what every chunk needs.
+struct Exchange {
+    target: u32,
+    x: XenMemoryExchange,
+    in_chunk: u32,
+    out_chunk: u32,
+    place: Placement,
+}
+
+impl Hypervisor {
+    /// The shared checks of §4.1, in Xen's order, then the sub-op.
+    pub(super) fn xen_reservation(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
+        let start = c.start;
+        let stop = |r| MemoryOpResult::count(start, Some(r));
+        let Some(r) = c.read::<XenMemoryReservation>(c.arg) else {
+            return stop(StopReason::Fault);
+        };
+        if r.nr_extents > MAX_NR_EXTENTS {
+            return stop(StopReason::BadArgs);
+        }
+        if start >= r.nr_extents {
+            let past_end = start > r.nr_extents;
+            return MemoryOpResult::count(start, past_end.then_some(StopReason::BadArgs));
+        }
+        let Some(target) = self.xen_lookup(c.caller, r.domid) else {
+            return stop(StopReason::NoDomain);
+        };
+        let place = match self.xen_reservation_placement(c.caller, target, r.mem_flags) {
+            Ok(p) => p,
+            Err(reason) => return stop(reason),
+        };
+        if !self.xen_xsm(c.caller, target, Xsm::Target) {
+            return stop(StopReason::Denied);
+        }
+        let mut done = start;
+        let outcome = match c.op {
+            MemoryOp::INCREASE_RESERVATION => self.xen_increase(c, target, &r, &place, &mut done),
+            MemoryOp::DECREASE_RESERVATION => self.xen_decrease(c, target, &r, &mut done),
+            _ => self.xen_populate(c, target, &r, &place, &mut done),
+        };
+        match outcome {
+            Ok(()) => MemoryOpResult::count(done, None),
+            Err(Halt::Stop(reason)) => MemoryOpResult::count(done, Some(reason)),
+            Err(Halt::Preempt) => MemoryOpResult::resume(c.op, done),
+        }
+    }
+
+    /// §4.2: frames assigned to the target without a gfn; a PV target with a list gets
+    /// their MFNs.
+    fn xen_increase(
+        &mut self,
+        c: &mut Call<'_>,
+        target: u32,
+        r: &XenMemoryReservation,
+        place: &Placement,
+        done: &mut u64,
+    ) -> Result<(), Halt> {
+        let list = r.extent_start;
+        if list != 0 && !c.array_ok(list, *done, r.nr_extents - *done, 8) {
+            return Err(StopReason::Fault.into());
+        }
+        if r.extent_order > self.xen_max_order(c.caller) {
+            return Err(StopReason::OrderTooBig.into());
+        }
+        let order = r.extent_order;
+        let pages = 1u64 << order;
+        let report = list != 0 && !self.part(target).translated;
+        while *done < r.nr_extents {
+            if *done != c.start && c.preempt() {
+                return Err(Halt::Preempt);
+            }
+            let m = self.xen_alloc_extent(target, order, place)?;
+            if report && !c.write_u64(elem(list, *done, 8), u64::from(m)) {
+                self.heap_free(m, order);
+                return Err(StopReason::Fault.into());
+            }
+            for f in m..m + (1 << order) {
+                self.assign_unmapped(target, f);
+            }
+            self.xen_charge_claim(target, pages);
+            c.spend(pages);
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    /// §4.3, each extent all or nothing.
+    fn xen_decrease(
+        &mut self,
+        c: &mut Call<'_>,
+        target: u32,
+        r: &XenMemoryReservation,
+        done: &mut u64,
+    ) -> Result<(), Halt> {
+        let list = r.extent_start;
+        if !c.array_ok(list, *done, r.nr_extents - *done, 8) {
+            return Err(StopReason::Fault.into());
+        }
+        if r.extent_order > self.xen_max_order(c.caller) {
+            return Err(StopReason::OrderTooBig.into());
+        }
+        while *done < r.nr_extents {
+            if *done != c.start && c.preempt() {
+                return Err(Halt::Preempt);
+            }
+            let base = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
+            let pages = self.xen_extent_pages(target, base, r.extent_order)?;
+            c.spend(pages.len() as u64);
+            for (gfn, m) in pages {
+                self.xen_free_page(c, target, gfn, m);
+            }
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    /// §4.4: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
+    fn xen_populate(
+        &mut self,
+        c: &mut Call<'_>,
+        target: u32,
+        r: &XenMemoryReservation,
+        place: &Placement,
+        done: &mut u64,
+    ) -> Result<(), Halt> {
+        let list = r.extent_start;
+        let pod = r.mem_flags.populate_on_demand();
+        if !c.array_ok(list, *done, r.nr_extents - *done, 8) {
+            return Err(StopReason::Fault.into());
+        }
+        let max = if pod {
+            MAX_ORDER
+        } else {
+            self.xen_max_order(c.caller)
+        };
+        if r.extent_order > max {
+            return Err(StopReason::OrderTooBig.into());
+        }
+        let order = r.extent_order;
+        let pages = 1u64 << order;
+        let pv = !self.part(target).translated;
+        while *done < r.nr_extents {
+            if *done != c.start && c.preempt() {
+                return Err(Halt::Preempt);
+            }
+            let at = elem(list, *done, 8);
+            let gfn = c.read_u64(at).ok_or(StopReason::Fault)?;
+            if pod {
+                // XSA-30: a domain may not populate-on-demand itself.
+                let reason = if target == c.caller {
+                    StopReason::Denied
+                } else {
+                    StopReason::PopulateOnDemand
+                };
+                return Err(reason.into());
+            }
+            let end = gfn
+                .checked_add(pages)
+                .filter(|&e| e <= GFN_LIMIT)
+                .ok_or(StopReason::BadGfn)?;
+            let p2m = &self.part(target).p2m;
+            if (gfn..end).any(|g| p2m.get(g).is_some()) {
+                return Err(StopReason::AlreadyMapped.into());
+            }
+            let m = self.xen_alloc_extent(target, order, place)?;
+            if pv && !c.write_u64(at, u64::from(m)) {
+                self.heap_free(m, order);
+                return Err(StopReason::Fault.into());
+            }
+            for (g, f) in (gfn..end).zip(m..) {
+                self.map(target, g, f);
+            }
+            self.xen_charge_claim(target, pages);
+            c.spend(pages);
+            *done += 1;
+        }
+        Ok(())
+    }
+
+    /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
+    pub(super) fn xen_exchange(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
+        let Some(x) = c.read::<XenMemoryExchange>(c.arg) else {
+            return MemoryOpResult::err(EFAULT);
+        };
+        let (i, o) = (x.in_, x.out);
+        // Xen writes nr_exchanged back on every failure after the copy.
+        let fail = |c: &mut Call<'_>, errno: i64, nr: u64| {
+            let at = c.field(offset_of!(XenMemoryExchange, nr_exchanged));
+            MemoryOpResult::err(if c.write_u64(at, nr) { errno } else { EFAULT })
+        };
+        if i.extent_order.max(o.extent_order) > self.xen_max_order(c.caller) {
+            return fail(c, EPERM, x.nr_exchanged);
+        }
+        // The orders are at most MAX_ORDER now, and the shifts below are guarded by the
+        // overflow checks before them.
+        let sane = x.nr_exchanged <= i.nr_extents
+            && i.domid == o.domid
+            && (u64::MAX >> i.extent_order) >= i.nr_extents
+            && (u64::MAX >> o.extent_order) >= o.nr_extents
+            && (i.nr_extents << i.extent_order) == (o.nr_extents << o.extent_order);
+        if !sane {
+            return fail(c, EINVAL, x.nr_exchanged);
+        }
+        if x.nr_exchanged == i.nr_extents {
+            return MemoryOpResult::value(0);
+        }
+        let (in_chunk, out_chunk) = if i.extent_order <= o.extent_order {
+            (o.extent_order - i.extent_order, 0)
+        } else {
+            (0, i.extent_order - o.extent_order)
+        };
+        let first = x.nr_exchanged >> in_chunk;
+        let (in_first, out_first) = (first << in_chunk, first << out_chunk);
+        if !c.array_ok(i.extent_start, in_first, i.nr_extents - in_first, 8)
+            || !c.array_ok(
+                o.extent_start,
+                out_first,
+                o.nr_extents.saturating_sub(out_first),
+                8,
+            )
+        {
+            return fail(c, EFAULT, x.nr_exchanged);
+        }
+        let Ok(node) = self.xen_requested_node(c.caller, o.mem_flags) else {
+            return fail(c, EINVAL, x.nr_exchanged);
+        };
+        let Some(target) = self.xen_lookup(c.caller, i.domid) else {
+            return fail(c, ESRCH, x.nr_exchanged);
+        };
+        if !self.xen_xsm(c.caller, target, Xsm::Target) {
+            return fail(c, EPERM, x.nr_exchanged);
+        }
+        if self.xen_dying(target) {
+            return fail(c, EINVAL, x.nr_exchanged);
+        }
+        // Xen clamps the width and lets allocation fail, rather than refuse 12 bits or
+        // fewer as the reservation sub-ops do.
+        let limit = self.xen_address_limit(o.mem_flags.get_address_bits());
+        let place = self.xen_placement(target, node, limit.unwrap_or(crate::frame::NO_FRAME));
+        let ex = Exchange {
+            target,
+            x,
+            in_chunk,
+            out_chunk,
+            place,
+        };
+        let chunks = i.nr_extents >> in_chunk;
+        for k in first..chunks {
+            if k != first && c.preempt() {
+                let at = c.field(offset_of!(XenMemoryExchange, nr_exchanged));
+                if !c.write_u64(at, k << in_chunk) {
+                    return MemoryOpResult::err(EFAULT);
+                }
+                return MemoryOpResult {
+                    ret: 0,
+                    continuation: Some(c.cmd),
+                    stop: None,
+                };
+            }
+            if let Err(errno) = self.xen_exchange_chunk(c, &ex, k) {
+                return fail(c, errno, k << in_chunk);
+            }
+        }
+        let at = c.field(offset_of!(XenMemoryExchange, nr_exchanged));
+        if c.write_u64(at, i.nr_extents) {
+            MemoryOpResult::value(0)
+        } else {
+            MemoryOpResult::err(EFAULT)
+        }
+    }
+
+    /// Exchanges chunk `k`: 2^in_chunk input extents for 2^out_chunk output extents.
+    /// Everything that can fail is done before the first change.
+    fn xen_exchange_chunk(&mut self, c: &mut Call<'_>, ex: &Exchange, k: u64) -> Result<(), i64> {
+        let (i, o, t) = (&ex.x.in_, &ex.x.out, ex.target);
+        let mut inputs: Vec<(Option<u64>, Mfn)> = Vec::new();
+        for e in (k << ex.in_chunk)..((k + 1) << ex.in_chunk) {
+            let base = c.read_u64(elem(i.extent_start, e, 8)).ok_or(EFAULT)?;
+            inputs.extend(
+                self.xen_extent_pages(t, base, i.extent_order)
+                    .map_err(|_| EINVAL)?,
+            );
+        }
+        let mut mfns: Vec<Mfn> = inputs.iter().map(|p| p.1).collect();
+        mfns.sort_unstable();
+        if mfns.windows(2).any(|w| w[0] == w[1]) {
+            return Err(EINVAL);
+        }
+        let mut freed: Vec<u64> = inputs.iter().filter_map(|p| p.0).collect();
+        freed.sort_unstable();
+
+        let out_pages = 1u64 << o.extent_order;
+        let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
+        let mut outs = Vec::new();
+        for e in out_ix.clone() {
+            let gfn = c.read_u64(elem(o.extent_start, e, 8)).ok_or(EFAULT)?;
+            let end = gfn
+                .checked_add(out_pages)
+                .filter(|&e| e <= GFN_LIMIT)
+                .ok_or(EINVAL)?;
+            let p2m = &self.part(t).p2m;
+            // An output may land where this chunk's inputs are, never on another page.
+            if (gfn..end).any(|g| p2m.get(g).is_some() && freed.binary_search(&g).is_err()) {
+                return Err(EINVAL);
+            }
+            outs.push(gfn);
+        }
+        let mut sorted = outs.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
+            return Err(EINVAL);
+        }
+
+        let own = u64::from(self.part(t).outstanding_claim);
+        let mut blocks: Vec<Mfn> = Vec::with_capacity(outs.len());
+        for _ in &outs {
+            match self.xen_alloc_unowned(o.extent_order, &ex.place, own) {
+                Some(m) => blocks.push(m),
+                None => {
+                    for &m in &blocks {
+                        self.heap_free(m, o.extent_order);
+                    }
+                    return Err(ENOMEM);
+                }
+            }
+        }
+        if !self.part(t).translated {
+            for (j, (e, &m)) in out_ix.clone().zip(&blocks).enumerate() {
+                if !c.write_u64(elem(o.extent_start, e, 8), u64::from(m)) {
+                    // Put back the gfns already overwritten: the chunk did not happen.
+                    for (e, &gfn) in out_ix.clone().zip(&outs).take(j) {
+                        c.write_u64(elem(o.extent_start, e, 8), gfn);
+                    }
+                    for &m in &blocks {
+                        self.heap_free(m, o.extent_order);
+                    }
+                    return Err(EFAULT);
+                }
+            }
+        }
+
+        // The chunk cannot fail from here on. Its pages trade places one for one, so
+        // tot_pages does not move and max_pages is not consulted (Xen's MEMF_no_refcount).
+        c.spend(inputs.len() as u64);
+        for (gfn, m) in inputs {
+            self.xen_free_page(c, t, gfn, m);
+        }
+        for (&gfn, &m) in outs.iter().zip(&blocks) {
+            for (g, f) in (gfn..gfn + out_pages).zip(m..) {
+                self.map(t, g, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// §4.11: `domain_set_outstanding_pages`.
+    pub(super) fn xen_claim_pages(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let r = c.read::<XenMemoryReservation>(c.arg).ok_or(EFAULT)?;
+        if r.extent_start != 0 || r.extent_order != 0 || r.mem_flags.0 != 0 {
+            return Err(EINVAL);
+        }
+        // The plain id lookup: DOMID_SELF is not an id, so it is invalid here.
+        let t = self.xen_lookup_id(r.domid).ok_or(EINVAL)?;
+        if !self.xen_xsm(c.caller, t, Xsm::Priv) {
+            return Err(EPERM);
+        }
+        if self.xen_dying(t) {
+            return Err(EINVAL);
+        }
+        let pages = r.nr_extents;
+        if pages == 0 {
+            self.part_mut(t).outstanding_claim = 0;
+            return Ok(0);
+        }
+        let p = self.part(t);
+        if p.outstanding_claim != 0 || pages <= p.tot_pages() || pages > u64::from(p.max_pages) {
+            return Err(EINVAL);
+        }
+        // Claims are measured against what the domain already has.
+        let claim = pages - p.tot_pages();
+        let avail = self
+            .frames
+            .total_free()
+            .saturating_sub(self.outstanding_claims());
+        if claim > avail {
+            return Err(ENOMEM);
+        }
+        // At most max_pages, a u32.
+        self.part_mut(t).outstanding_claim = claim as u32;
+        Ok(0)
+    }
+}

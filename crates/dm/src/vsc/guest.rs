@@ -1,0 +1,322 @@
+//! What the VSC needs from the guest OS, and [`SimGuest`], a deterministic stand-in for
+//! tests and the simulator.
+//!
+//! Every count and PFN is in 4 KiB pages, the protocol's unit (the guest is taken to use
+//! 4 KiB pages, as x86 Linux does; Linux turns ballooning off otherwise).
+
+use core::ops::Range;
+
+use crate::pageset::PageSet;
+
+/// Why a hot-add of memory blocks failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum HotAddError {
+    /// The range overlaps memory the guest already has (Linux's `-EEXIST` from
+    /// `add_memory`): the address map rules hot-add out, so the VSC stops hot-adding for
+    /// good and tells the host so.
+    #[error("the range overlaps memory the guest already has")]
+    Exists,
+    /// Anything else (unaligned range, no memory for the memmap, beyond the physical address
+    /// limit): worth retrying later.
+    #[error("hot-add failed")]
+    Failed,
+}
+
+/// The guest OS as the VSC sees it.
+///
+/// Implementations decide which pages a balloon may take; the VSC decides how many, in
+/// which order, and keeps the books of what the host holds.
+pub trait GuestMemoryModel {
+    /// Pages the OS manages now, as Linux's `totalram_pages()`: boot RAM plus onlined
+    /// hot-added memory, minus ballooned pages. The balloon floor is computed from it, so
+    /// the floor sinks as the balloon grows, as it does in Linux.
+    fn total_pages(&self) -> u64;
+
+    /// Pages the OS could hand out without swapping, as `MemAvailable`.
+    fn available_pages(&self) -> u64;
+
+    /// Committed pages, as `vm_memory_committed()` (reported to the host, which bases its
+    /// pressure on it).
+    fn committed_pages(&self) -> u64;
+
+    /// Takes `2^order` contiguous pages out of the OS's reach for the balloon; returns the
+    /// first PFN, or `None` when no such block is free (the VSC then tries smaller blocks
+    /// or stops). The pages stay the model's until [`free_pages`](Self::free_pages) gives
+    /// them back.
+    fn alloc_block(&mut self, order: u32) -> Option<u64>;
+
+    /// Gives pages taken by [`alloc_block`](Self::alloc_block) back to the OS. The VSC
+    /// only ever passes pages it got from `alloc_block` and has not freed since.
+    fn free_pages(&mut self, start: u64, count: u64);
+
+    /// Adds the memory blocks `blocks` (whole blocks, block-aligned) and onlines the pages
+    /// of `online` (a sub-range, possibly empty: the pages the host backs); the rest of
+    /// the blocks stays offline until [`online_pages`](Self::online_pages). Returns the
+    /// pages brought online.
+    fn hot_add(&mut self, blocks: Range<u64>, online: Range<u64>) -> Result<u64, HotAddError>;
+
+    /// Onlines pages of blocks added earlier, once the host backs them; returns the pages
+    /// brought online (pages already online or never added do not count).
+    fn online_pages(&mut self, pages: Range<u64>) -> u64;
+
+    /// The memory block size in pages: the unit of hot-add. Must be a power of two of at
+    /// least 1 MiB (256 pages) and at most 32 GiB, as the caps field can only say 2^n MiB
+    /// with n < 16; otherwise the VSC does not offer hot-add.
+    fn block_pages(&self) -> u64;
+}
+
+/// Appends to `out` the maximal runs of `[start, start + count)` whose pages are all in
+/// `set` (`inside`) or all outside it (`!inside`), in order.
+///
+/// Bisects with `count_in`, so the cost grows with the number of runs, not with `count`:
+/// a host may name 16 M pages in one range.
+pub(crate) fn runs(set: &PageSet, start: u64, count: u64, inside: bool, out: &mut Vec<(u64, u64)>) {
+    if count == 0 {
+        return;
+    }
+    let c = set.count_in(start, count);
+    let hit = if inside { c } else { count - c };
+    if hit == 0 {
+        return;
+    }
+    if hit == count {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ => out.push((start, count)),
+        }
+        return;
+    }
+    let half = count / 2;
+    runs(set, start, half, inside, out);
+    runs(set, start + half, count - half, inside, out);
+}
+
+/// The default memory block size: 128 MiB, what x86 Linux uses below 64 GiB.
+pub const DEFAULT_BLOCK_PAGES: u64 = 32_768;
+
+/// The largest PFN plus one that a page range can name (40 bits).
+const PFN_LIMIT: u64 = 1 << 40;
+
+/// A deterministic guest: boot RAM at PFNs `[0, total)`, the low part in use, the rest
+/// free; hot-added blocks above. Allocations take the lowest free block that fits, so a
+/// test can predict every PFN.
+///
+/// It also audits the VSC: freeing a page it did not allocate to the balloon is counted
+/// in [`foreign_frees`](Self::foreign_frees), never obeyed.
+#[derive(Debug, Clone)]
+pub struct SimGuest {
+    boot_pages: u64,
+    block_pages: u64,
+    free: PageSet,
+    used: PageSet,
+    ballooned: PageSet,
+    added: PageSet,
+    offline: PageSet,
+    committed: u64,
+    alloc_budget: Option<u64>,
+    hot_add_failure: Option<HotAddError>,
+    foreign_frees: u64,
+}
+
+impl SimGuest {
+    /// A guest with `total_pages` of boot RAM of which `available_pages` are free (the
+    /// highest ones), 128 MiB memory blocks, and committed memory equal to the pages in
+    /// use.
+    pub fn new(total_pages: u64, available_pages: u64) -> Self {
+        let total = total_pages.min(PFN_LIMIT);
+        let avail = available_pages.min(total);
+        let mut used = PageSet::new();
+        used.insert(0, total - avail);
+        let mut free = PageSet::new();
+        free.insert(total - avail, avail);
+        Self {
+            boot_pages: total,
+            block_pages: DEFAULT_BLOCK_PAGES,
+            free,
+            used,
+            ballooned: PageSet::new(),
+            added: PageSet::new(),
+            offline: PageSet::new(),
+            committed: total - avail,
+            alloc_budget: None,
+            hot_add_failure: None,
+            foreign_frees: 0,
+        }
+    }
+
+    /// Sets the memory block size in pages.
+    pub fn with_block_pages(mut self, block_pages: u64) -> Self {
+        self.block_pages = block_pages;
+        self
+    }
+
+    /// Marks free pages of `[start, start + count)` as in use (to fragment memory);
+    /// returns how many were free.
+    pub fn occupy(&mut self, start: u64, count: u64) -> u64 {
+        let mut r = Vec::new();
+        runs(&self.free, start, count, true, &mut r);
+        let mut n = 0;
+        for (s, c) in r {
+            self.free.remove(s, c);
+            self.used.insert(s, c);
+            n += c;
+        }
+        n
+    }
+
+    /// Frees in-use pages of `[start, start + count)`; returns how many were in use.
+    pub fn vacate(&mut self, start: u64, count: u64) -> u64 {
+        let mut r = Vec::new();
+        runs(&self.used, start, count, true, &mut r);
+        let mut n = 0;
+        for (s, c) in r {
+            self.used.remove(s, c);
+            self.free.insert(s, c);
+            n += c;
+        }
+        n
+    }
+
+    /// Grows or shrinks the workload so that `pages` are free, as far as memory allows:
+    /// pages are taken from, and given back to, the lowest addresses first.
+    pub fn set_available(&mut self, pages: u64) {
+        let now = self.free.len();
+        if pages < now {
+            for (s, c) in self.free.take(now - pages, u64::MAX) {
+                self.used.insert(s, c);
+            }
+        } else {
+            for (s, c) in self.used.take(pages - now, u64::MAX) {
+                self.free.insert(s, c);
+            }
+        }
+    }
+
+    /// Sets the committed pages reported.
+    pub fn set_committed(&mut self, pages: u64) {
+        self.committed = pages;
+    }
+
+    /// Lets the allocator hand out only `pages` more pages before failing (as
+    /// `__GFP_NORETRY` allocations give up under pressure); `None` lifts the limit.
+    pub fn set_alloc_budget(&mut self, pages: Option<u64>) {
+        self.alloc_budget = pages;
+    }
+
+    /// Makes every hot-add fail with `error` until cleared.
+    pub fn set_hot_add_failure(&mut self, error: Option<HotAddError>) {
+        self.hot_add_failure = error;
+    }
+
+    /// Free pages.
+    pub fn free(&self) -> &PageSet {
+        &self.free
+    }
+
+    /// Pages held by the balloon.
+    pub fn ballooned(&self) -> &PageSet {
+        &self.ballooned
+    }
+
+    /// Pages of hot-added blocks, online or not.
+    pub fn added(&self) -> &PageSet {
+        &self.added
+    }
+
+    /// Pages of hot-added blocks not yet online.
+    pub fn offline(&self) -> &PageSet {
+        &self.offline
+    }
+
+    /// Pages the VSC tried to free that the balloon did not hold.
+    pub fn foreign_frees(&self) -> u64 {
+        self.foreign_frees
+    }
+}
+
+impl GuestMemoryModel for SimGuest {
+    fn total_pages(&self) -> u64 {
+        (self.boot_pages + self.added.len() - self.offline.len())
+            .saturating_sub(self.ballooned.len())
+    }
+
+    fn available_pages(&self) -> u64 {
+        self.free.len()
+    }
+
+    fn committed_pages(&self) -> u64 {
+        self.committed
+    }
+
+    fn alloc_block(&mut self, order: u32) -> Option<u64> {
+        let n = 1u64.checked_shl(order).filter(|&n| n <= PFN_LIMIT)?;
+        if self.alloc_budget.is_some_and(|b| b < n) {
+            return None;
+        }
+        let start = self.free.ranges().find_map(|(s, c)| {
+            let a = s.checked_next_multiple_of(n)?;
+            (a + n <= s + c).then_some(a)
+        })?;
+        self.free.remove(start, n);
+        self.ballooned.insert(start, n);
+        if let Some(b) = &mut self.alloc_budget {
+            *b -= n;
+        }
+        Some(start)
+    }
+
+    fn free_pages(&mut self, start: u64, count: u64) {
+        let mut r = Vec::new();
+        runs(&self.ballooned, start, count, true, &mut r);
+        let mut n = 0;
+        for (s, c) in r {
+            self.ballooned.remove(s, c);
+            self.free.insert(s, c);
+            n += c;
+        }
+        self.foreign_frees += count - n;
+    }
+
+    fn hot_add(&mut self, blocks: Range<u64>, online: Range<u64>) -> Result<u64, HotAddError> {
+        if let Some(e) = self.hot_add_failure {
+            return Err(e);
+        }
+        let b = self.block_pages.max(1);
+        let len = blocks.end.saturating_sub(blocks.start);
+        if len == 0 || blocks.start % b != 0 || len % b != 0 || blocks.end > PFN_LIMIT {
+            return Err(HotAddError::Failed);
+        }
+        if blocks.start < self.boot_pages || self.added.count_in(blocks.start, len) != 0 {
+            return Err(HotAddError::Exists);
+        }
+        let on = online.start.max(blocks.start)..online.end.min(blocks.end);
+        let on_len = on.end.saturating_sub(on.start);
+        self.added.insert(blocks.start, len);
+        self.offline.insert(blocks.start, len);
+        self.offline.remove(on.start, on_len);
+        self.free.insert(on.start, on_len);
+        Ok(on_len)
+    }
+
+    fn online_pages(&mut self, pages: Range<u64>) -> u64 {
+        let mut r = Vec::new();
+        runs(
+            &self.offline,
+            pages.start,
+            pages.end.saturating_sub(pages.start),
+            true,
+            &mut r,
+        );
+        let mut n = 0;
+        for (s, c) in r {
+            self.offline.remove(s, c);
+            self.free.insert(s, c);
+            n += c;
+        }
+        n
+    }
+
+    fn block_pages(&self) -> u64 {
+        self.block_pages
+    }
+}

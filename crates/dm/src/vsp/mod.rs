@@ -1,0 +1,1301 @@
+//! The Dynamic Memory host side (the VSP), sans-IO.
+//!
+//! The owner feeds in what happens — the channel opened or closed, a message arrived, time
+//! passed, the host wants pages — each with the current time as a [`Duration`] since any
+//! fixed origin, and takes out DM messages to send ([`Vsp::poll_transmit`], one message per
+//! VMBus in-band packet) and events ([`Vsp::poll_event`]). Nothing here reads a clock,
+//! sleeps or does I/O; [`Vsp::next_deadline`] says when [`Vsp::tick`] is next due.
+//!
+//! # Decisions
+//!
+//! Where Hyper-V and QEMU's hv-balloon (reference `dm-protocol.md`) leave a choice:
+//!
+//! - **Versions.** 2.0, 1.0 and 0.3, each switchable ([`AcceptedVersions`]); every other
+//!   value is rejected. QEMU accepts any number in `[0x3, 0x20000]`, so 0.4 or 1.5 would pass
+//!   there; those versions do not exist, and a guest that offers one has a different idea of
+//!   the layouts. `0x30000` (a macOS guest's "3.0") is rejected as Hyper-V does, and the guest
+//!   falls back. `is_last_attempt` changes nothing: the host keeps answering requests.
+//! - **Capabilities** are always accepted: refusing makes Linux fail its probe, while a guest
+//!   that cannot balloon or hot-add is simply never asked to. `hot_remove` and
+//!   `suppress_pressure_reports` in the response exist only in the 2.0 header, so older guests
+//!   get them as zero.
+//! - **INFO (maximum page count)** goes to a 1.0 or 2.0 guest when the post-capabilities wait
+//!   ends, just before the first request could, because Hyper-V sends it then and because the
+//!   wait exists to keep Windows from seeing DM traffic right after boot.
+//! - **One host operation at a time.** A request while another runs is refused with
+//!   [`VspError::Busy`] rather than queued: the owner's target moves on while it waits, and a
+//!   queued request would carry a stale one.
+//! - **Balloon.** A target above [`VspConfig::max_balloon_pages`] becomes successive
+//!   requests, the next sent when the guest fully answered the previous one. A partial answer
+//!   ends the operation ([`VspEvent::BalloonComplete`] with what came back): the guest is at
+//!   its floor, and because Linux computes the floor from a total that ballooning lowers,
+//!   re-asking at once (QEMU does) squeezes it far below where it said stop. Re-asking is the
+//!   owner's policy. A final response with zero ranges is "at the floor"; a zero-range
+//!   response with `more_pages = 1` is taken at its word and the host keeps waiting for the
+//!   final message or the timeout (QEMU ends the transaction there).
+//! - **Returned pages** are checked against the ballooned set first (a page already given is
+//!   dropped silently, within a message or across messages) and then against the guest's
+//!   p2m ([`GuestOwnership`]); a run the guest does not own is rejected and reported as a
+//!   [`Violation::ForeignPages`], and never counted. Pages beyond the request are accepted:
+//!   the guest has already taken them offline, and refusing them would waste them, not
+//!   protect anything.
+//! - **Hot-removed pages** (2.0) join the ballooned set, since Hyper-V gives hot-removed
+//!   memory back with unballoon requests.
+//! - **Unballoon** takes pages off the ballooned set when it is requested and returns them,
+//!   so the owner can back them before the messages reach the guest; they are sent as
+//!   ranges of at most 2^24 − 1 pages, 510 per 4 KiB message, `more_pages` on all but the
+//!   last, one transaction id. A timeout does not put them back: the guest may be using them.
+//! - **Hot-add** start and size are aligned to the guest's advertised alignment: an
+//!   unaligned start is refused, the size is rounded down, and a size below one alignment
+//!   unit sends nothing. A large request is split into chunks of
+//!   [`VspConfig::max_hot_add_pages`]. A 1.0 or 2.0 guest gets the 24-byte form with
+//!   region = range; a 0.3 guest gets the 16-byte form, the only one the seed header
+//!   defines — since the range is already aligned the guest derives the same region from it.
+//!   Answers: pages ≥ requested (clamped, with a [`Violation::HotAddOverReport`] when above)
+//!   → next chunk; `0 < pages < requested` → "barrier reached", hot-add off until the
+//!   channel resets (the header says further hot-adds will fail); `{0, 1}` → permanent, off;
+//!   `{0, 0}` → transient: by default Hyper-V's "retry later" — hot-add is refused with
+//!   [`VspError::NotReady`] until [`HotAddTransient::RetryAfter`] has passed, and the owner
+//!   retries — or, with [`HotAddTransient::Disable`], QEMU's "off until reset". Linux never
+//!   sends a failure with pages; one is counted, reported and treated as a barrier.
+//! - **Timeouts.** Every awaited reply has one; QEMU has none and hangs when a guest stops
+//!   answering (hibernation-capable Linux ignores balloon requests outright). For responses
+//!   in several messages the deadline is re-armed by every message that brings new pages,
+//!   so a long but progressing answer is not cut off, while one that only repeats itself
+//!   is. A hot-add that times out turns hot-add off until reset: the guest may still be
+//!   adding, and the protocol forbids a second request before the first is answered. A
+//!   reply handed in by the same call that passes its deadline is still taken.
+//! - **Bad guest messages** change nothing and get no reply: malformed ones, unknown types,
+//!   `DM_ERROR` and messages that do not fit the state each give a
+//!   [`VspEvent::ProtocolViolation`]. Status reports are taken in every open state, even
+//!   before the capabilities, as QEMU does.
+//! - **Reset.** [`Vsp::channel_closed`] drops everything that belongs to the connection —
+//!   version, capabilities, the running operation, unsent messages, the hot-add gate — and
+//!   restarts the transaction counter at 0. The ballooned set is kept: those pages stay out
+//!   of the guest until it reboots, and only the owner knows when that happens
+//!   ([`Vsp::take_ballooned`]). A second [`Vsp::channel_opened`] without a close is refused,
+//!   as QEMU refuses a reopen without a reset.
+//! - **Transaction ids.** Replies to the guest's version and capabilities messages echo its
+//!   id; host operations use a counter that every message of one transaction shares and
+//!   that moves on when the transaction ends. Nobody checks ids on receipt (Linux takes a new
+//!   one for every message, even retries), so neither does this side.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Duration;
+
+use ballast_abi::dm::{
+    Body, Caps, DM_REMOVE_QOS_MASK, DecodeError, InfoType, MAX_BALLOON_REQUEST_PAGES,
+    MAX_RANGES_PER_MESSAGE, Message, MessageType, PageRange, StatusReport, Version,
+};
+
+use crate::PageSet;
+
+/// The channel's class id, the only channel a VSP offers.
+pub use ballast_abi::vmbus::HV_DM_GUID as CLASS_ID;
+
+/// Which guest pages are guest RAM the guest holds right now: the host's p2m.
+///
+/// Asked about every run of pages a guest claims to give up, before the run is counted.
+pub trait GuestOwnership {
+    /// True if every page of `[start_pfn, start_pfn + count)` belongs to the guest.
+    fn owns(&self, start_pfn: u64, count: u64) -> bool;
+}
+
+impl<F: Fn(u64, u64) -> bool> GuestOwnership for F {
+    fn owns(&self, start_pfn: u64, count: u64) -> bool {
+        self(start_pfn, count)
+    }
+}
+
+/// One contiguous span of guest RAM.
+impl GuestOwnership for Range<u64> {
+    fn owns(&self, start_pfn: u64, count: u64) -> bool {
+        start_pfn >= self.start
+            && start_pfn
+                .checked_add(count)
+                .is_some_and(|end| end <= self.end)
+    }
+}
+
+/// The protocol versions the host accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedVersions {
+    /// 2.0 (`0x00020000`, Windows 10): what every current guest offers first.
+    pub v2_0: bool,
+    /// 1.0 (`0x00010000`, Windows 8).
+    pub v1_0: bool,
+    /// 0.3 (`0x00000003`, Windows 7).
+    pub v0_3: bool,
+}
+
+impl AcceptedVersions {
+    /// All three.
+    pub const ALL: Self = Self {
+        v2_0: true,
+        v1_0: true,
+        v0_3: true,
+    };
+
+    /// True if `v` is one of the three and switched on.
+    pub fn accepts(&self, v: Version) -> bool {
+        match v {
+            Version::V2_0 => self.v2_0,
+            Version::V1_0 => self.v1_0,
+            Version::V0_3 => self.v0_3,
+            _ => false,
+        }
+    }
+}
+
+impl Default for AcceptedVersions {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// What a transient hot-add failure (`page_count 0, result 0`) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotAddTransient {
+    /// Hyper-V: hot-add may be asked again once this much time has passed.
+    RetryAfter(Duration),
+    /// QEMU: hot-add is off until the channel resets.
+    Disable,
+}
+
+/// Host settings. Every default is what Hyper-V or QEMU does, or says why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VspConfig {
+    /// Quiet time after the capabilities exchange before the first request.
+    /// Default 50 s: Windows Server 2019 crashes on DM requests right after boot, and both
+    /// Hyper-V and QEMU wait this long.
+    pub post_caps_wait: Duration,
+    /// How long the host waits for a balloon, unballoon or hot-remove reply; re-armed by
+    /// every message that brings new pages. Default 30 s: Windows answers a 2 GiB balloon
+    /// in 2–3 s, so this is ten times the slowest answer seen, yet short enough that a
+    /// guest that will never answer does not hold the host's memory policy for long.
+    pub reply_timeout: Duration,
+    /// How long the host waits for a hot-add reply. Default 120 s: Linux waits up to 5 s
+    /// per 128 MiB block for the block to be onlined, so a 2 GiB chunk can take 80 s on a
+    /// guest with no onlining agent, and still succeed.
+    pub hot_add_reply_timeout: Duration,
+    /// Most pages one balloon request asks for; larger targets become successive requests.
+    /// Default 585 728 ([`MAX_BALLOON_REQUEST_PAGES`]): Windows stops honouring larger
+    /// requests. Zero is taken as one.
+    pub max_balloon_pages: u32,
+    /// Most pages one hot-add request carries, rounded down to the guest's alignment (but
+    /// at least one alignment unit). Default 524 288 (2 GiB), QEMU's chunk.
+    pub max_hot_add_pages: u32,
+    /// Accepted protocol versions. Default: 2.0, 1.0 and 0.3.
+    pub versions: AcceptedVersions,
+    /// Whether status reports are wanted. The capabilities response asks a 2.0 guest to
+    /// suppress them when not (Linux sends them anyway; they are then ignored). Default
+    /// true: the balancer's pressure comes from `num_committed`.
+    pub status_reports: bool,
+    /// Whether the host may hot-remove (2.0 only; advertised in the capabilities
+    /// response). Default false: no open guest implements it and the meaning of its result
+    /// is unverified, so the host does not offer what it would not use by default.
+    pub hot_remove: bool,
+    /// The maximum memory, in 4 KiB pages, sent to 1.0 and 2.0 guests in an INFO message.
+    /// Default none (QEMU sends none; Linux only logs it).
+    pub max_page_count: Option<u64>,
+    /// What a transient hot-add failure does. Default: Hyper-V's retry, after 10 s.
+    pub hot_add_transient: HotAddTransient,
+}
+
+impl Default for VspConfig {
+    fn default() -> Self {
+        Self {
+            post_caps_wait: Duration::from_secs(50),
+            reply_timeout: Duration::from_secs(30),
+            hot_add_reply_timeout: Duration::from_secs(120),
+            max_balloon_pages: MAX_BALLOON_REQUEST_PAGES,
+            max_hot_add_pages: 524_288,
+            versions: AcceptedVersions::ALL,
+            status_reports: true,
+            hot_remove: false,
+            max_page_count: None,
+            hot_add_transient: HotAddTransient::RetryAfter(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Where the host is in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VspState {
+    /// No channel.
+    Closed,
+    /// Waiting for an acceptable VERSION_REQUEST.
+    Version,
+    /// Version agreed; waiting for the CAPABILITIES_REPORT.
+    Caps,
+    /// Capabilities agreed; quiet until the post-capabilities wait ends.
+    PostCapsWait,
+    /// Ready for a host request.
+    Idle,
+    /// Waiting for balloon responses.
+    Balloon,
+    /// Waiting for the unballoon response.
+    Unballoon,
+    /// Waiting for the hot-add response.
+    HotAdd,
+    /// Waiting for hot-remove responses.
+    HotRemove,
+}
+
+impl VspState {
+    /// True while a reply to a host request is awaited.
+    pub const fn awaits_reply(self) -> bool {
+        matches!(
+            self,
+            Self::Balloon | Self::Unballoon | Self::HotAdd | Self::HotRemove
+        )
+    }
+}
+
+/// A host operation and how far it got, as reported when it times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transaction {
+    /// Balloon: pages asked for in all, pages the guest gave.
+    Balloon {
+        /// Pages the owner asked for.
+        requested: u64,
+        /// Pages accepted so far.
+        returned: u64,
+    },
+    /// Unballoon: pages given back (already off the ballooned set).
+    Unballoon {
+        /// Pages sent.
+        pages: u64,
+    },
+    /// Hot-add: pages asked for in all, pages the guest reported added.
+    HotAdd {
+        /// Pages the owner asked for (after alignment).
+        requested: u64,
+        /// Pages added so far.
+        added: u64,
+    },
+    /// Hot-remove: pages asked for, pages the guest gave.
+    HotRemove {
+        /// Pages asked for.
+        requested: u32,
+        /// Pages accepted so far.
+        removed: u64,
+    },
+}
+
+/// How a hot-add operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotAddResult {
+    /// Every page was added.
+    Success,
+    /// The guest added fewer pages than asked: it has reached its limit. Hot-add is off
+    /// until the channel resets.
+    Barrier,
+    /// `page_count 0, result 1`: the guest will never hot-add. Off until reset.
+    Permanent,
+    /// `page_count 0, result 0`: the guest could not add now. `retry_at` is when hot-add
+    /// may be asked again, or `None` when [`HotAddTransient::Disable`] turned it off.
+    Transient {
+        /// When [`Vsp::hot_add`] is accepted again.
+        retry_at: Option<Duration>,
+    },
+}
+
+/// A way the guest broke the protocol. Each was dropped with no reply and no state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// The bytes are not a DM message (too short, a lying count, an unknown type...).
+    Malformed(DecodeError),
+    /// A message the host does not take in its state (or ever, like `DM_ERROR`).
+    Unexpected {
+        /// The message's type.
+        ty: MessageType,
+        /// The host's state when it came.
+        state: VspState,
+    },
+    /// Pages the guest gave up that are not its own, as `(start_pfn, count)`: rejected.
+    ForeignPages(Vec<(u64, u64)>),
+    /// A hot-add response claimed more pages than were asked for; clamped.
+    HotAddOverReport {
+        /// Pages asked for.
+        requested: u32,
+        /// Pages claimed.
+        reported: u32,
+    },
+    /// A hot-add response said "failed" and yet claimed pages; they are counted and
+    /// hot-add is treated as having reached a barrier.
+    HotAddFailedWithPages {
+        /// Pages claimed.
+        page_count: u32,
+    },
+}
+
+/// What happened, for the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VspEvent {
+    /// The state changed (reported once per call that changed it).
+    StateChanged(VspState),
+    /// A version was agreed.
+    Negotiated(Version),
+    /// A version was refused; after a refused last attempt the guest gives up.
+    VersionRejected {
+        /// What the guest offered.
+        version: Version,
+        /// The guest said it would try no other.
+        last_attempt: bool,
+    },
+    /// The guest's capabilities, accepted.
+    CapabilitiesReported(Caps),
+    /// A status report (only when [`VspConfig::status_reports`]), in 4 KiB pages.
+    StatusReport {
+        /// `num_committed`: what the guest needs, the input to pressure.
+        committed: u64,
+        /// `num_avail`.
+        available: u64,
+    },
+    /// Pages the guest ballooned, newly accepted, as `(start_pfn, count)`: each page is
+    /// reported once, and only if the guest owned it.
+    PagesReturned(Vec<(u64, u64)>),
+    /// A balloon operation ended.
+    BalloonComplete {
+        /// Pages the owner asked for.
+        requested: u64,
+        /// Pages accepted.
+        returned: u64,
+    },
+    /// The guest acknowledged an unballoon.
+    UnballoonComplete {
+        /// Pages given back.
+        pages: u64,
+    },
+    /// A hot-add operation ended.
+    HotAddComplete {
+        /// Pages asked for (after alignment).
+        requested: u64,
+        /// Pages the guest reported added (clamped to what was asked).
+        added: u64,
+        /// How it ended.
+        result: HotAddResult,
+    },
+    /// Pages the guest hot-removed, newly accepted, as `(start_pfn, count)`.
+    HotRemoved(Vec<(u64, u64)>),
+    /// A hot-remove operation ended.
+    HotRemoveComplete {
+        /// Pages asked for.
+        requested: u32,
+        /// Pages accepted.
+        removed: u64,
+        /// The guest's `result` in its final message (0 appears to mean success).
+        result: u32,
+    },
+    /// A reply did not come in time; the operation is over.
+    TransactionTimedOut {
+        /// Which operation, and how far it got.
+        what: Transaction,
+    },
+    /// The guest broke the protocol; the message was dropped.
+    ProtocolViolation {
+        /// How.
+        what: Violation,
+    },
+    /// The channel closed: per-connection state is gone.
+    Reset,
+}
+
+/// Why a host call was refused. A refused call changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VspError {
+    /// The channel is already open.
+    #[error("the channel is already open")]
+    AlreadyOpen,
+    /// The channel is closed or the handshake has not finished.
+    #[error("no negotiated connection")]
+    NotConnected,
+    /// Too early: the post-capabilities wait, or the hot-add retry delay, runs until then.
+    #[error("not before {until:?}")]
+    NotReady {
+        /// When the call is accepted.
+        until: Duration,
+    },
+    /// Another operation is running.
+    #[error("another operation is running")]
+    Busy,
+    /// The guest did not advertise it, its version lacks it, or the host is configured
+    /// not to.
+    #[error("not supported: {0}")]
+    NotCapable(&'static str),
+    /// Hot-add was turned off until the channel resets.
+    #[error("hot-add is off until the channel resets")]
+    HotAddDisabled,
+    /// Nothing to do: zero pages, nothing ballooned, or less than one alignment unit.
+    #[error("nothing to do")]
+    NothingToDo,
+    /// The hot-add start is not a multiple of the guest's alignment.
+    #[error("hot-add start not aligned to {alignment_pages} pages")]
+    Unaligned {
+        /// The guest's alignment, in pages.
+        alignment_pages: u64,
+    },
+    /// The hot-add range runs past the 40-bit PFN space.
+    #[error("hot-add range beyond the 40-bit page number space")]
+    OutOfRange,
+    /// The hot-add range covers pages the guest ballooned.
+    #[error("hot-add range overlaps ballooned pages")]
+    OverlapsBallooned,
+    /// Hot-remove QoS flags outside `DM_REMOVE_QOS_MASK`.
+    #[error("invalid hot-remove QoS flags {0:#x}")]
+    InvalidQos(u32),
+}
+
+/// Per-connection progress through the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Version,
+    Caps {
+        version: Version,
+    },
+    Wait {
+        version: Version,
+        caps: Caps,
+        until: Duration,
+    },
+    Ready {
+        version: Version,
+        caps: Caps,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HotAddGate {
+    Open,
+    RetryAt(Duration),
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Balloon {
+        target: u64,
+        returned: u64,
+        /// The current transaction's request; whether it was answered in full decides
+        /// whether the next one goes out.
+        asked: u32,
+        got: u64,
+    },
+    Unballoon {
+        pages: u64,
+    },
+    HotAdd {
+        requested: u64,
+        added: u64,
+        /// The current transaction's range; the next chunk starts where it ends.
+        start: u64,
+        asked: u32,
+    },
+    HotRemove {
+        requested: u32,
+        removed: u64,
+    },
+}
+
+impl Op {
+    const fn state(&self) -> VspState {
+        match self {
+            Op::Balloon { .. } => VspState::Balloon,
+            Op::Unballoon { .. } => VspState::Unballoon,
+            Op::HotAdd { .. } => VspState::HotAdd,
+            Op::HotRemove { .. } => VspState::HotRemove,
+        }
+    }
+
+    const fn transaction(&self) -> Transaction {
+        match *self {
+            Op::Balloon {
+                target, returned, ..
+            } => Transaction::Balloon {
+                requested: target,
+                returned,
+            },
+            Op::Unballoon { pages } => Transaction::Unballoon { pages },
+            Op::HotAdd {
+                requested, added, ..
+            } => Transaction::HotAdd { requested, added },
+            Op::HotRemove { requested, removed } => Transaction::HotRemove { requested, removed },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    op: Op,
+    deadline: Duration,
+}
+
+/// The Dynamic Memory host endpoint of one guest.
+#[derive(Debug)]
+pub struct Vsp {
+    config: VspConfig,
+    phase: Phase,
+    pending: Option<Pending>,
+    trans_id: u32,
+    hot_add_gate: HotAddGate,
+    ballooned: PageSet,
+    last_status: Option<StatusReport>,
+    reported_state: VspState,
+    tx: VecDeque<Vec<u8>>,
+    events: VecDeque<VspEvent>,
+}
+
+impl Vsp {
+    /// A host endpoint with no channel.
+    pub fn new(config: VspConfig) -> Self {
+        Self {
+            config,
+            phase: Phase::Closed,
+            pending: None,
+            trans_id: 0,
+            hot_add_gate: HotAddGate::Open,
+            ballooned: PageSet::new(),
+            last_status: None,
+            reported_state: VspState::Closed,
+            tx: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &VspConfig {
+        &self.config
+    }
+
+    /// The guest opened the channel: wait for its version request. Refused while the
+    /// channel is open, so a reopen always goes through [`channel_closed`](Self::channel_closed)
+    /// and its reset.
+    pub fn channel_opened(&mut self, _now: Duration) -> Result<(), VspError> {
+        if self.phase != Phase::Closed {
+            return Err(VspError::AlreadyOpen);
+        }
+        self.phase = Phase::Version;
+        self.sync_state();
+        Ok(())
+    }
+
+    /// The channel closed (or VMBus reset): forget the connection.
+    pub fn channel_closed(&mut self, _now: Duration) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.pending = None;
+        self.trans_id = 0;
+        self.hot_add_gate = HotAddGate::Open;
+        self.last_status = None;
+        // Messages built for the old connection would reach a guest that never asked.
+        self.tx.clear();
+        self.events.push_back(VspEvent::Reset);
+        self.sync_state();
+    }
+
+    /// A DM message from the guest: the payload of one VMBus in-band packet.
+    pub fn receive(&mut self, now: Duration, payload: &[u8], guest: &dyn GuestOwnership) {
+        if self.phase == Phase::Closed {
+            tracing::debug!(
+                len = payload.len(),
+                "DM message with no open channel, dropped"
+            );
+        } else {
+            match Message::parse(payload) {
+                Ok(msg) => self.dispatch(now, msg, guest),
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed DM message dropped");
+                    self.violation(Violation::Malformed(e));
+                }
+            }
+        }
+        self.advance(now);
+        self.sync_state();
+    }
+
+    /// Time passed: fire whatever is due.
+    pub fn tick(&mut self, now: Duration) {
+        self.advance(now);
+        self.sync_state();
+    }
+
+    /// Asks the guest to give up `pages` pages, in requests of at most
+    /// [`VspConfig::max_balloon_pages`].
+    pub fn balloon(&mut self, now: Duration, pages: u64) -> Result<(), VspError> {
+        self.advance(now);
+        let r = self.try_balloon(now, pages);
+        self.sync_state();
+        r
+    }
+
+    fn try_balloon(&mut self, now: Duration, pages: u64) -> Result<(), VspError> {
+        let caps = self.ready_idle()?;
+        if !caps.balloon() {
+            return Err(VspError::NotCapable("the guest cannot balloon"));
+        }
+        if pages == 0 {
+            return Err(VspError::NothingToDo);
+        }
+        self.start_balloon(now, pages, 0);
+        Ok(())
+    }
+
+    /// Gives up to `pages` ballooned pages back to the guest. Returns the runs, as
+    /// `(start_pfn, count)`, that left the ballooned set: they must be backed before the
+    /// messages from [`poll_transmit`](Self::poll_transmit) reach the guest.
+    pub fn unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<(u64, u64)>, VspError> {
+        self.advance(now);
+        let r = self.try_unballoon(now, pages);
+        self.sync_state();
+        r
+    }
+
+    fn try_unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<(u64, u64)>, VspError> {
+        let caps = self.ready_idle()?;
+        if !caps.balloon() {
+            return Err(VspError::NotCapable("the guest cannot balloon"));
+        }
+        let pages = pages.min(self.ballooned.len());
+        if pages == 0 {
+            return Err(VspError::NothingToDo);
+        }
+        let runs = self
+            .ballooned
+            .take(pages, u64::from(PageRange::MAX_PAGE_CNT));
+        let ranges: Vec<PageRange> = runs
+            .iter()
+            .filter_map(|&(s, n)| PageRange::try_new(s, u32::try_from(n).ok()?))
+            .collect();
+        let chunks: Vec<&[PageRange]> = ranges.chunks(MAX_RANGES_PER_MESSAGE).collect();
+        let last = chunks.len().saturating_sub(1);
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.send(Message::new(
+                self.trans_id,
+                Body::UnballoonRequest {
+                    more_pages: i != last,
+                    ranges: chunk,
+                },
+            ));
+        }
+        self.pending = Some(Pending {
+            op: Op::Unballoon { pages },
+            deadline: now.saturating_add(self.config.reply_timeout),
+        });
+        Ok(runs)
+    }
+
+    /// Hot-adds `pages` pages from `start_pfn`, which the host has already backed. The
+    /// start must be aligned to the guest's hot-add alignment; the size is rounded down to
+    /// it. Returns the pages that will be asked for, in one or more requests.
+    pub fn hot_add(&mut self, now: Duration, start_pfn: u64, pages: u64) -> Result<u64, VspError> {
+        self.advance(now);
+        let r = self.try_hot_add(now, start_pfn, pages);
+        self.sync_state();
+        r
+    }
+
+    fn try_hot_add(&mut self, now: Duration, start_pfn: u64, pages: u64) -> Result<u64, VspError> {
+        let caps = self.ready_idle()?;
+        if !caps.hot_add() {
+            return Err(VspError::NotCapable("the guest cannot hot-add"));
+        }
+        match self.hot_add_gate {
+            HotAddGate::Disabled => return Err(VspError::HotAddDisabled),
+            HotAddGate::RetryAt(until) if now < until => {
+                return Err(VspError::NotReady { until });
+            }
+            _ => {}
+        }
+        let align = caps.hot_add_alignment_pages();
+        if start_pfn % align != 0 {
+            return Err(VspError::Unaligned {
+                alignment_pages: align,
+            });
+        }
+        let pages = pages - pages % align;
+        if pages == 0 {
+            return Err(VspError::NothingToDo);
+        }
+        if start_pfn
+            .checked_add(pages)
+            .is_none_or(|end| end > PFN_LIMIT)
+        {
+            return Err(VspError::OutOfRange);
+        }
+        if self.ballooned.count_in(start_pfn, pages) != 0 {
+            return Err(VspError::OverlapsBallooned);
+        }
+        self.hot_add_gate = HotAddGate::Open;
+        self.send_hot_add(now, pages, 0, start_pfn);
+        Ok(pages)
+    }
+
+    /// Asks a 2.0 guest to hot-remove `pages` pages from NUMA node `node`, with
+    /// `DM_REMOVE_QOS_*` flags `qos`.
+    pub fn hot_remove(
+        &mut self,
+        now: Duration,
+        node: u32,
+        pages: u32,
+        qos: u32,
+    ) -> Result<(), VspError> {
+        self.advance(now);
+        let r = self.try_hot_remove(now, node, pages, qos);
+        self.sync_state();
+        r
+    }
+
+    fn try_hot_remove(
+        &mut self,
+        now: Duration,
+        node: u32,
+        pages: u32,
+        qos: u32,
+    ) -> Result<(), VspError> {
+        let caps = self.ready_idle()?;
+        if !self.config.hot_remove {
+            return Err(VspError::NotCapable("hot-remove is not configured"));
+        }
+        if self.negotiated_version() != Some(Version::V2_0) {
+            return Err(VspError::NotCapable("hot-remove needs protocol 2.0"));
+        }
+        if !caps.hot_remove() {
+            return Err(VspError::NotCapable("the guest cannot hot-remove"));
+        }
+        if qos & !DM_REMOVE_QOS_MASK != 0 {
+            return Err(VspError::InvalidQos(qos));
+        }
+        if pages == 0 {
+            return Err(VspError::NothingToDo);
+        }
+        self.send(Message::new(
+            self.trans_id,
+            Body::HotRemoveRequest {
+                virtual_node: node,
+                page_count: pages,
+                qos_flags: qos,
+            },
+        ));
+        self.pending = Some(Pending {
+            op: Op::HotRemove {
+                requested: pages,
+                removed: 0,
+            },
+            deadline: now.saturating_add(self.config.reply_timeout),
+        });
+        Ok(())
+    }
+
+    /// The next DM message to send, as the payload of one VMBus in-band packet.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.tx.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<VspEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`tick`](Self::tick) is next due: the end of the post-capabilities wait or the
+    /// deadline of the awaited reply. `Some` whenever a reply is awaited.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        match (self.phase, self.pending) {
+            (Phase::Wait { until, .. }, _) => Some(until),
+            (_, Some(p)) => Some(p.deadline),
+            _ => None,
+        }
+    }
+
+    /// Where the host is.
+    pub fn state(&self) -> VspState {
+        match self.phase {
+            Phase::Closed => VspState::Closed,
+            Phase::Version => VspState::Version,
+            Phase::Caps { .. } => VspState::Caps,
+            Phase::Wait { .. } => VspState::PostCapsWait,
+            Phase::Ready { .. } => self.pending.map_or(VspState::Idle, |p| p.op.state()),
+        }
+    }
+
+    /// Pages the guest gave the host (ballooned or hot-removed) that the host has not given
+    /// back. Kept across channel resets.
+    pub fn ballooned(&self) -> &PageSet {
+        &self.ballooned
+    }
+
+    /// Empties the ballooned set and returns it: for a guest reboot, after which the guest
+    /// sees all its RAM again and the host must back those pages.
+    pub fn take_ballooned(&mut self) -> PageSet {
+        std::mem::take(&mut self.ballooned)
+    }
+
+    /// The agreed protocol version.
+    pub fn negotiated_version(&self) -> Option<Version> {
+        match self.phase {
+            Phase::Closed | Phase::Version => None,
+            Phase::Caps { version }
+            | Phase::Wait { version, .. }
+            | Phase::Ready { version, .. } => Some(version),
+        }
+    }
+
+    /// The guest's capabilities, once reported.
+    pub fn caps(&self) -> Option<Caps> {
+        match self.phase {
+            Phase::Wait { caps, .. } | Phase::Ready { caps, .. } => Some(caps),
+            _ => None,
+        }
+    }
+
+    /// The last status report taken (when reports are wanted) on this connection.
+    pub fn last_status(&self) -> Option<StatusReport> {
+        self.last_status
+    }
+
+    /// The transaction id the next host transaction will carry.
+    pub fn next_trans_id(&self) -> u32 {
+        self.trans_id
+    }
+
+    fn ready_idle(&self) -> Result<Caps, VspError> {
+        match self.phase {
+            Phase::Closed | Phase::Version | Phase::Caps { .. } => Err(VspError::NotConnected),
+            Phase::Wait { until, .. } => Err(VspError::NotReady { until }),
+            Phase::Ready { .. } if self.pending.is_some() => Err(VspError::Busy),
+            Phase::Ready { caps, .. } => Ok(caps),
+        }
+    }
+
+    fn advance(&mut self, now: Duration) {
+        if let Phase::Wait {
+            version,
+            caps,
+            until,
+        } = self.phase
+        {
+            if now >= until {
+                self.become_ready(version, caps);
+            }
+        }
+        if let Some(p) = self.pending {
+            if now < p.deadline {
+                return;
+            }
+            self.pending = None;
+            self.trans_id = self.trans_id.wrapping_add(1);
+            if matches!(p.op, Op::HotAdd { .. }) {
+                self.hot_add_gate = HotAddGate::Disabled;
+            }
+            tracing::warn!(what = ?p.op.transaction(), "DM reply timed out");
+            self.events.push_back(VspEvent::TransactionTimedOut {
+                what: p.op.transaction(),
+            });
+        }
+    }
+
+    fn become_ready(&mut self, version: Version, caps: Caps) {
+        self.phase = Phase::Ready { version, caps };
+        if let (Some(max), true) = (self.config.max_page_count, version >= Version::V1_0) {
+            let data = max.to_le_bytes();
+            self.send(Message::new(
+                self.trans_id,
+                Body::Info {
+                    info_type: InfoType::MAX_PAGE_CNT,
+                    data: &data,
+                },
+            ));
+        }
+    }
+
+    fn dispatch(&mut self, now: Duration, msg: Message<'_>, guest: &dyn GuestOwnership) {
+        let state = self.state();
+        match msg.body {
+            Body::StatusReport(s) => self.on_status(s),
+            Body::VersionRequest {
+                version,
+                is_last_attempt,
+            } if self.phase == Phase::Version => {
+                self.on_version(msg.trans_id, version, is_last_attempt)
+            }
+            Body::CapabilitiesReport { caps, .. } if state == VspState::Caps => {
+                self.on_caps(now, msg.trans_id, caps)
+            }
+            Body::BalloonResponse { more_pages, ranges } if state == VspState::Balloon => {
+                self.on_balloon_response(now, more_pages, ranges, guest)
+            }
+            Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
+            Body::HotAddResponse { page_count, result } if state == VspState::HotAdd => {
+                self.on_hot_add_response(now, page_count, result)
+            }
+            Body::HotRemoveResponse {
+                result,
+                more_pages,
+                ranges,
+            } if state == VspState::HotRemove => {
+                self.on_hot_remove_response(now, result, more_pages, ranges, guest)
+            }
+            _ => {
+                let ty = msg.message_type();
+                tracing::debug!(%ty, ?state, "unexpected DM message dropped");
+                self.violation(Violation::Unexpected { ty, state });
+            }
+        }
+    }
+
+    fn on_status(&mut self, s: StatusReport) {
+        if !self.config.status_reports {
+            return;
+        }
+        self.last_status = Some(s);
+        self.events.push_back(VspEvent::StatusReport {
+            committed: s.num_committed,
+            available: s.num_avail,
+        });
+    }
+
+    fn on_version(&mut self, trans_id: u32, version: Version, last_attempt: bool) {
+        let accepted = self.config.versions.accepts(version);
+        self.send(Message::new(
+            trans_id,
+            Body::VersionResponse {
+                is_accepted: accepted,
+            },
+        ));
+        if accepted {
+            self.phase = Phase::Caps { version };
+            self.events.push_back(VspEvent::Negotiated(version));
+        } else {
+            tracing::info!(%version, last_attempt, "DM version rejected");
+            self.events.push_back(VspEvent::VersionRejected {
+                version,
+                last_attempt,
+            });
+        }
+    }
+
+    fn on_caps(&mut self, now: Duration, trans_id: u32, caps: Caps) {
+        let Phase::Caps { version } = self.phase else {
+            return;
+        };
+        let v2 = version == Version::V2_0;
+        self.send(Message::new(
+            trans_id,
+            Body::CapabilitiesResponse {
+                is_accepted: true,
+                hot_remove: v2 && self.config.hot_remove,
+                suppress_pressure_reports: v2 && !self.config.status_reports,
+            },
+        ));
+        self.events.push_back(VspEvent::CapabilitiesReported(caps));
+        let until = now.saturating_add(self.config.post_caps_wait);
+        self.phase = Phase::Wait {
+            version,
+            caps,
+            until,
+        };
+    }
+
+    fn start_balloon(&mut self, now: Duration, target: u64, returned: u64) {
+        let max = u64::from(self.config.max_balloon_pages.max(1));
+        let asked = target.saturating_sub(returned).min(max) as u32;
+        self.send(Message::new(
+            self.trans_id,
+            Body::BalloonRequest { num_pages: asked },
+        ));
+        self.pending = Some(Pending {
+            op: Op::Balloon {
+                target,
+                returned,
+                asked,
+                got: 0,
+            },
+            deadline: now.saturating_add(self.config.reply_timeout),
+        });
+    }
+
+    fn on_balloon_response(
+        &mut self,
+        now: Duration,
+        more_pages: bool,
+        ranges: &[PageRange],
+        guest: &dyn GuestOwnership,
+    ) {
+        let (accepted, new) = self.accept_pages(ranges, guest);
+        let Some(Pending {
+            op:
+                Op::Balloon {
+                    target,
+                    returned,
+                    asked,
+                    got,
+                },
+            deadline,
+        }) = self.pending
+        else {
+            return;
+        };
+        if !accepted.is_empty() {
+            self.events.push_back(VspEvent::PagesReturned(accepted));
+        }
+        let (returned, got) = (returned + new, got + new);
+        if more_pages {
+            let deadline = if new > 0 {
+                now.saturating_add(self.config.reply_timeout)
+            } else {
+                deadline
+            };
+            self.pending = Some(Pending {
+                op: Op::Balloon {
+                    target,
+                    returned,
+                    asked,
+                    got,
+                },
+                deadline,
+            });
+            return;
+        }
+        self.pending = None;
+        self.trans_id = self.trans_id.wrapping_add(1);
+        if got >= u64::from(asked) && returned < target {
+            self.start_balloon(now, target, returned);
+        } else {
+            self.events.push_back(VspEvent::BalloonComplete {
+                requested: target,
+                returned,
+            });
+        }
+    }
+
+    fn on_unballoon_response(&mut self) {
+        if let Some(Pending {
+            op: Op::Unballoon { pages },
+            ..
+        }) = self.pending.take()
+        {
+            self.trans_id = self.trans_id.wrapping_add(1);
+            self.events.push_back(VspEvent::UnballoonComplete { pages });
+        }
+    }
+
+    fn hot_add_chunk(&self, align: u64) -> u64 {
+        let max = u64::from(self.config.max_hot_add_pages.min(PageRange::MAX_PAGE_CNT));
+        (max - max % align).max(align)
+    }
+
+    fn send_hot_add(&mut self, now: Duration, requested: u64, added: u64, start: u64) {
+        let Some(caps) = self.caps() else { return };
+        let chunk = self
+            .hot_add_chunk(caps.hot_add_alignment_pages())
+            .min(requested.saturating_sub(added));
+        // Always fits: the chunk is below 2^24 and `hot_add` kept the range in 40 bits.
+        let Some(range) = u32::try_from(chunk)
+            .ok()
+            .and_then(|n| PageRange::try_new(start, n))
+        else {
+            return;
+        };
+        let asked = range.page_cnt();
+        let region = (self.negotiated_version() != Some(Version::V0_3)).then_some(range);
+        self.send(Message::new(
+            self.trans_id,
+            Body::HotAddRequest { range, region },
+        ));
+        self.pending = Some(Pending {
+            op: Op::HotAdd {
+                requested,
+                added,
+                start,
+                asked,
+            },
+            deadline: now.saturating_add(self.config.hot_add_reply_timeout),
+        });
+    }
+
+    fn on_hot_add_response(&mut self, now: Duration, page_count: u32, result: u32) {
+        let Some(Pending {
+            op:
+                Op::HotAdd {
+                    requested,
+                    added,
+                    start,
+                    asked,
+                },
+            ..
+        }) = self.pending.take()
+        else {
+            return;
+        };
+        self.trans_id = self.trans_id.wrapping_add(1);
+        if page_count > asked {
+            self.violation(Violation::HotAddOverReport {
+                requested: asked,
+                reported: page_count,
+            });
+        }
+        let got = page_count.min(asked);
+        let added = added + u64::from(got);
+        let outcome = if result == 0 && got == 0 {
+            let retry_at = match self.config.hot_add_transient {
+                HotAddTransient::RetryAfter(d) => Some(now.saturating_add(d)),
+                HotAddTransient::Disable => None,
+            };
+            self.hot_add_gate = retry_at.map_or(HotAddGate::Disabled, HotAddGate::RetryAt);
+            HotAddResult::Transient { retry_at }
+        } else if result == 0 {
+            self.violation(Violation::HotAddFailedWithPages { page_count });
+            self.hot_add_gate = HotAddGate::Disabled;
+            HotAddResult::Barrier
+        } else if got == 0 {
+            self.hot_add_gate = HotAddGate::Disabled;
+            HotAddResult::Permanent
+        } else if got < asked {
+            self.hot_add_gate = HotAddGate::Disabled;
+            HotAddResult::Barrier
+        } else if added < requested {
+            self.send_hot_add(now, requested, added, start + u64::from(asked));
+            return;
+        } else {
+            HotAddResult::Success
+        };
+        self.events.push_back(VspEvent::HotAddComplete {
+            requested,
+            added,
+            result: outcome,
+        });
+    }
+
+    fn on_hot_remove_response(
+        &mut self,
+        now: Duration,
+        result: u32,
+        more_pages: bool,
+        ranges: &[PageRange],
+        guest: &dyn GuestOwnership,
+    ) {
+        let (accepted, new) = self.accept_pages(ranges, guest);
+        let Some(Pending {
+            op: Op::HotRemove { requested, removed },
+            deadline,
+        }) = self.pending
+        else {
+            return;
+        };
+        if !accepted.is_empty() {
+            self.events.push_back(VspEvent::HotRemoved(accepted));
+        }
+        let removed = removed + new;
+        if more_pages {
+            let deadline = if new > 0 {
+                now.saturating_add(self.config.reply_timeout)
+            } else {
+                deadline
+            };
+            self.pending = Some(Pending {
+                op: Op::HotRemove { requested, removed },
+                deadline,
+            });
+            return;
+        }
+        self.pending = None;
+        self.trans_id = self.trans_id.wrapping_add(1);
+        self.events.push_back(VspEvent::HotRemoveComplete {
+            requested,
+            removed,
+            result,
+        });
+    }
+
+    /// Adds the pages of `ranges` that are new and the guest's own to the ballooned set;
+    /// returns them and their count, and reports the foreign ones.
+    fn accept_pages(
+        &mut self,
+        ranges: &[PageRange],
+        guest: &dyn GuestOwnership,
+    ) -> (Vec<(u64, u64)>, u64) {
+        let mut accepted = Vec::new();
+        let mut foreign = Vec::new();
+        let mut new = 0;
+        for r in ranges {
+            let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
+            // A page past the 40-bit PFN space could never be named in an unballoon request.
+            let inside = count.min(PFN_LIMIT - start);
+            if inside < count {
+                foreign.push((start + inside, count - inside));
+            }
+            let mut pieces = Vec::new();
+            new_pieces(&self.ballooned, start, inside, &mut pieces);
+            for (s, n) in pieces {
+                if guest.owns(s, n) {
+                    new += self.ballooned.insert(s, n);
+                    accepted.push((s, n));
+                } else {
+                    foreign.push((s, n));
+                }
+            }
+        }
+        if !foreign.is_empty() {
+            tracing::warn!(?foreign, "guest gave up pages it does not own");
+            self.violation(Violation::ForeignPages(foreign));
+        }
+        (accepted, new)
+    }
+
+    fn violation(&mut self, what: Violation) {
+        self.events.push_back(VspEvent::ProtocolViolation { what });
+    }
+
+    fn send(&mut self, msg: Message<'_>) {
+        match msg.to_bytes() {
+            Ok(bytes) => self.tx.push_back(bytes),
+            // Every message is built here within the 4 KiB limit; reaching this is a bug.
+            Err(e) => {
+                debug_assert!(false, "a host DM message failed to encode: {e}");
+                tracing::error!(error = %e, "host DM message not sent");
+            }
+        }
+    }
+
+    /// Emits `StateChanged` when the state differs from the last one reported.
+    fn sync_state(&mut self) {
+        let s = self.state();
+        if s != self.reported_state {
+            self.reported_state = s;
+            self.events.push_back(VspEvent::StateChanged(s));
+        }
+    }
+}
+
+/// One past the largest PFN a page range can start at.
+const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
+
+/// Appends the runs of `[start, start + count)` that are not in `set`.
+///
+/// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
+/// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
+/// grows with the boundaries inside the run times log2 of its length (at most 24).
+fn new_pieces(set: &PageSet, start: u64, count: u64, out: &mut Vec<(u64, u64)>) {
+    if count == 0 {
+        return;
+    }
+    match set.count_in(start, count) {
+        0 => match out.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ => out.push((start, count)),
+        },
+        c if c == count => {}
+        _ => {
+            let half = count / 2;
+            new_pieces(set, start, half, out);
+            new_pieces(set, start + half, count - half, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1798 @@
+//! The host cases of `dm-protocol.md` §13 (`tNN_`), the host checklist of §12.1
+//! (`checklist_NN_`), and a property test over arbitrary guest bytes and host requests.
+
+use super::*;
+use ballast_abi::dm::MAX_MESSAGE_SIZE;
+use proptest::prelude::*;
+
+/// Guest RAM in the tests: 3 GiB below a 1 GiB MMIO hole, then 1 GiB above 4 GiB.
+const LOW_END: u64 = 0xC0000;
+const HIGH_START: u64 = 0x100000;
+const HIGH_END: u64 = 0x140000;
+
+fn ram(start: u64, count: u64) -> bool {
+    start
+        .checked_add(count)
+        .is_some_and(|end| end <= LOW_END || (start >= HIGH_START && end <= HIGH_END))
+}
+
+/// Linux's caps: balloon, hot-add, 128 MiB alignment.
+const LINUX_CAPS: u64 = 0x1f;
+
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn msg(trans_id: u32, body: Body<'_>) -> Vec<u8> {
+    Message::new(trans_id, body)
+        .to_bytes()
+        .expect("test message encodes")
+}
+
+fn ranges(rs: &[(u64, u32)]) -> Vec<PageRange> {
+    rs.iter()
+        .map(|&(s, n)| PageRange::try_new(s, n).expect("range fits"))
+        .collect()
+}
+
+fn balloon_response(trans_id: u32, more_pages: bool, rs: &[(u64, u32)]) -> Vec<u8> {
+    msg(
+        trans_id,
+        Body::BalloonResponse {
+            more_pages,
+            ranges: &ranges(rs),
+        },
+    )
+}
+
+fn hot_add_response(page_count: u32, result: u32) -> Vec<u8> {
+    msg(7, Body::HotAddResponse { page_count, result })
+}
+
+fn version_request(trans_id: u32, version: Version, last: bool) -> Vec<u8> {
+    msg(
+        trans_id,
+        Body::VersionRequest {
+            version,
+            is_last_attempt: last,
+        },
+    )
+}
+
+fn caps_report(trans_id: u32, caps: u64) -> Vec<u8> {
+    msg(
+        trans_id,
+        Body::CapabilitiesReport {
+            caps: Caps::from_u64(caps),
+            min_page_cnt: 0,
+            max_page_number: u64::MAX,
+        },
+    )
+}
+
+/// A VSP with its clock, talking to a guest whose RAM is [`ram`].
+struct Host {
+    vsp: Vsp,
+    now: Duration,
+}
+
+impl Host {
+    fn open(config: VspConfig) -> Self {
+        let mut vsp = Vsp::new(config);
+        vsp.channel_opened(Duration::ZERO).expect("opens");
+        Host {
+            vsp,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Open, negotiated, past the post-capabilities wait, queues drained.
+    fn ready(config: VspConfig, version: Version, caps: u64) -> Self {
+        let mut h = Self::open(config);
+        h.recv(&version_request(1, version, false));
+        h.recv(&caps_report(2, caps));
+        let wait = h.vsp.config().post_caps_wait;
+        h.wait(wait);
+        assert_eq!(h.vsp.state(), VspState::Idle);
+        h.sent();
+        h.events();
+        h
+    }
+
+    fn linux() -> Self {
+        Self::ready(VspConfig::default(), Version::V2_0, LINUX_CAPS)
+    }
+
+    fn recv(&mut self, bytes: &[u8]) {
+        self.vsp.receive(self.now, bytes, &ram);
+    }
+
+    fn wait(&mut self, d: Duration) {
+        self.now += d;
+        self.vsp.tick(self.now);
+    }
+
+    fn sent(&mut self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.vsp.poll_transmit()).collect()
+    }
+
+    fn events(&mut self) -> Vec<VspEvent> {
+        std::iter::from_fn(|| self.vsp.poll_event()).collect()
+    }
+
+    fn violations(&mut self) -> Vec<Violation> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                VspEvent::ProtocolViolation { what } => Some(what),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn parse(bytes: &[u8]) -> Message<'_> {
+    Message::parse(bytes).expect("host output decodes")
+}
+
+#[test]
+fn t01_version_2_0_accepted() {
+    let mut h = Host::open(VspConfig::default());
+    h.recv(&hex("01 00 10 00 01 00 00 00 00 00 02 00 00 00 00 00"));
+    assert_eq!(
+        h.sent(),
+        vec![hex("02 00 10 00 01 00 00 00 01 00 00 00 00 00 00 00")]
+    );
+    assert_eq!(h.vsp.state(), VspState::Caps);
+    assert_eq!(h.vsp.negotiated_version(), Some(Version::V2_0));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::StateChanged(VspState::Version),
+            VspEvent::Negotiated(Version::V2_0),
+            VspEvent::StateChanged(VspState::Caps),
+        ]
+    );
+}
+
+#[test]
+fn t02_version_0x30000_rejected_then_2_0_accepted() {
+    let mut h = Host::open(VspConfig::default());
+    h.events();
+    h.recv(&hex("01 00 10 00 01 00 00 00 00 00 03 00 00 00 00 00"));
+    assert_eq!(
+        h.sent(),
+        vec![hex("02 00 10 00 01 00 00 00 00 00 00 00 00 00 00 00")]
+    );
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::VersionRejected {
+            version: Version(0x30000),
+            last_attempt: false
+        }]
+    );
+    h.recv(&hex("01 00 10 00 02 00 00 00 00 00 02 00 00 00 00 00"));
+    assert_eq!(
+        h.sent(),
+        vec![hex("02 00 10 00 02 00 00 00 01 00 00 00 00 00 00 00")]
+    );
+    assert_eq!(h.vsp.state(), VspState::Caps);
+}
+
+#[test]
+fn t03_version_0_3_last_attempt_accepted() {
+    let mut h = Host::open(VspConfig::default());
+    h.recv(&hex("01 00 10 00 03 00 00 00 03 00 00 00 01 00 00 00"));
+    assert_eq!(
+        h.sent(),
+        vec![hex("02 00 10 00 03 00 00 00 01 00 00 00 00 00 00 00")]
+    );
+    assert_eq!(h.vsp.negotiated_version(), Some(Version::V0_3));
+}
+
+#[test]
+fn t05_caps_response_and_post_caps_quiet() {
+    let caps = "03 00 20 00 02 00 00 00 1f 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 ff ff ff ff ff ff ff ff";
+    let version = "01 00 10 00 01 00 00 00 00 00 02 00 00 00 00 00";
+    // QEMU's defaults: hot-remove offered, status reports off.
+    for (status_reports, hot_remove, word) in
+        [(false, true, "07"), (true, true, "03"), (true, false, "01")]
+    {
+        let mut h = Host::open(VspConfig {
+            status_reports,
+            hot_remove,
+            ..VspConfig::default()
+        });
+        h.recv(&hex(version));
+        h.sent();
+        h.now = secs(3);
+        h.recv(&hex(caps));
+        assert_eq!(
+            h.sent(),
+            vec![hex(&format!(
+                "04 00 10 00 02 00 00 00 {word} 00 00 00 00 00 00 00"
+            ))]
+        );
+        assert_eq!(h.vsp.state(), VspState::PostCapsWait);
+        assert_eq!(h.vsp.caps(), Some(Caps::from_u64(0x1f)));
+        assert!(
+            h.events()
+                .contains(&VspEvent::CapabilitiesReported(Caps::from_u64(0x1f)))
+        );
+        // Nothing for the next 50 s, and requests are refused with the time they open.
+        assert_eq!(h.vsp.next_deadline(), Some(secs(53)));
+        h.wait(Duration::from_millis(49_999));
+        assert!(h.sent().is_empty());
+        assert_eq!(
+            h.vsp.balloon(h.now, 1),
+            Err(VspError::NotReady { until: secs(53) })
+        );
+        h.wait(Duration::from_millis(1));
+        assert_eq!(h.vsp.state(), VspState::Idle);
+        assert!(h.sent().is_empty());
+        assert_eq!(h.vsp.balloon(h.now, 1), Ok(()));
+    }
+}
+
+#[test]
+fn t06_out_of_order_handshake_ignored() {
+    let mut h = Host::open(VspConfig::default());
+    h.events();
+    h.recv(&caps_report(1, LINUX_CAPS));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(
+        h.violations(),
+        vec![Violation::Unexpected {
+            ty: MessageType::CAPABILITIES_REPORT,
+            state: VspState::Version
+        }]
+    );
+    h.recv(&version_request(2, Version::V2_0, false));
+    assert_eq!(h.sent().len(), 1);
+    h.recv(&version_request(3, Version::V2_0, false));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Caps);
+    assert_eq!(
+        h.violations(),
+        vec![Violation::Unexpected {
+            ty: MessageType::VERSION_REQUEST,
+            state: VspState::Caps
+        }]
+    );
+}
+
+#[test]
+fn t07_short_messages_dropped() {
+    let mut h = Host::open(VspConfig::default());
+    h.events();
+    h.recv(&hex("01 00 08 00 01 00 00 00"));
+    h.recv(&hex("01 00 10 00 01 00"));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(
+        h.violations(),
+        vec![
+            Violation::Malformed(DecodeError::TooShort {
+                ty: MessageType::VERSION_REQUEST,
+                size: 8,
+                needed: 16
+            }),
+            Violation::Malformed(DecodeError::ShortHeader { len: 6 }),
+        ]
+    );
+    // Still negotiates afterwards.
+    h.recv(&hex("01 00 10 00 01 00 00 00 00 00 02 00 00 00 00 00"));
+    assert_eq!(h.vsp.state(), VspState::Caps);
+}
+
+#[test]
+fn t08_balloon_happy_path() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 262_144).unwrap();
+    assert_eq!(
+        h.sent(),
+        vec![hex("06 00 10 00 00 00 00 00 00 00 04 00 00 00 00 00")]
+    );
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    h.events();
+    h.recv(&hex(
+        "07 00 18 00 05 00 00 00 00 00 00 00 03 00 00 00 45 23 01 00 00 00 02 00",
+    ));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::PagesReturned(vec![(0x12345, 512)])]
+    );
+    assert_eq!(
+        h.vsp.state(),
+        VspState::Balloon,
+        "open until more_pages = 0"
+    );
+    h.recv(&hex(
+        "07 00 18 00 06 00 00 00 00 00 00 00 02 00 00 00 45 27 01 00 00 00 02 00",
+    ));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::PagesReturned(vec![(0x12745, 512)]),
+            VspEvent::BalloonComplete {
+                requested: 262_144,
+                returned: 1024
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+    assert_eq!(h.vsp.ballooned().len(), 1024);
+    assert_eq!(
+        h.vsp.ballooned().ranges().collect::<Vec<_>>(),
+        vec![(0x12345, 512), (0x12745, 512)]
+    );
+    // A partial answer means the guest is at its floor: unlike QEMU, no re-ask.
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.next_trans_id(), 1);
+}
+
+#[test]
+fn t09_balloon_at_floor() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 262_144).unwrap();
+    h.sent();
+    h.events();
+    h.recv(&hex("07 00 10 00 06 00 00 00 00 00 00 00 00 00 00 00"));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::BalloonComplete {
+                requested: 262_144,
+                returned: 0
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+    h.wait(secs(600));
+    assert!(h.sent().is_empty(), "the host does not re-ask by itself");
+}
+
+#[test]
+fn t10_lying_range_count_keeps_transaction_open() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 262_144).unwrap();
+    h.sent();
+    h.events();
+    h.recv(&hex(
+        "07 00 18 00 07 00 00 00 00 00 00 00 04 00 00 00 45 23 01 00 00 00 02 00",
+    ));
+    assert_eq!(
+        h.violations(),
+        vec![Violation::Malformed(DecodeError::RangeCount {
+            ty: MessageType::BALLOON_RESPONSE,
+            range_count: 2,
+            size: 24,
+            needed: 32
+        })]
+    );
+    assert!(h.vsp.ballooned().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    assert!(h.vsp.next_deadline().is_some());
+    h.recv(&balloon_response(8, false, &[(0x12345, 512)]));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    assert_eq!(h.vsp.ballooned().len(), 512);
+}
+
+#[test]
+fn t11_zero_ranges_with_more_pages_keeps_waiting() {
+    let zero_more = hex("07 00 10 00 08 00 00 00 00 00 00 00 01 00 00 00");
+    // Ended by the final message...
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1000).unwrap();
+    let deadline = h.vsp.next_deadline();
+    h.wait(secs(10));
+    h.recv(&zero_more);
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    assert_eq!(h.vsp.next_deadline(), deadline, "no progress, no re-arm");
+    h.recv(&balloon_response(9, false, &[]));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    // ...or by the timeout.
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1000).unwrap();
+    h.recv(&zero_more);
+    h.events();
+    h.wait(secs(30));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::TransactionTimedOut {
+                what: Transaction::Balloon {
+                    requested: 1000,
+                    returned: 0
+                }
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+}
+
+#[test]
+fn t12_duplicate_and_foreign_pages() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 4096).unwrap();
+    h.events();
+    // The same range twice, a half-overlapping one, and one in the MMIO hole.
+    h.recv(&balloon_response(
+        6,
+        false,
+        &[
+            (0x12345, 512),
+            (0x12345, 512),
+            (0x12445, 512),
+            (LOW_END + 0x100, 16),
+        ],
+    ));
+    let events = h.events();
+    assert!(events.contains(&VspEvent::PagesReturned(vec![
+        (0x12345, 512),
+        (0x12545, 256)
+    ])));
+    assert!(events.contains(&VspEvent::ProtocolViolation {
+        what: Violation::ForeignPages(vec![(LOW_END + 0x100, 16)])
+    }));
+    assert!(events.contains(&VspEvent::BalloonComplete {
+        requested: 4096,
+        returned: 768
+    }));
+    assert_eq!(h.vsp.ballooned().len(), 768);
+    assert_eq!(h.vsp.ballooned().count_in(LOW_END, HIGH_START - LOW_END), 0);
+}
+
+#[test]
+fn t13_balloon_response_when_idle_ignored() {
+    let mut h = Host::linux();
+    h.recv(&balloon_response(6, false, &[(0x12345, 512)]));
+    assert!(h.sent().is_empty());
+    assert!(h.vsp.ballooned().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    assert_eq!(
+        h.violations(),
+        vec![Violation::Unexpected {
+            ty: MessageType::BALLOON_RESPONSE,
+            state: VspState::Idle
+        }]
+    );
+}
+
+/// Balloons the given ranges in one transaction.
+fn balloon_these(h: &mut Host, rs: &[(u64, u32)]) {
+    let pages = rs.iter().map(|&(_, n)| u64::from(n)).sum();
+    h.vsp.balloon(h.now, pages).unwrap();
+    h.sent();
+    for chunk in rs.chunks(MAX_RANGES_PER_MESSAGE) {
+        h.recv(&balloon_response(5, true, chunk));
+    }
+    h.recv(&balloon_response(6, false, &[]));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    assert_eq!(h.vsp.ballooned().len(), pages);
+    h.events();
+}
+
+#[test]
+fn t14_unballoon_chunking() {
+    let mut h = Host::linux();
+    // 1021 single pages, none adjacent: three messages of 510, 510 and 1 range.
+    let rs: Vec<(u64, u32)> = (0..1021).map(|i| (0x20000 + 2 * i, 1)).collect();
+    balloon_these(&mut h, &rs);
+    let runs = h.vsp.unballoon(h.now, 10_000).unwrap();
+    assert_eq!(runs.len(), 1021);
+    assert!(h.vsp.ballooned().is_empty());
+    let sent = h.sent();
+    assert_eq!(sent.len(), 3);
+    let mut more = Vec::new();
+    for m in &sent {
+        assert!(m.len() <= MAX_MESSAGE_SIZE);
+        let m = parse(m);
+        assert_eq!(m.trans_id, 1, "one transaction id for every fragment");
+        let Body::UnballoonRequest { more_pages, ranges } = m.body else {
+            panic!("{m:?}")
+        };
+        more.push((more_pages, ranges.len()));
+    }
+    assert_eq!(more, vec![(true, 510), (true, 510), (false, 1)]);
+    h.events();
+    h.recv(&hex("09 00 08 00 2a 00 00 00"));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::UnballoonComplete { pages: 1021 },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+}
+
+#[test]
+fn t16_full_page_unballoon_is_4096_bytes() {
+    let mut h = Host::linux();
+    let rs: Vec<(u64, u32)> = (0..510).map(|i| (0x30000 + 4 * i, 2)).collect();
+    balloon_these(&mut h, &rs);
+    h.vsp.unballoon(h.now, 1020).unwrap();
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].len(), 4096);
+    assert_eq!(&sent[0][..4], &hex("08 00 00 10")[..]);
+    assert_eq!(&sent[0][8..16], &hex("00 00 00 00 fe 01 00 00")[..]);
+}
+
+#[test]
+fn t17_hot_add_with_region_to_2_0_guest() {
+    let mut h = Host::linux();
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(
+        h.sent(),
+        vec![hex(
+            "0a 00 18 00 00 00 00 00 00 00 10 00 00 00 80 00 00 00 10 00 00 00 80 00"
+        )]
+    );
+    h.events();
+    h.recv(&hex("0b 00 10 00 2b 00 00 00 00 80 00 00 01 00 00 00"));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::HotAddComplete {
+                requested: 32_768,
+                added: 32_768,
+                result: HotAddResult::Success
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+}
+
+#[test]
+fn t18_hot_add_without_region_to_0_3_guest() {
+    let mut h = Host::ready(VspConfig::default(), Version::V0_3, LINUX_CAPS);
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    assert_eq!(
+        h.sent(),
+        vec![hex("0a 00 10 00 00 00 00 00 00 00 10 00 00 00 80 00")]
+    );
+}
+
+#[test]
+fn t19_hot_add_permanent_and_transient_failure() {
+    // {0, 1}: never again on this connection.
+    let mut h = Host::linux();
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.events();
+    h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 01 00 00 00"));
+    assert!(h.events().contains(&VspEvent::HotAddComplete {
+        requested: 32_768,
+        added: 0,
+        result: HotAddResult::Permanent
+    }));
+    h.wait(secs(3600));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    // A reset gives the next connection a fresh start.
+    h.vsp.channel_closed(h.now);
+    h.vsp.channel_opened(h.now).unwrap();
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    h.wait(secs(50));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+
+    // {0, 0}: Hyper-V's "retry later".
+    let mut h = Host::linux();
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.events();
+    h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
+    let retry_at = h.now + secs(10);
+    assert!(h.events().contains(&VspEvent::HotAddComplete {
+        requested: 32_768,
+        added: 0,
+        result: HotAddResult::Transient {
+            retry_at: Some(retry_at)
+        }
+    }));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    h.vsp.balloon(h.now, 10).unwrap();
+    h.recv(&balloon_response(3, false, &[]));
+    h.wait(secs(5));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::NotReady { until: retry_at })
+    );
+    h.wait(secs(5));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+
+    // {0, 0} with QEMU's policy: off until reset.
+    let mut h = Host::ready(
+        VspConfig {
+            hot_add_transient: HotAddTransient::Disable,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS,
+    );
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.events();
+    h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
+    assert!(h.events().contains(&VspEvent::HotAddComplete {
+        requested: 32_768,
+        added: 0,
+        result: HotAddResult::Transient { retry_at: None }
+    }));
+    h.wait(secs(3600));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+}
+
+#[test]
+fn t20_hot_add_over_report_clamped() {
+    let mut h = Host::linux();
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.events();
+    h.recv(&hot_add_response(40_000, 1));
+    let events = h.events();
+    assert!(events.contains(&VspEvent::ProtocolViolation {
+        what: Violation::HotAddOverReport {
+            requested: 32_768,
+            reported: 40_000
+        }
+    }));
+    assert!(events.contains(&VspEvent::HotAddComplete {
+        requested: 32_768,
+        added: 32_768,
+        result: HotAddResult::Success
+    }));
+}
+
+#[test]
+fn t21_hot_add_alignment() {
+    // Alignment 11: 2 GiB, 524 288 pages.
+    let caps = 0b11 | (11 << 2);
+    let mut h = Host::ready(VspConfig::default(), Version::V2_0, caps);
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 262_144),
+        Err(VspError::NothingToDo),
+        "1 GiB is below one alignment unit"
+    );
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x140000, 524_288),
+        Err(VspError::Unaligned {
+            alignment_pages: 524_288
+        })
+    );
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 786_432), Ok(524_288));
+    let sent = h.sent();
+    let Body::HotAddRequest { range, region } = parse(&sent[0]).body else {
+        panic!()
+    };
+    assert_eq!((range.start_page(), range.page_cnt()), (0x100000, 524_288));
+    assert_eq!(region, Some(range));
+}
+
+#[test]
+fn t22_status_report_in_any_open_state() {
+    let status = hex(
+        "05 00 30 00 09 00 00 00 00 00 04 00 00 00 00 00 00 00 02 00 00 00 00 00 \
+         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+    let expect = VspEvent::StatusReport {
+        committed: 131_072,
+        available: 262_144,
+    };
+    let mut h = Host::open(VspConfig::default());
+    h.events();
+    h.recv(&status);
+    assert!(h.sent().is_empty());
+    assert_eq!(h.events(), vec![expect.clone()]);
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(h.vsp.last_status().map(|s| s.num_committed), Some(131_072));
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.sent();
+    h.events();
+    h.recv(&status);
+    assert_eq!(h.events(), vec![expect.clone()]);
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1).unwrap();
+    h.sent();
+    h.events();
+    h.recv(&status);
+    assert!(h.sent().is_empty());
+    assert_eq!(h.events(), vec![expect]);
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    // Not before the channel opens.
+    let mut v = Vsp::new(VspConfig::default());
+    v.receive(Duration::ZERO, &status, &ram);
+    assert_eq!(v.poll_event(), None);
+}
+
+#[test]
+fn t23_info_max_page_count_sent_after_the_wait() {
+    let mut h = Host::open(VspConfig {
+        max_page_count: Some(524_288),
+        ..VspConfig::default()
+    });
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    assert_eq!(h.sent().len(), 2);
+    h.wait(secs(49));
+    assert!(h.sent().is_empty());
+    h.wait(secs(1));
+    assert_eq!(
+        h.sent(),
+        vec![hex(
+            "0c 00 20 00 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 00 08 00 00 00 00 00 08 00 00 00 00 00"
+        )]
+    );
+    // It is not a transaction: the first balloon still carries id 0.
+    h.vsp.balloon(h.now, 1).unwrap();
+    assert_eq!(parse(&h.sent()[0]).trans_id, 0);
+}
+
+#[test]
+fn t24_unknown_type_and_dm_error_ignored() {
+    let mut h = Host::open(VspConfig::default());
+    h.events();
+    h.recv(&hex("00 00 08 00 00 00 00 00"));
+    h.recv(&hex("0f 00 08 00 00 00 00 00"));
+    assert!(h.sent().is_empty());
+    assert_eq!(
+        h.violations(),
+        vec![
+            Violation::Unexpected {
+                ty: MessageType::ERROR,
+                state: VspState::Version
+            },
+            Violation::Malformed(DecodeError::UnknownType { ty: 0x0f }),
+        ]
+    );
+    h.recv(&hex("01 00 10 00 01 00 00 00 00 00 02 00 00 00 00 00"));
+    assert_eq!(h.sent().len(), 1);
+    assert_eq!(h.vsp.state(), VspState::Caps);
+}
+
+#[test]
+fn t25_reset_mid_balloon_restarts_negotiation() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 10).unwrap();
+    h.recv(&balloon_response(3, false, &[(0x1000, 10)]));
+    h.vsp.balloon(h.now, 20).unwrap();
+    assert_eq!(parse(&h.sent()[1]).trans_id, 1);
+    h.recv(&balloon_response(4, true, &[(0x2000, 10)]));
+    h.events();
+    h.vsp.channel_closed(h.now);
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::Reset, VspEvent::StateChanged(VspState::Closed)]
+    );
+    assert_eq!(h.vsp.state(), VspState::Closed);
+    assert_eq!(h.vsp.next_deadline(), None);
+    assert_eq!(h.vsp.negotiated_version(), None);
+    assert_eq!(h.vsp.caps(), None);
+    // A late response to the dead connection counts for nothing.
+    h.recv(&balloon_response(5, false, &[(0x3000, 10)]));
+    assert_eq!(h.vsp.ballooned().len(), 20);
+    assert_eq!(h.vsp.balloon(h.now, 1), Err(VspError::NotConnected));
+
+    h.vsp.channel_opened(h.now).unwrap();
+    assert_eq!(h.vsp.channel_opened(h.now), Err(VspError::AlreadyOpen));
+    assert_eq!(h.vsp.state(), VspState::Version);
+    h.recv(&caps_report(1, LINUX_CAPS));
+    assert!(h.sent().is_empty(), "negotiation starts over");
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    h.sent();
+    h.wait(secs(50));
+    h.vsp.balloon(h.now, 1).unwrap();
+    assert_eq!(
+        h.sent(),
+        vec![hex("06 00 10 00 00 00 00 00 01 00 00 00 00 00 00 00")]
+    );
+}
+
+#[test]
+fn t26_unfinished_balloon_times_out() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 262_144).unwrap();
+    h.wait(secs(1));
+    h.recv(&balloon_response(5, true, &[(0x12345, 512)]));
+    assert_eq!(h.vsp.next_deadline(), Some(h.now + secs(30)));
+    h.events();
+    h.wait(Duration::from_millis(29_999));
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    h.wait(Duration::from_millis(1));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::TransactionTimedOut {
+                what: Transaction::Balloon {
+                    requested: 262_144,
+                    returned: 512
+                }
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+    assert_eq!(h.vsp.next_deadline(), None);
+    assert_eq!(h.vsp.ballooned().len(), 512, "what came is kept");
+    h.recv(&balloon_response(6, false, &[(0x12745, 512)]));
+    assert_eq!(h.vsp.ballooned().len(), 512, "a late answer is not taken");
+    assert_eq!(h.vsp.balloon(h.now, 1), Ok(()));
+}
+
+#[test]
+fn checklist_01_every_output_is_one_dm_message() {
+    assert_eq!(CLASS_ID.to_string(), "525074DC-8985-46E2-8057-A307DC18A502");
+    let mut h = Host::open(VspConfig {
+        max_page_count: Some(1 << 20),
+        hot_remove: true,
+        ..VspConfig::default()
+    });
+    let mut out = Vec::new();
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS | 1 << 6));
+    h.wait(secs(50));
+    out.extend(h.sent());
+    h.vsp.balloon(h.now, 2000).unwrap();
+    let rs: Vec<(u64, u32)> = (0..600).map(|i| (0x40000 + 2 * i, 1)).collect();
+    h.recv(&balloon_response(3, true, &rs[..510]));
+    h.recv(&balloon_response(4, false, &rs[510..]));
+    h.vsp.unballoon(h.now, 600).unwrap();
+    out.extend(h.sent());
+    h.recv(&msg(5, Body::UnballoonResponse));
+    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    out.extend(h.sent());
+    h.recv(&hot_add_response(65_536, 1));
+    h.vsp.hot_remove(h.now, 0, 512, 0).unwrap();
+    out.extend(h.sent());
+    assert_eq!(out.len(), 2 + 1 + 1 + 2 + 1 + 1);
+    for bytes in &out {
+        assert!(bytes.len() <= MAX_MESSAGE_SIZE);
+        assert_eq!(
+            usize::from(u16::from_le_bytes([bytes[2], bytes[3]])),
+            bytes.len()
+        );
+        let m = parse(bytes);
+        assert!(matches!(
+            m.message_type(),
+            MessageType::VERSION_RESPONSE
+                | MessageType::CAPABILITIES_RESPONSE
+                | MessageType::BALLOON_REQUEST
+                | MessageType::UNBALLOON_REQUEST
+                | MessageType::MEM_HOT_ADD_REQUEST
+                | MessageType::INFO_MESSAGE
+                | MessageType::MEM_HOT_REMOVE_REQUEST
+        ));
+    }
+}
+
+#[test]
+fn checklist_02_only_version_requests_until_accepted() {
+    let mut h = Host::open(VspConfig::default());
+    for m in [
+        caps_report(1, LINUX_CAPS),
+        balloon_response(1, false, &[(0x1000, 1)]),
+        msg(1, Body::UnballoonResponse),
+        hot_add_response(1, 1),
+        msg(1, Body::VersionResponse { is_accepted: true }),
+        msg(1, Body::BalloonRequest { num_pages: 1 }),
+    ] {
+        h.recv(&m);
+    }
+    assert!(h.sent().is_empty());
+    assert!(h.vsp.ballooned().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(h.violations().len(), 6);
+    // Each request is answered, echoing its id.
+    h.recv(&version_request(0xdead_beef, Version::V2_0, false));
+    let sent = h.sent();
+    assert_eq!(parse(&sent[0]).trans_id, 0xdead_beef);
+    assert_eq!(sent[0].len(), 16);
+}
+
+#[test]
+fn checklist_03_only_known_versions_accepted() {
+    for v in [
+        Version(0),
+        Version::new(0, 4),
+        Version::new(1, 5),
+        Version::new(2, 1),
+        Version(0x30000),
+        Version(u32::MAX),
+    ] {
+        let mut h = Host::open(VspConfig::default());
+        h.recv(&version_request(1, v, false));
+        assert_eq!(
+            parse(&h.sent()[0]).body,
+            Body::VersionResponse { is_accepted: false },
+            "{v}"
+        );
+        assert_eq!(h.vsp.state(), VspState::Version);
+    }
+    // A refused last attempt: the guest gives up; the host keeps no timer for it.
+    let mut h = Host::open(VspConfig {
+        versions: AcceptedVersions {
+            v0_3: false,
+            ..AcceptedVersions::ALL
+        },
+        ..VspConfig::default()
+    });
+    h.events();
+    h.recv(&version_request(3, Version::V0_3, true));
+    assert_eq!(
+        parse(&h.sent()[0]).body,
+        Body::VersionResponse { is_accepted: false }
+    );
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::VersionRejected {
+            version: Version::V0_3,
+            last_attempt: true
+        }]
+    );
+    assert_eq!(h.vsp.state(), VspState::Version);
+    assert_eq!(h.vsp.next_deadline(), None);
+    for v in [Version::V1_0, Version::V2_0] {
+        let mut h = Host::open(VspConfig::default());
+        h.recv(&version_request(1, v, false));
+        assert_eq!(h.vsp.negotiated_version(), Some(v));
+    }
+}
+
+#[test]
+fn checklist_04_only_caps_after_version() {
+    let mut h = Host::open(VspConfig::default());
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.sent();
+    h.events();
+    h.recv(&balloon_response(2, false, &[(0x1000, 1)]));
+    h.recv(&version_request(3, Version::V1_0, false));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.violations().len(), 2);
+    assert_eq!(h.vsp.state(), VspState::Caps);
+    assert_eq!(h.vsp.balloon(h.now, 1), Err(VspError::NotConnected));
+    h.recv(&caps_report(0x77, 0));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].len(), 16);
+    let m = parse(&sent[0]);
+    assert_eq!(m.trans_id, 0x77);
+    assert!(matches!(
+        m.body,
+        Body::CapabilitiesResponse {
+            is_accepted: true,
+            ..
+        }
+    ));
+    // Bits only 2.0 defines are zero for an older guest.
+    let mut h = Host::open(VspConfig {
+        status_reports: false,
+        hot_remove: true,
+        ..VspConfig::default()
+    });
+    h.recv(&version_request(1, Version::V1_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    assert_eq!(
+        h.sent()[1],
+        hex("04 00 10 00 02 00 00 00 01 00 00 00 00 00 00 00")
+    );
+}
+
+#[test]
+fn checklist_05_requests_honour_caps() {
+    let mut h = Host::ready(VspConfig::default(), Version::V2_0, 0);
+    assert!(matches!(
+        h.vsp.balloon(h.now, 1),
+        Err(VspError::NotCapable(_))
+    ));
+    assert!(matches!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::NotCapable(_))
+    ));
+    // Pages ballooned on an earlier connection cannot go back to a guest that cannot balloon.
+    let mut h = Host::linux();
+    balloon_these(&mut h, &[(0x1000, 8)]);
+    h.vsp.channel_closed(h.now);
+    h.vsp.channel_opened(h.now).unwrap();
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, 0b10 | 7 << 2));
+    h.wait(secs(50));
+    assert!(matches!(
+        h.vsp.unballoon(h.now, 8),
+        Err(VspError::NotCapable(_))
+    ));
+    assert!(matches!(
+        h.vsp.balloon(h.now, 8),
+        Err(VspError::NotCapable(_))
+    ));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert!(
+        h.sent()
+            .iter()
+            .all(|m| parse(m).message_type() != MessageType::BALLOON_REQUEST)
+    );
+}
+
+#[test]
+fn checklist_06_post_caps_wait_refuses_requests() {
+    let mut h = Host::open(VspConfig::default());
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.now = secs(7);
+    h.recv(&caps_report(2, LINUX_CAPS));
+    h.sent();
+    let until = secs(57);
+    assert_eq!(h.vsp.next_deadline(), Some(until));
+    h.now = secs(30);
+    assert_eq!(h.vsp.balloon(h.now, 1), Err(VspError::NotReady { until }));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::NotReady { until })
+    );
+    assert_eq!(h.vsp.unballoon(h.now, 1), Err(VspError::NotReady { until }));
+    assert!(h.sent().is_empty());
+    // The wait ends at its time even if no tick came.
+    h.now = until;
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    // A zero wait means at once.
+    let mut h = Host::open(VspConfig {
+        post_caps_wait: Duration::ZERO,
+        ..VspConfig::default()
+    });
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+}
+
+#[test]
+fn checklist_07_one_operation_at_a_time() {
+    let mut h = Host::linux();
+    balloon_these(&mut h, &[(0x1000, 64)]);
+    h.vsp.balloon(h.now, 10).unwrap();
+    assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
+    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::Busy));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Err(VspError::Busy));
+    assert_eq!(h.sent().len(), 1);
+    h.recv(&balloon_response(1, false, &[]));
+    h.vsp.unballoon(h.now, 10).unwrap();
+    assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
+    h.recv(&msg(1, Body::UnballoonResponse));
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::Busy));
+    h.recv(&hot_add_response(32_768, 1));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+}
+
+#[test]
+fn checklist_08_large_balloon_split_into_requests() {
+    // A guest larger than `ram`.
+    let big_guest = |s: u64, n: u64| s + n <= 1 << 22;
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1_500_000).unwrap();
+    let mut asked = Vec::new();
+    let mut next = 0u64;
+    let mut ids = Vec::new();
+    loop {
+        let sent = h.sent();
+        let Some(m) = sent.first() else { break };
+        let m = parse(m);
+        let Body::BalloonRequest { num_pages } = m.body else {
+            panic!()
+        };
+        ids.push(m.trans_id);
+        asked.push(num_pages);
+        // Answered in full, in 2 MiB ranges and a remainder, several messages.
+        let n = u64::from(num_pages);
+        let mut rs: Vec<(u64, u32)> = (0..n / 512).map(|i| (next + i * 512, 512)).collect();
+        if n % 512 != 0 {
+            rs.push((next + n / 512 * 512, num_pages % 512));
+        }
+        next += u64::from(num_pages);
+        for chunk in rs.chunks(MAX_RANGES_PER_MESSAGE) {
+            let m = balloon_response(9, true, chunk);
+            h.vsp.receive(h.now, &m, &big_guest);
+        }
+        h.recv(&balloon_response(9, false, &[]));
+    }
+    assert_eq!(asked, vec![585_728, 585_728, 328_544]);
+    assert_eq!(ids, vec![0, 1, 2]);
+    assert!(h.events().contains(&VspEvent::BalloonComplete {
+        requested: 1_500_000,
+        returned: 1_500_000
+    }));
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    // A partial answer to the first request stops the operation.
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1_500_000).unwrap();
+    h.sent();
+    h.recv(&balloon_response(1, false, &[(0, 4096)]));
+    assert!(h.sent().is_empty());
+    assert!(h.events().contains(&VspEvent::BalloonComplete {
+        requested: 1_500_000,
+        returned: 4096
+    }));
+}
+
+#[test]
+fn checklist_09_returned_pages_checked() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 100_000).unwrap();
+    h.events();
+    h.recv(&balloon_response(1, true, &[(0x1000, 512)]));
+    // Across messages: the repeat is dropped, silently.
+    h.recv(&balloon_response(2, true, &[(0x1000, 512), (0x1100, 512)]));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::PagesReturned(vec![(0x1000, 512)]),
+            VspEvent::PagesReturned(vec![(0x1200, 256)]),
+        ]
+    );
+    // Straddling the end of RAM, past the 40-bit space, and zero-length ranges.
+    h.recv(&balloon_response(
+        3,
+        false,
+        &[
+            (LOW_END - 16, 32),
+            (PageRange::MAX_START_PAGE, 2),
+            (0x5000, 0),
+            (HIGH_END - 8, 8),
+        ],
+    ));
+    let events = h.events();
+    assert!(events.contains(&VspEvent::ProtocolViolation {
+        what: Violation::ForeignPages(vec![
+            (LOW_END - 16, 32),
+            (PageRange::MAX_START_PAGE + 1, 1),
+            (PageRange::MAX_START_PAGE, 1),
+        ])
+    }));
+    assert!(events.contains(&VspEvent::PagesReturned(vec![(HIGH_END - 8, 8)])));
+    assert_eq!(h.vsp.ballooned().len(), 768 + 8);
+    assert!(h.vsp.ballooned().ranges().all(|(s, n)| ram(s, n)));
+}
+
+#[test]
+fn checklist_10_unballoon_returns_only_ballooned_pages() {
+    let mut h = Host::linux();
+    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::NothingToDo));
+    balloon_these(&mut h, &[(0x1000, 512), (0x3000, 100)]);
+    // More than ballooned: what there is.
+    let runs = h.vsp.unballoon(h.now, 1_000_000).unwrap();
+    assert_eq!(runs, vec![(0x1000, 512), (0x3000, 100)]);
+    let sent = h.sent();
+    assert_eq!(
+        sent,
+        vec![msg(
+            1,
+            Body::UnballoonRequest {
+                more_pages: false,
+                ranges: &ranges(&[(0x1000, 512), (0x3000, 100)])
+            }
+        )]
+    );
+    h.events();
+    // Only an 8-byte unballoon response ends it.
+    h.recv(&hot_add_response(0, 1));
+    h.recv(&balloon_response(3, false, &[]));
+    assert_eq!(h.vsp.state(), VspState::Unballoon);
+    h.recv(&msg(3, Body::UnballoonResponse));
+    assert!(
+        h.events()
+            .contains(&VspEvent::UnballoonComplete { pages: 612 })
+    );
+    // Part of a set, lowest pages first; a second response is unexpected.
+    balloon_these(&mut h, &[(0x1000, 512)]);
+    assert_eq!(h.vsp.unballoon(h.now, 100).unwrap(), vec![(0x1000, 100)]);
+    assert_eq!(
+        h.vsp.ballooned().ranges().collect::<Vec<_>>(),
+        vec![(0x1064, 412)]
+    );
+    h.recv(&msg(4, Body::UnballoonResponse));
+    h.events();
+    h.recv(&msg(4, Body::UnballoonResponse));
+    assert_eq!(h.violations().len(), 1);
+    // A run above 2^24 - 1 pages goes out as several ranges.
+    let mut h = Host::ready(VspConfig::default(), Version::V2_0, LINUX_CAPS);
+    h.vsp.balloon(h.now, 1 << 24).unwrap();
+    h.sent();
+    let big = PageRange::MAX_PAGE_CNT;
+    let all = |_: u64, _: u64| true;
+    let m = balloon_response(1, false, &[(0, big), (u64::from(big), 2)]);
+    h.vsp.receive(h.now, &m, &all);
+    assert_eq!(
+        h.vsp.unballoon(h.now, 1 << 24).unwrap(),
+        vec![(0, u64::from(big)), (u64::from(big), 1)]
+    );
+}
+
+#[test]
+fn checklist_11_hot_add_chunks_progress_and_barrier() {
+    let mut h = Host::linux();
+    // 5 GiB: chunks of 2 GiB, 2 GiB, 1 GiB, contiguous, each its own transaction.
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 1_310_720), Ok(1_310_720));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let sent = h.sent();
+        assert_eq!(sent.len(), 1);
+        let m = parse(&sent[0]);
+        let Body::HotAddRequest { range, region } = m.body else {
+            panic!()
+        };
+        assert_eq!(region, Some(range));
+        got.push((m.trans_id, range.start_page(), range.page_cnt()));
+        h.recv(&hot_add_response(range.page_cnt(), 1));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (0, 0x100000, 524_288),
+            (1, 0x180000, 524_288),
+            (2, 0x200000, 262_144)
+        ]
+    );
+    assert!(h.events().contains(&VspEvent::HotAddComplete {
+        requested: 1_310_720,
+        added: 1_310_720,
+        result: HotAddResult::Success
+    }));
+    // Fewer pages than asked: the barrier; no further hot-add on this connection.
+    h.vsp.hot_add(h.now, 0x300000, 1_048_576).unwrap();
+    h.sent();
+    h.recv(&hot_add_response(100_000, 1));
+    assert!(h.sent().is_empty());
+    assert!(h.events().contains(&VspEvent::HotAddComplete {
+        requested: 1_048_576,
+        added: 100_000,
+        result: HotAddResult::Barrier
+    }));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x400000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    // "Failed" with pages: counted, and a barrier.
+    let mut h = Host::linux();
+    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.events();
+    h.recv(&hot_add_response(32_768, 0));
+    let events = h.events();
+    assert!(events.contains(&VspEvent::ProtocolViolation {
+        what: Violation::HotAddFailedWithPages { page_count: 32_768 }
+    }));
+    assert!(events.contains(&VspEvent::HotAddComplete {
+        requested: 65_536,
+        added: 32_768,
+        result: HotAddResult::Barrier
+    }));
+    // Ranges the host cannot name, or that cover ballooned pages, are refused.
+    let mut h = Host::linux();
+    assert_eq!(
+        h.vsp
+            .hot_add(h.now, PageRange::MAX_START_PAGE + 1 - 32_768, 65_536),
+        Err(VspError::OutOfRange)
+    );
+    balloon_these(&mut h, &[(0x8000, 1)]);
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0, 65_536),
+        Err(VspError::OverlapsBallooned)
+    );
+    // A configured chunk below the alignment becomes one alignment unit.
+    let mut h = Host::ready(
+        VspConfig {
+            max_hot_add_pages: 1000,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS,
+    );
+    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    let Body::HotAddRequest { range, .. } = parse(&h.sent()[0]).body else {
+        panic!()
+    };
+    assert_eq!(range.page_cnt(), 32_768);
+}
+
+#[test]
+fn checklist_12_status_reports_unwanted() {
+    let mut h = Host::ready(
+        VspConfig {
+            status_reports: false,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS,
+    );
+    h.recv(&msg(
+        9,
+        Body::StatusReport(StatusReport {
+            num_committed: 5,
+            ..StatusReport::default()
+        }),
+    ));
+    assert!(h.events().is_empty());
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.last_status(), None);
+}
+
+#[test]
+fn checklist_13_info_only_for_1_0_and_later() {
+    for (version, infos) in [(Version::V0_3, 0), (Version::V1_0, 1), (Version::V2_0, 1)] {
+        let mut h = Host::open(VspConfig {
+            max_page_count: Some(1 << 20),
+            ..VspConfig::default()
+        });
+        h.recv(&version_request(1, version, false));
+        h.recv(&caps_report(2, LINUX_CAPS));
+        h.wait(secs(50));
+        let sent = h.sent();
+        let info: Vec<_> = sent
+            .iter()
+            .filter_map(|m| parse(m).body.max_page_count())
+            .collect();
+        assert_eq!(info.len(), infos, "{version}");
+        assert!(info.iter().all(|&n| n == 1 << 20));
+    }
+    // None configured, none sent.
+    let mut h = Host::open(VspConfig::default());
+    h.recv(&version_request(1, Version::V2_0, false));
+    h.recv(&caps_report(2, LINUX_CAPS));
+    h.wait(secs(50));
+    assert_eq!(h.sent().len(), 2);
+}
+
+#[test]
+fn checklist_14_wrong_state_messages_dropped_without_reply() {
+    let mut h = Host::linux();
+    let junk = [
+        msg(1, Body::UnballoonResponse),
+        hot_add_response(32_768, 1),
+        msg(
+            1,
+            Body::HotRemoveResponse {
+                result: 0,
+                more_pages: false,
+                ranges: &ranges(&[(0x1000, 1)]),
+            },
+        ),
+        version_request(1, Version::V2_0, false),
+        caps_report(1, LINUX_CAPS),
+        msg(1, Body::BalloonRequest { num_pages: 5 }),
+        msg(
+            1,
+            Body::HotAddRequest {
+                range: PageRange::new(),
+                region: None,
+            },
+        ),
+        hex("00 00 08 00 00 00 00 00"),
+        hex("63 00 08 00 00 00 00 00"),
+        hex("07 00 10 00"),
+    ];
+    for m in &junk {
+        h.recv(m);
+    }
+    assert!(h.sent().is_empty());
+    assert_eq!(h.violations().len(), junk.len());
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    assert!(h.vsp.ballooned().is_empty());
+    // Mid-transaction too: the transaction is untouched.
+    h.vsp.balloon(h.now, 10).unwrap();
+    h.sent();
+    let deadline = h.vsp.next_deadline();
+    for m in &junk {
+        h.recv(m);
+    }
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Balloon);
+    assert_eq!(h.vsp.next_deadline(), deadline);
+    // Trailing bytes past hdr.size (ring padding) are fine.
+    let mut padded = balloon_response(1, false, &[(0x1000, 10)]);
+    padded.extend([0xff; 7]);
+    h.recv(&padded);
+    assert_eq!(h.vsp.ballooned().len(), 10);
+}
+
+#[test]
+fn checklist_15_every_wait_times_out() {
+    let config = VspConfig {
+        hot_remove: true,
+        ..VspConfig::default()
+    };
+    let caps = LINUX_CAPS | 1 << 6;
+    type Start = fn(&mut Host) -> Transaction;
+    let cases: [(Start, Duration); 4] = [
+        (
+            |h| {
+                h.vsp.balloon(h.now, 7).unwrap();
+                Transaction::Balloon {
+                    requested: 7,
+                    returned: 0,
+                }
+            },
+            secs(30),
+        ),
+        (
+            |h| {
+                balloon_these(h, &[(0x1000, 7)]);
+                h.vsp.unballoon(h.now, 7).unwrap();
+                Transaction::Unballoon { pages: 7 }
+            },
+            secs(30),
+        ),
+        (
+            |h| {
+                h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+                Transaction::HotAdd {
+                    requested: 32_768,
+                    added: 0,
+                }
+            },
+            secs(120),
+        ),
+        (
+            |h| {
+                h.vsp.hot_remove(h.now, 0, 7, 0).unwrap();
+                Transaction::HotRemove {
+                    requested: 7,
+                    removed: 0,
+                }
+            },
+            secs(30),
+        ),
+    ];
+    for (start, timeout) in cases {
+        let mut h = Host::ready(config.clone(), Version::V2_0, caps);
+        let what = start(&mut h);
+        assert!(h.vsp.state().awaits_reply());
+        assert_eq!(h.vsp.next_deadline(), Some(h.now + timeout));
+        h.events();
+        h.wait(timeout);
+        assert_eq!(
+            h.events(),
+            vec![
+                VspEvent::TransactionTimedOut { what },
+                VspEvent::StateChanged(VspState::Idle)
+            ]
+        );
+        assert_eq!(h.vsp.next_deadline(), None);
+        assert_eq!(
+            h.vsp.next_trans_id(),
+            1 + u32::from(matches!(what, Transaction::Unballoon { .. }))
+        );
+    }
+    // A hot-add that timed out may still be running in the guest: no second one.
+    let mut h = Host::linux();
+    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.wait(secs(120));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    // A reply handed in by the call that passes the deadline still counts.
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 8).unwrap();
+    h.now += secs(31);
+    h.recv(&balloon_response(1, false, &[(0x1000, 8)]));
+    assert!(h.events().contains(&VspEvent::BalloonComplete {
+        requested: 8,
+        returned: 8
+    }));
+}
+
+#[test]
+fn checklist_16_close_drops_connection_state_keeps_ballooned() {
+    let mut h = Host::linux();
+    balloon_these(&mut h, &[(0x1000, 64)]);
+    h.vsp.balloon(h.now, 10).unwrap();
+    h.vsp.channel_closed(h.now);
+    assert!(h.sent().is_empty(), "unsent messages are dropped");
+    assert_eq!(h.vsp.state(), VspState::Closed);
+    assert_eq!(h.vsp.next_trans_id(), 0);
+    h.vsp.channel_closed(h.now);
+    assert_eq!(
+        h.events().iter().filter(|e| **e == VspEvent::Reset).count(),
+        1
+    );
+    assert_eq!(h.vsp.ballooned().len(), 64);
+    // On guest reboot the owner takes the set back.
+    let taken = h.vsp.take_ballooned();
+    assert_eq!(taken.ranges().collect::<Vec<_>>(), vec![(0x1000, 64)]);
+    assert!(h.vsp.ballooned().is_empty());
+}
+
+#[test]
+fn hot_remove_needs_2_0_caps_and_config() {
+    let on = VspConfig {
+        hot_remove: true,
+        ..VspConfig::default()
+    };
+    let caps = LINUX_CAPS | 1 << 6;
+    let mut h = Host::ready(VspConfig::default(), Version::V2_0, caps);
+    assert!(matches!(
+        h.vsp.hot_remove(h.now, 0, 10, 0),
+        Err(VspError::NotCapable(_))
+    ));
+    let mut h = Host::ready(on.clone(), Version::V1_0, caps);
+    assert!(matches!(
+        h.vsp.hot_remove(h.now, 0, 10, 0),
+        Err(VspError::NotCapable(_))
+    ));
+    let mut h = Host::ready(on.clone(), Version::V2_0, LINUX_CAPS);
+    assert!(matches!(
+        h.vsp.hot_remove(h.now, 0, 10, 0),
+        Err(VspError::NotCapable(_))
+    ));
+    let mut h = Host::ready(on, Version::V2_0, caps);
+    assert_eq!(
+        h.vsp.hot_remove(h.now, 0, 10, 4),
+        Err(VspError::InvalidQos(4))
+    );
+    assert_eq!(h.vsp.hot_remove(h.now, 0, 0, 0), Err(VspError::NothingToDo));
+    assert_eq!(h.vsp.hot_remove(h.now, 1, 10, DM_REMOVE_QOS_MASK), Ok(()));
+    assert_eq!(
+        h.sent(),
+        vec![msg(
+            0,
+            Body::HotRemoveRequest {
+                virtual_node: 1,
+                page_count: 10,
+                qos_flags: 3
+            }
+        )]
+    );
+}
+
+#[test]
+fn hot_remove_pages_join_ballooned() {
+    let mut h = Host::ready(
+        VspConfig {
+            hot_remove: true,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS | 1 << 6,
+    );
+    h.vsp.hot_remove(h.now, 0, 1024, 0).unwrap();
+    h.events();
+    let resp = |more_pages, rs: &[(u64, u32)]| {
+        msg(
+            1,
+            Body::HotRemoveResponse {
+                result: 0,
+                more_pages,
+                ranges: &ranges(rs),
+            },
+        )
+    };
+    h.recv(&resp(true, &[(0x8000, 512), (LOW_END, 1)]));
+    h.recv(&resp(false, &[(0x8000, 512), (0x9000, 512)]));
+    let events = h.events();
+    assert_eq!(
+        events,
+        vec![
+            VspEvent::ProtocolViolation {
+                what: Violation::ForeignPages(vec![(LOW_END, 1)])
+            },
+            VspEvent::HotRemoved(vec![(0x8000, 512)]),
+            VspEvent::HotRemoved(vec![(0x9000, 512)]),
+            VspEvent::HotRemoveComplete {
+                requested: 1024,
+                removed: 1024,
+                result: 0
+            },
+            VspEvent::StateChanged(VspState::Idle),
+        ]
+    );
+    assert_eq!(h.vsp.ballooned().len(), 1024);
+    assert_eq!(h.vsp.unballoon(h.now, 1024).unwrap().len(), 2);
+}
+
+#[test]
+fn guest_ownership_of_a_range() {
+    let r = 10u64..20;
+    assert!(r.owns(10, 10));
+    assert!(!r.owns(9, 2));
+    assert!(!r.owns(19, 2));
+    assert!(!r.owns(u64::MAX, 2));
+}
+
+/// One step of the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Raw(Vec<u8>),
+    Version(u32, bool),
+    Caps(u64),
+    Status,
+    BalloonResp(bool, Vec<(u64, u32)>),
+    UnballoonResp,
+    HotAddResp(u32, u32),
+    HotRemoveResp(u32, bool, Vec<(u64, u32)>),
+    Wait(u64),
+    Balloon(u64),
+    Unballoon(u64),
+    HotAdd(u64, u64),
+    HotRemove(u32, u32, u32),
+    Close,
+    Open,
+    Reboot,
+}
+
+fn page_ranges() -> impl Strategy<Value = Vec<(u64, u32)>> {
+    let start = prop_oneof![
+        4 => 0u64..0x150_000,
+        1 => 0u64..=PageRange::MAX_START_PAGE,
+    ];
+    let count = prop_oneof![
+        4 => 0u32..2048,
+        1 => 0u32..=PageRange::MAX_PAGE_CNT,
+    ];
+    proptest::collection::vec((start, count), 0..40)
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let version = prop_oneof![
+        Just(0x20000u32),
+        Just(0x10000),
+        Just(3),
+        Just(0x30000),
+        any::<u32>()
+    ];
+    let pages = prop_oneof![0u64..5000, 0u64..3_000_000, any::<u64>()];
+    prop_oneof![
+        2 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Step::Raw),
+        2 => (version, any::<bool>()).prop_map(|(v, l)| Step::Version(v, l)),
+        2 => prop_oneof![Just(LINUX_CAPS), Just(LINUX_CAPS | 1 << 6), any::<u64>()].prop_map(Step::Caps),
+        1 => Just(Step::Status),
+        6 => (any::<bool>(), page_ranges()).prop_map(|(m, r)| Step::BalloonResp(m, r)),
+        2 => Just(Step::UnballoonResp),
+        2 => (prop_oneof![0u32..70_000, any::<u32>()], 0u32..3).prop_map(|(n, r)| Step::HotAddResp(n, r)),
+        2 => (0u32..2, any::<bool>(), page_ranges()).prop_map(|(r, m, rs)| Step::HotRemoveResp(r, m, rs)),
+        4 => prop_oneof![0u64..2000, 0u64..200_000, any::<u64>()].prop_map(Step::Wait),
+        4 => pages.clone().prop_map(Step::Balloon),
+        3 => pages.clone().prop_map(Step::Unballoon),
+        3 => (prop_oneof![Just(0x100000u64), 0u64..0x200000, any::<u64>()], pages).prop_map(|(s, n)| Step::HotAdd(s, n)),
+        1 => (0u32..4, any::<u32>(), 0u32..5).prop_map(|(a, b, c)| Step::HotRemove(a, b, c)),
+        1 => Just(Step::Close),
+        2 => Just(Step::Open),
+        1 => Just(Step::Reboot),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn proptest_arbitrary_guest_and_host_input(
+        steps in proptest::collection::vec(step(), 0..80),
+        hot_remove in any::<bool>(),
+        status_reports in any::<bool>(),
+        retry in any::<bool>(),
+        setup in 0u8..4,
+        setup_version in prop_oneof![Just(Version::V2_0), Just(Version::V1_0), Just(Version::V0_3)],
+        setup_caps in prop_oneof![3 => Just(LINUX_CAPS | 1 << 6), 1 => any::<u64>()],
+    ) {
+        let config = VspConfig {
+            hot_remove,
+            status_reports,
+            max_page_count: Some(1 << 20),
+            hot_add_transient: if retry {
+                HotAddTransient::RetryAfter(secs(10))
+            } else {
+                HotAddTransient::Disable
+            },
+            ..VspConfig::default()
+        };
+        let longest = config.hot_add_reply_timeout.max(config.reply_timeout).max(config.post_caps_wait);
+        let mut vsp = Vsp::new(config);
+        let mut now = Duration::ZERO;
+        let mut model = PageSet::new();
+        // Start closed, open, or (twice as often) negotiated and past the wait, so that
+        // arbitrary steps spend their time in every state.
+        if setup > 0 {
+            vsp.channel_opened(now).expect("opens");
+        }
+        if setup > 1 {
+            vsp.receive(now, &version_request(1, setup_version, false), &ram);
+            vsp.receive(now, &caps_report(2, setup_caps), &ram);
+            now = secs(50);
+            vsp.tick(now);
+        }
+        for step in steps {
+            let r = |rs: &[(u64, u32)]| ranges(rs);
+            match step {
+                Step::Raw(b) => vsp.receive(now, &b, &ram),
+                Step::Version(v, l) => vsp.receive(now, &version_request(1, Version(v), l), &ram),
+                Step::Caps(c) => vsp.receive(now, &caps_report(2, c), &ram),
+                Step::Status => vsp.receive(now, &msg(3, Body::StatusReport(StatusReport::default())), &ram),
+                Step::BalloonResp(m, rs) => vsp.receive(now, &msg(4, Body::BalloonResponse { more_pages: m, ranges: &r(&rs) }), &ram),
+                Step::UnballoonResp => vsp.receive(now, &msg(5, Body::UnballoonResponse), &ram),
+                Step::HotAddResp(n, res) => vsp.receive(now, &hot_add_response(n, res), &ram),
+                Step::HotRemoveResp(res, m, rs) => vsp.receive(now, &msg(6, Body::HotRemoveResponse { result: res, more_pages: m, ranges: &r(&rs) }), &ram),
+                Step::Wait(ms) => {
+                    now = now.saturating_add(Duration::from_millis(ms));
+                    vsp.tick(now);
+                }
+                Step::Balloon(n) => { let _ = vsp.balloon(now, n); }
+                Step::Unballoon(n) => {
+                    if let Ok(runs) = vsp.unballoon(now, n) {
+                        prop_assert!(runs.iter().map(|r| r.1).sum::<u64>() <= n);
+                        for (s, n) in runs {
+                            prop_assert!(model.contains_all(s, n), "unballooned a page never ballooned");
+                            model.remove(s, n);
+                        }
+                    }
+                }
+                Step::HotAdd(s, n) => { let _ = vsp.hot_add(now, s, n); }
+                Step::HotRemove(node, n, q) => { let _ = vsp.hot_remove(now, node, n, q); }
+                Step::Close => vsp.channel_closed(now),
+                Step::Open => { let _ = vsp.channel_opened(now); }
+                Step::Reboot => {
+                    prop_assert_eq!(&vsp.take_ballooned(), &model);
+                    model = PageSet::new();
+                }
+            }
+            while let Some(e) = vsp.poll_event() {
+                if let VspEvent::PagesReturned(rs) | VspEvent::HotRemoved(rs) = e {
+                    for (s, n) in rs {
+                        prop_assert!(n > 0);
+                        prop_assert!(ram(s, n), "counted a page the guest does not own");
+                        prop_assert_eq!(model.count_in(s, n), 0, "counted a page twice");
+                        model.insert(s, n);
+                    }
+                }
+            }
+            prop_assert_eq!(vsp.ballooned(), &model);
+            let caps = vsp.caps();
+            while let Some(bytes) = vsp.poll_transmit() {
+                prop_assert!(bytes.len() <= MAX_MESSAGE_SIZE);
+                let m = Message::parse(&bytes).expect("host output decodes");
+                match m.body {
+                    Body::BalloonRequest { num_pages } => {
+                        prop_assert!((1..=MAX_BALLOON_REQUEST_PAGES).contains(&num_pages));
+                        prop_assert!(caps.is_some_and(|c| c.balloon()));
+                    }
+                    Body::HotAddRequest { range, region } => {
+                        let c = caps.expect("caps before hot-add");
+                        prop_assert!(c.hot_add());
+                        let a = c.hot_add_alignment_pages();
+                        prop_assert_eq!(range.start_page() % a, 0);
+                        prop_assert_eq!(u64::from(range.page_cnt()) % a, 0);
+                        prop_assert!(range.page_cnt() > 0);
+                        prop_assert_eq!(region.is_none(), vsp.negotiated_version() == Some(Version::V0_3));
+                    }
+                    Body::UnballoonRequest { ranges, .. } => {
+                        prop_assert!(ranges.len() <= MAX_RANGES_PER_MESSAGE);
+                        prop_assert!(caps.is_some_and(|c| c.balloon()));
+                    }
+                    Body::HotRemoveRequest { .. } => {
+                        prop_assert_eq!(vsp.negotiated_version(), Some(Version::V2_0));
+                    }
+                    _ => {}
+                }
+            }
+            if vsp.state().awaits_reply() || vsp.state() == VspState::PostCapsWait {
+                let d = vsp.next_deadline();
+                prop_assert!(d.is_some(), "waiting with no deadline in {:?}", vsp.state());
+                let d = d.unwrap_or_default();
+                prop_assert!(d > now || d == Duration::MAX);
+                prop_assert!(d <= now.saturating_add(longest));
+            }
+        }
+        // Whatever was awaited ends.
+        now = now.saturating_add(longest);
+        vsp.tick(now);
+        prop_assert!(!vsp.state().awaits_reply() || now == Duration::MAX);
+        prop_assert!(vsp.state() != VspState::PostCapsWait || now == Duration::MAX);
+    }
+}

@@ -1,0 +1,13 @@
+//! The integration of ballast: one host owns the hypervisor core and the real memory
+//! behind it, and steps them together.
+//!
+//! Today it joins the core ([`ballast_core::Hypervisor`]) and the backing
+//! ([`ballast_backing::Backing`]) through [`MemoryHost`]: every discard the core records is
+//! applied to the partition's memfd, and nothing else in ballast punches holes. The
+//! Dynamic Memory sessions and the balancer join here next.
+
+#![forbid(unsafe_code)]
+
+mod memory;
+
+pub use memory::{ApplyStats, HostError, MemoryHost};
