@@ -537,7 +537,9 @@ pub enum E820Type {
 /// `struct xen_memory_reservation`: the argument of `increase_reservation`,
 /// `decrease_reservation`, `populate_physmap` and `claim_pages`, and both halves of
 /// [`XenMemoryExchange`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemoryReservation {
     /// Handle to a `xen_pfn_t` array, one per extent. increase: OUT, MFNs allocated (PV
@@ -560,7 +562,9 @@ assert_layout!(XenMemoryReservation, size 32, align 8,
 
 /// `struct xen_memory_exchange`, the argument of `XENMEM_exchange`: trade the `in_`
 /// extents for freshly allocated `out` extents, atomically per chunk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemoryExchange {
     /// IN: the extents to give up (GMFN bases). `in_.mem_flags` is ignored.
@@ -577,7 +581,9 @@ assert_layout!(XenMemoryExchange, size 72, align 8,
 
 /// `struct xen_memory_domain`, the argument of `current_reservation`,
 /// `maximum_reservation` and `maximum_gpfn`: just a domain id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemoryDomain {
     /// IN: the domain asked about; [`DOMID_SELF`] allowed.
@@ -587,7 +593,9 @@ assert_layout!(XenMemoryDomain, size 2, align 2, domid @ 0);
 
 /// `struct xen_machphys_mfn_list`, the argument of `machphys_mfn_list` and
 /// `machphys_compat_mfn_list`: the MFNs of the 2 MiB extents holding the M2P table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMachphysMfnList {
     /// IN: capacity of the `extent_start` array.
@@ -606,7 +614,9 @@ assert_layout!(XenMachphysMfnList, size 24, align 8,
 
 /// `struct xen_machphys_mapping`, the result of `XENMEM_machphys_mapping`: where the M2P
 /// table sits in the guest's virtual address space.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMachphysMapping {
     /// OUT: first virtual address.
@@ -620,7 +630,9 @@ assert_layout!(XenMachphysMapping, size 24, align 8, v_start @ 0, v_end @ 8, max
 
 /// `struct xen_add_to_physmap`, the argument of `XENMEM_add_to_physmap`: make page `idx`
 /// of `space` appear at `gpfn` (translated guests only). All fields IN.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenAddToPhysmap {
     /// Domain whose physmap changes.
@@ -639,7 +651,9 @@ assert_layout!(XenAddToPhysmap, size 24, align 8,
 
 /// `struct xen_add_to_physmap_batch`, the argument of `XENMEM_add_to_physmap_batch`:
 /// `size` independent add_to_physmap calls, each with its own error code.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenAddToPhysmapBatch {
     /// IN: domain whose physmap changes.
@@ -674,7 +688,9 @@ pub type XenAddToPhysmapRange = XenAddToPhysmapBatch;
 
 /// `struct xen_remove_from_physmap`, the argument of `XENMEM_remove_from_physmap`: unmap
 /// whatever is at `gpfn` (translated guests only). All fields IN.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenRemoveFromPhysmap {
     /// Domain whose physmap changes.
@@ -688,7 +704,9 @@ assert_layout!(XenRemoveFromPhysmap, size 16, align 8, domid @ 0, _pad0 @ 2, gpf
 
 /// `struct xen_memory_map`, the argument of `memory_map` and `machine_memory_map`, and the
 /// `map` of [`XenForeignMemoryMap`]: a buffer of [`E820Entry`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemoryMap {
     /// IN: capacity of `buffer` in entries; OUT: entries stored.
@@ -719,7 +737,9 @@ assert_layout!(E820Entry, size 20, align 1, addr @ 0, size @ 8, ty @ 16);
 
 /// `struct xen_foreign_memory_map`, the argument of `XENMEM_set_memory_map`: a toolstack
 /// sets the memory map that `domid` later reads with `XENMEM_memory_map`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenForeignMemoryMap {
     /// IN: the domain whose map is set.
@@ -735,7 +755,9 @@ assert_layout!(XenForeignMemoryMap, size 24, align 8,
 /// `struct xen_mem_acquire_resource`, the argument of `XENMEM_acquire_resource`: map
 /// frames of a domain's resource (ioreq pages, grant table, trace buffer) into the
 /// caller.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenMemAcquireResource {
     /// IN: the domain owning the resource (not the caller itself).
@@ -760,7 +782,9 @@ assert_layout!(XenMemAcquireResource, size 32, align 8,
     domid @ 0, ty @ 2, id @ 4, nr_frames @ 8, flags @ 12, frame @ 16, frame_list @ 24);
 
 /// `struct xen_pod_target`, the argument of `set_pod_target` and `get_pod_target`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenPodTarget {
     /// IN (set): the populate-on-demand target, in pages.
@@ -782,7 +806,9 @@ assert_layout!(XenPodTarget, size 40, align 8,
 
 /// `struct xen_reserved_device_memory`: one region reported by
 /// `XENMEM_reserved_device_memory_map`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenReservedDeviceMemory {
     /// First frame of the region.
@@ -793,7 +819,9 @@ pub struct XenReservedDeviceMemory {
 assert_layout!(XenReservedDeviceMemory, size 16, align 8, start_pfn @ 0, nr_pages @ 8);
 
 /// `struct physdev_pci_device` (`physdev.h`): a PCI device address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct PhysdevPciDevice {
     /// PCI segment.
@@ -808,7 +836,9 @@ assert_layout!(PhysdevPciDevice, size 4, align 2, seg @ 0, bus @ 2, devfn @ 3);
 /// `struct xen_reserved_device_memory_map`, the argument of
 /// `XENMEM_reserved_device_memory_map`: the guest-physical ranges legacy devices need kept
 /// free.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenReservedDeviceMemoryMap {
     /// IN: [`XENMEM_RDM_ALL`] or 0.
@@ -829,7 +859,9 @@ assert_layout!(XenReservedDeviceMemoryMap, size 24, align 8,
 
 /// `struct xen_vmemrange`: one vNUMA memory range, an element of
 /// [`XenVnumaTopologyInfo::vmemrange`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenVmemrange {
     /// First guest-physical address.
@@ -846,7 +878,9 @@ assert_layout!(XenVmemrange, size 24, align 8, start @ 0, end @ 8, flags @ 16, n
 /// `struct xen_vnuma_topology_info`, the argument of `XENMEM_get_vnumainfo`. Each array
 /// handle sits in a union with a `uint64_t pad` so the struct is the same for 32-bit
 /// guests; here the union is its 8 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct XenVnumaTopologyInfo {
     /// IN: the domain.

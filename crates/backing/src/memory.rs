@@ -271,6 +271,19 @@ impl PartitionMemory {
         Ok(())
     }
 
+    /// Copies the page at gfn `from` to gfn `to` (a page moving inside the guest's physical
+    /// space). A source that reads as zero is not written: the destination was released
+    /// before the move, so it already reads zero, and writing zeros would only make it
+    /// resident.
+    pub fn copy_page(&self, from: u64, to: u64) -> Result<(), BackingError> {
+        let mut page = vec![0u8; GFN_SIZE as usize];
+        self.read(from.saturating_mul(GFN_SIZE), &mut page)?;
+        if page.iter().any(|&b| b != 0) {
+            self.write(to.saturating_mul(GFN_SIZE), &page)?;
+        }
+        Ok(())
+    }
+
     /// Releases the memory behind the given gfn ranges back to the host kernel, so they
     /// read as zero and stop counting as resident.
     ///

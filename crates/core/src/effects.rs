@@ -33,6 +33,18 @@ pub enum Effect {
         /// Which gfns.
         range: GfnRange,
     },
+    /// The page at gfn `from` now lives at gfn `to` of the same partition (Xen
+    /// `add_to_physmap` of a gmfn): its bytes must follow it. Recorded after the discard of
+    /// whatever was at `to` and before the discard of `from`, so applying effects in order
+    /// copies the page and then releases its old place.
+    Move {
+        /// Whose guest space.
+        partition: PartitionId,
+        /// The page's old gfn.
+        from: u64,
+        /// Its new gfn.
+        to: u64,
+    },
 }
 
 /// Effects in the order they happened, with consecutive discards of neighbouring gfns of
@@ -46,7 +58,11 @@ impl Effects {
     /// Records that `gfn` left `partition`'s guest space.
     #[inline]
     pub fn discard(&mut self, partition: PartitionId, gfn: u64, count: u64) {
-        if let Some(Effect::Discard { partition: p, range }) = self.queue.last_mut() {
+        if let Some(Effect::Discard {
+            partition: p,
+            range,
+        }) = self.queue.last_mut()
+        {
             if *p == partition {
                 if range.end() == gfn {
                     range.count += count;
@@ -62,6 +78,15 @@ impl Effects {
         self.queue.push(Effect::Discard {
             partition,
             range: GfnRange { start: gfn, count },
+        });
+    }
+
+    /// Records that the page at `from` moved to `to` in `partition`'s guest space.
+    pub fn moved(&mut self, partition: PartitionId, from: u64, to: u64) {
+        self.queue.push(Effect::Move {
+            partition,
+            from,
+            to,
         });
     }
 
@@ -96,9 +121,24 @@ mod tests {
         assert_eq!(
             e.take(),
             vec![
-                Effect::Discard { partition: PartitionId(3), range: GfnRange { start: 8, count: 5 } },
-                Effect::Discard { partition: PartitionId(4), range: GfnRange { start: 13, count: 1 } },
-                Effect::Discard { partition: PartitionId(3), range: GfnRange { start: 20, count: 2 } },
+                Effect::Discard {
+                    partition: PartitionId(3),
+                    range: GfnRange { start: 8, count: 5 }
+                },
+                Effect::Discard {
+                    partition: PartitionId(4),
+                    range: GfnRange {
+                        start: 13,
+                        count: 1
+                    }
+                },
+                Effect::Discard {
+                    partition: PartitionId(3),
+                    range: GfnRange {
+                        start: 20,
+                        count: 2
+                    }
+                },
             ]
         );
         assert!(e.pending().is_empty());

@@ -137,7 +137,8 @@ impl Frames {
             let mut m = s;
             while m < e {
                 let mut order = MAX_ORDER;
-                while order > 0 && (m % (1 << order) != 0 || m as u64 + (1u64 << order) > e as u64) {
+                while order > 0 && (m % (1 << order) != 0 || m as u64 + (1u64 << order) > e as u64)
+                {
                     order -= 1;
                 }
                 frames.push_block(node, m, order);
@@ -317,7 +318,9 @@ impl Frames {
 
     fn cache_refill(&mut self, node: usize) {
         for _ in 0..CACHE_BATCH {
-            let Some(m) = self.buddy_alloc(node, 0, NO_FRAME) else { break };
+            let Some(m) = self.buddy_alloc(node, 0, NO_FRAME) else {
+                break;
+            };
             self.cache_push(node, m);
         }
     }
@@ -371,9 +374,13 @@ impl Frames {
         match sel {
             NodeSel::Exact(n) if n < count => self.alloc_on(n as usize, order, limit),
             NodeSel::Exact(_) => None,
-            NodeSel::Preferred(n) if n < count => self
-                .alloc_on(n as usize, order, limit)
-                .or_else(|| (0..count).filter(|&i| i != n).find_map(|i| self.alloc_on(i as usize, order, limit))),
+            NodeSel::Preferred(n) if n < count => {
+                self.alloc_on(n as usize, order, limit).or_else(|| {
+                    (0..count)
+                        .filter(|&i| i != n)
+                        .find_map(|i| self.alloc_on(i as usize, order, limit))
+                })
+            }
             _ => (0..count).find_map(|i| self.alloc_on(i as usize, order, limit)),
         }
     }
@@ -384,9 +391,9 @@ impl Frames {
         let order: Vec<u32> = match sel {
             NodeSel::Exact(n) if n < count => vec![n],
             NodeSel::Exact(_) => vec![],
-            NodeSel::Preferred(n) if n < count => {
-                core::iter::once(n).chain((0..count).filter(|&i| i != n)).collect()
-            }
+            NodeSel::Preferred(n) if n < count => core::iter::once(n)
+                .chain((0..count).filter(|&i| i != n))
+                .collect(),
             _ => (0..count).collect(),
         };
         order.into_iter().find_map(|n| {
@@ -491,7 +498,9 @@ impl Frames {
                 }
             }
             for (idx, &m) in n.cache.iter().enumerate() {
-                if self.meta[m as usize] != pack(FrameState::Free, CACHED, 0) || self.link[m as usize] != idx as u64 {
+                if self.meta[m as usize] != pack(FrameState::Free, CACHED, 0)
+                    || self.link[m as usize] != idx as u64
+                {
                     return Err(format!("node {i}: cache entry {idx} (frame {m}) is stale"));
                 }
             }
@@ -500,11 +509,19 @@ impl Frames {
                 return Err(format!("node {i}: cache count {} != live {live}", n.cached));
             }
             if seen + live != n.free {
-                return Err(format!("node {i}: free count {} != {} listed + {live} cached", n.free, seen));
+                return Err(format!(
+                    "node {i}: free count {} != {} listed + {live} cached",
+                    n.free, seen
+                ));
             }
-            let free_frames = (n.start..n.end).filter(|&m| self.state(m) == FrameState::Free).count() as u64;
+            let free_frames = (n.start..n.end)
+                .filter(|&m| self.state(m) == FrameState::Free)
+                .count() as u64;
             if free_frames != n.free {
-                return Err(format!("node {i}: {free_frames} frames free, counted {}", n.free));
+                return Err(format!(
+                    "node {i}: {free_frames} frames free, counted {}",
+                    n.free
+                ));
             }
         }
         Ok(())
@@ -569,7 +586,9 @@ mod tests {
     fn address_limit() {
         let mut f = Frames::new(&[1 << 10]);
         // Use up the low half through the cache, then ask below the midpoint.
-        let low: Vec<_> = (0..512).map(|_| f.alloc(NodeSel::Any, 0, 512).unwrap()).collect();
+        let low: Vec<_> = (0..512)
+            .map(|_| f.alloc(NodeSel::Any, 0, 512).unwrap())
+            .collect();
         assert!(low.iter().all(|&m| m < 512));
         assert_eq!(f.alloc(NodeSel::Any, 0, 512), None);
         assert!(f.alloc(NodeSel::Any, 0, NO_FRAME).unwrap() >= 512);

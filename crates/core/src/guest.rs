@@ -51,7 +51,10 @@ pub struct FlatMemory {
 impl FlatMemory {
     /// `len` zero bytes at `base`.
     pub fn new(base: u64, len: usize) -> Self {
-        FlatMemory { base, bytes: vec![0; len] }
+        FlatMemory {
+            base,
+            bytes: vec![0; len],
+        }
     }
 
     fn span(&self, addr: u64, len: u64) -> Option<core::ops::Range<usize>> {

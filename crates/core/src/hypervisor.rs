@@ -118,7 +118,12 @@ impl Hypervisor {
             hv: Default::default(),
         };
         let root = hv
-            .new_partition(None, HvPartitionPrivilegeMask::ROOT, HvProximityDomainInfo::ANY, 0)
+            .new_partition(
+                None,
+                HvPartitionPrivilegeMask::ROOT,
+                HvProximityDomainInfo::ANY,
+                0,
+            )
             .expect("an empty host has room for the root");
         hv.part_mut(root).state = PartitionState::Active;
         Ok(hv)
@@ -199,7 +204,9 @@ impl Hypervisor {
         flags: u64,
     ) -> Result<u32, CreateError> {
         if self.live >= self.config.limits.max_partitions {
-            return Err(CreateError::TooManyPartitions(self.config.limits.max_partitions));
+            return Err(CreateError::TooManyPartitions(
+                self.config.limits.max_partitions,
+            ));
         }
         let depth = parent.map_or(0, |p| self.part(p).depth + 1);
         if depth >= self.config.limits.max_depth {
@@ -302,7 +309,12 @@ impl Hypervisor {
     pub(crate) fn pool_deposit(&mut self, slot: u32, mfn: Mfn) {
         let node = self.frames.node_of(mfn) as usize;
         let pool = &mut self.slots[slot as usize].as_mut().expect("live slot").pools[node];
-        self.frames.set(mfn, FrameState::PoolAvailable, slot, pool.available_head as u64);
+        self.frames.set(
+            mfn,
+            FrameState::PoolAvailable,
+            slot,
+            pool.available_head as u64,
+        );
         pool.available_head = mfn;
         pool.available += 1;
     }
@@ -313,23 +325,32 @@ impl Hypervisor {
             NodeSel::Any => (0..n).collect(),
             NodeSel::Exact(i) if i < n => vec![i],
             NodeSel::Exact(_) => vec![],
-            NodeSel::Preferred(i) if i < n => {
-                std::iter::once(i).chain((0..n).filter(|&j| j != i)).collect()
-            }
+            NodeSel::Preferred(i) if i < n => std::iter::once(i)
+                .chain((0..n).filter(|&j| j != i))
+                .collect(),
             NodeSel::Preferred(_) => (0..n).collect(),
         }
     }
 
-    /// Takes one available frame out of `slot`'s pool on the nodes `sel` allows; it comes
-    /// back in state Hypervisor.
+    /// Takes one available frame out of `slot`'s pool on the nodes `sel` allows (a
+    /// preferred node first, then the nodes after it); it comes back in state Hypervisor.
     pub(crate) fn pool_take_available(&mut self, slot: u32, sel: NodeSel) -> Option<Mfn> {
-        for node in self.node_order(sel) {
-            let head = self.part(slot).pools[node as usize].available_head;
+        // The per-page path of a withdraw: no allocation, no node list.
+        let n = self.frames.node_count();
+        let (first, tries) = match sel {
+            NodeSel::Exact(i) if i < n => (i, 1),
+            NodeSel::Exact(_) => return None,
+            NodeSel::Preferred(i) if i < n => (i, n),
+            _ => (0, n),
+        };
+        for k in 0..tries {
+            let node = ((first + k) % n) as usize;
+            let head = self.part(slot).pools[node].available_head;
             if head == NO_FRAME {
                 continue;
             }
             let next = self.frames.link(head) as Mfn;
-            let pool = &mut self.part_mut(slot).pools[node as usize];
+            let pool = &mut self.part_mut(slot).pools[node];
             pool.available_head = next;
             pool.available -= 1;
             self.frames.set(head, FrameState::Hypervisor, 0, 0);
@@ -347,7 +368,10 @@ impl Hypervisor {
         sel: NodeSel,
     ) -> Option<Vec<(u32, u64)>> {
         let order = self.node_order(sel);
-        let avail: u64 = order.iter().map(|&n| self.part(slot).pools[n as usize].available).sum();
+        let avail: u64 = order
+            .iter()
+            .map(|&n| self.part(slot).pools[n as usize].available)
+            .sum();
         if avail < pages {
             return None;
         }
@@ -364,7 +388,8 @@ impl Hypervisor {
                 let m = pool.available_head;
                 pool.available_head = self.frames.link(m) as Mfn;
                 pool.available -= 1;
-                self.frames.set(m, FrameState::PoolInUse, slot, pool.in_use_head as u64);
+                self.frames
+                    .set(m, FrameState::PoolInUse, slot, pool.in_use_head as u64);
                 pool.in_use_head = m;
                 pool.in_use += 1;
             }
@@ -386,7 +411,12 @@ impl Hypervisor {
                 debug_assert!(m != NO_FRAME, "releasing more than was charged");
                 pool.in_use_head = self.frames.link(m) as Mfn;
                 pool.in_use -= 1;
-                self.frames.set(m, FrameState::PoolAvailable, slot, pool.available_head as u64);
+                self.frames.set(
+                    m,
+                    FrameState::PoolAvailable,
+                    slot,
+                    pool.available_head as u64,
+                );
                 pool.available_head = m;
                 pool.available += 1;
             }
@@ -418,7 +448,8 @@ impl Hypervisor {
     /// Records `mfn` (state Hypervisor) as assigned to `slot` without a gfn.
     pub(crate) fn assign_unmapped(&mut self, slot: u32, mfn: Mfn) {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
-        self.frames.set(mfn, FrameState::Assigned, slot, p.assigned_head as u64);
+        self.frames
+            .set(mfn, FrameState::Assigned, slot, p.assigned_head as u64);
         p.assigned_head = mfn;
         p.assigned += 1;
     }
@@ -473,7 +504,9 @@ impl Hypervisor {
         }
         let sel = home_sel(self.part(slot).home);
         for gfn in start..end {
-            let m = self.heap_alloc(sel, 0, NO_FRAME).ok_or(MemoryError::NoMemory)?;
+            let m = self
+                .heap_alloc(sel, 0, NO_FRAME)
+                .ok_or(MemoryError::NoMemory)?;
             self.map(slot, gfn, m);
         }
         Ok(())
@@ -602,7 +635,9 @@ impl Hypervisor {
                 continue;
             }
             if st == FrameState::Hypervisor {
-                return err(format!("frame {mfn} held by the hypervisor outside an operation"));
+                return err(format!(
+                    "frame {mfn} held by the hypervisor outside an operation"
+                ));
             }
             let slot = self.frames.owner(mfn) as usize;
             let Some(Some(p)) = self.slots.get(slot) else {
@@ -627,7 +662,10 @@ impl Hypervisor {
             }
         }
         if free != self.frames.total_free() {
-            return err(format!("{free} frames free, heap counts {}", self.frames.total_free()));
+            return err(format!(
+                "{free} frames free, heap counts {}",
+                self.frames.total_free()
+            ));
         }
         let mut total = free;
         for (slot, p) in self.slots.iter().enumerate() {
@@ -650,17 +688,25 @@ impl Hypervisor {
                     || self.frames.owner(mfn) as usize != slot
                     || self.frames.link(mfn) != gfn
                 {
-                    return err(format!("{:?}: gfn {gfn:#x} → frame {mfn} not mapped back", p.id));
+                    return err(format!(
+                        "{:?}: gfn {gfn:#x} → frame {mfn} not mapped back",
+                        p.id
+                    ));
                 }
             }
-            if p.assigned != assigned[slot] || self.list_len(p.assigned_head, FrameState::Assigned, slot)? != p.assigned {
+            if p.assigned != assigned[slot]
+                || self.list_len(p.assigned_head, FrameState::Assigned, slot)? != p.assigned
+            {
                 return err(format!("{:?}: assigned count {} wrong", p.id, p.assigned));
             }
             for (node, pool) in p.pools.iter().enumerate() {
                 let a = self.list_len(pool.available_head, FrameState::PoolAvailable, slot)?;
                 let u = self.list_len(pool.in_use_head, FrameState::PoolInUse, slot)?;
                 if a != pool.available || u != pool.in_use {
-                    return err(format!("{:?} node {node}: pool counts {}/{} but lists hold {a}/{u}", p.id, pool.available, pool.in_use));
+                    return err(format!(
+                        "{:?} node {node}: pool counts {}/{} but lists hold {a}/{u}",
+                        p.id, pool.available, pool.in_use
+                    ));
                 }
                 for list in [pool.available_head, pool.in_use_head] {
                     let mut m = list;
@@ -673,17 +719,34 @@ impl Hypervisor {
                 }
             }
             if p.pool_available() != pool_avail[slot] || p.pool_in_use() != pool_used[slot] {
-                return err(format!("{:?}: pool totals disagree with the frame table", p.id));
+                return err(format!(
+                    "{:?}: pool totals disagree with the frame table",
+                    p.id
+                ));
             }
-            let charged: u64 = p.vps.values().flat_map(|v| &v.charged).chain(&p.init_charged).chain(&p.grant_charged).map(|c| c.1).sum::<u64>()
+            let charged: u64 = p
+                .vps
+                .values()
+                .flat_map(|v| &v.charged)
+                .chain(&p.init_charged)
+                .chain(&p.grant_charged)
+                .map(|c| c.1)
+                .sum::<u64>()
                 + self.children_create_charges(p);
             if charged != p.pool_in_use() {
-                return err(format!("{:?}: {} pool frames in use, {charged} charged", p.id, p.pool_in_use()));
+                return err(format!(
+                    "{:?}: {} pool frames in use, {charged} charged",
+                    p.id,
+                    p.pool_in_use()
+                ));
             }
             total += mapped[slot] + assigned[slot] + pool_avail[slot] + pool_used[slot];
         }
         if total != self.frames.len() as u64 {
-            return err(format!("{total} frames accounted for of {}", self.frames.len()));
+            return err(format!(
+                "{total} frames accounted for of {}",
+                self.frames.len()
+            ));
         }
         Ok(())
     }
@@ -697,16 +760,26 @@ impl Hypervisor {
             .sum()
     }
 
-    fn list_len(&self, head: Mfn, state: FrameState, slot: usize) -> Result<u64, InvariantViolation> {
+    fn list_len(
+        &self,
+        head: Mfn,
+        state: FrameState,
+        slot: usize,
+    ) -> Result<u64, InvariantViolation> {
         let mut m = head;
         let mut n = 0u64;
         while m != NO_FRAME {
             if self.frames.state(m) != state || self.frames.owner(m) as usize != slot {
-                return Err(InvariantViolation(format!("frame {m} on a {state:?} list of slot {slot} is {:?}", self.frames.state(m))));
+                return Err(InvariantViolation(format!(
+                    "frame {m} on a {state:?} list of slot {slot} is {:?}",
+                    self.frames.state(m)
+                )));
             }
             n += 1;
             if n > self.frames.len() as u64 {
-                return Err(InvariantViolation(format!("cycle in a {state:?} list of slot {slot}")));
+                return Err(InvariantViolation(format!(
+                    "cycle in a {state:?} list of slot {slot}"
+                )));
             }
             m = self.frames.link(m) as Mfn;
         }

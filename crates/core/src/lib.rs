@@ -28,12 +28,13 @@ pub mod xen;
 
 pub use config::{Config, ConfigError, Costs, Limits, XenConfig};
 pub use effects::{Effect, GfnRange};
-pub use guest::{FlatMemory, GuestFault, GuestMemory};
 pub use frame::NodeSel;
+pub use guest::{FlatMemory, GuestFault, GuestMemory};
 pub use hypervisor::{
     CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
 };
 pub use partition::{Partition, PartitionState, Vp, VpRunState};
+pub use xen::{MemoryOpResult, StopReason};
 
 /// A machine frame number (4 KiB frames; ballast manages up to 2^32 - 1 of them).
 pub type Mfn = u32;

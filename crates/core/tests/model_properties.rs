@@ -7,10 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ballast_abi::hv::{
-    HvDeleteVp, HvPartitionPrivilegeMask, HvProximityDomainInfo, HvWithdrawMemory,
-    CreatePartitionInput, CreateVpInput, HvCreatePartition, HvCreateVp,
+    CreatePartitionInput, CreateVpInput, HvCreatePartition, HvCreateVp, HvDeleteVp,
+    HvPartitionPrivilegeMask, HvProximityDomainInfo, HvWithdrawMemory,
 };
-use ballast_abi::xen::{MemFlags, MemoryOp, XenMemoryExchange, XenMemoryReservation, XenRemoveFromPhysmap};
+use ballast_abi::xen::{
+    MemFlags, MemoryOp, XenMemoryExchange, XenMemoryReservation, XenRemoveFromPhysmap,
+};
 use ballast_core::{
     Config, DomId, Effect, FlatMemory, GfnRange, Hypervisor, NodeSel, PartitionId, ROOT_ID,
 };
@@ -43,7 +45,14 @@ enum Op {
     Grant { t: u8 },
     /// Caller `c` (0 = root) runs a reservation sub-op on target `t` (DOMID_SELF if `t`
     /// is the caller) with gfns from `base`.
-    Reserve { c: u8, t: u8, op: u8, base: u16, n: u8, order: u8 },
+    Reserve {
+        c: u8,
+        t: u8,
+        op: u8,
+        base: u16,
+        n: u8,
+        order: u8,
+    },
     /// Caller `c` exchanges `n` of its gfns for new ones.
     Exchange { c: u8, base: u16, n: u8 },
     /// Caller `c` removes gfn `g` of `t` from its physmap.
@@ -65,11 +74,24 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..6).prop_map(|t| Op::Finalize { t }),
         (0u8..6).prop_map(|t| Op::Delete { t }),
         (0u8..6).prop_map(|t| Op::Grant { t }),
-        (0u8..6, 0u8..6, 0u8..4, 0u16..300, 1u8..32, 0u8..3)
-            .prop_map(|(c, t, op, base, n, order)| Op::Reserve { c, t, op, base, n, order }),
+        (0u8..6, 0u8..6, 0u8..4, 0u16..300, 1u8..32, 0u8..3).prop_map(
+            |(c, t, op, base, n, order)| Op::Reserve {
+                c,
+                t,
+                op,
+                base,
+                n,
+                order
+            }
+        ),
         (0u8..6, 0u16..300, 1u8..16).prop_map(|(c, base, n)| Op::Exchange { c, base, n }),
         (0u8..6, 0u8..6, 0u16..300).prop_map(|(c, t, g)| Op::Remove { c, t, g }),
-        (0u8..6, 0u16..300, 1u8..32, any::<bool>()).prop_map(|(t, g, n, release)| Op::Host { t, g, n, release }),
+        (0u8..6, 0u16..300, 1u8..32, any::<bool>()).prop_map(|(t, g, n, release)| Op::Host {
+            t,
+            g,
+            n,
+            release
+        }),
         (0u8..6).prop_map(|t| Op::Destroy { t }),
     ]
 }
@@ -81,7 +103,13 @@ struct World {
 }
 
 impl World {
-    fn reservation(&mut self, caller: DomId, cmd: u64, r: &XenMemoryReservation, list: &[u64]) -> i64 {
+    fn reservation(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        r: &XenMemoryReservation,
+        list: &[u64],
+    ) -> i64 {
         let mut mem = FlatMemory::new(ARG, 0x3_0000);
         mem.bytes[..32].copy_from_slice(r.as_bytes());
         for (i, g) in list.iter().enumerate() {
@@ -104,7 +132,11 @@ impl World {
                         Some(p) if !pages.contains(&p) => pages.push(p),
                         _ => break,
                     }
-                    if self.hv.deposit_memory(ROOT_ID, t, &pages[pages.len() - 1..]).is_err() {
+                    if self
+                        .hv
+                        .deposit_memory(ROOT_ID, t, &pages[pages.len() - 1..])
+                        .is_err()
+                    {
                         pages.pop();
                         break;
                     }
@@ -113,27 +145,50 @@ impl World {
             Op::Withdraw { t, n } => {
                 let t = pick(t);
                 let mut out = vec![0; n as usize];
-                let input = HvWithdrawMemory { partition_id: t.0, proximity_domain_info: HvProximityDomainInfo::ANY };
+                let input = HvWithdrawMemory {
+                    partition_id: t.0,
+                    proximity_domain_info: HvProximityDomainInfo::ANY,
+                };
                 let _ = self.hv.withdraw_memory(ROOT_ID, &input, &mut out);
             }
             Op::Create => {
                 let input = CreatePartitionInput::Tlfs2(HvCreatePartition::default());
-                if let Ok(id) = self.hv.call_with_deposits(ROOT_ID, NodeSel::Any, 1, 64, |hv| hv.create_partition(ROOT_ID, &input)) {
+                if let Ok(id) = self
+                    .hv
+                    .call_with_deposits(ROOT_ID, NodeSel::Any, 1, 64, |hv| {
+                        hv.create_partition(ROOT_ID, &input)
+                    })
+                {
                     self.ids.push(id);
                 }
             }
             Op::Initialize { t } => {
                 let t = pick(t);
-                let _ = self.hv.call_with_deposits(t, NodeSel::Any, 32, 8, |hv| hv.initialize_partition(ROOT_ID, t));
+                let _ = self.hv.call_with_deposits(t, NodeSel::Any, 32, 8, |hv| {
+                    hv.initialize_partition(ROOT_ID, t)
+                });
             }
             Op::CreateVp { t, vp } => {
                 let t = pick(t);
-                let input = CreateVpInput::Tlfs2(HvCreateVp { partition_id: t.0, vp_index: vp as u32, ..Default::default() });
-                let _ = self.hv.call_with_deposits(t, NodeSel::Any, 32, 8, |hv| hv.create_vp(ROOT_ID, &input));
+                let input = CreateVpInput::Tlfs2(HvCreateVp {
+                    partition_id: t.0,
+                    vp_index: vp as u32,
+                    ..Default::default()
+                });
+                let _ = self
+                    .hv
+                    .call_with_deposits(t, NodeSel::Any, 32, 8, |hv| hv.create_vp(ROOT_ID, &input));
             }
             Op::DeleteVp { t, vp } => {
                 let t = pick(t);
-                let _ = self.hv.delete_vp(ROOT_ID, &HvDeleteVp { partition_id: t.0, vp_index: vp as u32, padding: 0 });
+                let _ = self.hv.delete_vp(
+                    ROOT_ID,
+                    &HvDeleteVp {
+                        partition_id: t.0,
+                        vp_index: vp as u32,
+                        padding: 0,
+                    },
+                );
             }
             Op::Finalize { t } => {
                 let t = pick(t);
@@ -153,9 +208,21 @@ impl World {
                     let _ = self.hv.set_partition_privileges(t, m);
                 }
             }
-            Op::Reserve { c, t, op, base, n, order } => {
+            Op::Reserve {
+                c,
+                t,
+                op,
+                base,
+                n,
+                order,
+            } => {
                 let (c, t) = (pick(c), pick(t));
-                let (Some(cd), Some(td)) = (self.hv.partition(c).map(|p| p.domid), self.hv.partition(t).map(|p| p.domid)) else { return };
+                let (Some(cd), Some(td)) = (
+                    self.hv.partition(c).map(|p| p.domid),
+                    self.hv.partition(t).map(|p| p.domid),
+                ) else {
+                    return;
+                };
                 let op = [
                     MemoryOp::POPULATE_PHYSMAP,
                     MemoryOp::DECREASE_RESERVATION,
@@ -168,35 +235,72 @@ impl World {
                     nr_extents: n as u64,
                     extent_order: order as u32,
                     mem_flags: MemFlags::NONE,
-                    domid: if c == t { ballast_abi::xen::DOMID_SELF } else { td.0 },
+                    domid: if c == t {
+                        ballast_abi::xen::DOMID_SELF
+                    } else {
+                        td.0
+                    },
                     ..Default::default()
                 };
                 let ret = self.reservation(cd, op.0 as u64, &r, &list);
-                assert!((0..=n as i64).contains(&ret), "{op:?} returned {ret}, not a count");
+                assert!(
+                    (0..=n as i64).contains(&ret),
+                    "{op:?} returned {ret}, not a count"
+                );
             }
             Op::Exchange { c, base, n } => {
                 let c = pick(c);
-                let Some(cd) = self.hv.partition(c).map(|p| p.domid) else { return };
+                let Some(cd) = self.hv.partition(c).map(|p| p.domid) else {
+                    return;
+                };
                 let mut mem = FlatMemory::new(ARG, 0x3_0000);
-                let inp = XenMemoryReservation { extent_start: LIST, nr_extents: n as u64, domid: ballast_abi::xen::DOMID_SELF, ..Default::default() };
-                let out = XenMemoryReservation { extent_start: LIST2, nr_extents: n as u64, domid: ballast_abi::xen::DOMID_SELF, ..Default::default() };
-                let x = XenMemoryExchange { in_: inp, out, nr_exchanged: 0 };
+                let inp = XenMemoryReservation {
+                    extent_start: LIST,
+                    nr_extents: n as u64,
+                    domid: ballast_abi::xen::DOMID_SELF,
+                    ..Default::default()
+                };
+                let out = XenMemoryReservation {
+                    extent_start: LIST2,
+                    nr_extents: n as u64,
+                    domid: ballast_abi::xen::DOMID_SELF,
+                    ..Default::default()
+                };
+                let x = XenMemoryExchange {
+                    in_: inp,
+                    out,
+                    nr_exchanged: 0,
+                };
                 mem.bytes[..72].copy_from_slice(x.as_bytes());
                 for i in 0..n as usize {
                     let a = (LIST - ARG) as usize + 8 * i;
                     mem.bytes[a..a + 8].copy_from_slice(&(base as u64 + i as u64).to_le_bytes());
                     let b = (LIST2 - ARG) as usize + 8 * i;
-                    mem.bytes[b..b + 8].copy_from_slice(&(1000 + base as u64 + i as u64).to_le_bytes());
+                    mem.bytes[b..b + 8]
+                        .copy_from_slice(&(1000 + base as u64 + i as u64).to_le_bytes());
                 }
-                let _ = self.hv.memory_op(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
+                let _ = self
+                    .hv
+                    .memory_op(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
             }
             Op::Remove { c, t, g } => {
                 let (c, t) = (pick(c), pick(t));
-                let (Some(cd), Some(td)) = (self.hv.partition(c).map(|p| p.domid), self.hv.partition(t).map(|p| p.domid)) else { return };
+                let (Some(cd), Some(td)) = (
+                    self.hv.partition(c).map(|p| p.domid),
+                    self.hv.partition(t).map(|p| p.domid),
+                ) else {
+                    return;
+                };
                 let mut mem = FlatMemory::new(ARG, 0x100);
-                let r = XenRemoveFromPhysmap { domid: td.0, gpfn: g as u64, ..Default::default() };
+                let r = XenRemoveFromPhysmap {
+                    domid: td.0,
+                    gpfn: g as u64,
+                    ..Default::default()
+                };
                 mem.bytes[..16].copy_from_slice(r.as_bytes());
-                let _ = self.hv.memory_op(cd, MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64, ARG, &mut mem);
+                let _ =
+                    self.hv
+                        .memory_op(cd, MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64, ARG, &mut mem);
             }
             Op::Host { t, g, n, release } => {
                 let t = pick(t);
@@ -223,7 +327,9 @@ impl World {
 }
 
 fn mapped(hv: &Hypervisor) -> BTreeMap<PartitionId, BTreeSet<u64>> {
-    hv.partitions().map(|p| (p.id, p.p2m.iter().map(|(g, _)| g).collect())).collect()
+    hv.partitions()
+        .map(|p| (p.id, p.p2m.iter().map(|(g, _)| g).collect()))
+        .collect()
 }
 
 proptest! {
@@ -256,8 +362,9 @@ proptest! {
             let after = mapped(&w.hv);
             let mut discarded: BTreeMap<PartitionId, BTreeSet<u64>> = BTreeMap::new();
             for e in w.hv.take_effects() {
-                let Effect::Discard { partition, range } = e;
-                discarded.entry(partition).or_default().extend(range.start..range.end());
+                if let Effect::Discard { partition, range } = e {
+                    discarded.entry(partition).or_default().extend(range.start..range.end());
+                }
             }
             for (id, gfns) in &before {
                 let now = after.get(id).cloned().unwrap_or_default();

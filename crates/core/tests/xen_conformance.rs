@@ -155,12 +155,12 @@ fn count(r: MemoryOpResult) -> (i64, Option<StopReason>) {
 }
 
 fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
-    effects.iter().any(|e| {
-        let Effect::Discard {
+    effects.iter().any(|e| match e {
+        Effect::Discard {
             partition: p,
             range,
-        } = e;
-        *p == partition && range.start <= gfn && gfn < range.end()
+        } => *p == partition && range.start <= gfn && gfn < range.end(),
+        Effect::Move { .. } => false,
     })
 }
 

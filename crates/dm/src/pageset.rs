@@ -37,7 +37,12 @@ impl PageSet {
         let end = start.saturating_add(count);
         let mut n = 0;
         // The range that may begin before `start` and reach into it, then all after.
-        let first = self.ranges.range(..=start).next_back().map(|(&s, _)| s).unwrap_or(start);
+        let first = self
+            .ranges
+            .range(..=start)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
         for (&s, &e) in self.ranges.range(first..end) {
             let (a, b) = (s.max(start), e.min(end));
             if a < b {
@@ -61,9 +66,15 @@ impl PageSet {
         let mut e = start.saturating_add(count);
         let added = (e - s) - self.count_in(s, e - s);
         // Absorb every range that overlaps or touches [s, e).
-        let first = self.ranges.range(..=s).next_back().filter(|&(_, &pe)| pe >= s).map(|(&ps, _)| ps);
+        let first = self
+            .ranges
+            .range(..=s)
+            .next_back()
+            .filter(|&(_, &pe)| pe >= s)
+            .map(|(&ps, _)| ps);
         let from = first.unwrap_or(s);
-        let absorbed: Vec<(u64, u64)> = self.ranges.range(from..=e).map(|(&a, &b)| (a, b)).collect();
+        let absorbed: Vec<(u64, u64)> =
+            self.ranges.range(from..=e).map(|(&a, &b)| (a, b)).collect();
         for (a, b) in absorbed {
             self.ranges.remove(&a);
             s = s.min(a);
@@ -81,9 +92,18 @@ impl PageSet {
         }
         let end = start.saturating_add(count);
         let removed = self.count_in(start, count);
-        let first = self.ranges.range(..start).next_back().filter(|&(_, &pe)| pe > start).map(|(&ps, _)| ps);
+        let first = self
+            .ranges
+            .range(..start)
+            .next_back()
+            .filter(|&(_, &pe)| pe > start)
+            .map(|(&ps, _)| ps);
         let from = first.unwrap_or(start);
-        let hit: Vec<(u64, u64)> = self.ranges.range(from..end).map(|(&a, &b)| (a, b)).collect();
+        let hit: Vec<(u64, u64)> = self
+            .ranges
+            .range(from..end)
+            .map(|(&a, &b)| (a, b))
+            .collect();
         for (a, b) in hit {
             self.ranges.remove(&a);
             if a < start {
@@ -103,7 +123,9 @@ impl PageSet {
         let mut out = Vec::new();
         let mut left = count;
         while left > 0 {
-            let Some((&s, &e)) = self.ranges.iter().next() else { break };
+            let Some((&s, &e)) = self.ranges.iter().next() else {
+                break;
+            };
             let n = (e - s).min(left).min(max_range.max(1));
             self.remove(s, n);
             out.push((s, n));

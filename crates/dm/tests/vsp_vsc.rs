@@ -71,7 +71,11 @@ struct World {
 
 impl World {
     fn fate(&mut self) -> Fate {
-        let f = self.fates.get(self.next_fate).copied().unwrap_or(Fate::Deliver);
+        let f = self
+            .fates
+            .get(self.next_fate)
+            .copied()
+            .unwrap_or(Fate::Deliver);
         self.next_fate += 1;
         f
     }
@@ -88,7 +92,11 @@ impl World {
 
     fn push(&mut self, to_guest: bool, m: Vec<u8>) {
         let fate = self.fate();
-        let q = if to_guest { &mut self.h2g } else { &mut self.g2h };
+        let q = if to_guest {
+            &mut self.h2g
+        } else {
+            &mut self.g2h
+        };
         match fate {
             Fate::Deliver | Fate::Delay => q.push_back(m),
             Fate::Drop => {}
@@ -154,7 +162,10 @@ impl World {
 
     fn check(&self) -> Result<(), TestCaseError> {
         for (s, c) in self.vsp.ballooned().ranges() {
-            prop_assert!(s + c <= self.guest_pages, "host holds pages beyond guest RAM: {s:#x}+{c}");
+            prop_assert!(
+                s + c <= self.guest_pages,
+                "host holds pages beyond guest RAM: {s:#x}+{c}"
+            );
             prop_assert!(
                 self.vsc.ballooned().contains_all(s, c),
                 "host holds {s:#x}+{c}, which the guest never gave"
@@ -162,14 +173,26 @@ impl World {
         }
         if self.vsp.state().awaits_reply() {
             let d = self.vsp.next_deadline();
-            prop_assert!(d.is_some(), "waiting in {:?} without a deadline", self.vsp.state());
-            prop_assert!(d.unwrap() <= self.now + Duration::from_secs(300), "deadline too far");
+            prop_assert!(
+                d.is_some(),
+                "waiting in {:?} without a deadline",
+                self.vsp.state()
+            );
+            prop_assert!(
+                d.unwrap() <= self.now + Duration::from_secs(300),
+                "deadline too far"
+            );
         }
         Ok(())
     }
 }
 
-fn run(actions: Vec<Action>, fates: Vec<Fate>, total: u64, avail_pct: u64) -> Result<World, TestCaseError> {
+fn run(
+    actions: Vec<Action>,
+    fates: Vec<Fate>,
+    total: u64,
+    avail_pct: u64,
+) -> Result<World, TestCaseError> {
     let guest = SimGuest::new(total, total * avail_pct / 100);
     let mut w = World {
         now: Duration::ZERO,
@@ -194,7 +217,11 @@ fn run(actions: Vec<Action>, fates: Vec<Fate>, total: u64, avail_pct: u64) -> Re
     // Liveness: with time passing and every message delivered, every wait ends.
     w.fates.clear();
     w.advance(400_000);
-    prop_assert!(!w.vsp.state().awaits_reply(), "still waiting in {:?}", w.vsp.state());
+    prop_assert!(
+        !w.vsp.state().awaits_reply(),
+        "still waiting in {:?}",
+        w.vsp.state()
+    );
     w.check()?;
     Ok(w)
 }

@@ -84,8 +84,9 @@ impl MemoryHost {
         Ok((out, stats))
     }
 
-    /// Applies every effect the core has recorded. Discards are grouped per partition and
-    /// merged, so a whole operation costs one punch per contiguous run.
+    /// Applies every effect the core has recorded, in order. Runs of discards are grouped
+    /// per partition and merged, so a whole operation costs one punch per contiguous run;
+    /// a page move first flushes the discards recorded before it.
     pub fn apply_effects(&mut self) -> Result<ApplyStats, HostError> {
         let effects = self.hv.take_effects();
         let mut stats = ApplyStats {
@@ -101,12 +102,31 @@ impl MemoryHost {
                         .or_default()
                         .push(GfnRange::new(range.start, range.count));
                 }
+                Effect::Move {
+                    partition,
+                    from,
+                    to,
+                } => {
+                    self.flush(&mut per, &mut stats)?;
+                    if let Some(mem) = self.backing.get(partition.0) {
+                        mem.copy_page(from, to)?;
+                    }
+                }
             }
         }
-        for (id, ranges) in per {
+        self.flush(&mut per, &mut stats)?;
+        Ok(stats)
+    }
+
+    fn flush(
+        &self,
+        per: &mut BTreeMap<u64, Vec<GfnRange>>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), HostError> {
+        for (id, ranges) in std::mem::take(per) {
             stats.syscalls += self.backing.discard(id, &ranges)?.syscalls;
         }
-        Ok(stats)
+        Ok(())
     }
 
     /// The gfn ranges partition `id`'s p2m maps.

@@ -12,7 +12,9 @@ use zerocopy::IntoBytes;
 const PAGE: usize = 4096;
 
 fn pattern(partition: PartitionId, gfn: u64) -> Vec<u8> {
-    (0..PAGE).map(|i| (partition.0 as u8) ^ (gfn as u8).wrapping_mul(7) ^ (i as u8) | 0x80).collect()
+    (0..PAGE)
+        .map(|i| (partition.0 as u8) ^ (gfn as u8).wrapping_mul(7) ^ (i as u8) | 0x80)
+        .collect()
 }
 
 fn touch(host: &MemoryHost, id: PartitionId, gfns: impl IntoIterator<Item = u64>) {
@@ -28,7 +30,9 @@ fn page(host: &MemoryHost, id: PartitionId, gfn: u64) -> Vec<u8> {
 }
 
 fn guest(host: &mut MemoryHost, gfns: u64) -> PartitionId {
-    let (id, _) = host.run(|hv| hv.create_guest(u32::MAX, HvProximityDomainInfo::ANY)).unwrap();
+    let (id, _) = host
+        .run(|hv| hv.create_guest(u32::MAX, HvProximityDomainInfo::ANY))
+        .unwrap();
     let id = id.unwrap();
     host.attach_memory(id, gfns, gfns, PageSize::Base).unwrap();
     id
@@ -42,7 +46,10 @@ fn balloon_release_drops_resident_and_reads_zero() {
     touch(&host, a, 0..2048);
     assert_eq!(host.resident_bytes(a).unwrap(), 2048 * PAGE as u64);
 
-    let ranges = [CoreRange { start: 0, count: 1024 }];
+    let ranges = [CoreRange {
+        start: 0,
+        count: 1024,
+    }];
     let (released, stats) = host.run(|hv| hv.release(a, &ranges)).unwrap();
     assert_eq!(released.unwrap(), 1024);
     assert_eq!(stats.gfns, 1024);
@@ -59,24 +66,44 @@ fn withdrawn_pages_come_back_zeroed() {
     let frames = 1 << 13;
     let mut host = MemoryHost::new(Config::single_node(frames)).unwrap();
     // The root's GPA space is the identity map of host memory.
-    host.attach_memory(ROOT_ID, frames as u64, frames as u64, PageSize::Base).unwrap();
+    host.attach_memory(ROOT_ID, frames as u64, frames as u64, PageSize::Base)
+        .unwrap();
     let child = guest(&mut host, 16);
     let pages: Vec<u64> = (100..110).collect();
     touch(&host, ROOT_ID, pages.iter().copied());
     let before = host.resident_bytes(ROOT_ID).unwrap();
-    host.run(|hv| hv.deposit_memory(ROOT_ID, child, &pages)).unwrap().0.unwrap();
+    host.run(|hv| hv.deposit_memory(ROOT_ID, child, &pages))
+        .unwrap()
+        .0
+        .unwrap();
     // Deposited pages leave the root: their bytes are released.
-    assert_eq!(host.resident_bytes(ROOT_ID).unwrap(), before - 10 * PAGE as u64);
+    assert_eq!(
+        host.resident_bytes(ROOT_ID).unwrap(),
+        before - 10 * PAGE as u64
+    );
 
     let mut out = [0u64; 16];
-    let input = HvWithdrawMemory { partition_id: child.0, proximity_domain_info: HvProximityDomainInfo::ANY };
-    let (r, _) = host.run(|hv| hv.withdraw_memory(ROOT_ID, &input, &mut out)).unwrap();
-    assert_eq!(r.unwrap_err().1, 10, "drained after the ten deposited pages");
+    let input = HvWithdrawMemory {
+        partition_id: child.0,
+        proximity_domain_info: HvProximityDomainInfo::ANY,
+    };
+    let (r, _) = host
+        .run(|hv| hv.withdraw_memory(ROOT_ID, &input, &mut out))
+        .unwrap();
+    assert_eq!(
+        r.unwrap_err().1,
+        10,
+        "drained after the ten deposited pages"
+    );
     let mut got = out[..10].to_vec();
     got.sort_unstable();
     assert_eq!(got, pages, "withdrawn at their original GPAs");
     for g in pages {
-        assert_eq!(page(&host, ROOT_ID, g), vec![0; PAGE], "gpa page {g} zeroed");
+        assert_eq!(
+            page(&host, ROOT_ID, g),
+            vec![0; PAGE],
+            "gpa page {g} zeroed"
+        );
     }
     host.hv().check().unwrap();
 }
@@ -91,7 +118,12 @@ fn decrease_reservation_releases_memory() {
     assert_eq!(r, 512);
     touch(&host, a, 0..512);
     assert_eq!(host.resident_bytes(a).unwrap(), 512 * PAGE as u64);
-    let r = memory_op(&mut host, domid, MemoryOp::DECREASE_RESERVATION, &gfns[..256]);
+    let r = memory_op(
+        &mut host,
+        domid,
+        MemoryOp::DECREASE_RESERVATION,
+        &gfns[..256],
+    );
     assert_eq!(r, 256);
     assert_eq!(host.resident_bytes(a).unwrap(), 256 * PAGE as u64);
     assert_eq!(page(&host, a, 10), vec![0; PAGE]);
@@ -114,7 +146,9 @@ fn memory_op(host: &mut MemoryHost, domid: DomId, op: MemoryOp, gfns: &[u64]) ->
         ..Default::default()
     };
     mem.bytes[..32].copy_from_slice(res.as_bytes());
-    let (r, _) = host.run(|hv| hv.memory_op(domid, op.0 as u64, 0x10000, &mut mem)).unwrap();
+    let (r, _) = host
+        .run(|hv| hv.memory_op(domid, op.0 as u64, 0x10000, &mut mem))
+        .unwrap();
     r.ret
 }
 
@@ -126,10 +160,35 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
     let b = guest(&mut host, 256);
     host.run(|hv| hv.populate(a, 0, 256)).unwrap().0.unwrap();
     touch(&host, a, 0..256);
-    let a_frames: Vec<u32> = host.hv().partition(a).unwrap().p2m.iter().map(|(_, m)| m).collect();
-    host.run(|hv| hv.release(a, &[CoreRange { start: 0, count: 256 }])).unwrap().0.unwrap();
+    let a_frames: Vec<u32> = host
+        .hv()
+        .partition(a)
+        .unwrap()
+        .p2m
+        .iter()
+        .map(|(_, m)| m)
+        .collect();
+    host.run(|hv| {
+        hv.release(
+            a,
+            &[CoreRange {
+                start: 0,
+                count: 256,
+            }],
+        )
+    })
+    .unwrap()
+    .0
+    .unwrap();
     host.run(|hv| hv.populate(b, 0, 256)).unwrap().0.unwrap();
-    let mut b_frames: Vec<u32> = host.hv().partition(b).unwrap().p2m.iter().map(|(_, m)| m).collect();
+    let mut b_frames: Vec<u32> = host
+        .hv()
+        .partition(b)
+        .unwrap()
+        .p2m
+        .iter()
+        .map(|(_, m)| m)
+        .collect();
     b_frames.sort_unstable();
     let mut a_sorted = a_frames.clone();
     a_sorted.sort_unstable();
@@ -146,12 +205,26 @@ fn audit_finds_a_guest_touching_memory_it_gave_up() {
     let a = guest(&mut host, 1024);
     host.run(|hv| hv.populate(a, 0, 512)).unwrap().0.unwrap();
     touch(&host, a, 0..512);
-    host.run(|hv| hv.release(a, &[CoreRange { start: 100, count: 50 }])).unwrap().0.unwrap();
+    host.run(|hv| {
+        hv.release(
+            a,
+            &[CoreRange {
+                start: 100,
+                count: 50,
+            }],
+        )
+    })
+    .unwrap()
+    .0
+    .unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());
     // The guest writes to a ballooned page and to one never given to it.
     touch(&host, a, [120, 700]);
     let report = host.audit(a, false).unwrap();
-    assert_eq!(report.violations, vec![GfnRange::new(120, 1), GfnRange::new(700, 1)]);
+    assert_eq!(
+        report.violations,
+        vec![GfnRange::new(120, 1), GfnRange::new(700, 1)]
+    );
     host.audit(a, true).unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());
     assert_eq!(page(&host, a, 120), vec![0; PAGE]);
@@ -188,7 +261,10 @@ fn stress_random_map_and_release_keeps_memory_exact() {
                 }
             }
         } else {
-            let ranges: Vec<CoreRange> = mapped.iter().map(|&g| CoreRange { start: g, count: 1 }).collect();
+            let ranges: Vec<CoreRange> = mapped
+                .iter()
+                .map(|&g| CoreRange { start: g, count: 1 })
+                .collect();
             host.run(|hv| hv.release(id, &ranges)).unwrap().0.unwrap();
         }
         if step % 500 == 0 {
@@ -200,6 +276,54 @@ fn stress_random_map_and_release_keeps_memory_exact() {
         let report = host.audit(id, false).unwrap();
         assert!(report.violations.is_empty(), "{id:?}: {report:?}");
         let mapped = host.hv().partition(id).unwrap().p2m.mapped();
-        assert_eq!(host.resident_bytes(id).unwrap(), mapped * PAGE as u64, "{id:?}");
+        assert_eq!(
+            host.resident_bytes(id).unwrap(),
+            mapped * PAGE as u64,
+            "{id:?}"
+        );
     }
+}
+
+#[test]
+fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
+    use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
+    let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
+    let a = guest(&mut host, 256);
+    let domid = host.hv().partition(a).unwrap().domid;
+    host.run(|hv| hv.populate(a, 0, 8)).unwrap().0.unwrap();
+    touch(&host, a, 0..8);
+    let mut mem = FlatMemory::new(0x10000, 64);
+    let x = XenAddToPhysmap {
+        domid: ballast_abi::xen::DOMID_SELF,
+        space: MapSpace::GMFN,
+        idx: 2,
+        gpfn: 100,
+        ..Default::default()
+    };
+    mem.bytes[..24].copy_from_slice(x.as_bytes());
+    let (r, _) = host
+        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .unwrap();
+    assert_eq!(r.ret, 0);
+    assert_eq!(
+        page(&host, a, 100),
+        pattern(a, 2),
+        "the bytes moved with the page"
+    );
+    assert_eq!(page(&host, a, 2), vec![0; PAGE]);
+    // Moving onto a mapped gfn frees the page that was there, and still moves the bytes.
+    let x = XenAddToPhysmap {
+        idx: 3,
+        gpfn: 5,
+        ..x
+    };
+    mem.bytes[..24].copy_from_slice(x.as_bytes());
+    let (r, _) = host
+        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .unwrap();
+    assert_eq!(r.ret, 0);
+    assert_eq!(page(&host, a, 5), pattern(a, 3));
+    assert_eq!(page(&host, a, 3), vec![0; PAGE]);
+    assert_eq!(host.resident_bytes(a).unwrap(), 7 * PAGE as u64);
+    assert!(host.audit(a, false).unwrap().violations.is_empty());
 }

@@ -153,12 +153,16 @@ impl Hypervisor {
         if from == to {
             return Ok(());
         }
-        let Some(m) = self.unmap(t, from) else {
-            return Err(EACCES);
-        };
+        // The page at `to` goes first, then the move, then the old place: applied in
+        // this order, the backing copies the bytes before releasing either gfn.
         if let Some(old) = self.unmap(t, to) {
             self.heap_free(old, 0);
         }
+        let id = self.part(t).id;
+        self.effects.moved(id, from, to);
+        let Some(m) = self.unmap(t, from) else {
+            return Err(EACCES);
+        };
         self.map(t, to, m);
         Ok(())
     }
