@@ -105,13 +105,7 @@ fn snapshot(hv: &Hypervisor) -> Snapshot {
 }
 
 fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
-    effects.iter().any(|e| match e {
-        Effect::Discard {
-            partition: p,
-            range,
-        } => *p == partition && range.start <= gfn && gfn < range.end(),
-        Effect::Move { .. } => false,
-    })
+    effects.iter().any(|e| e.discards(partition, gfn))
 }
 
 fn assert_discards(before: &Snapshot, hv: &Hypervisor, effects: &[Effect]) {

@@ -11,27 +11,12 @@
 use std::time::Instant;
 
 use ballast_backing::{GfnRange, PageSize, PartitionMemory};
+use ballast_benchkit::XorShift;
 use rustix::fs::FallocateFlags;
 
 const GIB: u64 = 1 << 30;
 const PAGES: u64 = GIB / 4096;
 const SAMPLES: usize = 5;
-
-/// xorshift64*: enough randomness to scatter pages, without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
-    }
-}
 
 fn fill(m: &PartitionMemory, ranges: &[GfnRange]) {
     for r in ranges {
@@ -96,7 +81,7 @@ fn case(name: &str, m: &PartitionMemory, ranges: &[GfnRange]) {
 }
 
 fn main() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let m = PartitionMemory::new("ballast-bench", 2 * GIB, 2 * GIB, PageSize::Base).unwrap();
 
     // (a) 2 MiB ranges covering 1 GiB, in the order a guest hands them back (shuffled).
@@ -119,7 +104,7 @@ fn main() {
 
     // (b') half the 4 KiB pages of 2 GiB, chosen at random: some neighbours, many gaps.
     let mut half: Vec<GfnRange> = (0..2 * PAGES)
-        .filter(|_| rng.next() & 1 == 0)
+        .filter(|_| rng.next_u64() & 1 == 0)
         .map(|g| GfnRange::new(g, 1))
         .collect();
     rng.shuffle(&mut half);

@@ -9,6 +9,7 @@
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{FallocateFlags, MemfdFlags, SeekFrom};
 use rustix::io::Errno;
@@ -50,7 +51,8 @@ pub struct DiscardStats {
     pub ranges_in: usize,
     /// Hole-punching syscalls made (one per merged range).
     pub syscalls: usize,
-    /// Bytes punched out.
+    /// Bytes of the punched ranges covering whole pages (ranges that were already holes
+    /// count too: the kernel does not say which bytes it freed).
     pub bytes_released: u64,
     /// Bytes zeroed in place instead (partial huge pages), which stay resident.
     pub bytes_zeroed: u64,
@@ -77,8 +79,12 @@ impl AuditReport {
 #[derive(Debug)]
 pub struct PartitionMemory {
     fd: OwnedFd,
+    /// Start of guest memory (2 MiB-aligned for hugetlb).
     base: NonNull<u8>,
+    /// Bytes of guest space the reservation can hold.
     reserved: usize,
+    /// The whole anonymous reservation, for munmap (it may start below `base`).
+    reservation: (NonNull<u8>, usize),
     size: u64,
     page_size: PageSize,
 }
@@ -119,9 +125,17 @@ impl PartitionMemory {
             .ok()
             .and_then(NonZeroUsize::new)
             .ok_or(BackingError::TooLarge { size, max_size })?;
+        // Sealable, so the size can be sealed against shrinking: whoever else holds the fd
+        // (a VMM, KVM) could otherwise truncate it under our mapping and turn every later
+        // access into SIGBUS.
         let flags = match page_size {
-            PageSize::Base => MemfdFlags::CLOEXEC,
-            PageSize::Huge2M => MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
+            PageSize::Base => MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            PageSize::Huge2M => {
+                MemfdFlags::CLOEXEC
+                    | MemfdFlags::ALLOW_SEALING
+                    | MemfdFlags::HUGETLB
+                    | MemfdFlags::HUGE_2MB
+            }
         };
         let fd = rustix::fs::memfd_create(name, flags).map_err(|e| match (page_size, e) {
             (PageSize::Huge2M, Errno::INVAL | Errno::NOENT | Errno::NOSYS) => {
@@ -130,21 +144,35 @@ impl PartitionMemory {
             _ => BackingError::Syscall("memfd_create", e),
         })?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| BackingError::Syscall("ftruncate", e))?;
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
+            .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
+        // hugetlb mappings must start on a huge page boundary, which an anonymous mapping
+        // only guarantees by luck: reserve one page more and align inside it.
+        let align = page_size.bytes() as usize;
+        let total = reserved
+            .get()
+            .checked_add(align)
+            .ok_or(BackingError::TooLarge { size, max_size })?;
         // SAFETY: a fresh private anonymous mapping at an address the kernel picks, with no
         // access: it only reserves address space and aliases nothing.
-        let base = unsafe {
+        let raw = unsafe {
             rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
-                reserved.get(),
+                total,
                 ProtFlags::empty(),
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }
         .map_err(|e| BackingError::Syscall("mmap (reserve)", e))?;
+        let raw = NonNull::new(raw.cast::<u8>()).expect("mmap never returns null on success");
+        let skip = (raw.as_ptr() as usize).next_multiple_of(align) - raw.as_ptr() as usize;
+        // SAFETY: `skip < align`, so `raw + skip` stays inside the `total`-byte reservation.
+        let base = unsafe { raw.add(skip) };
         let mem = PartitionMemory {
             fd,
-            base: NonNull::new(base.cast()).expect("mmap never returns null on success"),
+            base,
             reserved: reserved.get(),
+            reservation: (raw, total),
             size: 0,
             page_size,
         };
@@ -256,32 +284,63 @@ impl PartitionMemory {
     }
 
     /// Copies `buf` into guest memory at byte `offset`, as the guest writing there would.
+    ///
+    /// Base pages are written through the file (`pwrite`). hugetlbfs has no `write`, so
+    /// there the covering huge pages are allocated first (`fallocate`: a pool that ran dry
+    /// gives an error here instead of SIGBUS at the first touch) and the bytes are stored
+    /// through the mapping one atomic byte at a time, so concurrent writers never race.
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), BackingError> {
         self.check_span(offset, buf.len())?;
-        // SAFETY: `[offset, offset + len)` is inside the mapped size (checked above), the
-        // mapping is readable and writable for the life of `self`, and `buf` cannot overlap
-        // it: `buf` is a Rust slice, and no method hands out references into the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                buf.as_ptr(),
-                self.base.as_ptr().add(offset as usize),
-                buf.len(),
-            );
+        match self.page_size {
+            PageSize::Base => {
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let n = rustix::io::pwrite(&self.fd, &buf[done..], offset + done as u64)
+                        .map_err(|e| BackingError::Syscall("pwrite", e))?;
+                    if n == 0 {
+                        return Err(BackingError::Syscall("pwrite", Errno::IO));
+                    }
+                    done += n;
+                }
+            }
+            PageSize::Huge2M => {
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                let page = self.page_size.bytes();
+                let start = offset / page * page;
+                let end = (offset + buf.len() as u64).div_ceil(page) * page;
+                rustix::fs::fallocate(&self.fd, FallocateFlags::KEEP_SIZE, start, end - start)
+                    .map_err(|e| BackingError::Syscall("fallocate (hugetlb)", e))?;
+                // SAFETY: `[offset, offset + len)` is inside the mapped size (checked above)
+                // and the mapping lives as long as `self`; AtomicU8 has the size and
+                // alignment of u8, and every access to these bytes from this process goes
+                // through atomics, so the shared slice aliases no plain reference.
+                let dst = unsafe {
+                    std::slice::from_raw_parts(
+                        self.base.as_ptr().add(offset as usize).cast::<AtomicU8>(),
+                        buf.len(),
+                    )
+                };
+                for (d, &b) in dst.iter().zip(buf) {
+                    d.store(b, Ordering::Relaxed);
+                }
+            }
         }
         Ok(())
     }
 
     /// Copies the page at gfn `from` to gfn `to` (a page moving inside the guest's physical
-    /// space). A source that reads as zero is not written: the destination was released
-    /// before the move, so it already reads zero, and writing zeros would only make it
-    /// resident.
+    /// space). A source that reads as zero is not written but the destination punched, so
+    /// it reads zero without becoming resident.
     pub fn copy_page(&self, from: u64, to: u64) -> Result<(), BackingError> {
         let mut page = vec![0u8; GFN_SIZE as usize];
         self.read(from.saturating_mul(GFN_SIZE), &mut page)?;
         if page.iter().any(|&b| b != 0) {
-            self.write(to.saturating_mul(GFN_SIZE), &page)?;
+            self.write(to.saturating_mul(GFN_SIZE), &page)
+        } else {
+            self.discard(&[GfnRange::new(to, 1)]).map(|_| ())
         }
-        Ok(())
     }
 
     /// Releases the memory behind the given gfn ranges back to the host kernel, so they
@@ -396,9 +455,10 @@ impl PartitionMemory {
 
 impl Drop for PartitionMemory {
     fn drop(&mut self) {
-        // SAFETY: the reservation was mapped by `new` with this base and length and is
+        let (ptr, len) = self.reservation;
+        // SAFETY: the reservation was mapped by `new` with this pointer and length and is
         // unmapped exactly once, here; nothing can reference it after `self` is gone.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved) };
+        let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
     }
 }
 

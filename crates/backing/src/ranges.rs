@@ -32,10 +32,9 @@ pub fn merge(ranges: &mut Vec<GfnRange>) -> &[GfnRange] {
     if ranges.len() >= 64 {
         let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
         let hi = ranges.iter().map(|r| r.end()).max().unwrap_or(0);
-        let covered: u64 = ranges.iter().map(|r| r.count).fold(0, u64::saturating_add);
-        // Worth it when the bitmap is no bigger than the ranges themselves, counted in
-        // bits set: then filling and scanning it costs about as much as reading the input.
-        if hi - lo <= covered.saturating_mul(4).max(64 * ranges.len() as u64) {
+        // Worth it when the span is dense: at most 64 bitmap words per input range keeps
+        // the bitmap within a small multiple of the input, whatever the ranges claim.
+        if hi - lo <= 4096 * ranges.len() as u64 {
             merge_by_bitmap(ranges, lo, hi);
             return ranges;
         }
@@ -171,6 +170,14 @@ mod tests {
                 GfnRange::new(20, 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_huge_range_does_not_size_the_bitmap() {
+        // 63 pages and one range covering everything: sorted, not a 2^58-word bitmap.
+        let mut v: Vec<GfnRange> = (0..63).map(|g| GfnRange::new(g * 2, 1)).collect();
+        v.push(GfnRange::new(0, u64::MAX));
+        assert_eq!(merge(&mut v), &[GfnRange::new(0, u64::MAX)]);
     }
 
     #[test]

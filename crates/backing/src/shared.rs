@@ -61,6 +61,24 @@ impl SharedRegion {
     /// refuses it (created without `MFD_ALLOW_SEALING`, or already sealed against new
     /// seals) is rejected, as is any fd that is not a memfd.
     pub fn from_fd(fd: OwnedFd, len: usize) -> Result<Self, BackingError> {
+        // Only a shmem memfd: hugetlbfs could fault with SIGBUS when its pool runs dry,
+        // and would round the mapping's length.
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        let fs = rustix::fs::fstatfs(&fd).map_err(|e| BackingError::Syscall("fstatfs", e))?;
+        if fs.f_type as i64 != TMPFS_MAGIC {
+            return Err(BackingError::Syscall(
+                "fstatfs (not a shmem memfd)",
+                Errno::INVAL,
+            ));
+        }
+        // Seal before measuring: otherwise the sender could shrink the file between the
+        // check and the mapping, and the first access would fault with SIGBUS.
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| BackingError::Syscall("fcntl(F_GET_SEALS)", e))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)
+                .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
+        }
         let st = rustix::fs::fstat(&fd).map_err(|e| BackingError::Syscall("fstat", e))?;
         let file_size = u64::try_from(st.st_size).unwrap_or(0);
         if file_size < len as u64 {
@@ -68,12 +86,6 @@ impl SharedRegion {
                 size: len as u64,
                 max_size: file_size,
             });
-        }
-        let seals = rustix::fs::fcntl_get_seals(&fd)
-            .map_err(|e| BackingError::Syscall("fcntl(F_GET_SEALS)", e))?;
-        if !seals.contains(SealFlags::SHRINK) {
-            rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)
-                .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
         }
         Self::map(fd, len)
     }
@@ -347,11 +359,14 @@ mod tests {
             Some(BackingError::Syscall("fcntl(F_ADD_SEALS)", Errno::PERM))
         );
 
-        // Not a memfd at all: a regular file cannot be sealed.
+        // Not a memfd at all: refused before anything else.
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         assert_eq!(
             SharedRegion::from_fd(OwnedFd::from(file), 8).err(),
-            Some(BackingError::Syscall("fcntl(F_GET_SEALS)", Errno::INVAL))
+            Some(BackingError::Syscall(
+                "fstatfs (not a shmem memfd)",
+                Errno::INVAL
+            ))
         );
     }
 

@@ -46,6 +46,28 @@ pub fn median_ns_with_setup<S>(
     v[v.len() / 2]
 }
 
+/// xorshift64*: reproducible pseudo-random numbers for benchmarks and stress tests,
+/// without a dependency.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Shuffles `v` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next_u64() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
 /// One line of a benchmark report: ballast's figure, the baseline's, and the ratio.
 pub fn report(name: &str, unit: &str, ours: f64, baseline_name: &str, base: f64) {
     println!(

@@ -47,6 +47,14 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// True if this is a discard of `gfn` in `partition`'s guest space.
+    pub fn discards(&self, partition: PartitionId, gfn: u64) -> bool {
+        matches!(self, Effect::Discard { partition: p, range }
+            if *p == partition && range.start <= gfn && gfn < range.end())
+    }
+}
+
 /// Effects in the order they happened, with consecutive discards of neighbouring gfns of
 /// one partition merged into one range.
 #[derive(Debug, Clone, Default)]

@@ -67,6 +67,12 @@ pub enum MemoryError {
     /// Xen `max_pages` would be exceeded.
     #[error("max_pages ({0}) would be exceeded")]
     MaxPages(u32),
+    /// The root's memory is the identity map of free host memory, not a p2m.
+    #[error("the root partition's guest space is not managed by gfn")]
+    Root,
+    /// A finalized partition has no guest space.
+    #[error("{0:?} is finalized")]
+    Finalized(PartitionId),
 }
 
 /// Why a partition could not be destroyed.
@@ -491,16 +497,23 @@ impl Hypervisor {
     /// an unballoon, a hot-add). Counts against Xen `max_pages`. All or nothing.
     pub fn populate(&mut self, id: PartitionId, start: u64, count: u64) -> Result<(), MemoryError> {
         let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        if slot == Self::ROOT_SLOT {
+            return Err(MemoryError::Root);
+        }
+        if self.part(slot).state == PartitionState::Finalized {
+            return Err(MemoryError::Finalized(id));
+        }
         let end = start.checked_add(count).filter(|&e| e <= GFN_LIMIT);
         let end = end.ok_or(MemoryError::GfnOutOfRange(start.saturating_add(count)))?;
-        if let Some(g) = (start..end).find(|&g| self.part(slot).p2m.get(g).is_some()) {
-            return Err(MemoryError::AlreadyMapped(g));
-        }
+        // The cheap refusals first: the scan below is as long as the request.
         if self.room(slot) < count {
             return Err(MemoryError::MaxPages(self.part(slot).max_pages));
         }
         if self.frames.total_free() < count {
             return Err(MemoryError::NoMemory);
+        }
+        if let Some(g) = (start..end).find(|&g| self.part(slot).p2m.get(g).is_some()) {
+            return Err(MemoryError::AlreadyMapped(g));
         }
         let sel = home_sel(self.part(slot).home);
         for gfn in start..end {
@@ -517,6 +530,9 @@ impl Hypervisor {
     /// any is touched: an unmapped gfn refuses the whole call.
     pub fn release(&mut self, id: PartitionId, ranges: &[GfnRange]) -> Result<u64, MemoryError> {
         let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        if slot == Self::ROOT_SLOT {
+            return Err(MemoryError::Root);
+        }
         for r in ranges {
             let end = r.start.checked_add(r.count).filter(|&e| e <= GFN_LIMIT);
             end.ok_or(MemoryError::GfnOutOfRange(r.start))?;

@@ -16,9 +16,17 @@ const MID_BITS: u32 = 9;
 const TOP_BITS: u32 = 40 - LEAF_BITS - 2 * MID_BITS;
 const FAN: usize = 1 << MID_BITS;
 
-type Leaf = [Mfn; 1 << LEAF_BITS];
-type L3 = [Option<Box<Leaf>>; FAN];
-type L2 = [Option<Box<L3>>; FAN];
+/// A table node and how many of its slots are in use, so empty nodes are freed: a guest
+/// mapping and unmapping one page at a stride must not leave a trail of empty tables.
+#[derive(Debug, Clone)]
+struct Node<T> {
+    slots: T,
+    used: u32,
+}
+
+type Leaf = Node<[Mfn; 1 << LEAF_BITS]>;
+type L3 = Node<[Option<Box<Leaf>>; FAN]>;
+type L2 = Node<[Option<Box<L3>>; FAN]>;
 
 /// gfn → mfn for one partition.
 #[derive(Debug, Clone)]
@@ -72,7 +80,9 @@ impl P2m {
             return None;
         }
         let (a, b, c, d) = split(gfn);
-        let m = self.top[a].as_ref()?[b].as_ref()?[c].as_ref()?[d];
+        let m = self.top[a].as_ref()?.slots[b].as_ref()?.slots[c]
+            .as_ref()?
+            .slots[d];
         (m != NO_FRAME).then_some(m)
     }
 
@@ -85,11 +95,33 @@ impl P2m {
         assert!(gfn < GFN_LIMIT, "gfn {gfn:#x} beyond the p2m");
         debug_assert!(mfn != NO_FRAME);
         let (a, b, c, d) = split(gfn);
-        let l2 = self.top[a].get_or_insert_with(|| Box::new([const { None }; FAN]));
-        let l3 = l2[b].get_or_insert_with(|| Box::new([const { None }; FAN]));
-        let leaf = l3[c].get_or_insert_with(|| Box::new([NO_FRAME; 1 << LEAF_BITS]));
-        let old = core::mem::replace(&mut leaf[d], mfn);
+        let l2 = self.top[a].get_or_insert_with(|| {
+            Box::new(Node {
+                slots: [const { None }; FAN],
+                used: 0,
+            })
+        });
+        if l2.slots[b].is_none() {
+            l2.used += 1;
+        }
+        let l3 = l2.slots[b].get_or_insert_with(|| {
+            Box::new(Node {
+                slots: [const { None }; FAN],
+                used: 0,
+            })
+        });
+        if l3.slots[c].is_none() {
+            l3.used += 1;
+        }
+        let leaf = l3.slots[c].get_or_insert_with(|| {
+            Box::new(Node {
+                slots: [NO_FRAME; 1 << LEAF_BITS],
+                used: 0,
+            })
+        });
+        let old = core::mem::replace(&mut leaf.slots[d], mfn);
         if old == NO_FRAME {
+            leaf.used += 1;
             self.mapped += 1;
         }
         self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
@@ -103,12 +135,26 @@ impl P2m {
             return None;
         }
         let (a, b, c, d) = split(gfn);
-        let slot = &mut self.top[a].as_mut()?[b].as_mut()?[c].as_mut()?[d];
-        let old = core::mem::replace(slot, NO_FRAME);
+        let l2 = self.top[a].as_mut()?;
+        let l3 = l2.slots[b].as_mut()?;
+        let leaf = l3.slots[c].as_mut()?;
+        let old = core::mem::replace(&mut leaf.slots[d], NO_FRAME);
         if old == NO_FRAME {
             return None;
         }
         self.mapped -= 1;
+        leaf.used -= 1;
+        if leaf.used == 0 {
+            l3.slots[c] = None;
+            l3.used -= 1;
+            if l3.used == 0 {
+                l2.slots[b] = None;
+                l2.used -= 1;
+                if l2.used == 0 {
+                    self.top[a] = None;
+                }
+            }
+        }
         Some(old)
     }
 
@@ -133,14 +179,14 @@ impl P2m {
     pub fn for_each(&self, mut f: impl FnMut(u64, Mfn)) {
         for (a, l2) in self.top.iter().enumerate() {
             let Some(l2) = l2 else { continue };
-            for (b, l3) in l2.iter().enumerate() {
+            for (b, l3) in l2.slots.iter().enumerate() {
                 let Some(l3) = l3 else { continue };
-                for (c, leaf) in l3.iter().enumerate() {
+                for (c, leaf) in l3.slots.iter().enumerate() {
                     let Some(leaf) = leaf else { continue };
                     let base = ((a as u64) << (LEAF_BITS + 2 * MID_BITS))
                         | ((b as u64) << (LEAF_BITS + MID_BITS))
                         | ((c as u64) << LEAF_BITS);
-                    for (d, &m) in leaf.iter().enumerate() {
+                    for (d, &m) in leaf.slots.iter().enumerate() {
                         if m != NO_FRAME {
                             f(base | d as u64, m);
                         }
@@ -171,6 +217,8 @@ mod tests {
         assert_eq!(p.remove(5), None);
         assert_eq!(p.max_mapped(), Some(GFN_LIMIT - 1));
         assert_eq!(p.iter().collect::<Vec<_>>(), vec![(GFN_LIMIT - 1, 7)]);
+        assert_eq!(p.remove(GFN_LIMIT - 1), Some(7));
+        assert!(p.top.iter().all(Option::is_none), "empty tables are freed");
     }
 
     proptest! {

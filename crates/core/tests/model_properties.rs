@@ -378,3 +378,68 @@ proptest! {
         }
     }
 }
+
+/// The root's memory is the identity map of free host memory: no call may map into it.
+#[test]
+fn the_root_p2m_is_never_written() {
+    let mut hv = Hypervisor::new(Config::single_node(4096)).unwrap();
+    assert_eq!(
+        hv.populate(ROOT_ID, 0, 1),
+        Err(ballast_core::MemoryError::Root)
+    );
+    let r = XenMemoryReservation {
+        extent_start: LIST,
+        nr_extents: 4,
+        domid: ballast_abi::xen::DOMID_SELF,
+        ..Default::default()
+    };
+    let mut w = World {
+        hv,
+        ids: vec![ROOT_ID],
+    };
+    let ret = w.reservation(
+        DomId(0),
+        MemoryOp::POPULATE_PHYSMAP.0 as u64,
+        &r,
+        &[1, 2, 3, 4],
+    );
+    assert_eq!(ret, 0);
+    assert_eq!(w.hv.partition(ROOT_ID).unwrap().p2m.mapped(), 0);
+    w.hv.check().unwrap();
+}
+
+/// Grant frames charge the pool; a finalized partition's pool must stay fully
+/// withdrawable, so it cannot be charged.
+#[test]
+fn acquire_resource_needs_an_active_partition() {
+    use ballast_abi::xen::{ResourceType, XenMemAcquireResource};
+    let mut hv = Hypervisor::new(Config::single_node(1 << 14)).unwrap();
+    let input = CreatePartitionInput::Tlfs2(HvCreatePartition::default());
+    let c = hv
+        .call_with_deposits(ROOT_ID, NodeSel::Any, 8, 8, |hv| {
+            hv.create_partition(ROOT_ID, &input)
+        })
+        .unwrap();
+    hv.call_with_deposits(c, NodeSel::Any, 64, 8, |hv| {
+        hv.initialize_partition(ROOT_ID, c)
+    })
+    .unwrap();
+    hv.finalize_partition(ROOT_ID, c).unwrap();
+    let domid = hv.partition(c).unwrap().domid;
+    let mut mem = FlatMemory::new(ARG, 0x3_0000);
+    let r = XenMemAcquireResource {
+        domid: domid.0,
+        ty: ResourceType::GRANT_TABLE,
+        nr_frames: 1,
+        frame_list: LIST,
+        ..Default::default()
+    };
+    mem.bytes[..32].copy_from_slice(r.as_bytes());
+    let ret = hv
+        .memory_op(DomId(0), MemoryOp::ACQUIRE_RESOURCE.0 as u64, ARG, &mut mem)
+        .ret;
+    assert_eq!(ret, -(ballast_core::xen::errno::EINVAL));
+    hv.withdraw_all(ROOT_ID, c).unwrap();
+    hv.delete_partition(ROOT_ID, c).unwrap();
+    hv.check().unwrap();
+}

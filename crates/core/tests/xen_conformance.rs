@@ -155,13 +155,7 @@ fn count(r: MemoryOpResult) -> (i64, Option<StopReason>) {
 }
 
 fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
-    effects.iter().any(|e| match e {
-        Effect::Discard {
-            partition: p,
-            range,
-        } => *p == partition && range.start <= gfn && gfn < range.end(),
-        Effect::Move { .. } => false,
-    })
+    effects.iter().any(|e| e.discards(partition, gfn))
 }
 
 // ---------------------------------------------------------------------------------------

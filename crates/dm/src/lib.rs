@@ -20,6 +20,7 @@
 
 pub mod pageset;
 pub mod ring;
+pub mod session;
 pub mod vsc;
 pub mod vsp;
 

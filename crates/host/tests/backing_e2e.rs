@@ -230,30 +230,19 @@ fn audit_finds_a_guest_touching_memory_it_gave_up() {
     assert_eq!(page(&host, a, 120), vec![0; PAGE]);
 }
 
-/// xorshift64*, so the stress run is reproducible without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 #[test]
 fn stress_random_map_and_release_keeps_memory_exact() {
     let mut host = MemoryHost::new(Config::with_nodes(vec![3000, 3000])).unwrap();
     let ids: Vec<PartitionId> = (0..4).map(|_| guest(&mut host, 2048)).collect();
-    let mut rng = Rng(0xDEC0_DED5_EED5_1234);
+    let mut rng = ballast_benchkit::XorShift(0xDEC0_DED5_EED5_1234);
     for step in 0..4000 {
-        let id = ids[(rng.next() % ids.len() as u64) as usize];
-        let start = rng.next() % 2000;
-        let count = 1 + rng.next() % 48;
+        let id = ids[(rng.next_u64() % ids.len() as u64) as usize];
+        let start = rng.next_u64() % 2000;
+        let count = 1 + rng.next_u64() % 48;
         let mapped: Vec<u64> = (start..start + count)
             .filter(|&g| host.hv().partition(id).unwrap().p2m.get(g).is_some())
             .collect();
-        if rng.next() % 2 == 0 {
+        if rng.next_u64() % 2 == 0 {
             // Back the unmapped part and let the guest touch it.
             for g in start..start + count {
                 if !mapped.contains(&g) && host.run(|hv| hv.populate(id, g, 1)).unwrap().0.is_ok() {

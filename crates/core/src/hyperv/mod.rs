@@ -495,6 +495,9 @@ impl Hypervisor {
         self.pool_release(t, &grant);
         self.release_guest_memory(t);
         self.part_mut(t).state = PartitionState::Finalized;
+        // A finalized partition allocates nothing more: its Xen claim would only hold
+        // memory back from everyone else until delete.
+        self.part_mut(t).outstanding_claim = 0;
         Ok(())
     }
 

@@ -51,8 +51,14 @@
 //! - add_to_physmap: the shared_info and grant_table spaces answer `-EOPNOTSUPP` (ballast
 //!   has no shared-info page, and grant frames live in the pool, not the p2m); gmfn_foreign
 //!   items of a batch get `-EOPNOTSUPP` in `errs[]` for the same single-owner reason. A gmfn
-//!   move records a discard of the source gfn like every unmap, so the page's bytes do not
-//!   follow it to the new gfn.
+//!   move records an [`Effect::Move`](crate::Effect::Move) before the discard of its old
+//!   gfn, so the page's bytes follow it.
+//! - The root's memory is the identity map of free host memory (DESIGN.md): its p2m is
+//!   never written. increase/populate naming the root stop with `Denied`; exchange and
+//!   add_to_physmap on it answer `-EPERM`. A decrease finds nothing mapped.
+//! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
+//!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
+//!   cannot hold the host for long (Xen preempts the same calls).
 //! - Populate-on-demand is not modelled: a populate with `XENMEMF_populate_on_demand`
 //!   stops (on oneself as Xen's XSA-30 rule says; on others with
 //!   [`StopReason::PopulateOnDemand`]); set_pod_target accepts only targets that need no

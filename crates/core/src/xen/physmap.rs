@@ -44,6 +44,10 @@ impl Hypervisor {
         }
         let t = self.xen_lookup(c.caller, x.domid).ok_or(ESRCH)?;
         self.xen_xatp_permission(c.caller, t, x.space)?;
+        if t == Self::ROOT_SLOT {
+            // The root's p2m is never written: see the module docs.
+            return Err(EPERM);
+        }
         if x.gpfn == INVALID_GFN {
             return Err(EINVAL);
         }
@@ -91,6 +95,9 @@ impl Hypervisor {
         }
         let t = self.xen_lookup(c.caller, b.domid).ok_or(ESRCH)?;
         self.xen_xatp_permission(c.caller, t, space)?;
+        if t == Self::ROOT_SLOT {
+            return Err(EPERM);
+        }
         let size = u64::from(b.size);
         if size < c.start {
             return Err(EILSEQ);

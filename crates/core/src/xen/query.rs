@@ -211,6 +211,12 @@ impl Hypervisor {
         if !self.xen_xsm(c.caller, t, Xsm::DmPriv) {
             return Err(EPERM);
         }
+        // Grant frames are charged to the pool: only an Active partition may be charged,
+        // or an Uninitialized / Finalized pool would stop being fully withdrawable (seed
+        // 001) and its partition could never be deleted.
+        if self.part(t).state != crate::PartitionState::Active {
+            return Err(EINVAL);
+        }
         let max =
             if r.ty == ResourceType::GRANT_TABLE && r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED {
                 MAX_GRANT_FRAMES

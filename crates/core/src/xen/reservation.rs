@@ -58,6 +58,11 @@ impl Hypervisor {
         if !self.xen_xsm(c.caller, target, Xsm::Target) {
             return stop(StopReason::Denied);
         }
+        // The root's memory is the identity map of free host memory: nothing is ever
+        // mapped into its p2m, so only a (no-op) decrease can name it.
+        if target == Self::ROOT_SLOT && c.op != MemoryOp::DECREASE_RESERVATION {
+            return stop(StopReason::Denied);
+        }
         let mut done = start;
         let outcome = match c.op {
             MemoryOp::INCREASE_RESERVATION => self.xen_increase(c, target, &r, &place, &mut done),
@@ -253,7 +258,7 @@ impl Hypervisor {
         let Some(target) = self.xen_lookup(c.caller, i.domid) else {
             return fail(c, ESRCH, x.nr_exchanged);
         };
-        if !self.xen_xsm(c.caller, target, Xsm::Target) {
+        if !self.xen_xsm(c.caller, target, Xsm::Target) || target == Self::ROOT_SLOT {
             return fail(c, EPERM, x.nr_exchanged);
         }
         if self.xen_dying(target) {

@@ -531,6 +531,8 @@ impl Op {
 struct Pending {
     op: Op,
     deadline: Duration,
+    /// The deadline is never pushed past this.
+    hard_deadline: Duration,
 }
 
 /// The Dynamic Memory host endpoint of one guest.
@@ -546,7 +548,18 @@ pub struct Vsp {
     reported_state: VspState,
     tx: VecDeque<Vec<u8>>,
     events: VecDeque<VspEvent>,
+    /// After a balloon timed out: until when its late responses are still taken in (the
+    /// guest took those pages offline; dropping them would strand them on both sides).
+    late_balloon_until: Option<Duration>,
 }
+
+/// Messages the host keeps queued for a guest that does not read them; beyond this,
+/// replies are dropped rather than grown without bound.
+const MAX_QUEUED: usize = 256;
+
+/// The longest a balloon or hot-remove may run, in reply timeouts, however steadily the
+/// guest trickles pages: re-arming per page would let it hold the host for ever.
+const MAX_TIMEOUTS_PER_OPERATION: u32 = 8;
 
 impl Vsp {
     /// A host endpoint with no channel.
@@ -562,6 +575,7 @@ impl Vsp {
             reported_state: VspState::Closed,
             tx: VecDeque::new(),
             events: VecDeque::new(),
+            late_balloon_until: None,
         }
     }
 
@@ -589,6 +603,7 @@ impl Vsp {
         }
         self.phase = Phase::Closed;
         self.pending = None;
+        self.late_balloon_until = None;
         self.trans_id = 0;
         self.hot_add_gate = HotAddGate::Open;
         self.last_status = None;
@@ -666,7 +681,9 @@ impl Vsp {
         }
         let runs = self
             .ballooned
-            .take(pages, u64::from(PageRange::MAX_PAGE_CNT));
+            // At most 2 GiB per range, as QEMU sends: Linux frees unballooned pages in its
+            // channel callback, and one huge range there risks soft-lockup warnings.
+            .take(pages, 524_288);
         let ranges: Vec<PageRange> = runs
             .iter()
             .filter_map(|&(s, n)| PageRange::try_new(s, u32::try_from(n).ok()?))
@@ -685,6 +702,7 @@ impl Vsp {
         self.pending = Some(Pending {
             op: Op::Unballoon { pages },
             deadline: now.saturating_add(self.config.reply_timeout),
+            hard_deadline: now.saturating_add(self.config.reply_timeout),
         });
         Ok(runs)
     }
@@ -787,6 +805,8 @@ impl Vsp {
                 removed: 0,
             },
             deadline: now.saturating_add(self.config.reply_timeout),
+            hard_deadline: now
+                .saturating_add(self.config.reply_timeout * MAX_TIMEOUTS_PER_OPERATION),
         });
         Ok(())
     }
@@ -807,7 +827,7 @@ impl Vsp {
         match (self.phase, self.pending) {
             (Phase::Wait { until, .. }, _) => Some(until),
             (_, Some(p)) => Some(p.deadline),
-            _ => None,
+            _ => self.late_balloon_until,
         }
     }
 
@@ -866,12 +886,18 @@ impl Vsp {
         match self.phase {
             Phase::Closed | Phase::Version | Phase::Caps { .. } => Err(VspError::NotConnected),
             Phase::Wait { until, .. } => Err(VspError::NotReady { until }),
-            Phase::Ready { .. } if self.pending.is_some() => Err(VspError::Busy),
+            // A late balloon's final message would otherwise end the next operation.
+            Phase::Ready { .. } if self.pending.is_some() || self.late_balloon_until.is_some() => {
+                Err(VspError::Busy)
+            }
             Phase::Ready { caps, .. } => Ok(caps),
         }
     }
 
     fn advance(&mut self, now: Duration) {
+        if self.late_balloon_until.is_some_and(|until| now >= until) {
+            self.late_balloon_until = None;
+        }
         if let Phase::Wait {
             version,
             caps,
@@ -890,6 +916,9 @@ impl Vsp {
             self.trans_id = self.trans_id.wrapping_add(1);
             if matches!(p.op, Op::HotAdd { .. }) {
                 self.hot_add_gate = HotAddGate::Disabled;
+            }
+            if matches!(p.op, Op::Balloon { .. }) {
+                self.late_balloon_until = Some(now.saturating_add(self.config.reply_timeout));
             }
             tracing::warn!(what = ?p.op.transaction(), "DM reply timed out");
             self.events.push_back(VspEvent::TransactionTimedOut {
@@ -927,6 +956,18 @@ impl Vsp {
             }
             Body::BalloonResponse { more_pages, ranges } if state == VspState::Balloon => {
                 self.on_balloon_response(now, more_pages, ranges, guest)
+            }
+            Body::BalloonResponse { more_pages, ranges }
+                if state == VspState::Idle && self.late_balloon_until.is_some() =>
+            {
+                // The rest of a balloon that timed out: still the guest's pages given up.
+                let (accepted, _) = self.accept_pages(ranges, guest);
+                if !accepted.is_empty() {
+                    self.events.push_back(VspEvent::PagesReturned(accepted));
+                }
+                if !more_pages {
+                    self.late_balloon_until = None;
+                }
             }
             Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
             Body::HotAddResponse { page_count, result } if state == VspState::HotAdd => {
@@ -1015,6 +1056,8 @@ impl Vsp {
                 got: 0,
             },
             deadline: now.saturating_add(self.config.reply_timeout),
+            hard_deadline: now
+                .saturating_add(self.config.reply_timeout * MAX_TIMEOUTS_PER_OPERATION),
         });
     }
 
@@ -1035,6 +1078,7 @@ impl Vsp {
                     got,
                 },
             deadline,
+            hard_deadline,
         }) = self.pending
         else {
             return;
@@ -1044,8 +1088,11 @@ impl Vsp {
         }
         let (returned, got) = (returned + new, got + new);
         if more_pages {
-            let deadline = if new > 0 {
+            // Progress earns more time, up to the operation's hard limit, and only while
+            // the guest still owes pages.
+            let deadline = if new > 0 && got < u64::from(asked) {
                 now.saturating_add(self.config.reply_timeout)
+                    .min(hard_deadline)
             } else {
                 deadline
             };
@@ -1057,6 +1104,7 @@ impl Vsp {
                     got,
                 },
                 deadline,
+                hard_deadline,
             });
             return;
         }
@@ -1114,6 +1162,7 @@ impl Vsp {
                 asked,
             },
             deadline: now.saturating_add(self.config.hot_add_reply_timeout),
+            hard_deadline: now.saturating_add(self.config.hot_add_reply_timeout),
         });
     }
 
@@ -1182,6 +1231,7 @@ impl Vsp {
         let Some(Pending {
             op: Op::HotRemove { requested, removed },
             deadline,
+            hard_deadline,
         }) = self.pending
         else {
             return;
@@ -1191,14 +1241,16 @@ impl Vsp {
         }
         let removed = removed + new;
         if more_pages {
-            let deadline = if new > 0 {
+            let deadline = if new > 0 && removed < u64::from(requested) {
                 now.saturating_add(self.config.reply_timeout)
+                    .min(hard_deadline)
             } else {
                 deadline
             };
             self.pending = Some(Pending {
                 op: Op::HotRemove { requested, removed },
                 deadline,
+                hard_deadline,
             });
             return;
         }
@@ -1251,6 +1303,12 @@ impl Vsp {
     }
 
     fn send(&mut self, msg: Message<'_>) {
+        if self.tx.len() >= MAX_QUEUED {
+            // Only replies to a guest that sends without reading get here (host requests
+            // are one transaction at a time).
+            tracing::warn!(ty = %msg.message_type(), "guest is not reading its ring: DM reply dropped");
+            return;
+        }
         match msg.to_bytes() {
             Ok(bytes) => self.tx.push_back(bytes),
             // Every message is built here within the 4 KiB limit; reaching this is a bug.

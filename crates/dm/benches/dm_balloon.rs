@@ -1,0 +1,489 @@
+//! Balloon then unballoon 1 GiB between the host (VSP) and the guest (VSC), each driven
+//! by its session over a 16 KiB VMBus ring: in one process (both sessions on one thread)
+//! and across two (the guest is this binary run again). Protocol only: the guest is a
+//! `SimGuest`, whose pages are bookkeeping, and the host backs nothing.
+//!
+//! Two page patterns: 4 KiB pages (the guest's free memory has a page in use in every
+//! 2 MiB block, so it answers with 510 single-page ranges a message, 515 messages) and
+//! 2 MiB blocks (512 ranges, two messages).
+//!
+//! The baseline, measured in the same run over the same kind of ring, is the transport's
+//! limit: the same messages, byte for byte, in the same order and with the same waits (a
+//! burst one way starts once the previous burst the other way has been read), written
+//! and read by a plain loop with no state machine.
+//!
+//! Run: `cargo bench -p ballast-dm --bench dm_balloon`
+//!
+//! Prints, per transport and pattern: messages per second and GiB of page ranges per
+//! second (a round moves 2 GiB: 1 GiB in balloon responses, 1 GiB in unballoon requests),
+//! each beside the baseline's, and the ratio ballast / baseline (1.0 = as fast as the
+//! ring alone).
+
+use std::hint::black_box;
+use std::io::{ErrorKind, Read};
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ballast_benchkit::{median_ns_per, report};
+use ballast_dm::ring::{Channel, ChannelSetup, DEFAULT_DATA_SIZE, RingError};
+use ballast_dm::session::{GuestSession, HostSession};
+use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
+use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
+
+/// Set in the guest process to its role: `session` or `baseline`.
+const ROLE_ENV: &str = "BALLAST_DM_BENCH_CHILD";
+/// Set in the guest process to the page pattern.
+const PATTERN_ENV: &str = "BALLAST_DM_BENCH_PATTERN";
+/// 4 GiB of guest RAM, 3 GiB of it free.
+const GUEST_PAGES: u64 = 1 << 20;
+const GUEST_FREE: u64 = GUEST_PAGES * 3 / 4;
+/// 1 GiB.
+const BALLOON: u64 = 262_144;
+/// Bytes of page ranges a round moves: the balloon and the unballoon.
+const ROUND_BYTES: f64 = 2.0 * BALLOON as f64 * 4096.0;
+/// Time each figure is measured for, about.
+const BUDGET: Duration = Duration::from_secs(3);
+/// Longest an end waits for its doorbell before calling the run stalled.
+const STALL: Duration = Duration::from_secs(20);
+/// Longest sleep between looks at the setup socket.
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    Pages4K,
+    Blocks2M,
+}
+
+impl Pattern {
+    const ALL: [Pattern; 2] = [Pattern::Pages4K, Pattern::Blocks2M];
+
+    fn name(self) -> &'static str {
+        match self {
+            Pattern::Pages4K => "4 KiB pages",
+            Pattern::Blocks2M => "2 MiB blocks",
+        }
+    }
+
+    fn env(self) -> &'static str {
+        match self {
+            Pattern::Pages4K => "4k",
+            Pattern::Blocks2M => "2m",
+        }
+    }
+
+    fn from_env() -> Pattern {
+        match std::env::var(PATTERN_ENV).as_deref() {
+            Ok("4k") => Pattern::Pages4K,
+            Ok("2m") => Pattern::Blocks2M,
+            other => panic!("{PATTERN_ENV} is {other:?}"),
+        }
+    }
+
+    fn guest(self) -> SimGuest {
+        let mut g = SimGuest::new(GUEST_PAGES, GUEST_FREE);
+        if self == Pattern::Pages4K {
+            for block in (GUEST_PAGES - GUEST_FREE) / 512..GUEST_PAGES / 512 {
+                g.occupy(block * 512, 1);
+            }
+        }
+        g
+    }
+}
+
+fn vsp_config() -> VspConfig {
+    VspConfig {
+        post_caps_wait: Duration::ZERO,
+        ..VspConfig::default()
+    }
+}
+
+fn vsc_config() -> VscConfig {
+    // No status reports: only the balloon's own messages cross the ring.
+    VscConfig {
+        status_period: Duration::ZERO,
+        ..VscConfig::default()
+    }
+}
+
+/// Messages that go one way, each burst sent once the previous one has been received.
+#[derive(Debug)]
+struct Burst {
+    to_guest: bool,
+    messages: Vec<Vec<u8>>,
+}
+
+/// The two machines handing each other messages directly, with no transport between.
+struct Direct {
+    vsp: Vsp,
+    vsc: Vsc,
+    model: SimGuest,
+}
+
+impl Direct {
+    const T: Duration = Duration::ZERO;
+    const OWNS: Range<u64> = 0..GUEST_PAGES;
+
+    fn connected(pattern: Pattern) -> Direct {
+        let mut d = Direct {
+            vsp: Vsp::new(vsp_config()),
+            vsc: Vsc::new(vsc_config()),
+            model: pattern.guest(),
+        };
+        d.vsp.channel_opened(Self::T).unwrap();
+        d.vsc.connect(Self::T);
+        d.exchange(&mut |_, _| {});
+        assert_eq!(d.vsp.state(), VspState::Idle);
+        d
+    }
+
+    /// Delivers messages both ways until neither side has any, showing each burst to
+    /// `seen` as (to the guest, messages); returns the messages delivered.
+    fn exchange(&mut self, seen: &mut dyn FnMut(bool, Vec<Vec<u8>>)) -> usize {
+        let mut moved = 0;
+        loop {
+            let to_guest: Vec<_> = std::iter::from_fn(|| self.vsp.poll_transmit()).collect();
+            for m in &to_guest {
+                self.vsc.receive(Self::T, m, &mut self.model);
+            }
+            let to_host: Vec<_> = std::iter::from_fn(|| self.vsc.poll_transmit()).collect();
+            for m in &to_host {
+                self.vsp.receive(Self::T, m, &Self::OWNS);
+            }
+            if to_guest.is_empty() && to_host.is_empty() {
+                return moved;
+            }
+            moved += to_guest.len() + to_host.len();
+            for (to_guest, messages) in [(true, to_guest), (false, to_host)] {
+                if !messages.is_empty() {
+                    seen(to_guest, messages);
+                }
+            }
+        }
+    }
+
+    /// Balloons and unballoons 1 GiB; returns the messages delivered.
+    fn round(&mut self, seen: &mut dyn FnMut(bool, Vec<Vec<u8>>)) -> usize {
+        self.vsp.balloon(Self::T, BALLOON).unwrap();
+        let mut moved = self.exchange(seen);
+        self.vsp.unballoon(Self::T, BALLOON).unwrap();
+        moved += self.exchange(seen);
+        let events: Vec<_> = std::iter::from_fn(|| self.vsp.poll_event()).collect();
+        assert!(events.iter().any(is_balloon_done), "{events:?}");
+        assert!(events.iter().any(is_unballoon_done), "{events:?}");
+        moved
+    }
+}
+
+/// One round's messages, as the two machines exchange them with no transport between.
+fn schedule(pattern: Pattern) -> Vec<Burst> {
+    let mut bursts = Vec::new();
+    Direct::connected(pattern)
+        .round(&mut |to_guest, messages| bursts.push(Burst { to_guest, messages }));
+    bursts
+}
+
+fn message_count(bursts: &[Burst]) -> usize {
+    bursts.iter().map(|b| b.messages.len()).sum()
+}
+
+/// Which completion ends a step of a round.
+fn is_balloon_done(e: &VspEvent) -> bool {
+    matches!(e, VspEvent::BalloonComplete { returned, .. } if *returned == BALLOON)
+}
+
+fn is_unballoon_done(e: &VspEvent) -> bool {
+    *e == VspEvent::UnballoonComplete { pages: BALLOON }
+}
+
+/// Samples that fit the budget, given one warm-up round's time.
+fn samples_for(round: Duration) -> usize {
+    let n = BUDGET.as_secs_f64() / round.as_secs_f64().max(1e-9);
+    (n as usize).clamp(5, 1001) | 1
+}
+
+/// Median ns per message over rounds of `round`, which returns the messages it moved.
+fn measure(expected: usize, mut round: impl FnMut() -> usize) -> f64 {
+    let t = Instant::now();
+    assert_eq!(round(), expected, "messages in a round");
+    let samples = samples_for(t.elapsed());
+    median_ns_per(samples, 1, expected as u64, || {
+        black_box(round());
+    })
+}
+
+fn print(transport: &str, pattern: Pattern, messages: usize, ours: f64, base: f64) {
+    println!(
+        "{transport}, {}: {messages} messages a round; the ring alone moves them {:.0} times faster",
+        pattern.name(),
+        ours / base
+    );
+    report("  messages", "kmsg/s", 1e6 / ours, "ring only", 1e6 / base);
+    let gib = |ns_per_msg: f64| ROUND_BYTES / (ns_per_msg * messages as f64) / 1.073_741_824;
+    report("  page ranges", "GiB/s", gib(ours), "ring only", gib(base));
+}
+
+// ---- in one process -----------------------------------------------------------------
+
+type Host = HostSession<Range<u64>>;
+type Guest = GuestSession<SimGuest>;
+
+/// Both sessions on this thread, pumped in turn until `done` sees the host's event.
+fn pump_until(
+    host: &mut Host,
+    guest: &mut Guest,
+    now: Duration,
+    done: fn(&VspEvent) -> bool,
+) -> usize {
+    let mut sent = 0;
+    loop {
+        let h = host.pump(now).unwrap();
+        let g = guest.pump(now).unwrap();
+        sent += h.sent + g.sent;
+        let mut finished = false;
+        while let Some(e) = host.vsp.poll_event() {
+            finished |= done(&e);
+        }
+        if finished {
+            return sent;
+        }
+        assert!(
+            !(h.is_idle() && g.is_idle()),
+            "stuck in {:?}",
+            host.vsp.state()
+        );
+    }
+}
+
+fn in_process(pattern: Pattern, bursts: &[Burst]) {
+    let expected = message_count(bursts);
+    let start = Instant::now();
+    let (h, g) = Channel::pair_in_process(DEFAULT_DATA_SIZE).unwrap();
+    let mut host = HostSession::open(Vsp::new(vsp_config()), h, 0..GUEST_PAGES, start.elapsed());
+    let mut guest =
+        GuestSession::connect(Vsc::new(vsc_config()), g, pattern.guest(), start.elapsed());
+    pump_until(&mut host, &mut guest, start.elapsed(), |e| {
+        *e == VspEvent::StateChanged(VspState::Idle)
+    });
+    let ours = measure(expected, || {
+        let now = start.elapsed();
+        host.vsp.balloon(now, BALLOON).unwrap();
+        let mut sent = pump_until(&mut host, &mut guest, now, is_balloon_done);
+        host.vsp.unballoon(now, BALLOON).unwrap();
+        sent += pump_until(&mut host, &mut guest, now, is_unballoon_done);
+        sent
+    });
+
+    let (mut h, mut g) = Channel::pair_in_process(DEFAULT_DATA_SIZE).unwrap();
+    let mut buf = Vec::new();
+    let base = measure(expected, || {
+        let mut moved = 0;
+        for b in bursts {
+            let (tx, rx) = if b.to_guest {
+                (&mut h, &mut g)
+            } else {
+                (&mut g, &mut h)
+            };
+            let (mut sent, mut received) = (0, 0);
+            while received < b.messages.len() {
+                while let Some(m) = b.messages.get(sent) {
+                    match tx.try_send(m, sent as u64) {
+                        Ok(()) => sent += 1,
+                        Err(RingError::Full) => break,
+                        Err(e) => panic!("send: {e}"),
+                    }
+                }
+                while let Some(p) = rx.try_recv(&mut buf).unwrap() {
+                    black_box(p.payload);
+                    received += 1;
+                }
+            }
+            moved += received;
+        }
+        moved
+    });
+    print("in one process", pattern, expected, ours, base);
+
+    // Where the time goes: the machines alone, handing each other messages directly.
+    let mut direct = Direct::connected(pattern);
+    let machines = measure(expected, || direct.round(&mut |_, _| {}));
+    report(
+        "  messages (where the time goes)",
+        "kmsg/s",
+        1e6 / ours,
+        "machines alone",
+        1e6 / machines,
+    );
+}
+
+// ---- across two processes -------------------------------------------------------------
+
+/// True once the host has closed the setup socket (set non-blocking).
+fn host_gone(socket: &UnixStream) -> bool {
+    match (&*socket).read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("setup socket: {e}"),
+    }
+}
+
+/// The guest process: serves the host until it closes the setup socket (stdin).
+fn child(role: &str) {
+    let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap());
+    let channel = ChannelSetup::receive(&socket).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let pattern = Pattern::from_env();
+    match role {
+        "session" => {
+            let start = Instant::now();
+            let clock = move || start.elapsed();
+            let mut guest =
+                GuestSession::connect(Vsc::new(vsc_config()), channel, pattern.guest(), clock());
+            while !host_gone(&socket) {
+                guest.run_until(clock, clock() + POLL, |_| false).unwrap();
+            }
+        }
+        "baseline" => {
+            let bursts = schedule(pattern);
+            let mut ch = channel;
+            let mut buf = Vec::new();
+            loop {
+                for b in &bursts {
+                    let done = if b.to_guest {
+                        receive(&mut ch, &mut buf, b.messages.len(), Some(&socket))
+                    } else {
+                        send(&mut ch, &b.messages);
+                        true
+                    };
+                    if !done {
+                        return;
+                    }
+                }
+            }
+        }
+        _ => panic!("unknown role {role}"),
+    }
+}
+
+/// Sends `messages`, waiting on the doorbell whenever the ring is full.
+fn send(ch: &mut Channel, messages: &[Vec<u8>]) {
+    for (i, m) in messages.iter().enumerate() {
+        loop {
+            match ch.try_send(m, i as u64) {
+                Ok(()) => break,
+                Err(RingError::Full) => assert!(ch.wait(Some(STALL)).unwrap(), "stalled sending"),
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+    }
+}
+
+/// Receives `count` packets, waiting on the doorbell whenever the ring is empty; false if
+/// `socket` says the host went away first.
+fn receive(ch: &mut Channel, buf: &mut Vec<u8>, count: usize, socket: Option<&UnixStream>) -> bool {
+    let mut received = 0;
+    let mut waited = Duration::ZERO;
+    while received < count {
+        if let Some(p) = ch.try_recv(buf).unwrap() {
+            black_box(p.payload);
+            received += 1;
+            waited = Duration::ZERO;
+            continue;
+        }
+        let slice = if socket.is_some() { POLL } else { STALL };
+        if !ch.wait(Some(slice)).unwrap() {
+            if socket.is_some_and(host_gone) {
+                return false;
+            }
+            waited += slice;
+            assert!(waited < STALL, "stalled receiving");
+        }
+    }
+    true
+}
+
+fn spawn(role: &str, pattern: Pattern) -> (std::process::Child, UnixStream, Channel) {
+    let (socket, child_socket) = UnixStream::pair().unwrap();
+    let (host, setup) = ChannelSetup::create(DEFAULT_DATA_SIZE).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, role)
+        .env(PATTERN_ENV, pattern.env())
+        .stdin(Stdio::from(OwnedFd::from(child_socket)))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    setup.send(&socket).unwrap();
+    (child, socket, host)
+}
+
+fn finish(mut child: std::process::Child, socket: UnixStream) {
+    drop(socket);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "guest process failed: {status}");
+}
+
+fn two_processes(pattern: Pattern, bursts: &[Burst]) {
+    let expected = message_count(bursts);
+
+    let (child, socket, channel) = spawn("session", pattern);
+    let start = Instant::now();
+    let clock = move || start.elapsed();
+    let mut host = HostSession::open(Vsp::new(vsp_config()), channel, 0..GUEST_PAGES, clock());
+    let run = |host: &mut Host, done: fn(&VspEvent) -> bool| {
+        let mut finished = false;
+        let ok = host
+            .run_until(clock, clock() + STALL, |s| {
+                while let Some(e) = s.vsp.poll_event() {
+                    finished |= done(&e);
+                }
+                finished
+            })
+            .unwrap();
+        assert!(ok, "stuck in {:?}", host.vsp.state());
+    };
+    run(&mut host, |e| *e == VspEvent::StateChanged(VspState::Idle));
+    let ours = measure(expected, || {
+        host.vsp.balloon(clock(), BALLOON).unwrap();
+        run(&mut host, is_balloon_done);
+        host.vsp.unballoon(clock(), BALLOON).unwrap();
+        run(&mut host, is_unballoon_done);
+        // Half the messages are counted in the other process; `in_process` checks that
+        // the sessions exchange exactly the schedule's.
+        expected
+    });
+    finish(child, socket);
+
+    let (child, socket, mut ch) = spawn("baseline", pattern);
+    let mut buf = Vec::new();
+    let base = measure(expected, || {
+        for b in bursts {
+            if b.to_guest {
+                send(&mut ch, &b.messages);
+            } else {
+                receive(&mut ch, &mut buf, b.messages.len(), None);
+            }
+        }
+        expected
+    });
+    finish(child, socket);
+    print("across two processes", pattern, expected, ours, base);
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        child(&role);
+        return;
+    }
+    println!(
+        "DM balloon + unballoon of 1 GiB over {} KiB rings; baseline: the same messages through the ring alone",
+        DEFAULT_DATA_SIZE / 1024
+    );
+    for pattern in Pattern::ALL {
+        let bursts = schedule(pattern);
+        in_process(pattern, &bursts);
+        two_processes(pattern, &bursts);
+    }
+}
