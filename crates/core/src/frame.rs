@@ -171,6 +171,7 @@ impl Frames {
     }
 
     /// The node `mfn` belongs to.
+    #[inline]
     pub fn node_of(&self, mfn: Mfn) -> u32 {
         self.nodes.partition_point(|n| n.end <= mfn) as u32
     }
@@ -303,6 +304,7 @@ impl Frames {
 
     /// Cached frames keep their index in the cache vector in their link word, so a
     /// deposit can take one out in O(1).
+    #[inline]
     fn cache_push(&mut self, node: usize, mfn: Mfn) {
         self.meta[mfn as usize] = pack(FrameState::Free, CACHED, 0);
         self.link[mfn as usize] = self.nodes[node].cache.len() as u64;
@@ -310,6 +312,7 @@ impl Frames {
         self.nodes[node].cached += 1;
     }
 
+    #[inline]
     fn cache_pop(&mut self, node: usize) -> Option<Mfn> {
         let m = self.nodes[node].cache.pop()?;
         self.nodes[node].cached -= 1;
@@ -332,6 +335,7 @@ impl Frames {
         }
     }
 
+    #[inline]
     fn alloc_on(&mut self, node: usize, order: u32, limit: Mfn) -> Option<Mfn> {
         let n = &self.nodes[node];
         if n.free < 1 << order || n.start as u64 + (1u64 << order) > limit as u64 {
@@ -366,6 +370,7 @@ impl Frames {
     ///
     /// The frames come back in state [`FrameState::Hypervisor`]; the caller gives each
     /// its final state. `None` when no allowed node has such a block.
+    #[inline]
     pub fn alloc(&mut self, sel: NodeSel, order: u32, limit: Mfn) -> Option<Mfn> {
         if order > MAX_ORDER {
             return None;
@@ -409,6 +414,7 @@ impl Frames {
     ///
     /// The block must have come from [`alloc`](Self::alloc) (or single frames from
     /// [`take`](Self::take)); its frames must not be free.
+    #[inline]
     pub fn free(&mut self, mfn: Mfn, order: u32) {
         let node = self.node_of(mfn) as usize;
         debug_assert!((mfn..mfn + (1 << order)).all(|m| self.state(m) != FrameState::Free));

@@ -249,7 +249,9 @@ impl Hypervisor {
             p2m: P2m::new(),
             assigned: 0,
             assigned_head: NO_FRAME,
-            max_pages: u32::MAX,
+            // No memory until the host grants it (`set_max_pages`, or `create_guest`): a
+            // partition must not be able to draw the host dry through memory_op.
+            max_pages: 0,
             outstanding_claim: 0,
             vps: BTreeMap::new(),
             children: Vec::new(),

@@ -32,6 +32,9 @@ type L2 = Node<[Option<Box<L3>>; FAN]>;
 #[derive(Debug, Clone)]
 pub struct P2m {
     top: Vec<Option<Box<L2>>>,
+    /// Emptied tables kept for reuse (a few of each): a guest ballooning one 2 MiB region
+    /// in and out would otherwise free and allocate the same tables every time.
+    spare: Spares,
     mapped: u64,
     /// The highest gfn ever mapped (Xen's `max_mapped_pfn`: it never shrinks).
     max_mapped: Option<u64>,
@@ -40,6 +43,24 @@ pub struct P2m {
 impl Default for P2m {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Emptied tables: every slot is already empty, so they are reused as they are.
+// The boxes are the point: a spare moves back into the tree without copying kilobytes.
+#[allow(clippy::vec_box)]
+#[derive(Debug, Clone, Default)]
+struct Spares {
+    leaves: Vec<Box<Leaf>>,
+    l3: Vec<Box<L3>>,
+    l2: Vec<Box<L2>>,
+}
+
+const MAX_SPARES: usize = 4;
+
+fn keep<T>(spares: &mut Vec<Box<T>>, node: Box<T>) {
+    if spares.len() < MAX_SPARES {
+        spares.push(node);
     }
 }
 
@@ -58,6 +79,7 @@ impl P2m {
     pub fn new() -> Self {
         P2m {
             top: (0..1usize << TOP_BITS).map(|_| None).collect(),
+            spare: Spares::default(),
             mapped: 0,
             max_mapped: None,
         }
@@ -145,13 +167,19 @@ impl P2m {
         self.mapped -= 1;
         leaf.used -= 1;
         if leaf.used == 0 {
-            l3.slots[c] = None;
+            if let Some(t) = l3.slots[c].take() {
+                keep(&mut self.spare.leaves, t);
+            }
             l3.used -= 1;
             if l3.used == 0 {
-                l2.slots[b] = None;
+                if let Some(t) = l2.slots[b].take() {
+                    keep(&mut self.spare.l3, t);
+                }
                 l2.used -= 1;
                 if l2.used == 0 {
-                    self.top[a] = None;
+                    if let Some(t) = self.top[a].take() {
+                        keep(&mut self.spare.l2, t);
+                    }
                 }
             }
         }

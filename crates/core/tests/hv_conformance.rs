@@ -684,6 +684,7 @@ fn case_30_finalize_releases_everything_to_the_pool() {
     deposit(&mut hv, R, c.0, &vps);
     assert_eq!(create_vp(&mut hv, R, c, 0, ANY, 0), 0);
     assert_eq!(create_vp(&mut hv, R, c, 1, ANY, 0), 0);
+    hv.set_max_pages(c, u32::MAX).unwrap();
     hv.populate(c, 0x1000, 64).unwrap();
     hv.check().unwrap();
     let deposited = init_cost(&hv) + vps.len() as u64;

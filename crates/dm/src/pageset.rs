@@ -62,23 +62,24 @@ impl PageSet {
         if count == 0 {
             return 0;
         }
-        let mut s = start;
-        let mut e = start.saturating_add(count);
-        let added = (e - s) - self.count_in(s, e - s);
-        // Absorb every range that overlaps or touches [s, e).
-        let first = self
-            .ranges
-            .range(..=s)
-            .next_back()
-            .filter(|&(_, &pe)| pe >= s)
-            .map(|(&ps, _)| ps);
-        let from = first.unwrap_or(s);
-        let absorbed: Vec<(u64, u64)> =
-            self.ranges.range(from..=e).map(|(&a, &b)| (a, b)).collect();
-        for (a, b) in absorbed {
-            self.ranges.remove(&a);
-            s = s.min(a);
-            e = e.max(b);
+        let (s0, e0) = (start, start.saturating_add(count));
+        let (mut s, mut e) = (s0, e0);
+        let mut added = e0 - s0;
+        // Absorb, right to left, every range that overlaps or touches [s, e). Ranges are
+        // disjoint and never touch, so the walk stops at the first one ending before s;
+        // one lookup per absorbed range and no allocation, as this runs for every page a
+        // balloon moves.
+        while let Some((&rs, &re)) = self.ranges.range(..=e).next_back() {
+            if re < s {
+                break;
+            }
+            let (os, oe) = (rs.max(s0), re.min(e0));
+            if oe > os {
+                added -= oe - os;
+            }
+            self.ranges.remove(&rs);
+            s = s.min(rs);
+            e = e.max(re);
         }
         self.ranges.insert(s, e);
         self.len += added;
@@ -90,27 +91,20 @@ impl PageSet {
         if count == 0 {
             return 0;
         }
-        let end = start.saturating_add(count);
-        let removed = self.count_in(start, count);
-        let first = self
-            .ranges
-            .range(..start)
-            .next_back()
-            .filter(|&(_, &pe)| pe > start)
-            .map(|(&ps, _)| ps);
-        let from = first.unwrap_or(start);
-        let hit: Vec<(u64, u64)> = self
-            .ranges
-            .range(from..end)
-            .map(|(&a, &b)| (a, b))
-            .collect();
-        for (a, b) in hit {
-            self.ranges.remove(&a);
-            if a < start {
-                self.ranges.insert(a, start);
+        let (s0, e0) = (start, start.saturating_add(count));
+        let mut removed = 0;
+        while let Some((&rs, &re)) = self.ranges.range(..e0).next_back() {
+            if re <= s0 {
+                break;
             }
-            if b > end {
-                self.ranges.insert(end, b);
+            self.ranges.remove(&rs);
+            removed += re.min(e0) - rs.max(s0);
+            if re > e0 {
+                self.ranges.insert(e0, re);
+            }
+            if rs < s0 {
+                self.ranges.insert(rs, s0);
+                break;
             }
         }
         self.len -= removed;

@@ -11,3 +11,8 @@
 mod memory;
 
 pub use memory::{ApplyStats, HostError, MemoryHost};
+
+// The README's examples are compiled and run as doc tests, so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;

@@ -489,6 +489,7 @@ fn nested_parent_deposits_its_own_gfns_and_gets_them_back() {
     hv.root_deposit(c, NodeSel::Any, COSTS.create_partition as u64)
         .unwrap();
     let g = child(&mut hv, c, false);
+    hv.set_max_pages(c, u32::MAX).unwrap();
     hv.populate(c, 0x100, 16).unwrap();
     hv.take_effects();
     // gfn 0x100 twice: the second is no longer mapped.
@@ -726,6 +727,7 @@ impl World {
         let mut hv = host(InputLayout::Tlfs2, 3);
         let p = child(&mut hv, ROOT_ID, true);
         hv.set_partition_privileges(p, POOL_AND_CREATE).unwrap();
+        hv.set_max_pages(p, u32::MAX).unwrap();
         hv.populate(p, 0, 48).unwrap();
         let u = child(&mut hv, ROOT_ID, true);
         hv.root_deposit(SELF, NodeSel::Any, 12).unwrap();

@@ -135,6 +135,15 @@ impl Hypervisor {
                 return Err(Halt::Preempt);
             }
             let base = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
+            // The balloon's case, one 4 KiB page of a translated guest, without building
+            // the extent's page list.
+            if r.extent_order == 0 && self.part(target).translated {
+                let m = self.unmap(target, base).ok_or(StopReason::NotMapped)?;
+                self.heap_free(m, 0);
+                c.spend(1);
+                *done += 1;
+                continue;
+            }
             let pages = self.xen_extent_pages(target, base, r.extent_order)?;
             c.spend(pages.len() as u64);
             for (gfn, m) in pages {
@@ -170,6 +179,9 @@ impl Hypervisor {
         let order = r.extent_order;
         let pages = 1u64 << order;
         let pv = !self.part(target).translated;
+        if order == 0 && !pv && !pod {
+            return self.xen_populate_pages(c, target, r, place, done);
+        }
         while *done < r.nr_extents {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
@@ -209,6 +221,60 @@ impl Hypervisor {
     }
 
     /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
+    /// [`xen_populate`](Self::xen_populate) for the balloon's case: single pages of a
+    /// translated guest. The same checks in the same order, with what cannot change
+    /// during the call (dying, the other domains' claims) looked up once.
+    fn xen_populate_pages(
+        &mut self,
+        c: &mut Call<'_>,
+        target: u32,
+        r: &XenMemoryReservation,
+        place: &Placement,
+        done: &mut u64,
+    ) -> Result<(), Halt> {
+        let list = r.extent_start;
+        let dying = self.xen_dying(target);
+        while *done < r.nr_extents {
+            if *done != c.start && c.preempt() {
+                return Err(Halt::Preempt);
+            }
+            let gfn = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
+            if gfn >= GFN_LIMIT {
+                return Err(StopReason::BadGfn.into());
+            }
+            let p = self.part(target);
+            if p.p2m.get(gfn).is_some() {
+                return Err(StopReason::AlreadyMapped.into());
+            }
+            if dying {
+                return Err(StopReason::Dying.into());
+            }
+            if p.tot_pages() >= u64::from(p.max_pages) {
+                return Err(StopReason::MaxPages.into());
+            }
+            let own = u64::from(p.outstanding_claim);
+            let free = self.frames.total_free();
+            if own == 0 && place.other_claims.saturating_add(1) > free {
+                return Err(if free == 0 {
+                    StopReason::NoMemory
+                } else {
+                    StopReason::Claim
+                }
+                .into());
+            }
+            let m = self
+                .heap_alloc(place.sel, 0, place.limit)
+                .ok_or(StopReason::NoMemory)?;
+            self.map(target, gfn, m);
+            if own > 0 {
+                self.part_mut(target).outstanding_claim -= 1;
+            }
+            c.spend(1);
+            *done += 1;
+        }
+        Ok(())
+    }
+
     pub(super) fn xen_exchange(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let Some(x) = c.read::<XenMemoryExchange>(c.arg) else {
             return MemoryOpResult::err(EFAULT);

@@ -190,6 +190,7 @@ fn parents_act_on_children_and_nobody_else_does() {
         )
         .unwrap();
     t.hv.part_mut(child_slot).state = PartitionState::Active;
+    t.hv.part_mut(child_slot).max_pages = 256;
     let child = t.hv.part(child_slot).domid;
 
     assert_eq!(t.populate(parent, child.0, &[1, 2], 0).ret, 2);

@@ -855,9 +855,8 @@ fn a_guest_trickling_pages_cannot_hold_a_balloon_open() {
     let mut h = Host::linux();
     h.vsp.balloon(h.now, 1 << 20).unwrap();
     let all = |_: u64, _: u64| true;
-    let mut pfn = 0x10_0000;
     let mut timed_out = false;
-    for _ in 0..20 {
+    for pfn in 0x10_0000..0x10_0014 {
         h.wait(secs(29));
         if h.vsp.state() != VspState::Balloon {
             timed_out = true;
@@ -865,7 +864,6 @@ fn a_guest_trickling_pages_cannot_hold_a_balloon_open() {
         }
         h.vsp
             .receive(h.now, &balloon_response(9, true, &[(pfn, 1)]), &all);
-        pfn += 1;
     }
     assert!(timed_out, "bounded by {MAX} reply timeouts", MAX = 8);
 }
