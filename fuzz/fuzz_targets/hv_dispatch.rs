@@ -59,6 +59,8 @@ fn template(layout: InputLayout) -> Template {
         .with_create_partitions(true)
         .with_access_memory_pool(true);
     hv.set_partition_privileges(c, privileged).unwrap();
+    // Partitions made by HvCreatePartition get memory only when the host grants it.
+    hv.set_max_pages(c, u32::MAX).unwrap();
     hv.populate(c, 0, 64).unwrap();
     hv.root_deposit(u, NodeSel::Any, 4).unwrap();
     hv.root_deposit(SELF, NodeSel::Any, 32).unwrap();

@@ -82,6 +82,14 @@ impl GuestMemory for FlatMemory {
     fn range_ok(&self, addr: u64, len: u64) -> bool {
         self.span(addr, len).is_some()
     }
+
+    // Guest lists are read one u64 at a time: a fixed-size copy, not a memmove call.
+    fn read_u64(&self, addr: u64) -> Result<u64, GuestFault> {
+        let r = self.span(addr, 8).ok_or(GuestFault { addr, len: 8 })?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.bytes[r]);
+        Ok(u64::from_le_bytes(b))
+    }
 }
 
 #[cfg(test)]
