@@ -234,6 +234,10 @@ impl Hypervisor {
     ) -> Result<(), Halt> {
         let list = r.extent_start;
         let dying = self.xen_dying(target);
+        // Nothing else allocates or frees while the call runs: count locally.
+        let p = self.part(target);
+        let mut room = u64::from(p.max_pages).saturating_sub(p.tot_pages());
+        let mut free = self.frames.total_free();
         while *done < r.nr_extents {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
@@ -242,18 +246,16 @@ impl Hypervisor {
             if gfn >= GFN_LIMIT {
                 return Err(StopReason::BadGfn.into());
             }
-            let p = self.part(target);
-            if p.p2m.get(gfn).is_some() {
+            if self.part(target).p2m.get(gfn).is_some() {
                 return Err(StopReason::AlreadyMapped.into());
             }
             if dying {
                 return Err(StopReason::Dying.into());
             }
-            if p.tot_pages() >= u64::from(p.max_pages) {
+            if room == 0 {
                 return Err(StopReason::MaxPages.into());
             }
-            let own = u64::from(p.outstanding_claim);
-            let free = self.frames.total_free();
+            let own = u64::from(self.part(target).outstanding_claim);
             if own == 0 && place.other_claims.saturating_add(1) > free {
                 return Err(if free == 0 {
                     StopReason::NoMemory
@@ -269,6 +271,8 @@ impl Hypervisor {
             if own > 0 {
                 self.part_mut(target).outstanding_claim -= 1;
             }
+            room -= 1;
+            free -= 1;
             c.spend(1);
             *done += 1;
         }
