@@ -1283,11 +1283,15 @@ impl Vsp {
             let mut pieces = Vec::new();
             new_pieces(&self.ballooned, start, inside, &mut pieces);
             for (s, n) in pieces {
-                if guest.owns(s, n) {
+                // QEMU takes a returned range page by page; bisecting keeps the owned part
+                // of a range that straddles the end of guest RAM, within a bounded number
+                // of ownership checks so a wholly foreign range cannot cost millions.
+                let mut owned = Vec::new();
+                let mut budget = MAX_OWNERSHIP_SPLITS;
+                owned_pieces(guest, s, n, &mut budget, &mut owned, &mut foreign);
+                for (s, n) in owned {
                     new += self.ballooned.insert(s, n);
                     accepted.push((s, n));
-                } else {
-                    foreign.push((s, n));
                 }
             }
         }
@@ -1337,6 +1341,39 @@ const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 /// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
 /// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
 /// grows with the boundaries inside the run times log2 of its length (at most 24).
+/// Splits of one returned range allowed while separating its owned pages from foreign
+/// ones: enough to find an ownership boundary anywhere in a 2^24-page range.
+const MAX_OWNERSHIP_SPLITS: u32 = 64;
+
+fn owned_pieces(
+    guest: &dyn GuestOwnership,
+    start: u64,
+    count: u64,
+    budget: &mut u32,
+    owned: &mut Vec<(u64, u64)>,
+    foreign: &mut Vec<(u64, u64)>,
+) {
+    if count == 0 {
+        return;
+    }
+    if guest.owns(start, count) {
+        match owned.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ => owned.push((start, count)),
+        }
+    } else if count == 1 || *budget == 0 {
+        match foreign.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ => foreign.push((start, count)),
+        }
+    } else {
+        *budget -= 1;
+        let half = count / 2;
+        owned_pieces(guest, start, half, budget, owned, foreign);
+        owned_pieces(guest, start + half, count - half, budget, owned, foreign);
+    }
+}
+
 fn new_pieces(set: &PageSet, start: u64, count: u64, out: &mut Vec<(u64, u64)>) {
     if count == 0 {
         return;

@@ -1187,15 +1187,19 @@ fn checklist_09_returned_pages_checked() {
         ],
     ));
     let events = h.events();
+    // The owned half of the straddling range is kept, the rest reported.
     assert!(events.contains(&VspEvent::ProtocolViolation {
         what: Violation::ForeignPages(vec![
-            (LOW_END - 16, 32),
+            (LOW_END, 16),
             (PageRange::MAX_START_PAGE + 1, 1),
             (PageRange::MAX_START_PAGE, 1),
         ])
     }));
-    assert!(events.contains(&VspEvent::PagesReturned(vec![(HIGH_END - 8, 8)])));
-    assert_eq!(h.vsp.ballooned().len(), 768 + 8);
+    assert!(events.contains(&VspEvent::PagesReturned(vec![
+        (LOW_END - 16, 16),
+        (HIGH_END - 8, 8)
+    ])));
+    assert_eq!(h.vsp.ballooned().len(), 768 + 16 + 8);
     assert!(h.vsp.ballooned().ranges().all(|(s, n)| ram(s, n)));
 }
 
@@ -1836,3 +1840,43 @@ proptest! {
         prop_assert!(vsp.state() != VspState::PostCapsWait || now == Duration::MAX);
     }
 }
+
+#[test]
+fn a_range_straddling_the_end_of_ram_keeps_its_owned_part() {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1024).unwrap();
+    h.sent();
+    let ram = 0..0x1000u64;
+    h.vsp
+        .receive(h.now, &balloon_response(9, false, &[(0xFF0, 0x20)]), &ram);
+    assert_eq!(
+        h.vsp.ballooned().ranges().collect::<Vec<_>>(),
+        vec![(0xFF0, 0x10)]
+    );
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        VspEvent::ProtocolViolation { what: Violation::ForeignPages(f) } if f == &vec![(0x1000, 0x10)]
+    )));
+    // A wholly foreign range costs a bounded number of checks.
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1024).unwrap();
+    h.sent();
+    let calls = std::cell::Cell::new(0u32);
+    let none = |_: u64, _: u64| {
+        calls.set(calls.get() + 1);
+        false
+    };
+    h.vsp.receive(
+        h.now,
+        &balloon_response(9, false, &[(0, (1 << 24) - 1)]),
+        &none,
+    );
+    assert!(
+        calls.get() <= 2 * MAX_SPLITS + 1,
+        "{} ownership checks",
+        calls.get()
+    );
+    assert!(h.vsp.ballooned().is_empty());
+}
+
+const MAX_SPLITS: u32 = 64;
