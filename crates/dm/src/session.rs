@@ -16,10 +16,10 @@
 //!
 //! - **Nothing is lost on a full ring.** A message taken from the machine that does not
 //!   fit is held and sent first at the next pass; the writer has asked the peer for a
-//!   signal once there is room. A held message belongs to the transport, like one in the
-//!   ring: the VSC counts a balloon response's pages as given when the message is taken
-//!   ([`Vsc::poll_transmit`]), so a session that ends with one held loses those pages
-//!   from the guest exactly as a guest that dies with one in the ring does.
+//!   signal once there is room. The VSC counts a balloon response's pages as given when
+//!   the message is taken ([`Vsc::poll_transmit`]); when a guest session ends with one
+//!   held, it hands it back ([`Vsc::take_back`]), so those pages, which the host never
+//!   saw, are the guest's again. A message already in the ring is the host's to read.
 //! - **A pass is bounded.** It receives at most as many packets as the ring can hold, so a
 //!   peer that writes as fast as it is read cannot keep the owner in one call; the pass
 //!   then reports [`Progress::more`] and `run_until` pumps again without sleeping.
@@ -168,12 +168,14 @@ impl Link {
         }
     }
 
-    fn end(&mut self, why: Option<&SessionError>) {
+    /// Ends the session; returns the message held back for a full ring, which never
+    /// reached the peer.
+    fn end(&mut self, why: Option<&SessionError>) -> Option<Vec<u8>> {
         if let Some(e) = why {
             tracing::warn!(error = %e, "DM session ended");
         }
         self.ended = true;
-        self.held = None;
+        self.held.take()
     }
 }
 
@@ -364,8 +366,8 @@ impl<M: GuestMemoryModel> GuestSession<M> {
         self.link.check_open()?;
         let r = self.pass(now);
         if let Err(e) = &r {
-            self.link.end(Some(e));
-            self.reset(now);
+            let unsent = self.link.end(Some(e));
+            self.reset(now, unsent);
         }
         r
     }
@@ -402,12 +404,17 @@ impl<M: GuestMemoryModel> GuestSession<M> {
     /// happens on a session already ended.
     pub fn close(&mut self, now: Duration) {
         if !self.link.ended {
-            self.link.end(None);
-            self.reset(now);
+            let unsent = self.link.end(None);
+            self.reset(now, unsent);
         }
     }
 
-    fn reset(&mut self, now: Duration) {
+    fn reset(&mut self, now: Duration, unsent: Option<Vec<u8>>) {
+        // A balloon response held for a full ring never reached the host: its pages are
+        // the guest's again.
+        if let Some(m) = unsent {
+            self.vsc.take_back(&m);
+        }
         self.vsc.reset();
         // The VSC gives withdrawn pages back at its next tick; there will be no other.
         self.vsc.tick(now, &mut self.model);
@@ -441,8 +448,8 @@ impl<M: GuestMemoryModel> Pumped for GuestSession<M> {
 
     fn wait(&mut self, now: Duration, timeout: Duration) -> Result<(), SessionError> {
         self.link.wait(timeout).inspect_err(|e| {
-            self.link.end(Some(e));
-            self.reset(now);
+            let unsent = self.link.end(Some(e));
+            self.reset(now, unsent);
         })
     }
 }
@@ -623,9 +630,10 @@ mod tests {
         guest.close(now);
         assert!(guest.is_ended());
         assert!(guest.vsc.in_flight().is_empty());
-        // What was handed to the ring, or held for it, stays given; the rest is back.
+        // What was written to the ring stays given; the held message and the rest of the
+        // queue are the guest's again.
         assert_eq!(guest.model.ballooned(), guest.vsc.ballooned());
-        assert_eq!(guest.vsc.ballooned().len(), 4 * 510);
+        assert_eq!(guest.vsc.ballooned().len(), 3 * 510);
         assert!(matches!(guest.pump(now), Err(SessionError::Ended)));
     }
 

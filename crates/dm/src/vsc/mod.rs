@@ -420,6 +420,25 @@ impl Vsc {
         self.unballoon_refused = 0;
     }
 
+    /// Takes back a message [`poll_transmit`](Self::poll_transmit) handed out that never
+    /// reached the host (the transport ended before writing it): the pages of a balloon
+    /// response become the guest's again at the next [`reset`](Self::reset) and tick.
+    pub fn take_back(&mut self, bytes: &[u8]) {
+        if let Ok(Message {
+            body: Body::BalloonResponse { ranges, .. },
+            ..
+        }) = Message::parse(bytes)
+        {
+            for r in ranges {
+                let (s, n) = (r.start_page(), u64::from(r.page_cnt()));
+                if self.ballooned.contains_all(s, n) {
+                    self.ballooned.remove(s, n);
+                    self.in_flight.insert(s, n);
+                }
+            }
+        }
+    }
+
     /// The next DM message to send, as bytes, oldest first.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let out = self.tx.pop_front()?;
