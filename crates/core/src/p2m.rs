@@ -203,8 +203,39 @@ impl P2m {
         out.into_iter()
     }
 
+    /// The first `limit` maximal runs of mapped gfns, `(start, count)`, in order; stops
+    /// walking as soon as it has them, so a guest-driven query costs what it returns.
+    pub fn ranges_up_to(&self, limit: usize) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let _ = self.try_for_each(|gfn, _| {
+            if let Some((s, c)) = out.last_mut() {
+                if *s + *c == gfn {
+                    *c += 1;
+                    return core::ops::ControlFlow::Continue(());
+                }
+            }
+            if out.len() == limit {
+                return core::ops::ControlFlow::Break(());
+            }
+            out.push((gfn, 1));
+            core::ops::ControlFlow::Continue(())
+        });
+        out
+    }
+
     /// Calls `f` for every mapping, in gfn order.
     pub fn for_each(&self, mut f: impl FnMut(u64, Mfn)) {
+        let _ = self.try_for_each(|g, m| {
+            f(g, m);
+            core::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+
+    /// Calls `f` for every mapping, in gfn order, until it breaks.
+    pub fn try_for_each<B>(
+        &self,
+        mut f: impl FnMut(u64, Mfn) -> core::ops::ControlFlow<B>,
+    ) -> core::ops::ControlFlow<B> {
         for (a, l2) in self.top.iter().enumerate() {
             let Some(l2) = l2 else { continue };
             for (b, l3) in l2.slots.iter().enumerate() {
@@ -216,12 +247,13 @@ impl P2m {
                         | ((c as u64) << LEAF_BITS);
                     for (d, &m) in leaf.slots.iter().enumerate() {
                         if m != NO_FRAME {
-                            f(base | d as u64, m);
+                            f(base | d as u64, m)?;
                         }
                     }
                 }
             }
         }
+        core::ops::ControlFlow::Continue(())
     }
 }
 
@@ -245,6 +277,14 @@ mod tests {
         assert_eq!(p.remove(5), None);
         assert_eq!(p.max_mapped(), Some(GFN_LIMIT - 1));
         assert_eq!(p.iter().collect::<Vec<_>>(), vec![(GFN_LIMIT - 1, 7)]);
+        p.set(1, 1);
+        p.set(2, 2);
+        p.set(9, 3);
+        assert_eq!(p.ranges_up_to(1), vec![(1, 2)]);
+        assert_eq!(p.ranges_up_to(5), vec![(1, 2), (9, 1), (GFN_LIMIT - 1, 1)]);
+        p.remove(1);
+        p.remove(2);
+        p.remove(9);
         assert_eq!(p.remove(GFN_LIMIT - 1), Some(7));
         assert!(p.top.iter().all(Option::is_none), "empty tables are freed");
     }

@@ -44,20 +44,9 @@ impl Hypervisor {
         if let Some(map) = p.memory_map.as_ref().filter(|m| !m.is_empty()) {
             return map.iter().take(limit).copied().collect();
         }
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (gfn, _) in p.p2m.iter() {
-            if let Some((start, len)) = runs.last_mut() {
-                if *start + *len == gfn {
-                    *len += 1;
-                    continue;
-                }
-            }
-            if runs.len() == limit {
-                break;
-            }
-            runs.push((gfn, 1));
-        }
-        runs.into_iter()
+        p.p2m
+            .ranges_up_to(limit)
+            .into_iter()
             .map(|(start, len)| E820Entry {
                 addr: start * PAGE_SIZE,
                 size: len * PAGE_SIZE,
