@@ -150,6 +150,21 @@ impl P2m {
         (old != NO_FRAME).then_some(old)
     }
 
+    /// Maps `gfn` to `mfn` if it is unmapped and returns `None`; otherwise changes
+    /// nothing and returns the frame that is there. One walk where `get` then `set` take
+    /// two.
+    #[inline]
+    pub fn set_if_empty(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
+        match self.set(gfn, mfn) {
+            None => None,
+            Some(old) => {
+                // Put the old frame back: `set` replaced it.
+                self.set(gfn, old);
+                Some(old)
+            }
+        }
+    }
+
     /// Unmaps `gfn`; returns the frame that was there.
     #[inline]
     pub fn remove(&mut self, gfn: u64) -> Option<Mfn> {

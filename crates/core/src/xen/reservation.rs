@@ -8,7 +8,7 @@ use ballast_abi::xen::{MemoryOp, XenMemoryExchange, XenMemoryReservation};
 use super::errno::*;
 use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, Placement, StopReason, Xsm, elem};
 use crate::Mfn;
-use crate::frame::MAX_ORDER;
+use crate::frame::{FrameState, MAX_ORDER};
 use crate::hypervisor::Hypervisor;
 use crate::p2m::GFN_LIMIT;
 
@@ -246,17 +246,24 @@ impl Hypervisor {
             if gfn >= GFN_LIMIT {
                 return Err(StopReason::BadGfn.into());
             }
-            if self.part(target).p2m.get(gfn).is_some() {
-                return Err(StopReason::AlreadyMapped.into());
-            }
             if dying {
+                // Xen checks the gfn first: keep its order of answers.
+                if self.part(target).p2m.get(gfn).is_some() {
+                    return Err(StopReason::AlreadyMapped.into());
+                }
                 return Err(StopReason::Dying.into());
             }
             if room == 0 {
+                if self.part(target).p2m.get(gfn).is_some() {
+                    return Err(StopReason::AlreadyMapped.into());
+                }
                 return Err(StopReason::MaxPages.into());
             }
             let own = u64::from(self.part(target).outstanding_claim);
             if own == 0 && place.other_claims.saturating_add(1) > free {
+                if self.part(target).p2m.get(gfn).is_some() {
+                    return Err(StopReason::AlreadyMapped.into());
+                }
                 return Err(if free == 0 {
                     StopReason::NoMemory
                 } else {
@@ -264,10 +271,20 @@ impl Hypervisor {
                 }
                 .into());
             }
-            let m = self
-                .heap_alloc(place.sel, 0, place.limit)
-                .ok_or(StopReason::NoMemory)?;
-            self.map(target, gfn, m);
+            // Allocate, then map only if the gfn is free, in one p2m walk; a mapped gfn
+            // (rare: the guest named it twice) hands the frame straight back.
+            let Some(m) = self.frames.alloc(place.sel, 0, place.limit) else {
+                if self.part(target).p2m.get(gfn).is_some() {
+                    return Err(StopReason::AlreadyMapped.into());
+                }
+                return Err(StopReason::NoMemory.into());
+            };
+            if self.part_mut(target).p2m.set_if_empty(gfn, m).is_some() {
+                self.frames.free(m, 0);
+                return Err(StopReason::AlreadyMapped.into());
+            }
+            self.effects.discard(crate::ROOT_ID, u64::from(m), 1);
+            self.frames.set(m, FrameState::Mapped, target, gfn);
             if own > 0 {
                 self.part_mut(target).outstanding_claim -= 1;
             }
