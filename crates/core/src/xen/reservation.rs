@@ -220,7 +220,6 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
     /// [`xen_populate`](Self::xen_populate) for the balloon's case: single pages of a
     /// translated guest. The same checks in the same order, with what cannot change
     /// during the call (dying, the other domains' claims) looked up once.
@@ -296,6 +295,7 @@ impl Hypervisor {
         Ok(())
     }
 
+    /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
     pub(super) fn xen_exchange(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let Some(x) = c.read::<XenMemoryExchange>(c.arg) else {
             return MemoryOpResult::err(EFAULT);
