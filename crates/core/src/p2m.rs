@@ -117,28 +117,35 @@ impl P2m {
         assert!(gfn < GFN_LIMIT, "gfn {gfn:#x} beyond the p2m");
         debug_assert!(mfn != NO_FRAME);
         let (a, b, c, d) = split(gfn);
+        let spare = &mut self.spare;
         let l2 = self.top[a].get_or_insert_with(|| {
-            Box::new(Node {
-                slots: [const { None }; FAN],
-                used: 0,
+            spare.l2.pop().unwrap_or_else(|| {
+                Box::new(Node {
+                    slots: [const { None }; FAN],
+                    used: 0,
+                })
             })
         });
         if l2.slots[b].is_none() {
             l2.used += 1;
         }
         let l3 = l2.slots[b].get_or_insert_with(|| {
-            Box::new(Node {
-                slots: [const { None }; FAN],
-                used: 0,
+            spare.l3.pop().unwrap_or_else(|| {
+                Box::new(Node {
+                    slots: [const { None }; FAN],
+                    used: 0,
+                })
             })
         });
         if l3.slots[c].is_none() {
             l3.used += 1;
         }
         let leaf = l3.slots[c].get_or_insert_with(|| {
-            Box::new(Node {
-                slots: [NO_FRAME; 1 << LEAF_BITS],
-                used: 0,
+            spare.leaves.pop().unwrap_or_else(|| {
+                Box::new(Node {
+                    slots: [NO_FRAME; 1 << LEAF_BITS],
+                    used: 0,
+                })
             })
         });
         let old = core::mem::replace(&mut leaf.slots[d], mfn);
@@ -302,6 +309,10 @@ mod tests {
         p.remove(9);
         assert_eq!(p.remove(GFN_LIMIT - 1), Some(7));
         assert!(p.top.iter().all(Option::is_none), "empty tables are freed");
+        // Emptied tables are kept and reused, already empty.
+        assert!(!p.spare.leaves.is_empty());
+        p.set(3, 3);
+        assert_eq!(p.iter().collect::<Vec<_>>(), vec![(3, 3)]);
     }
 
     proptest! {

@@ -138,6 +138,9 @@ impl Hypervisor {
             // The balloon's case, one 4 KiB page of a translated guest, without building
             // the extent's page list.
             if r.extent_order == 0 && self.part(target).translated {
+                if base >= GFN_LIMIT {
+                    return Err(StopReason::BadGfn.into());
+                }
                 let m = self.unmap(target, base).ok_or(StopReason::NotMapped)?;
                 self.heap_free(m, 0);
                 c.spend(1);

@@ -805,8 +805,11 @@ impl Vsp {
                 removed: 0,
             },
             deadline: now.saturating_add(self.config.reply_timeout),
-            hard_deadline: now
-                .saturating_add(self.config.reply_timeout * MAX_TIMEOUTS_PER_OPERATION),
+            hard_deadline: now.saturating_add(
+                self.config
+                    .reply_timeout
+                    .saturating_mul(MAX_TIMEOUTS_PER_OPERATION),
+            ),
         });
         Ok(())
     }
@@ -1001,7 +1004,7 @@ impl Vsp {
 
     fn on_version(&mut self, trans_id: u32, version: Version, last_attempt: bool) {
         let accepted = self.config.versions.accepts(version);
-        self.send(Message::new(
+        self.send_reply(Message::new(
             trans_id,
             Body::VersionResponse {
                 is_accepted: accepted,
@@ -1024,7 +1027,7 @@ impl Vsp {
             return;
         };
         let v2 = version == Version::V2_0;
-        self.send(Message::new(
+        self.send_reply(Message::new(
             trans_id,
             Body::CapabilitiesResponse {
                 is_accepted: true,
@@ -1056,8 +1059,11 @@ impl Vsp {
                 got: 0,
             },
             deadline: now.saturating_add(self.config.reply_timeout),
-            hard_deadline: now
-                .saturating_add(self.config.reply_timeout * MAX_TIMEOUTS_PER_OPERATION),
+            hard_deadline: now.saturating_add(
+                self.config
+                    .reply_timeout
+                    .saturating_mul(MAX_TIMEOUTS_PER_OPERATION),
+            ),
         });
     }
 
@@ -1287,7 +1293,7 @@ impl Vsp {
                 // of a range that straddles the end of guest RAM, within a bounded number
                 // of ownership checks so a wholly foreign range cannot cost millions.
                 let mut owned = Vec::new();
-                let mut budget = MAX_OWNERSHIP_SPLITS;
+                let mut budget = MAX_OWNERSHIP_CHECKS;
                 owned_pieces(guest, s, n, &mut budget, &mut owned, &mut foreign);
                 for (s, n) in owned {
                     new += self.ballooned.insert(s, n);
@@ -1306,13 +1312,19 @@ impl Vsp {
         self.events.push_back(VspEvent::ProtocolViolation { what });
     }
 
-    fn send(&mut self, msg: Message<'_>) {
+    /// Queues a reply the guest asked for (version and capabilities responses). A guest
+    /// may send requests without ever reading its ring; beyond [`MAX_QUEUED`] queued
+    /// messages its replies are dropped rather than queued without bound. Host requests
+    /// (bounded by one transaction at a time) always go through [`send`](Self::send).
+    fn send_reply(&mut self, msg: Message<'_>) {
         if self.tx.len() >= MAX_QUEUED {
-            // Only replies to a guest that sends without reading get here (host requests
-            // are one transaction at a time).
             tracing::warn!(ty = %msg.message_type(), "guest is not reading its ring: DM reply dropped");
             return;
         }
+        self.send(msg);
+    }
+
+    fn send(&mut self, msg: Message<'_>) {
         match msg.to_bytes() {
             Ok(bytes) => self.tx.push_back(bytes),
             // Every message is built here within the 4 KiB limit; reaching this is a bug.
@@ -1336,15 +1348,21 @@ impl Vsp {
 /// One past the largest PFN a page range can start at.
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 
-/// Appends the runs of `[start, start + count)` that are not in `set`.
-///
-/// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
-/// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
-/// grows with the boundaries inside the run times log2 of its length (at most 24).
-/// Splits of one returned range allowed while separating its owned pages from foreign
-/// ones: enough to find an ownership boundary anywhere in a 2^24-page range.
-const MAX_OWNERSHIP_SPLITS: u32 = 64;
+/// Ownership checks allowed per returned range. Linux returns 2 MiB and 4 KiB ranges,
+/// which are sorted page by page well within this; a hostile 2^24-page range stops here,
+/// its unsorted rest counted as foreign.
+const MAX_OWNERSHIP_CHECKS: u32 = 1 << 16;
 
+/// Runs up to this many pages are sorted page by page.
+const PAGEWISE: u64 = 4096;
+
+/// Sorts `[start, start + count)` into the pages the guest owns and the rest, with at
+/// most `budget` calls of `owns`.
+///
+/// `owns(s, n)` answers only "all of it". A short run is checked page by page. A long
+/// run starting with an owned page is cut at the end of its longest owned prefix
+/// (monotone, so binary search finds it); one starting with a foreign page at the start
+/// of its longest wholly owned suffix; one foreign at both ends is halved.
 fn owned_pieces(
     guest: &dyn GuestOwnership,
     start: u64,
@@ -1353,27 +1371,92 @@ fn owned_pieces(
     owned: &mut Vec<(u64, u64)>,
     foreign: &mut Vec<(u64, u64)>,
 ) {
-    if count == 0 {
-        return;
-    }
-    if guest.owns(start, count) {
-        match owned.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => owned.push((start, count)),
+    let push = |v: &mut Vec<(u64, u64)>, s: u64, c: u64| match v.last_mut() {
+        Some((ps, pc)) if *ps + *pc == s => *pc += c,
+        _ => v.push((s, c)),
+    };
+    let owns = |s: u64, n: u64, budget: &mut u32| -> Option<bool> {
+        *budget = budget.checked_sub(1)?;
+        Some(guest.owns(s, n))
+    };
+    let (mut s, end) = (start, start + count);
+    while s < end {
+        let n = end - s;
+        match owns(s, n, budget) {
+            Some(true) => {
+                push(owned, s, n);
+                return;
+            }
+            Some(false) => {}
+            None => {
+                push(foreign, s, n);
+                return;
+            }
         }
-    } else if count == 1 || *budget == 0 {
-        match foreign.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => foreign.push((start, count)),
+        if n <= PAGEWISE {
+            for p in s..end {
+                match owns(p, 1, budget) {
+                    Some(true) => push(owned, p, 1),
+                    Some(false) => push(foreign, p, 1),
+                    None => {
+                        push(foreign, p, end - p);
+                        return;
+                    }
+                }
+            }
+            return;
         }
-    } else {
-        *budget -= 1;
-        let half = count / 2;
-        owned_pieces(guest, start, half, budget, owned, foreign);
-        owned_pieces(guest, start + half, count - half, budget, owned, foreign);
+        match owns(s, 1, budget) {
+            None => {
+                push(foreign, s, n);
+                return;
+            }
+            Some(true) => {
+                // Longest owned prefix: owns(s, k) holds for k = lo, fails for k = hi.
+                let (mut lo, mut hi) = (1u64, n);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    match owns(s, mid, budget) {
+                        Some(true) => lo = mid,
+                        Some(false) => hi = mid,
+                        None => break,
+                    }
+                }
+                push(owned, s, lo);
+                s += lo;
+            }
+            Some(false) => {
+                // Longest owned suffix: owns(s + k, n - k) fails for k = lo and holds for
+                // k = hi (k = n, the empty suffix, counts as owned).
+                let (mut lo, mut hi) = (0u64, n);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    match owns(s + mid, n - mid, budget) {
+                        Some(true) => hi = mid,
+                        Some(false) => lo = mid,
+                        None => break,
+                    }
+                }
+                if hi == n {
+                    // Foreign at both ends, maybe owned pages between: halve.
+                    let half = n / 2;
+                    owned_pieces(guest, s, half, budget, owned, foreign);
+                    owned_pieces(guest, s + half, n - half, budget, owned, foreign);
+                    return;
+                }
+                owned_pieces(guest, s, hi, budget, owned, foreign);
+                push(owned, s + hi, n - hi);
+                return;
+            }
+        }
     }
 }
 
+/// Appends the runs of `[start, start + count)` that are not in `set`.
+///
+/// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
+/// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
+/// grows with the boundaries inside the run times log2 of its length (at most 24).
 fn new_pieces(set: &PageSet, start: u64, count: u64, out: &mut Vec<(u64, u64)>) {
     if count == 0 {
         return;
