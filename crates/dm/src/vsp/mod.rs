@@ -1279,6 +1279,9 @@ impl Vsp {
         let mut accepted = Vec::new();
         let mut foreign = Vec::new();
         let mut new = 0;
+        // One budget for the whole message: a message of 510 hostile ranges must cost no
+        // more than one.
+        let mut budget = MAX_OWNERSHIP_CHECKS;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             // A page past the 40-bit PFN space could never be named in an unballoon request.
@@ -1293,7 +1296,6 @@ impl Vsp {
                 // of a range that straddles the end of guest RAM, within a bounded number
                 // of ownership checks so a wholly foreign range cannot cost millions.
                 let mut owned = Vec::new();
-                let mut budget = MAX_OWNERSHIP_CHECKS;
                 owned_pieces(guest, s, n, &mut budget, &mut owned, &mut foreign);
                 for (s, n) in owned {
                     new += self.ballooned.insert(s, n);
@@ -1348,13 +1350,15 @@ impl Vsp {
 /// One past the largest PFN a page range can start at.
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 
-/// Ownership checks allowed per returned range. Linux returns 2 MiB and 4 KiB ranges,
-/// which are sorted page by page well within this; a hostile 2^24-page range stops here,
-/// its unsorted rest counted as foreign.
-const MAX_OWNERSHIP_CHECKS: u32 = 1 << 16;
+/// Ownership checks allowed per guest message. An honest message costs one check per
+/// range (each range is wholly the guest's); a range with foreign pages in it costs up to
+/// its length when short (Linux's are 2 MiB or 4 KiB), or a few binary searches when
+/// long. What is not sorted when the budget runs out is counted as foreign.
+const MAX_OWNERSHIP_CHECKS: u32 = 1 << 14;
 
-/// Runs up to this many pages are sorted page by page.
-const PAGEWISE: u64 = 4096;
+/// Runs up to this many pages (2 MiB, Linux's largest balloon unit) are sorted page by
+/// page.
+const PAGEWISE: u64 = 512;
 
 /// Sorts `[start, start + count)` into the pages the guest owns and the rest, with at
 /// most `budget` calls of `owns`.
