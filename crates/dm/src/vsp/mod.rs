@@ -535,6 +535,34 @@ struct Pending {
     hard_deadline: Duration,
 }
 
+impl Pending {
+    /// An operation that may be answered in many messages (balloon, hot-remove): one
+    /// reply timeout to start, at most [`MAX_TIMEOUTS_PER_OPERATION`] in all.
+    fn long(op: Op, now: Duration, timeout: Duration) -> Self {
+        Pending {
+            op,
+            deadline: now.saturating_add(timeout),
+            hard_deadline: now.saturating_add(timeout.saturating_mul(MAX_TIMEOUTS_PER_OPERATION)),
+        }
+    }
+
+    /// The deadline after a message: progress while pages are still owed earns one more
+    /// reply timeout, up to the hard limit.
+    fn rearmed(
+        deadline: Duration,
+        hard: Duration,
+        now: Duration,
+        timeout: Duration,
+        progress: bool,
+    ) -> Duration {
+        if progress {
+            now.saturating_add(timeout).min(hard)
+        } else {
+            deadline
+        }
+    }
+}
+
 /// The Dynamic Memory host endpoint of one guest.
 #[derive(Debug)]
 pub struct Vsp {
@@ -799,18 +827,14 @@ impl Vsp {
                 qos_flags: qos,
             },
         ));
-        self.pending = Some(Pending {
-            op: Op::HotRemove {
+        self.pending = Some(Pending::long(
+            Op::HotRemove {
                 requested: pages,
                 removed: 0,
             },
-            deadline: now.saturating_add(self.config.reply_timeout),
-            hard_deadline: now.saturating_add(
-                self.config
-                    .reply_timeout
-                    .saturating_mul(MAX_TIMEOUTS_PER_OPERATION),
-            ),
-        });
+            now,
+            self.config.reply_timeout,
+        ));
         Ok(())
     }
 
@@ -1051,20 +1075,16 @@ impl Vsp {
             self.trans_id,
             Body::BalloonRequest { num_pages: asked },
         ));
-        self.pending = Some(Pending {
-            op: Op::Balloon {
+        self.pending = Some(Pending::long(
+            Op::Balloon {
                 target,
                 returned,
                 asked,
                 got: 0,
             },
-            deadline: now.saturating_add(self.config.reply_timeout),
-            hard_deadline: now.saturating_add(
-                self.config
-                    .reply_timeout
-                    .saturating_mul(MAX_TIMEOUTS_PER_OPERATION),
-            ),
-        });
+            now,
+            self.config.reply_timeout,
+        ));
     }
 
     fn on_balloon_response(
@@ -1096,12 +1116,14 @@ impl Vsp {
         if more_pages {
             // Progress earns more time, up to the operation's hard limit, and only while
             // the guest still owes pages.
-            let deadline = if new > 0 && got < u64::from(asked) {
-                now.saturating_add(self.config.reply_timeout)
-                    .min(hard_deadline)
-            } else {
-                deadline
-            };
+            let progress = new > 0 && got < u64::from(asked);
+            let deadline = Pending::rearmed(
+                deadline,
+                hard_deadline,
+                now,
+                self.config.reply_timeout,
+                progress,
+            );
             self.pending = Some(Pending {
                 op: Op::Balloon {
                     target,
@@ -1247,12 +1269,14 @@ impl Vsp {
         }
         let removed = removed + new;
         if more_pages {
-            let deadline = if new > 0 && removed < u64::from(requested) {
-                now.saturating_add(self.config.reply_timeout)
-                    .min(hard_deadline)
-            } else {
-                deadline
-            };
+            let progress = new > 0 && removed < u64::from(requested);
+            let deadline = Pending::rearmed(
+                deadline,
+                hard_deadline,
+                now,
+                self.config.reply_timeout,
+                progress,
+            );
             self.pending = Some(Pending {
                 op: Op::HotRemove { requested, removed },
                 deadline,
