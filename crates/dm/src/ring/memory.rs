@@ -229,3 +229,6 @@ impl RingMemory {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
