@@ -22,6 +22,9 @@
 //!   more than was queued;
 //! - packets are read as the `ballast_abi::vmbus` module doc prescribes, and decoded from a
 //!   private copy, never from the shared bytes;
+//! - every copy goes through [`RingMemory`], which checks each data-area span against the
+//!   data size and each page against the region, so no index the peer writes can take an
+//!   access outside the ring's own pages, in one span or over a page list;
 //! - anything that fails those checks is [`RingError::Corrupt`]. A packet of doubtful
 //!   length cannot be skipped, so the end stays failed (every later call returns the same
 //!   error) and the owner must reset the channel.
