@@ -242,6 +242,41 @@ impl RingBuffer {
     /// rest its inbound ring (host to guest), each a control page and then data pages
     /// (`downstream_ringbuffer_pageoffset` of `struct vmbus_channel_open_channel`, Linux
     /// `include/linux/hyperv.h`). Returns (guest to host, host to guest).
+    ///
+    /// The host's end of a DM channel over a guest's GPADL in the VMM's guest RAM:
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use std::sync::Arc;
+    /// use ballast_dm::ring::{
+    ///     Channel, Doorbell, InProcessDoorbell, Reader, RingBuffer, SharedRegion, Writer,
+    /// };
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
+    /// # let ram = memfd_create("guest-ram", MemfdFlags::CLOEXEC)?;
+    /// # ftruncate(&ram, 1 << 20)?;
+    /// // Guest RAM as the VMM has it (no seals), mapped once: gfn g at byte g * 4096.
+    /// let guest_ram = Arc::new(SharedRegion::guest_ram(ram.as_fd(), 0, 1 << 20)?);
+    /// // The GPADL the guest opened the channel with: 5 pages out, 5 in, anywhere.
+    /// let gfns = [200u64, 17, 3, 150, 9, 41, 120, 88, 60, 4];
+    /// let pages: Vec<u64> = gfns.iter().map(|g| g * 4096).collect();
+    /// let (to_host, to_guest) = RingBuffer::gpadl_pair(&guest_ram, &pages, 5)?;
+    /// # to_host.init(0)?;
+    /// # to_guest.init(0)?;
+    /// // The VMM's own signalling (the guest's hypercalls, its interrupts) goes behind
+    /// // these two doorbells.
+    /// let (to_guest_bell, from_guest_bell): (Arc<dyn Doorbell>, Arc<dyn Doorbell>) =
+    ///     (Arc::new(InProcessDoorbell::new()), Arc::new(InProcessDoorbell::new()));
+    /// let host = Channel::new(
+    ///     Writer::new(to_guest)?,
+    ///     Reader::new(to_host)?,
+    ///     to_guest_bell,
+    ///     from_guest_bell,
+    /// );
+    /// # drop(host);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn gpadl_pair(
         region: &Arc<SharedRegion>,
         pages: &[u64],
