@@ -566,6 +566,26 @@ mod tests {
     }
 
     #[test]
+    fn a_partitions_memory_is_guest_ram_with_its_size_sealed() {
+        let pm =
+            crate::PartitionMemory::new("pm", 1 << 20, 4 << 20, crate::PageSize::Base).unwrap();
+        let r = SharedRegion::guest_ram(pm.fd(), 16 * GFN_SIZE, 8192).unwrap();
+        assert!(r.size_is_sealed());
+        r.write(100, b"ring bytes").unwrap();
+        let mut out = [0u8; 10];
+        pm.read(16 * GFN_SIZE + 100, &mut out).unwrap();
+        assert_eq!(&out, b"ring bytes");
+        pm.write(17 * GFN_SIZE, &[5; 4]).unwrap();
+        assert_eq!(
+            r.atomic_u32(4096).unwrap().load(Ordering::Acquire),
+            0x0505_0505
+        );
+        // A discarded page reads zero through the region too.
+        pm.discard(&[crate::GfnRange::new(17, 1)]).unwrap();
+        assert_eq!(r.atomic_u32(4096).unwrap().load(Ordering::Acquire), 0);
+    }
+
+    #[test]
     fn threads_share_one_region() {
         let r = Arc::new(SharedRegion::new("threads", 4096).unwrap());
         let handles: Vec<_> = (0..4)
