@@ -27,8 +27,10 @@ pub const RING_PAGE_SIZE: usize = RING_CONTROL_SIZE;
 enum Data {
     /// Right after the control page, at this region offset.
     Contiguous(usize),
-    /// Data page `i` of the ring at region offset `pages[i]`.
-    Pages(Arc<[usize]>),
+    /// Data page `i` of the ring at region offset `pages[i].0`, followed in the region by
+    /// `pages[i].1` bytes of this and the next data pages in ring order: a copy takes a run
+    /// of consecutive pages (as Linux allocates a ring's pages) in one piece.
+    Pages(Arc<[(usize, usize)]>),
 }
 
 /// The memory one ring lives in: a control page and `data_size` bytes of data area, inside
@@ -109,10 +111,22 @@ impl RingMemory {
         let control = offsets.remove(0);
         // At most MAX_DATA_SIZE, checked above.
         let data_size = (offsets.len() * RING_PAGE_SIZE) as u32;
+        let mut pages = vec![(0, RING_PAGE_SIZE); offsets.len()];
+        let mut next: Option<(usize, usize)> = None;
+        for (slot, &offset) in pages.iter_mut().zip(&offsets).rev() {
+            let run = match next {
+                Some((n, run)) if offset.checked_add(RING_PAGE_SIZE) == Some(n) => {
+                    run + RING_PAGE_SIZE
+                }
+                _ => RING_PAGE_SIZE,
+            };
+            *slot = (offset, run);
+            next = Some((offset, run));
+        }
         Ok(Self {
             region,
             control,
-            data: Data::Pages(offsets.into()),
+            data: Data::Pages(pages.into()),
             data_size,
         })
     }
@@ -182,8 +196,7 @@ impl RingMemory {
                 let within = at % RING_PAGE_SIZE;
                 pages
                     .get(at / RING_PAGE_SIZE)
-                    .and_then(|p| p.checked_add(within))
-                    .map(|o| (o, RING_PAGE_SIZE - within))
+                    .and_then(|&(p, run)| Some((p.checked_add(within)?, run - within)))
             }
         };
         match located {
@@ -202,7 +215,8 @@ impl RingMemory {
         self.check(at, buf.len())?;
         let mut done = 0;
         // Each turn copies at least one byte (`locate` never answers an empty piece), and
-        // a page list turn a page's worth, so a copy takes at most len / 4096 + 2 turns.
+        // a page list turn the rest of a page at least, so a copy takes at most
+        // len / 4096 + 2 turns.
         while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
             let (offset, room) = self.locate(at + done)?;
             let n = room.min(rest.len());

@@ -279,6 +279,25 @@ fn data_area_accesses_stay_inside_it() {
     assert_eq!(&out, b"abcdef");
     region.read(0, &mut out).unwrap();
     assert_eq!(&out, b"ghijkl");
+
+    // Runs of consecutive pages are taken in one piece, and end where the run does.
+    let runs = RingMemory::pages(Arc::clone(&region), &[0, 2 * PAGE, 3 * PAGE, PAGE]).unwrap();
+    let pattern: Vec<u8> = (0..3 * RING_PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+    runs.write(0, &pattern).unwrap();
+    let mut back = vec![0u8; pattern.len()];
+    runs.read(0, &mut back).unwrap();
+    assert!(back == pattern);
+    // Data pages 0 and 1 are region pages 2 and 3, data page 2 is region page 1.
+    let mut raw = vec![0u8; 2 * RING_PAGE_SIZE];
+    region.read(2 * RING_PAGE_SIZE, &mut raw).unwrap();
+    assert!(raw[..] == pattern[..2 * RING_PAGE_SIZE]);
+    region
+        .read(RING_PAGE_SIZE, &mut raw[..RING_PAGE_SIZE])
+        .unwrap();
+    assert!(raw[..RING_PAGE_SIZE] == pattern[2 * RING_PAGE_SIZE..]);
+    let mut ends = [0u8; 16];
+    runs.read(2 * RING_PAGE_SIZE - 8, &mut ends).unwrap();
+    assert!(ends[..] == pattern[2 * RING_PAGE_SIZE - 8..2 * RING_PAGE_SIZE + 8]);
 }
 
 #[test]
