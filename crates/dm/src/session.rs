@@ -987,6 +987,67 @@ mod tests {
         TraceTap.packet(Direction::Sent, &[1, 2, 3]);
     }
 
+    /// Keeps the fields of every event, as `name=value` strings.
+    #[derive(Default)]
+    struct Fields(std::sync::Mutex<Vec<(String, String, tracing::Level)>>);
+
+    struct Visitor<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Visitor<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Fields {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Vec::new();
+            event.record(&mut Visitor(&mut fields));
+            self.0.lock().unwrap().push((
+                event.metadata().target().to_owned(),
+                fields.join(" "),
+                *event.metadata().level(),
+            ));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_trace_tap_emits_direction_and_hex_at_trace_level() {
+        let fields = std::sync::Arc::new(Fields::default());
+        tracing::subscriber::with_default(std::sync::Arc::clone(&fields), || {
+            TraceTap.packet(Direction::Received, &[2, 0, 8, 0, 0xab, 0xcd, 0, 1]);
+            TraceTap.packet(Direction::Sent, &[9]);
+        });
+        let events = fields.0.lock().unwrap();
+        assert_eq!(
+            *events,
+            [
+                (
+                    "ballast_dm::tap".to_owned(),
+                    "message=DM message direction=received len=8 \
+                     ty=Some(DM_VERSION_RESPONSE) bytes=02000800abcd0001"
+                        .to_owned(),
+                    tracing::Level::TRACE
+                ),
+                (
+                    "ballast_dm::tap".to_owned(),
+                    "message=DM message direction=sent len=1 ty=None bytes=09".to_owned(),
+                    tracing::Level::TRACE
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn a_corrupt_ring_ends_the_host_session_and_resets_the_vsp() {
         let (h, mut g) = Channel::pair_in_process(DEFAULT_DATA_SIZE).unwrap();
