@@ -3,7 +3,8 @@
 //! corrupt-ring error, never a panic or a read outside the ring.
 //!
 //! Input: data size (u16; with its top bit set, the ring lies over a page list of one to
-//! four data pages in reverse order instead of one span), the five control words (u32 each: write_index, read_index,
+//! four data pages instead of one span, in reverse order or, with bit 14 set too, in
+//! order, one run), the five control words (u32 each: write_index, read_index,
 //! interrupt_mask, pending_send_sz, feature_bits), a count of index moves and that many
 //! u32 write indices, then the data area.
 #![no_main]
@@ -28,8 +29,7 @@ fn region() -> &'static Arc<SharedRegion> {
     })
 }
 
-/// Pages of the page-list rings: the control page last, the data pages before it in
-/// reverse order.
+/// Pages of the page-list rings: the control page last, the data pages before it.
 const LIST_PAGES: usize = 5;
 
 fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -69,8 +69,9 @@ fuzz_target!(|input: &[u8]| {
     let region = region();
     let ring = if paged {
         let data_pages = data_size as usize / RING_PAGE_SIZE;
+        let in_order = size & 0x4000 != 0;
         let pages: Vec<u64> = std::iter::once(LIST_PAGES - 1)
-            .chain((0..data_pages).rev())
+            .chain((0..data_pages).map(|i| if in_order { i } else { data_pages - 1 - i }))
             .map(|p| (p * RING_PAGE_SIZE) as u64)
             .collect();
         RingBuffer::over_pages(Arc::clone(region), &pages).expect("a valid page list")

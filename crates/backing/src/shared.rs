@@ -67,7 +67,9 @@ impl SharedRegion {
     /// The file must hold at least `len` bytes and must be a memfd that cannot shrink: if
     /// it is not sealed with `F_SEAL_SHRINK` yet, the seal is added here, and a memfd that
     /// refuses it (created without `MFD_ALLOW_SEALING`, or already sealed against new
-    /// seals) is rejected, as is any fd that is not a memfd.
+    /// seals) is rejected, as is any fd that is not a memfd. This is for a peer process,
+    /// which is not trusted to leave the size alone; for guest RAM the VMM itself holds,
+    /// see [`guest_ram`](Self::guest_ram).
     pub fn from_fd(fd: OwnedFd, len: usize) -> Result<Self, BackingError> {
         check_shmem(fd.as_fd())?;
         // Seal before measuring: otherwise the sender could shrink the file between the
