@@ -82,7 +82,9 @@ fuzz_target!(|input: &[u8]| {
             Err(e) => panic!("unexpected {e}"),
         }
     };
-    ring.memory().write_control(&[0u8; RING_CONTROL_SIZE]).unwrap();
+    ring.memory()
+        .write_control(&[0u8; RING_CONTROL_SIZE])
+        .unwrap();
     let mut area = vec![0u8; data_size as usize];
     let n = data.len().min(area.len());
     area[..n].copy_from_slice(&data[..n]);
