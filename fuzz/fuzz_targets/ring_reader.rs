@@ -2,7 +2,9 @@
 //! write index between reads: every call must give a packet, an empty ring or a
 //! corrupt-ring error, never a panic or a read outside the ring.
 //!
-//! Input: data size (u16), the five control words (u32 each: write_index, read_index,
+//! Input: data size (u16; with its top bit set, the ring lies over a page list of one to
+//! four data pages instead of one span, in reverse order or, with bit 14 set too, in
+//! order, one run), the five control words (u32 each: write_index, read_index,
 //! interrupt_mask, pending_send_sz, feature_bits), a count of index moves and that many
 //! u32 write indices, then the data area.
 #![no_main]
@@ -14,7 +16,7 @@ use ballast_abi::vmbus::{
     FEATURE_BITS_OFFSET, INTERRUPT_MASK_OFFSET, PENDING_SEND_SZ_OFFSET, READ_INDEX_OFFSET,
     RING_CONTROL_SIZE, WRITE_INDEX_OFFSET,
 };
-use ballast_dm::ring::{Reader, RingBuffer, RingError, SharedRegion, Writer};
+use ballast_dm::ring::{RING_PAGE_SIZE, Reader, RingBuffer, RingError, SharedRegion, Writer};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_DATA: usize = 16 * 1024;
@@ -26,6 +28,9 @@ fn region() -> &'static Arc<SharedRegion> {
         Arc::new(SharedRegion::new("fuzz-ring", RING_CONTROL_SIZE + MAX_DATA).expect("memfd"))
     })
 }
+
+/// Pages of the page-list rings: the control page last, the data pages before it.
+const LIST_PAGES: usize = 5;
 
 fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     let (head, rest) = data.split_at_checked(n)?;
@@ -46,7 +51,13 @@ fuzz_target!(|input: &[u8]| {
     };
     // 8 to 16 KiB in steps of 8; the smallest are below the ring minimum and must be
     // refused cleanly.
-    let data_size = (u32::from(u16::from_le_bytes([size[0], size[1]])) % 2048 + 1) * 8;
+    let size = u16::from_le_bytes([size[0], size[1]]);
+    let paged = size & 0x8000 != 0;
+    let data_size = if paged {
+        (u32::from(size) % (LIST_PAGES as u32 - 1) + 1) * RING_PAGE_SIZE as u32
+    } else {
+        (u32::from(size) % 2048 + 1) * 8
+    };
     let Some(control) = take(&mut data, 20) else {
         return;
     };
@@ -56,17 +67,29 @@ fuzz_target!(|input: &[u8]| {
         .unwrap_or_default();
 
     let region = region();
-    region.write(0, &[0u8; RING_CONTROL_SIZE]).unwrap();
+    let ring = if paged {
+        let data_pages = data_size as usize / RING_PAGE_SIZE;
+        let in_order = size & 0x4000 != 0;
+        let pages: Vec<u64> = std::iter::once(LIST_PAGES - 1)
+            .chain((0..data_pages).map(|i| if in_order { i } else { data_pages - 1 - i }))
+            .map(|p| (p * RING_PAGE_SIZE) as u64)
+            .collect();
+        RingBuffer::over_pages(Arc::clone(region), &pages).expect("a valid page list")
+    } else {
+        match RingBuffer::new(Arc::clone(region), 0, data_size) {
+            Ok(ring) => ring,
+            Err(RingError::Layout { .. }) => return,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    };
+    ring.memory()
+        .write_control(&[0u8; RING_CONTROL_SIZE])
+        .unwrap();
     let mut area = vec![0u8; data_size as usize];
     let n = data.len().min(area.len());
     area[..n].copy_from_slice(&data[..n]);
-    region.write(RING_CONTROL_SIZE, &area).unwrap();
+    ring.memory().write(0, &area).unwrap();
 
-    let ring = match RingBuffer::new(Arc::clone(region), 0, data_size) {
-        Ok(ring) => ring,
-        Err(RingError::Layout { .. }) => return,
-        Err(e) => panic!("unexpected {e}"),
-    };
     for (i, offset) in [
         WRITE_INDEX_OFFSET,
         READ_INDEX_OFFSET,

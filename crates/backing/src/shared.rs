@@ -11,8 +11,12 @@
 //! in the Rust memory model; what the peer process does to the pages is outside it, as for
 //! any memory shared with another address space.
 //!
-//! The size of the memfd is sealed against shrinking: a peer that truncated it would turn
-//! every later access to the lost pages into a `SIGBUS` in this process.
+//! A region is never trusted beyond what the file held when it was mapped: a file that
+//! shrinks under a mapping turns every later access to the lost pages into a `SIGBUS` in
+//! this process. A memfd this crate creates ([`SharedRegion::new`]) or receives from a peer
+//! process ([`SharedRegion::from_fd`]) is sealed against shrinking, so that cannot happen.
+//! Guest RAM a VMM already has ([`SharedRegion::guest_ram`]) usually cannot be sealed; see
+//! there for what keeps it safe.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -22,9 +26,12 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::BackingError;
+use crate::{BackingError, GFN_SIZE};
 
 const WORD: usize = size_of::<AtomicU32>();
+
+/// `f_type` of tmpfs/shmem, where memfds without `MFD_HUGETLB` live.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// A memfd of a fixed size, mapped shared and writable into this process.
 #[derive(Debug)]
@@ -32,6 +39,7 @@ pub struct SharedRegion {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: usize,
+    size_sealed: bool,
 }
 
 // SAFETY: the region owns its fd and its mapping, which stays valid until drop; all access
@@ -51,7 +59,7 @@ impl SharedRegion {
         // checks is the size for good.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
             .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
-        Self::map(fd, len)
+        Self::map(fd, 0, len, true)
     }
 
     /// Maps `len` bytes of a memfd received from elsewhere (typically over `SCM_RIGHTS`).
@@ -59,18 +67,11 @@ impl SharedRegion {
     /// The file must hold at least `len` bytes and must be a memfd that cannot shrink: if
     /// it is not sealed with `F_SEAL_SHRINK` yet, the seal is added here, and a memfd that
     /// refuses it (created without `MFD_ALLOW_SEALING`, or already sealed against new
-    /// seals) is rejected, as is any fd that is not a memfd.
+    /// seals) is rejected, as is any fd that is not a memfd. This is for a peer process,
+    /// which is not trusted to leave the size alone; for guest RAM the VMM itself holds,
+    /// see [`guest_ram`](Self::guest_ram).
     pub fn from_fd(fd: OwnedFd, len: usize) -> Result<Self, BackingError> {
-        // Only a shmem memfd: hugetlbfs could fault with SIGBUS when its pool runs dry,
-        // and would round the mapping's length.
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        let fs = rustix::fs::fstatfs(&fd).map_err(|e| BackingError::Syscall("fstatfs", e))?;
-        if fs.f_type as i64 != TMPFS_MAGIC {
-            return Err(BackingError::Syscall(
-                "fstatfs (not a shmem memfd)",
-                Errno::INVAL,
-            ));
-        }
+        check_shmem(fd.as_fd())?;
         // Seal before measuring: otherwise the sender could shrink the file between the
         // check and the mapping, and the first access would fault with SIGBUS.
         let seals = rustix::fs::fcntl_get_seals(&fd)
@@ -79,25 +80,90 @@ impl SharedRegion {
             rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)
                 .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
         }
-        let st = rustix::fs::fstat(&fd).map_err(|e| BackingError::Syscall("fstat", e))?;
-        let file_size = u64::try_from(st.st_size).unwrap_or(0);
+        let file_size = file_size(fd.as_fd())?;
         if file_size < len as u64 {
             return Err(BackingError::TooLarge {
                 size: len as u64,
                 max_size: file_size,
             });
         }
-        Self::map(fd, len)
+        Self::map(fd, 0, len, true)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> Result<Self, BackingError> {
+    /// Maps `len` bytes at byte `offset` of guest RAM the VMM already has, for rings that
+    /// live in guest memory (a VMBus GPADL's pages). The fd is duplicated; the caller keeps
+    /// its own.
+    ///
+    /// The fd must be a shmem memfd (as `memfd_create` without `MFD_HUGETLB` makes, with or
+    /// without `MFD_ALLOW_SEALING`), `offset` a multiple of 4096, and the span must lie
+    /// inside the file as it is now. No seal is required and none is added.
+    ///
+    /// # Why this is safe without a seal
+    ///
+    /// The danger is the file shrinking under the mapping. Only a holder of the fd can do
+    /// that: the guest cannot, whatever it writes, since it reaches the file only through
+    /// its own mapping of it. The holder is the VMM that embeds this crate, which must not
+    /// shrink its guest RAM below `offset + len` while the region lives (a VMM never
+    /// truncates RAM under a running guest; memory leaves a guest by punching holes). If it
+    /// did anyway, the kernel would unmap the lost pages and this process's next access to
+    /// one would fault with `SIGBUS`, ending the process: the access never completes, so
+    /// nothing outside the file's pages is ever read or written. A file already sealed
+    /// with `F_SEAL_SHRINK` ([`size_is_sealed`](Self::size_is_sealed)) rules even that out.
+    ///
+    /// The alternatives are worse: adding the seal fails on the unsealable memfds VMMs
+    /// create, and on a sealable one would take a right from its owner behind its back; a
+    /// copy is no ring, whose point is memory both sides see; a `SIGBUS` handler that maps
+    /// zeros over the lost pages (as libwayland-server does for client buffers) takes a
+    /// process-wide signal a VMM often uses itself (QEMU handles machine checks with it).
+    ///
+    /// Holes are not shrinking: a page the host discarded (`fallocate(PUNCH_HOLE)`, say
+    /// because the guest ballooned its own ring pages) reads as zeros and faults in a fresh
+    /// page on the next write. That holds for shmem only; on hugetlbfs a refault with the
+    /// pool empty is a `SIGBUS` the guest could provoke, so hugetlbfs is refused.
+    pub fn guest_ram(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Self, BackingError> {
+        check_shmem(fd)?;
+        if offset % GFN_SIZE != 0 {
+            return Err(BackingError::Unaligned {
+                what: "guest RAM offset",
+                value: offset,
+                page_bytes: GFN_SIZE,
+            });
+        }
+        let size = file_size(fd)?;
+        let out_of_range = BackingError::OutOfRange {
+            offset,
+            len: len as u64,
+            size,
+        };
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => {}
+            _ => return Err(out_of_range),
+        }
+        let offset = usize::try_from(offset).map_err(|_| out_of_range)?;
+        // A shmem file that is no memfd (a VMM's file under /dev/shm) has no seals to ask.
+        let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
+        let fd = rustix::io::fcntl_dupfd_cloexec(fd, 0)
+            .map_err(|e| BackingError::Syscall("fcntl(F_DUPFD_CLOEXEC)", e))?;
+        Self::map(fd, offset, len, sealed)
+    }
+
+    fn map(
+        fd: OwnedFd,
+        offset: usize,
+        len: usize,
+        size_sealed: bool,
+    ) -> Result<Self, BackingError> {
         if len == 0 {
             // mmap refuses an empty mapping; say so before asking it.
             return Err(BackingError::Syscall("mmap (shared)", Errno::INVAL));
         }
+        let file_offset = u64::try_from(offset).unwrap_or(u64::MAX);
         // SAFETY: a new shared mapping at an address the kernel picks, so it replaces
-        // nothing; the file holds at least `len` bytes (checked or set by the callers) and
-        // cannot shrink (sealed), so no page of it can fault with SIGBUS later.
+        // nothing. The callers checked that the file holds `[offset, offset + len)` now and
+        // that it cannot shrink: sealed (`new`, `from_fd`), or held only by an owner bound
+        // not to shrink it, where a breach is a SIGBUS that ends the process before the
+        // access completes (`guest_ram`). So every access through the mapping either
+        // reaches the file's pages or never happens.
         let base = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -105,13 +171,25 @@ impl SharedRegion {
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED,
                 &fd,
-                0,
+                file_offset,
             )
         }
         .map_err(|e| BackingError::Syscall("mmap (shared)", e))?;
         let base = NonNull::new(base.cast::<u8>())
             .ok_or(BackingError::Syscall("mmap (shared)", Errno::FAULT))?;
-        Ok(Self { fd, base, len })
+        Ok(Self {
+            fd,
+            base,
+            len,
+            size_sealed,
+        })
+    }
+
+    /// Whether the file is sealed against shrinking, so no access can ever fault: always
+    /// for [`new`](Self::new) and [`from_fd`](Self::from_fd), and for
+    /// [`guest_ram`](Self::guest_ram) if the VMM sealed it.
+    pub fn size_is_sealed(&self) -> bool {
+        self.size_sealed
     }
 
     /// Bytes in the region.
@@ -225,6 +303,24 @@ impl SharedRegion {
             bytes.get(body_end..end).unwrap_or_default(),
         )
     }
+}
+
+/// Only a shmem memfd: hugetlbfs could fault with SIGBUS when its pool runs dry, and would
+/// round the mapping's length.
+fn check_shmem(fd: BorrowedFd<'_>) -> Result<(), BackingError> {
+    let fs = rustix::fs::fstatfs(fd).map_err(|e| BackingError::Syscall("fstatfs", e))?;
+    if fs.f_type as i64 != TMPFS_MAGIC {
+        return Err(BackingError::Syscall(
+            "fstatfs (not a shmem memfd)",
+            Errno::INVAL,
+        ));
+    }
+    Ok(())
+}
+
+fn file_size(fd: BorrowedFd<'_>) -> Result<u64, BackingError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| BackingError::Syscall("fstat", e))?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
 impl Drop for SharedRegion {
@@ -368,6 +464,127 @@ mod tests {
                 Errno::INVAL
             ))
         );
+    }
+
+    /// Guest RAM as VMMs create it: a memfd that cannot be sealed.
+    fn guest_ram_memfd(len: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("guest-ram", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        fd
+    }
+
+    #[test]
+    fn guest_ram_maps_an_unsealable_memfd_at_an_offset() {
+        let ram = guest_ram_memfd(64 * 1024);
+        let r = SharedRegion::guest_ram(ram.as_fd(), 8192, 16384).unwrap();
+        assert_eq!(r.len(), 16384);
+        assert!(!r.size_is_sealed());
+        r.write(0, b"at 8192").unwrap();
+        r.write(16380, &[1, 2, 3, 4]).unwrap();
+        assert!(r.write(16381, &[0; 4]).is_err());
+        // The bytes are the file's, at the offset, as a second view of the whole file
+        // shows; and nothing sealed the owner's memfd.
+        let whole = SharedRegion::guest_ram(ram.as_fd(), 0, 64 * 1024).unwrap();
+        let mut out = [0u8; 7];
+        whole.read(8192, &mut out).unwrap();
+        assert_eq!(&out, b"at 8192");
+        whole
+            .atomic_u32(8192 + 16380)
+            .unwrap()
+            .store(9, Ordering::Release);
+        assert_eq!(r.atomic_u32(16380).unwrap().load(Ordering::Acquire), 9);
+        assert_eq!(rustix::fs::fcntl_get_seals(&ram), Ok(SealFlags::SEAL));
+        rustix::fs::ftruncate(&ram, 128 * 1024).unwrap();
+        // A sealed file says so.
+        let sealed = SharedRegion::new("sealed-ram", 8192).unwrap();
+        assert!(
+            SharedRegion::guest_ram(sealed.fd(), 4096, 4096)
+                .unwrap()
+                .size_is_sealed()
+        );
+        assert!(sealed.size_is_sealed());
+    }
+
+    #[test]
+    fn guest_ram_is_never_mapped_beyond_the_file() {
+        let ram = guest_ram_memfd(16384);
+        assert!(SharedRegion::guest_ram(ram.as_fd(), 12288, 4096).is_ok());
+        assert_eq!(
+            SharedRegion::guest_ram(ram.as_fd(), 12288, 4097).err(),
+            Some(BackingError::OutOfRange {
+                offset: 12288,
+                len: 4097,
+                size: 16384
+            })
+        );
+        assert!(matches!(
+            SharedRegion::guest_ram(ram.as_fd(), 16384, 1),
+            Err(BackingError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            SharedRegion::guest_ram(ram.as_fd(), u64::MAX - 4095, 8192),
+            Err(BackingError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            SharedRegion::guest_ram(ram.as_fd(), 100, 8).err(),
+            Some(BackingError::Unaligned {
+                what: "guest RAM offset",
+                value: 100,
+                page_bytes: 4096
+            })
+        );
+        assert_eq!(
+            SharedRegion::guest_ram(ram.as_fd(), 0, 0).err(),
+            Some(BackingError::Syscall("mmap (shared)", Errno::INVAL))
+        );
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(
+            SharedRegion::guest_ram(file.as_fd(), 0, 8).err(),
+            Some(BackingError::Syscall(
+                "fstatfs (not a shmem memfd)",
+                Errno::INVAL
+            ))
+        );
+    }
+
+    #[test]
+    fn guest_ram_pages_punched_out_read_zero_and_refault() {
+        let ram = guest_ram_memfd(8192);
+        let r = SharedRegion::guest_ram(ram.as_fd(), 0, 8192).unwrap();
+        r.write(4096, &[0xAB; 64]).unwrap();
+        rustix::fs::fallocate(
+            &ram,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            4096,
+            4096,
+        )
+        .unwrap();
+        let mut out = [0xFFu8; 64];
+        r.read(4096, &mut out).unwrap();
+        assert_eq!(out, [0; 64]);
+        r.write(4096, &[1; 8]).unwrap();
+        r.read(4096, &mut out[..8]).unwrap();
+        assert_eq!(out[..8], [1; 8]);
+    }
+
+    #[test]
+    fn a_partitions_memory_is_guest_ram_with_its_size_sealed() {
+        let pm =
+            crate::PartitionMemory::new("pm", 1 << 20, 4 << 20, crate::PageSize::Base).unwrap();
+        let r = SharedRegion::guest_ram(pm.fd(), 16 * GFN_SIZE, 8192).unwrap();
+        assert!(r.size_is_sealed());
+        r.write(100, b"ring bytes").unwrap();
+        let mut out = [0u8; 10];
+        pm.read(16 * GFN_SIZE + 100, &mut out).unwrap();
+        assert_eq!(&out, b"ring bytes");
+        pm.write(17 * GFN_SIZE, &[5; 4]).unwrap();
+        assert_eq!(
+            r.atomic_u32(4096).unwrap().load(Ordering::Acquire),
+            0x0505_0505
+        );
+        // A discarded page reads zero through the region too.
+        pm.discard(&[crate::GfnRange::new(17, 1)]).unwrap();
+        assert_eq!(r.atomic_u32(4096).unwrap().load(Ordering::Acquire), 0);
     }
 
     #[test]

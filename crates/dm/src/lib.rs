@@ -5,7 +5,10 @@
 //!   one transaction at a time, a timeout on every awaited reply.
 //! - [`vsc`]: the guest side (the VSC), as Linux's `hv_balloon` plays it.
 //! - [`ring`]: the transport: VMBus ring buffers in shared memory with eventfd doorbells,
-//!   across processes, or in-process for the simulator and tests.
+//!   across processes, or in-process for the simulator and tests; a ring lies in one span
+//!   of a memfd or over a GPADL's scattered pages of guest RAM the VMM already has.
+//! - [`session`]: drivers that pump either machine over a ring, with an optional [`Tap`](session::Tap)
+//!   on the bytes each way.
 //!
 //! Both endpoints are sans-IO state machines: they take events (a received message, a
 //! timer, a request from the host) with the current time, and return messages to send and

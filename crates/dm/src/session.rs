@@ -38,10 +38,20 @@
 //!   still holds: the memory is the host's own, a packet is visible only once written in
 //!   full, and pages the guest gave before it died are the host's to keep.
 //! - Packets other than in-band data carry no DM message and are dropped.
+//!
+//! # Seeing the bytes
+//!
+//! For debugging against a real guest, a session can carry a [`Tap`]
+//! ([`HostSession::set_tap`], [`GuestSession::set_tap`]) that sees every DM message the
+//! session puts in the ring and every one it takes out, in order, with its direction:
+//! a closure, a [`HexdumpTap`] writing a text hexdump to any [`io::Write`], or a
+//! [`TraceTap`] emitting `tracing` events at TRACE level.
 
+use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use ballast_abi::dm::MessageType;
 use ballast_abi::vmbus::{DESCRIPTOR_LEN, PACKET_TRAILER_LEN, PacketType};
 
 use crate::ring::{Channel, RingError};
@@ -82,6 +92,179 @@ pub enum SessionError {
     Ended,
 }
 
+/// Which way a message went, for a [`Tap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// This session wrote it to the ring.
+    Sent,
+    /// This session took it from the ring.
+    Received,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        })
+    }
+}
+
+/// Sees the DM messages a session exchanges: each payload of an in-band packet the
+/// session wrote to the ring (once, when the ring took it; a message held for a full ring
+/// is seen when it finally goes) and of each one it read (as the ring held it, with the
+/// sender's padding of up to 7 bytes, before the state machine sees it).
+///
+/// A tap only watches: it cannot change or stop the exchange, and a tap that fails (a
+/// full disk) should remember the failure rather than panic.
+pub trait Tap: Send {
+    /// One message, `bytes` its packet payload.
+    fn packet(&mut self, dir: Direction, bytes: &[u8]);
+}
+
+impl<F: FnMut(Direction, &[u8]) + Send> Tap for F {
+    fn packet(&mut self, dir: Direction, bytes: &[u8]) {
+        self(dir, bytes)
+    }
+}
+
+/// The message type in a payload's `dm_header`, if it has one.
+fn message_type(bytes: &[u8]) -> Option<MessageType> {
+    let ty = bytes.get(..2)?;
+    Some(MessageType(u16::from_le_bytes([ty[0], ty[1]])))
+}
+
+/// A [`Tap`] that writes each message to `out` as a text hexdump, `hexdump -C` style:
+///
+/// ```text
+/// 0 received 16 bytes DM_VERSION_REQUEST
+///   0000  01 00 10 00 00 00 00 00  02 00 04 00 00 00 00 00  |................|
+/// ```
+///
+/// A header line (sequence number from 0, direction, length, message type), then the
+/// bytes 16 to a line. The first write error stops the dump; [`error`](Self::error) keeps
+/// it, and the session goes on.
+#[derive(Debug)]
+pub struct HexdumpTap<W> {
+    out: W,
+    seq: u64,
+    error: Option<io::Error>,
+}
+
+impl<W: io::Write + Send> HexdumpTap<W> {
+    /// Dumps to `out`; wrap a file or socket in a `BufWriter` to spare a syscall a line.
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            seq: 0,
+            error: None,
+        }
+    }
+
+    /// The write error that stopped the dump, if one did.
+    pub fn error(&self) -> Option<&io::Error> {
+        self.error.as_ref()
+    }
+
+    /// The writer.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn dump(&mut self, dir: Direction, bytes: &[u8]) -> io::Result<()> {
+        write!(self.out, "{} {dir} {} bytes", self.seq, bytes.len())?;
+        match message_type(bytes) {
+            Some(ty) => writeln!(self.out, " {ty}")?,
+            None => writeln!(self.out)?,
+        }
+        for (line, chunk) in bytes.chunks(16).enumerate() {
+            write!(self.out, "  {:04x} ", line * 16)?;
+            for i in 0..16 {
+                if i == 8 {
+                    write!(self.out, " ")?;
+                }
+                match chunk.get(i) {
+                    Some(b) => write!(self.out, " {b:02x}")?,
+                    None => write!(self.out, "   ")?,
+                }
+            }
+            let ascii: String = chunk
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        char::from(b)
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            writeln!(self.out, "  |{ascii}|")?;
+        }
+        self.out.flush()
+    }
+}
+
+impl<W: io::Write + Send> Tap for HexdumpTap<W> {
+    fn packet(&mut self, dir: Direction, bytes: &[u8]) {
+        if self.error.is_none() {
+            if let Err(e) = self.dump(dir, bytes) {
+                self.error = Some(e);
+            }
+        }
+        self.seq += 1;
+    }
+}
+
+/// A [`Tap`] that emits each message as a `tracing` event at TRACE level, target
+/// `ballast_dm::tap`, with fields `direction`, `len`, `ty` and `bytes` (lower-case hex).
+/// The hex is formatted only if a subscriber takes the event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceTap;
+
+/// Bytes as lower-case hex, formatted on demand.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Tap for TraceTap {
+    fn packet(&mut self, dir: Direction, bytes: &[u8]) {
+        tracing::trace!(
+            target: "ballast_dm::tap",
+            direction = %dir,
+            len = bytes.len(),
+            ty = ?message_type(bytes),
+            bytes = %Hex(bytes),
+            "DM message"
+        );
+    }
+}
+
+/// A session's tap, if the owner installed one.
+#[derive(Default)]
+struct TapSlot(Option<Box<dyn Tap>>);
+
+impl fmt::Debug for TapSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(Tap)"
+        } else {
+            "None"
+        })
+    }
+}
+
+impl TapSlot {
+    fn see(&mut self, dir: Direction, bytes: &[u8]) {
+        if let Some(tap) = &mut self.0 {
+            tap.packet(dir, bytes);
+        }
+    }
+}
+
 /// The smallest packet's footprint in a ring: a descriptor and a trailer.
 const MIN_PACKET_RING_LEN: usize = DESCRIPTOR_LEN + PACKET_TRAILER_LEN;
 
@@ -93,6 +276,7 @@ struct Link {
     held: Option<Vec<u8>>,
     next_packet_id: u64,
     ended: bool,
+    tap: TapSlot,
 }
 
 impl Link {
@@ -103,6 +287,7 @@ impl Link {
             held: None,
             next_packet_id: 0,
             ended: false,
+            tap: TapSlot::default(),
         }
     }
 
@@ -117,6 +302,7 @@ impl Link {
             };
             taken += 1;
             if packet.ty == PacketType::DATA_INBAND {
+                self.tap.see(Direction::Received, packet.payload);
                 feed(packet.payload);
             } else {
                 tracing::debug!(ty = ?packet.ty, "non-data packet on the DM channel dropped");
@@ -138,6 +324,7 @@ impl Link {
             };
             match self.channel.try_send(&msg, self.next_packet_id) {
                 Ok(()) => {
+                    self.tap.see(Direction::Sent, &msg);
                     self.next_packet_id = self.next_packet_id.wrapping_add(1);
                     sent += 1;
                 }
@@ -158,6 +345,10 @@ impl Link {
             .wait(Some(timeout))
             .map(drop)
             .map_err(SessionError::Doorbell)
+    }
+
+    fn set_tap(&mut self, tap: Option<Box<dyn Tap>>) -> Option<Box<dyn Tap>> {
+        std::mem::replace(&mut self.tap.0, tap)
     }
 
     fn check_open(&self) -> Result<(), SessionError> {
@@ -317,6 +508,12 @@ impl<G: GuestOwnership> HostSession<G> {
     pub fn channel(&self) -> &Channel {
         &self.link.channel
     }
+
+    /// Installs `tap` (or removes the tap, for `None`) to see every message from now on;
+    /// returns the one it replaces.
+    pub fn set_tap(&mut self, tap: Option<Box<dyn Tap>>) -> Option<Box<dyn Tap>> {
+        self.link.set_tap(tap)
+    }
 }
 
 impl<G: GuestOwnership> Pumped for HostSession<G> {
@@ -435,6 +632,12 @@ impl<M: GuestMemoryModel> GuestSession<M> {
     pub fn channel(&self) -> &Channel {
         &self.link.channel
     }
+
+    /// Installs `tap` (or removes the tap, for `None`) to see every message from now on;
+    /// returns the one it replaces.
+    pub fn set_tap(&mut self, tap: Option<Box<dyn Tap>>) -> Option<Box<dyn Tap>> {
+        self.link.set_tap(tap)
+    }
 }
 
 impl<M: GuestMemoryModel> Pumped for GuestSession<M> {
@@ -459,7 +662,7 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
 
-    use ballast_abi::dm::{Body, Message};
+    use ballast_abi::dm::{Body, Message, MessageType};
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
@@ -566,6 +769,283 @@ mod tests {
             result: HotAddResult::Success
         }));
         assert_eq!(guest.model.added().len(), 32_768);
+    }
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Direction, Vec<u8>)>>>;
+
+    /// A tap that records what it sees.
+    fn recorder() -> (Box<dyn Tap>, Seen) {
+        let seen = Seen::default();
+        let log = std::sync::Arc::clone(&seen);
+        let tap = move |dir: Direction, bytes: &[u8]| {
+            log.lock().unwrap().push((dir, bytes.to_vec()));
+        };
+        (Box::new(tap), seen)
+    }
+
+    fn taken(seen: &Seen, dir: Direction) -> Vec<Vec<u8>> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, _)| *d == dir)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// `received` is `sent` as the ring delivers it: the same messages in the same order,
+    /// each padded with zeros to a multiple of 8.
+    fn assert_delivered(sent: &[Vec<u8>], received: &[Vec<u8>]) {
+        assert_eq!(sent.len(), received.len());
+        for (s, r) in sent.iter().zip(received) {
+            assert_eq!(r.len(), s.len().next_multiple_of(8));
+            assert_eq!(&r[..s.len()], &s[..]);
+            assert!(r[s.len()..].iter().all(|&b| b == 0));
+            assert_eq!(Message::parse(s).unwrap(), Message::parse(r).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_tap_sees_every_message_both_ways() {
+        let (mut host, mut guest) = pair(fragmented_guest());
+        let (tap, host_seen) = recorder();
+        assert!(host.set_tap(Some(tap)).is_none());
+        let (tap, guest_seen) = recorder();
+        assert!(guest.set_tap(Some(tap)).is_none());
+        settle(&mut host, &mut guest, Duration::ZERO);
+        settle(&mut host, &mut guest, Duration::from_millis(1));
+        let now = Duration::from_secs(1);
+        // Enough to fill the ring, so messages are held and sent later.
+        let (mut sent, mut received) = (0, 0);
+        host.vsp.balloon(now, 5_000).unwrap();
+        loop {
+            let a = host.pump(now).unwrap();
+            let b = guest.pump(now).unwrap();
+            sent += b.sent;
+            received += a.received;
+            if a.is_idle() && b.is_idle() {
+                break;
+            }
+        }
+        host.vsp.unballoon(now, 2_000).unwrap();
+        settle(&mut host, &mut guest, now);
+
+        let host_sent = taken(&host_seen, Direction::Sent);
+        let guest_sent = taken(&guest_seen, Direction::Sent);
+        assert_delivered(&host_sent, &taken(&guest_seen, Direction::Received));
+        assert_delivered(&guest_sent, &taken(&host_seen, Direction::Received));
+        let types = |msgs: &[Vec<u8>]| -> Vec<MessageType> {
+            msgs.iter().map(|m| message_type(m).unwrap()).collect()
+        };
+        let guest_types = types(&guest_sent);
+        assert_eq!(
+            guest_types[..2],
+            [
+                MessageType::VERSION_REQUEST,
+                MessageType::CAPABILITIES_REPORT
+            ]
+        );
+        let responses = guest_types
+            .iter()
+            .filter(|&&t| t == MessageType::BALLOON_RESPONSE)
+            .count();
+        // 5,000 pages at 510 to a message; the balloon pass counted as many.
+        assert_eq!(responses, 10);
+        assert!(sent >= responses && received >= responses);
+        assert!(guest_types.contains(&MessageType::UNBALLOON_RESPONSE));
+        let host_types = types(&host_sent);
+        assert_eq!(
+            host_types[..2],
+            [
+                MessageType::VERSION_RESPONSE,
+                MessageType::CAPABILITIES_RESPONSE
+            ]
+        );
+        assert!(host_types.contains(&MessageType::BALLOON_REQUEST));
+        assert!(host_types.contains(&MessageType::UNBALLOON_REQUEST));
+        // The pages the tap saw given are the pages the host holds.
+        let mut given = PageSet::new();
+        for m in taken(&host_seen, Direction::Received) {
+            for (start, count) in pages_of(Some(&m)).ranges() {
+                given.insert(start, count);
+            }
+        }
+        assert_eq!(given.len(), 5_000);
+
+        // Removing the tap stops it.
+        let count = host_seen.lock().unwrap().len();
+        assert!(host.set_tap(None).is_some());
+        host.vsp.balloon(now, 10).unwrap();
+        settle(&mut host, &mut guest, now);
+        assert_eq!(host_seen.lock().unwrap().len(), count);
+        assert!(guest_seen.lock().unwrap().len() > count);
+    }
+
+    /// A writer the test keeps a handle on while the session owns the tap.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Reads a [`HexdumpTap`]'s text back: (direction, bytes) per message.
+    fn parse_hexdump(text: &str) -> Vec<(Direction, Vec<u8>)> {
+        let mut out: Vec<(Direction, Vec<u8>)> = Vec::new();
+        for line in text.lines() {
+            if let Some(hex) = line.strip_prefix("  ") {
+                let (_, rest) = hex.split_once("  ").unwrap();
+                let (bytes, _) = rest.split_once("  |").unwrap();
+                let last = out.last_mut().unwrap();
+                for b in bytes.split_whitespace() {
+                    last.1.push(u8::from_str_radix(b, 16).unwrap());
+                }
+            } else {
+                let mut f = line.split(' ');
+                assert_eq!(f.next().unwrap().parse::<usize>().unwrap(), out.len());
+                let dir = match f.next().unwrap() {
+                    "sent" => Direction::Sent,
+                    "received" => Direction::Received,
+                    other => panic!("{other}"),
+                };
+                let len: usize = f.next().unwrap().parse().unwrap();
+                out.push((dir, Vec::with_capacity(len)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_hexdump_tap_writes_what_was_exchanged() {
+        let (mut host, mut guest) = pair(fragmented_guest());
+        let text = Shared::default();
+        host.set_tap(Some(Box::new(HexdumpTap::new(text.clone()))));
+        let (tap, guest_seen) = recorder();
+        guest.set_tap(Some(tap));
+        settle(&mut host, &mut guest, Duration::ZERO);
+        settle(&mut host, &mut guest, Duration::from_millis(1));
+        host.vsp.balloon(Duration::from_secs(1), 600).unwrap();
+        settle(&mut host, &mut guest, Duration::from_secs(1));
+
+        let text = String::from_utf8(text.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.starts_with("0 received 16 bytes DM_VERSION_REQUEST\n  0000  01 00 10 00"),
+            "{text}"
+        );
+        let dumped = parse_hexdump(&text);
+        let by_dir = |dir| -> Vec<Vec<u8>> {
+            dumped
+                .iter()
+                .filter(|(d, _)| *d == dir)
+                .map(|(_, b)| b.clone())
+                .collect()
+        };
+        assert_delivered(
+            &taken(&guest_seen, Direction::Sent),
+            &by_dir(Direction::Received),
+        );
+        assert_delivered(
+            &by_dir(Direction::Sent),
+            &taken(&guest_seen, Direction::Received),
+        );
+        assert!(dumped.len() > 6);
+    }
+
+    #[test]
+    fn a_hexdump_tap_that_cannot_write_stops_and_keeps_the_error() {
+        struct Broken;
+        impl io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut tap = HexdumpTap::new(Broken);
+        tap.packet(Direction::Sent, &[1, 0, 8, 0, 0, 0, 0, 0]);
+        tap.packet(Direction::Received, &[]);
+        assert_eq!(tap.error().unwrap().to_string(), "disk full");
+        let mut ok = HexdumpTap::new(Vec::new());
+        ok.packet(Direction::Sent, &[0x41; 17]);
+        ok.packet(Direction::Received, &[7]);
+        assert!(ok.error().is_none());
+        assert_eq!(
+            String::from_utf8(ok.into_inner()).unwrap(),
+            "0 sent 17 bytes DM message type 16705\n\
+             \x20 0000  41 41 41 41 41 41 41 41  41 41 41 41 41 41 41 41  |AAAAAAAAAAAAAAAA|\n\
+             \x20 0010  41                                                |A|\n\
+             1 received 1 bytes\n\
+             \x20 0000  07                                                |.|\n"
+        );
+        // The tracing tap formats nothing without a subscriber and never fails.
+        TraceTap.packet(Direction::Sent, &[1, 2, 3]);
+    }
+
+    /// Keeps the fields of every event, as `name=value` strings.
+    #[derive(Default)]
+    struct Fields(std::sync::Mutex<Vec<(String, String, tracing::Level)>>);
+
+    struct Visitor<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Visitor<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Fields {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Vec::new();
+            event.record(&mut Visitor(&mut fields));
+            self.0.lock().unwrap().push((
+                event.metadata().target().to_owned(),
+                fields.join(" "),
+                *event.metadata().level(),
+            ));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_trace_tap_emits_direction_and_hex_at_trace_level() {
+        let fields = std::sync::Arc::new(Fields::default());
+        tracing::subscriber::with_default(std::sync::Arc::clone(&fields), || {
+            TraceTap.packet(Direction::Received, &[2, 0, 8, 0, 0xab, 0xcd, 0, 1]);
+            TraceTap.packet(Direction::Sent, &[9]);
+        });
+        let events = fields.0.lock().unwrap();
+        assert_eq!(
+            *events,
+            [
+                (
+                    "ballast_dm::tap".to_owned(),
+                    "message=DM message direction=received len=8 \
+                     ty=Some(DM_VERSION_RESPONSE) bytes=02000800abcd0001"
+                        .to_owned(),
+                    tracing::Level::TRACE
+                ),
+                (
+                    "ballast_dm::tap".to_owned(),
+                    "message=DM message direction=sent len=1 ty=None bytes=09".to_owned(),
+                    tracing::Level::TRACE
+                ),
+            ]
+        );
     }
 
     #[test]

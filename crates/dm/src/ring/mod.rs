@@ -9,6 +9,10 @@
 //! one process ([`Channel::pair_in_process`]) or across two over a Unix socket
 //! ([`ChannelSetup`]).
 //!
+//! A ring lies in one span of a shared region ([`RingBuffer::new`]) or over a list of
+//! pages in it, as a VMBus GPADL gives them ([`RingBuffer::over_pages`]), e.g. in guest RAM
+//! the VMM already has ([`SharedRegion::guest_ram`]); see [`RingMemory`].
+//!
 //! # Trust
 //! The peer can write every byte of the shared memory at any time. So:
 //! - each end keeps its own index privately and only publishes it; the copy in shared
@@ -18,6 +22,9 @@
 //!   more than was queued;
 //! - packets are read as the `ballast_abi::vmbus` module doc prescribes, and decoded from a
 //!   private copy, never from the shared bytes;
+//! - every copy goes through [`RingMemory`], which checks each data-area span against the
+//!   data size and each page against the region, so no index the peer writes can take an
+//!   access outside the ring's own pages, in one span or over a page list;
 //! - anything that fails those checks is [`RingError::Corrupt`]. A packet of doubtful
 //!   length cannot be skipped, so the end stays failed (every later call returns the same
 //!   error) and the owner must reset the channel.
@@ -56,9 +63,11 @@ pub use ballast_backing::SharedRegion;
 
 mod channel;
 mod doorbell;
+mod memory;
 
 pub use channel::{Channel, ChannelSetup, DEFAULT_DATA_SIZE, MAX_DATA_SIZE, SetupError};
 pub use doorbell::{Doorbell, EventFdDoorbell, InProcessDoorbell};
+pub use memory::{RING_PAGE_SIZE, RingMemory};
 
 /// Why a ring operation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +101,28 @@ pub enum RingError {
         data_size: u32,
         /// Region size.
         region_len: usize,
+    },
+    /// A page of a ring's page list is not a whole, aligned page of its region.
+    #[error(
+        "ring page {index} at {offset:#x} is not a 4096-aligned page inside the {region_len}-byte region"
+    )]
+    Page {
+        /// Position in the page list (0: the control page).
+        index: usize,
+        /// Its offset in the region.
+        offset: u64,
+        /// Region size.
+        region_len: usize,
+    },
+    /// A page list without a control page and at least one data page, or too long.
+    #[error(
+        "a ring page list needs a control page and at least one data page, at most {max} pages in all; got {pages}"
+    )]
+    PageCount {
+        /// Pages given.
+        pages: usize,
+        /// Most pages a ring may have.
+        max: usize,
     },
     /// A copy through the shared region failed.
     #[error("shared region: {0}")]
@@ -175,54 +206,94 @@ pub struct ReadPacket<'a> {
 /// with its trailer) while keeping the ring from ever filling completely.
 pub const MIN_DATA_SIZE: u32 = 32;
 
-/// One ring in a shared region: its control page at `control_offset`, its data area of
-/// `data_size` bytes right after.
+/// One ring in shared memory: its control page and its data area, in one span or over a
+/// page list ([`RingMemory`]).
 #[derive(Debug, Clone)]
 pub struct RingBuffer {
-    region: Arc<SharedRegion>,
-    control: usize,
-    data_size: u32,
+    memory: RingMemory,
 }
 
 impl RingBuffer {
-    /// The ring at `control_offset` of `region`. `data_size` must be a multiple of 8 and
-    /// at least [`MIN_DATA_SIZE`], `control_offset` a multiple of 8, and the ring must fit
-    /// the region.
+    /// The ring at `control_offset` of `region`, its data right after the control page.
+    /// `data_size` must be a multiple of 8 and at least [`MIN_DATA_SIZE`],
+    /// `control_offset` a multiple of 8, and the ring must fit the region.
     pub fn new(
         region: Arc<SharedRegion>,
         control_offset: usize,
         data_size: u32,
     ) -> Result<Self, RingError> {
-        let layout = RingError::Layout {
-            control_offset,
-            data_size,
-            region_len: region.len(),
-        };
-        vmbus::bytes_available_to_read(0, 0, data_size).map_err(|_| layout)?;
-        if data_size < MIN_DATA_SIZE {
-            return Err(layout);
-        }
-        let end = control_offset
-            .checked_add(RING_CONTROL_SIZE)
-            .and_then(|e| e.checked_add(data_size as usize));
-        match end {
-            Some(end) if end <= region.len() && control_offset % vmbus::PACKET_ALIGN == 0 => {}
-            _ => return Err(layout),
-        }
-        Ok(Self {
-            region,
-            control: control_offset,
-            data_size,
-        })
+        RingMemory::contiguous(region, control_offset, data_size).map(Self::from_memory)
+    }
+
+    /// The ring over a page list of `region` (a GPADL's pages, in any order):
+    /// `pages[0]` the byte offset of the control page, the rest those of the data pages in
+    /// ring order. See [`RingMemory::pages`].
+    pub fn over_pages(region: Arc<SharedRegion>, pages: &[u64]) -> Result<Self, RingError> {
+        RingMemory::pages(region, pages).map(Self::from_memory)
+    }
+
+    /// The ring in `memory`.
+    pub fn from_memory(memory: RingMemory) -> Self {
+        Self { memory }
+    }
+
+    /// The two rings of a VMBus channel's GPADL, as a guest opens it: the first
+    /// `downstream_page_offset` pages are the guest's outbound ring (guest to host), the
+    /// rest its inbound ring (host to guest), each a control page and then data pages
+    /// (`downstream_ringbuffer_pageoffset` of `struct vmbus_channel_open_channel`, Linux
+    /// `include/linux/hyperv.h`). Returns (guest to host, host to guest).
+    ///
+    /// The host's end of a DM channel over a guest's GPADL in the VMM's guest RAM:
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use std::sync::Arc;
+    /// use ballast_dm::ring::{
+    ///     Channel, Doorbell, InProcessDoorbell, Reader, RingBuffer, SharedRegion, Writer,
+    /// };
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
+    /// # let ram = memfd_create("guest-ram", MemfdFlags::CLOEXEC)?;
+    /// # ftruncate(&ram, 1 << 20)?;
+    /// // Guest RAM as the VMM has it (no seals), mapped once: gfn g at byte g * 4096.
+    /// let guest_ram = Arc::new(SharedRegion::guest_ram(ram.as_fd(), 0, 1 << 20)?);
+    /// // The GPADL the guest opened the channel with: 5 pages out, 5 in, anywhere.
+    /// let gfns = [200u64, 17, 3, 150, 9, 41, 120, 88, 60, 4];
+    /// let pages: Vec<u64> = gfns.iter().map(|g| g * 4096).collect();
+    /// let (to_host, to_guest) = RingBuffer::gpadl_pair(&guest_ram, &pages, 5)?;
+    /// # to_host.init(0)?;
+    /// # to_guest.init(0)?;
+    /// // The VMM's own signalling (the guest's hypercalls, its interrupts) goes behind
+    /// // these two doorbells.
+    /// let (to_guest_bell, from_guest_bell): (Arc<dyn Doorbell>, Arc<dyn Doorbell>) =
+    ///     (Arc::new(InProcessDoorbell::new()), Arc::new(InProcessDoorbell::new()));
+    /// let host = Channel::new(
+    ///     Writer::new(to_guest)?,
+    ///     Reader::new(to_host)?,
+    ///     to_guest_bell,
+    ///     from_guest_bell,
+    /// );
+    /// # drop(host);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn gpadl_pair(
+        region: &Arc<SharedRegion>,
+        pages: &[u64],
+        downstream_page_offset: usize,
+    ) -> Result<(Self, Self), RingError> {
+        let (outbound, inbound) = pages.split_at(downstream_page_offset.min(pages.len()));
+        Ok((
+            Self::over_pages(Arc::clone(region), outbound)?,
+            Self::over_pages(Arc::clone(region), inbound)?,
+        ))
     }
 
     /// Resets the control page to an empty ring with these `feature_bits` (Linux's
     /// `hv_ringbuffer_init` sets [`FEAT_PENDING_SEND_SZ`]). For the end that creates the
     /// ring, before the peer has it.
     pub fn init(&self, feature_bits: u32) -> Result<(), RingError> {
-        self.region
-            .write(self.control, &[0u8; RING_CONTROL_SIZE])
-            .map_err(RingError::Region)?;
+        self.memory.write_control(&[0u8; RING_CONTROL_SIZE])?;
         self.word(FEATURE_BITS_OFFSET)?
             .store(feature_bits, Ordering::Release);
         Ok(())
@@ -230,28 +301,31 @@ impl RingBuffer {
 
     /// The size of the data area.
     pub fn data_size(&self) -> u32 {
-        self.data_size
+        self.memory.data_size()
     }
 
     /// The region the ring lives in.
     pub fn region(&self) -> &Arc<SharedRegion> {
-        &self.region
+        self.memory.region()
+    }
+
+    /// Where the ring's bytes are, e.g. to look at its data area by position
+    /// ([`RingMemory::read`]) whatever its layout.
+    pub fn memory(&self) -> &RingMemory {
+        &self.memory
     }
 
     /// The control page word at `offset` (one of `ballast_abi::vmbus`'s `*_OFFSET`
     /// constants), as both ends access it. `None` for an offset that is not a word of the
     /// control page.
     pub fn control_word(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset >= RING_CONTROL_SIZE {
-            return None;
-        }
-        self.region.atomic_u32(self.control.checked_add(offset)?)
+        self.memory.control_word(offset)
     }
 
     /// The largest payload a packet in this ring can carry: the packet plus trailer must
     /// stay below the data size, since a ring is never filled completely.
     pub fn max_payload(&self) -> usize {
-        let room = (self.data_size as usize).saturating_sub(1);
+        let room = (self.data_size() as usize).saturating_sub(1);
         // Largest 8-multiple packet strictly below the data size, minus trailer and
         // descriptor.
         let ring_len = room & !(vmbus::PACKET_ALIGN - 1);
@@ -261,11 +335,11 @@ impl RingBuffer {
     }
 
     fn word(&self, offset: usize) -> Result<&AtomicU32, RingError> {
-        // `new` checked that the whole control page lies in the region.
+        // `RingMemory` checked that the whole control page lies in the region.
         self.control_word(offset).ok_or(RingError::Layout {
-            control_offset: self.control,
-            data_size: self.data_size,
-            region_len: self.region.len(),
+            control_offset: self.memory.control_offset(),
+            data_size: self.data_size(),
+            region_len: self.region().len(),
         })
     }
 
@@ -274,22 +348,16 @@ impl RingBuffer {
         Ok(bits & FEAT_PENDING_SEND_SZ != 0)
     }
 
-    fn data_offset(&self, at: usize) -> usize {
-        // Cannot overflow: `new` checked control + 4096 + data_size, and `at` is below
-        // data_size.
-        self.control + RING_CONTROL_SIZE + at
-    }
-
     /// Copies `buf.len()` bytes of the data area starting at index `at`, wrapping.
     fn copy_out(&self, at: u32, buf: &mut [u8]) -> Result<(), RingError> {
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let (first, second) =
-            vmbus::wrap_ranges(at, len, self.data_size).map_err(|e| RingError::Corrupt {
+            vmbus::wrap_ranges(at, len, self.data_size()).map_err(|e| RingError::Corrupt {
                 cause: Corruption::Index(e),
             })?;
         let (a, b) = buf.split_at_mut(first.len().min(buf.len()));
-        self.region.read(self.data_offset(first.start), a)?;
-        self.region.read(self.data_offset(second.start), b)?;
+        self.memory.read(first.start, a)?;
+        self.memory.read(second.start, b)?;
         Ok(())
     }
 
@@ -297,12 +365,12 @@ impl RingBuffer {
     fn copy_in(&self, at: u32, bytes: &[u8]) -> Result<(), RingError> {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let (first, second) =
-            vmbus::wrap_ranges(at, len, self.data_size).map_err(|e| RingError::Corrupt {
+            vmbus::wrap_ranges(at, len, self.data_size()).map_err(|e| RingError::Corrupt {
                 cause: Corruption::Index(e),
             })?;
         let (a, b) = bytes.split_at(first.len().min(bytes.len()));
-        self.region.write(self.data_offset(first.start), a)?;
-        self.region.write(self.data_offset(second.start), b)?;
+        self.memory.write(first.start, a)?;
+        self.memory.write(second.start, b)?;
         Ok(())
     }
 }
@@ -326,7 +394,7 @@ impl Writer {
     pub fn new(ring: RingBuffer) -> Result<Self, RingError> {
         let write_index = ring.word(WRITE_INDEX_OFFSET)?.load(Ordering::Acquire);
         let read_index = ring.word(READ_INDEX_OFFSET)?.load(Ordering::Acquire);
-        let queued = vmbus::bytes_available_to_read(write_index, read_index, ring.data_size)
+        let queued = vmbus::bytes_available_to_read(write_index, read_index, ring.data_size())
             .map_err(|e| RingError::Corrupt {
                 cause: Corruption::Index(e),
             })?;
@@ -353,12 +421,14 @@ impl Writer {
     /// Bytes queued now, from the reader's current index.
     fn load_queued(&mut self) -> Result<u32, RingError> {
         let read_index = self.ring.word(READ_INDEX_OFFSET)?.load(Ordering::Acquire);
-        let queued =
-            match vmbus::bytes_available_to_read(self.write_index, read_index, self.ring.data_size)
-            {
-                Ok(q) => q,
-                Err(e) => return Err(self.fail(Corruption::Index(e))),
-            };
+        let queued = match vmbus::bytes_available_to_read(
+            self.write_index,
+            read_index,
+            self.ring.data_size(),
+        ) {
+            Ok(q) => q,
+            Err(e) => return Err(self.fail(Corruption::Index(e))),
+        };
         if queued > self.queued {
             return Err(self.fail(Corruption::ReadIndexInvalid {
                 queued,
@@ -372,7 +442,7 @@ impl Writer {
     fn has_room(&self, queued: u32, ring_len: usize) -> bool {
         // As `vmbus::has_room_for`: strictly more free than needed, so a full ring never
         // looks empty.
-        (self.ring.data_size - queued) as usize > ring_len
+        (self.ring.data_size() - queued) as usize > ring_len
     }
 
     /// Writes an in-band packet (no completion requested) carrying `payload`.
@@ -385,7 +455,7 @@ impl Writer {
         }
         let max_payload = self.ring.max_payload();
         let ring_len = match vmbus::ring_len_for(payload.len()) {
-            Some(len) if len < self.ring.data_size as usize => len,
+            Some(len) if len < self.ring.data_size() as usize => len,
             _ => {
                 return Err(RingError::TooLarge {
                     payload_len: payload.len(),
@@ -434,7 +504,7 @@ impl Writer {
                 .store(0, Ordering::Relaxed);
             self.pending_set = false;
         }
-        let next = vmbus::advance_index(start, ring_len32, self.ring.data_size)
+        let next = vmbus::advance_index(start, ring_len32, self.ring.data_size())
             .map_err(|e| self.fail(Corruption::Index(e)))?;
         // Publishes the packet bytes with it.
         self.ring
@@ -466,7 +536,7 @@ impl Writer {
             return Err(RingError::Corrupt { cause });
         }
         let queued = self.load_queued()?;
-        Ok(self.ring.data_size - queued)
+        Ok(self.ring.data_size() - queued)
     }
 }
 
@@ -486,7 +556,7 @@ impl Reader {
     pub fn new(ring: RingBuffer) -> Result<Self, RingError> {
         let write_index = ring.word(WRITE_INDEX_OFFSET)?.load(Ordering::Acquire);
         let read_index = ring.word(READ_INDEX_OFFSET)?.load(Ordering::Acquire);
-        let readable = vmbus::bytes_available_to_read(write_index, read_index, ring.data_size)
+        let readable = vmbus::bytes_available_to_read(write_index, read_index, ring.data_size())
             .map_err(|e| RingError::Corrupt {
                 cause: Corruption::Index(e),
             })?;
@@ -514,12 +584,14 @@ impl Reader {
             return Err(RingError::Corrupt { cause });
         }
         let write_index = self.ring.word(WRITE_INDEX_OFFSET)?.load(Ordering::Acquire);
-        let readable =
-            match vmbus::bytes_available_to_read(write_index, self.read_index, self.ring.data_size)
-            {
-                Ok(r) => r,
-                Err(e) => return Err(self.fail(Corruption::Index(e))),
-            };
+        let readable = match vmbus::bytes_available_to_read(
+            write_index,
+            self.read_index,
+            self.ring.data_size(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(Corruption::Index(e))),
+        };
         if readable < self.readable {
             return Err(self.fail(Corruption::WriteIndexRetreated {
                 readable,
@@ -569,7 +641,7 @@ impl Reader {
         }
         // At most `readable`, itself below data_size.
         let consumed = ring_len as u32;
-        let next = vmbus::advance_index(start, consumed, self.ring.data_size)
+        let next = vmbus::advance_index(start, consumed, self.ring.data_size())
             .map_err(|e| self.fail(Corruption::Index(e)))?;
         // Our copies out of the packet complete before the writer may reuse its space.
         self.ring
@@ -606,9 +678,9 @@ impl Reader {
         // The freshest free space; a bad index here is left for the next read to report.
         let write_index = self.ring.word(WRITE_INDEX_OFFSET)?.load(Ordering::Acquire);
         let readable =
-            vmbus::bytes_available_to_read(write_index, self.read_index, self.ring.data_size)
+            vmbus::bytes_available_to_read(write_index, self.read_index, self.ring.data_size())
                 .unwrap_or(self.readable);
-        let free_now = self.ring.data_size - readable;
+        let free_now = self.ring.data_size() - readable;
         let free_before = free_now.saturating_sub(consumed);
         Ok(if free_now > pending && free_before <= pending {
             Signal::Peer
