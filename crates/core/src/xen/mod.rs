@@ -122,6 +122,8 @@ pub mod errno {
     pub const EDOM: i64 = 33;
     /// Result out of range.
     pub const ERANGE: i64 = 34;
+    /// Directory not empty (PoD with passthrough devices).
+    pub const ENOTEMPTY: i64 = 39;
     /// Function not implemented.
     pub const ENOSYS: i64 = 38;
     /// Value too large for defined data type.
@@ -173,12 +175,17 @@ pub enum StopReason {
     AlreadyMapped,
     /// A page of the extent is not the target's (a hole, or for PV a foreign frame).
     NotMapped,
-    /// The extent reaches beyond the 2^40-gfn guest physical space.
+    /// The extent reaches beyond the target's guest-physical limit (the size of its
+    /// backing memory, at most 2^40 gfns), or an increase would give the target more
+    /// frames than its guest physical space has gfns. Xen's p2m answers -EINVAL.
     BadGfn,
     /// The target is being torn down.
     Dying,
-    /// Populate-on-demand is not modelled.
+    /// Populate-on-demand refused: the target has passthrough devices (Xen -ENOTEMPTY).
     PopulateOnDemand,
+    /// The p2m tables the extent needs would exceed the target's p2m budget (Xen: its
+    /// paging pool is exhausted, -ENOMEM from the p2m).
+    P2mMemory,
 }
 
 impl core::fmt::Display for StopReason {
@@ -196,7 +203,8 @@ impl core::fmt::Display for StopReason {
             Self::NotMapped => "page not owned by the domain",
             Self::BadGfn => "gfn beyond the guest physical space",
             Self::Dying => "domain is dying",
-            Self::PopulateOnDemand => "populate-on-demand is not supported",
+            Self::PopulateOnDemand => "populate-on-demand refused with passthrough devices",
+            Self::P2mMemory => "p2m table budget exhausted",
         })
     }
 }
@@ -465,7 +473,7 @@ impl Hypervisor {
             M::MEMORY_MAP => MemoryOpResult::rc(self.xen_memory_map(c)),
             M::MACHINE_MEMORY_MAP => MemoryOpResult::rc(self.xen_machine_memory_map(c)),
             M::SET_MEMORY_MAP => MemoryOpResult::rc(self.xen_set_memory_map(c)),
-            M::SET_POD_TARGET | M::GET_POD_TARGET => MemoryOpResult::rc(self.xen_pod_target(c)),
+            M::SET_POD_TARGET | M::GET_POD_TARGET => self.xen_pod_target(c),
             _ => MemoryOpResult::err(ENOSYS),
         }
     }
@@ -501,13 +509,17 @@ impl Hypervisor {
         caller == Self::ROOT_SLOT
     }
 
+    /// Xen's `max_order(current->domain)`: the domU limit, raised to the ptdom limit for
+    /// a domain with passthrough devices and to the ctldom limit for the control domain.
     pub(crate) fn xen_max_order(&self, caller: u32) -> u32 {
         let x = &self.config.xen;
-        let order = if caller == Self::ROOT_SLOT {
-            x.max_order_ctldom.max(x.max_order_domu)
-        } else {
-            x.max_order_domu
-        };
+        let mut order = x.max_order_domu;
+        if self.part(caller).passthrough {
+            order = order.max(x.max_order_ptdom);
+        }
+        if caller == Self::ROOT_SLOT {
+            order = order.max(x.max_order_ctldom);
+        }
         order.min(MAX_ORDER)
     }
 
