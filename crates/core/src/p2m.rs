@@ -558,7 +558,83 @@ mod tests {
         assert_eq!(p.iter().collect::<Vec<_>>(), vec![(3, 3)]);
     }
 
+    #[test]
+    fn pod_entries_are_not_frames() {
+        let mut p = P2m::new();
+        assert_eq!(p.set_pod(7), None);
+        assert_eq!(p.set_pod(7), None, "marking twice counts once");
+        assert_eq!((p.mapped(), p.pod_entries()), (0, 1));
+        assert!(p.is_pod(7));
+        assert_eq!(p.get(7), None);
+        assert_eq!(p.remove(7), None, "remove takes frames only");
+        assert_eq!(p.iter().count(), 0);
+        assert_eq!(p.highest_entry(), Some(7));
+        // A frame replaces the PoD entry; a PoD mark does not replace a frame.
+        assert_eq!(p.set(7, 3), None);
+        assert_eq!((p.mapped(), p.pod_entries()), (1, 0));
+        assert_eq!(p.set_pod(7), Some(3));
+        assert_eq!(p.get(7), Some(3));
+        p.set_pod(1 << 30);
+        assert_eq!(p.pod_ranges_up_to(8), vec![(1 << 30, 1)]);
+        assert!(p.remove_pod(1 << 30));
+        assert!(!p.remove_pod(1 << 30));
+        assert_eq!(p.remove(7), Some(3));
+        assert_eq!(p.highest_entry(), None);
+        assert!(p.top.iter().all(Option::is_none), "empty tables are freed");
+        assert_eq!(p.recount(), (0, 0, p.table_bytes()));
+    }
+
+    #[test]
+    fn table_bytes_count_every_table() {
+        let mut p = P2m::new();
+        assert_eq!(p.new_table_bytes(0, 1), LEAF_BYTES + 2 * NODE_BYTES);
+        // A 1 GiB run: 512 leaves under one inner table, one top entry.
+        assert_eq!(
+            p.new_table_bytes(0, 1 << 18),
+            512 * LEAF_BYTES + 2 * NODE_BYTES
+        );
+        // One page every 2^18 gfns: a leaf and an inner table each.
+        assert_eq!(p.new_table_bytes(5 << 18, 1), LEAF_BYTES + 2 * NODE_BYTES);
+        p.set(0, 1);
+        assert_eq!(p.table_bytes(), LEAF_BYTES + 2 * NODE_BYTES);
+        assert_eq!(p.new_table_bytes(1, 511), 0);
+        assert_eq!(p.new_table_bytes(511, 2), LEAF_BYTES);
+        assert_eq!(p.new_table_bytes(1 << 18, 1), LEAF_BYTES + NODE_BYTES);
+        // Emptied tables stay counted as spares, and are reused for free.
+        p.remove(0);
+        assert_eq!(p.table_bytes(), LEAF_BYTES + 2 * NODE_BYTES);
+        assert_eq!(p.new_table_bytes(1 << 30, 1), 0);
+        assert_eq!(p.recount().2, p.table_bytes());
+    }
+
     proptest! {
+        /// `new_table_bytes` predicts exactly what mapping a range allocates, and the
+        /// counters match a recount, whatever was mapped, marked and removed before.
+        #[test]
+        fn new_table_bytes_predicts_the_allocation(
+            ops in proptest::collection::vec((0u8..3, 0u64..64, 0u64..1000), 0..100),
+            start in 0u64..(1 << 30),
+            count in 1u64..2000,
+        ) {
+            let mut p = P2m::new();
+            for (op, region, off) in ops {
+                let g = region << 17 | off;
+                match op {
+                    0 => { p.set(g, 1); }
+                    1 => { p.set_pod(g); }
+                    _ => { p.remove(g); p.remove_pod(g); }
+                }
+            }
+            prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+            let before = p.table_bytes();
+            let predicted = p.new_table_bytes(start, count);
+            for g in start..start + count {
+                p.set_pod(g);
+            }
+            prop_assert_eq!(p.table_bytes() - before, predicted);
+            prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+        }
+
         #[test]
         fn matches_a_btreemap(ops in proptest::collection::vec((any::<bool>(), 0u64..4096, 0u32..1000), 0..300), high in any::<u64>()) {
             let mut p = P2m::new();
