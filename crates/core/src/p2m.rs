@@ -67,7 +67,8 @@ pub struct P2m {
     /// Bytes of the leaf and inner tables, in the tree or spare (the fixed top level is
     /// not counted: every partition has it).
     table_bytes: u64,
-    /// The highest gfn ever mapped (Xen's `max_mapped_pfn`: it never shrinks).
+    /// The highest gfn ever mapped or marked PoD (Xen's `max_mapped_pfn`: it never
+    /// shrinks).
     max_mapped: Option<u64>,
 }
 
@@ -175,7 +176,7 @@ impl P2m {
         self.new_table_bytes(gfn, 1)
     }
 
-    /// The highest gfn ever mapped.
+    /// The highest gfn ever mapped or marked PoD.
     pub fn max_mapped(&self) -> Option<u64> {
         self.max_mapped
     }
@@ -248,6 +249,8 @@ impl P2m {
         if old == NO_FRAME {
             self.pod += 1;
         }
+        // Xen's max_mapped_pfn follows every p2m entry written, PoD ones included.
+        self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
         None
     }
 

@@ -21,8 +21,30 @@
 //! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV allows the
 //! target's parent (ballast's stand-in for a device-model domain); PRIV allows the control
 //! domain (domid 0, the root), which also passes the other two. `DOMID_SELF` names the
-//! caller. Extent orders are limited by the caller's class: `max_order_ctldom` for the
-//! control domain, `max_order_domu` for everyone else.
+//! caller. Extent orders are limited by the caller's class, as Xen's `max_order()`:
+//! `max_order_domu`, raised to `max_order_ptdom` for a domain with passthrough devices
+//! ([`Hypervisor::set_passthrough`]) and to `max_order_ctldom` for the control domain.
+//!
+//! # Guest physical space
+//! Each partition has a guest-physical limit ([`Hypervisor::set_guest_physical_limit`]:
+//! the size of its backing memory) and a budget of host heap for its p2m tables
+//! ([`Hypervisor::set_p2m_budget`], by default scaled to `max_pages`, as Xen's toolstack
+//! sizes a domain's paging pool). populate (PoD marks included), a gmfn move, exchange
+//! outputs and the host's populate are refused at or past the limit (Xen's p2m answers
+//! -EINVAL past the guest's physical address width: [`StopReason::BadGfn`], `-EINVAL`), and
+//! when the tables they need would exceed the budget (Xen's paging pool runs dry: -ENOMEM;
+//! [`StopReason::P2mMemory`], `-ENOMEM`). Both are checked for the whole extent before
+//! anything is allocated or changed.
+//!
+//! # Populate-on-demand
+//! A PoD entry is a p2m entry without a frame; the PoD cache is frames the domain holds
+//! (counted in `tot_pages`) for them. populate_physmap with `XENMEMF_populate_on_demand`
+//! marks entries (Xen's `guest_physmap_mark_populate_on_demand`), set_pod_target sizes the
+//! cache (`p2m_pod_set_mem_target`), a guest access takes a cache frame
+//! ([`Hypervisor::pod_demand_populate`], which the VMM calls on the fault), and
+//! decrease_reservation drops PoD entries without freeing anything, keeps ballooned frames
+//! for the cache while the entries outnumber it, and returns the cache's excess once they
+//! do not (`p2m_pod_decrease_reservation`). Passthrough domains get -ENOTEMPTY.
 //!
 //! # Deliberate deviations from Xen
 //! - Populating a gfn that is already mapped fails that extent ([`StopReason::AlreadyMapped`])
@@ -59,10 +81,17 @@
 //! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
 //!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
 //!   cannot hold the host for long (Xen preempts the same calls).
-//! - Populate-on-demand is not modelled: a populate with `XENMEMF_populate_on_demand`
-//!   stops (on oneself as Xen's XSA-30 rule says; on others with
-//!   [`StopReason::PopulateOnDemand`]); set_pod_target accepts only targets that need no
-//!   PoD cache, get_pod_target reports an empty cache.
+//! - Populate-on-demand is modelled page by page: a guest access backs one 4 KiB PoD entry
+//!   (Xen backs a whole 2 MiB or 1 GiB PoD superpage from a cache superpage when it can),
+//!   the cache is filled with single frames, decrease does not reclaim zeroed superpages
+//!   (the core has no page contents), and an access with the cache empty fails
+//!   ([`MemoryError::PodCacheEmpty`](crate::MemoryError::PodCacheEmpty)) where Xen sweeps for
+//!   zero pages and then crashes the domain. A decrease extent over PoD entries is all or
+//!   nothing like every other (a hole fails it with nothing removed).
+//! - Populate, a gmfn move and exchange outputs at or past the guest-physical limit, or
+//!   beyond the p2m budget, fail before any frame is allocated (Xen allocates, then fails
+//!   in the p2m and frees). increase_reservation refuses frames beyond the number of gfns
+//!   of the guest physical space (Xen has no such check; the frames could never be mapped).
 //! - Claims gate the allocations made here; the host API and Hyper-V deposits do not look
 //!   at them. Freed pages do not return to a claim (Xen master, not 4.17).
 //! - A partition in the Hyper-V Finalized state counts as dying: nothing is allocated for

@@ -302,6 +302,10 @@ impl Hypervisor {
         if self.part(target).passthrough {
             return Err(StopReason::PopulateOnDemand.into());
         }
+        // A Hyper-V Finalized partition has no guest space left to mark.
+        if self.xen_dying(target) {
+            return Err(StopReason::Dying.into());
+        }
         let end = gfn
             .checked_add(pages)
             .filter(|&e| e <= self.part(target).gfn_limit)
