@@ -679,7 +679,9 @@ impl Hypervisor {
 
     /// Backs `count` gfns from `start` of partition `id` with fresh frames (any node,
     /// preferring the partition's home): the host's way to give a guest RAM (boot memory,
-    /// an unballoon, a hot-add). Counts against Xen `max_pages`. All or nothing.
+    /// an unballoon, a hot-add). Counts against Xen `max_pages`; the gfns must be below the
+    /// partition's guest-physical limit and their p2m tables within its budget, as for the
+    /// guest's own calls. A PoD entry in the range is replaced. All or nothing.
     pub fn populate(&mut self, id: PartitionId, start: u64, count: u64) -> Result<(), MemoryError> {
         let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
         if slot == Self::ROOT_SLOT {
