@@ -6,6 +6,9 @@
 //! real domains and keep counts and orders small, so most steps get past the argument
 //! checks. After every call (and every continuation) the model must pass `check()`, and
 //! every gfn that left a p2m and every frame that left the heap must have a discard.
+//! Populate-on-demand is in play: reservation calls may carry `XENMEMF_populate_on_demand`
+//! and a step may end with a guest access to a PoD gfn; the translated guest has a
+//! guest-physical limit and a small p2m budget.
 
 #![no_main]
 
@@ -137,6 +140,8 @@ fuzz_target!(|data: &[u8]| {
     hv.set_translated(b, false).unwrap();
     hv.populate(a, 0, 8).unwrap();
     hv.populate(b, 0, 4).unwrap();
+    hv.set_guest_physical_limit(a, 1 << 20).unwrap();
+    hv.set_p2m_budget(a, Some(64 << 10)).unwrap();
     hv.take_effects();
     let domid = |id| hv.partition(id).unwrap().domid;
     let doms = [ROOT_DOMID, domid(a), domid(b), DomId(0x7000)];
@@ -188,6 +193,16 @@ fuzz_target!(|data: &[u8]| {
                 let n = get_u64(&arg, off) % 17;
                 put(&mut arg, off, &n.to_le_bytes());
             }
+        }
+        let reservation = [
+            MemoryOp::INCREASE_RESERVATION,
+            MemoryOp::DECREASE_RESERVATION,
+            MemoryOp::POPULATE_PHYSMAP,
+        ]
+        .contains(&MemoryOp(op as u32));
+        if fix & 16 != 0 && reservation {
+            // XENMEMF_populate_on_demand.
+            arg[22] |= 1;
         }
         if fix & 8 != 0 && op == u64::from(MemoryOp::EXCHANGE.0) {
             // Make the exchange's sizes agree so it gets to its chunks.
@@ -243,6 +258,14 @@ fuzz_target!(|data: &[u8]| {
                     cmd = next;
                 }
                 None => break,
+            }
+        }
+        if fix & 32 != 0 {
+            // The guest touches the gfn of the first list entry.
+            let gfn = mem.read_u64(LISTS[0]).unwrap_or(0);
+            let r = hv.pod_demand_populate(a, gfn);
+            if let Err(e) = hv.check() {
+                panic!("{e} after a PoD access to {gfn:#x}: {r:?}");
             }
         }
         assert_discards(&before, &hv, hv.effects());

@@ -58,6 +58,9 @@ pub struct XenConfig {
     pub max_order_domu: u32,
     /// Largest extent order the control domain may use (ctldom: 18).
     pub max_order_ctldom: u32,
+    /// Largest extent order a domain with passthrough devices may use (ptdom: Xen's
+    /// `CONFIG_PTDOM_MAX_ORDER`, which defaults to `CONFIG_HWDOM_MAX_ORDER`, 12 on x86).
+    pub max_order_ptdom: u32,
 }
 
 impl Default for XenConfig {
@@ -65,7 +68,44 @@ impl Default for XenConfig {
         XenConfig {
             max_order_domu: 9,
             max_order_ctldom: 18,
+            max_order_ptdom: 12,
         }
+    }
+}
+
+/// The default budget of host heap for a partition's p2m tables (a partition may be
+/// given its own with [`Hypervisor::set_p2m_budget`](crate::Hypervisor::set_p2m_budget)).
+///
+/// Xen charges a domain's p2m to its paging pool, sized by the toolstack
+/// (`XEN_DOMCTL_SHADOW_OP_SET_ALLOCATION`; libxl's default is 1 MiB per vCPU plus 8 KiB per
+/// MiB of maximum memory), and Hyper-V takes a partition's page tables from its pool. Here
+/// the budget is `base + per_mib * max_pages / 256`. A guest that maps its memory densely
+/// needs 1 KiB of tables per MiB (a 2 KiB leaf per 2 MiB) plus 4 KiB per GiB, so the
+/// default of 4 KiB per MiB lets it scatter its pages over four times its size at 2 MiB
+/// granularity; a sparse guest runs out of budget at a cost to the host of about 0.4% of
+/// its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct P2mBudget {
+    /// Bytes every partition may use whatever its size.
+    pub base: u64,
+    /// Bytes more per MiB of `max_pages`.
+    pub per_mib: u64,
+}
+
+impl Default for P2mBudget {
+    fn default() -> Self {
+        P2mBudget {
+            base: 256 << 10,
+            per_mib: 4 << 10,
+        }
+    }
+}
+
+impl P2mBudget {
+    /// The budget of a partition with this `max_pages`.
+    pub fn for_max_pages(&self, max_pages: u32) -> u64 {
+        self.base
+            .saturating_add(self.per_mib.saturating_mul(u64::from(max_pages) >> 8))
     }
 }
 
@@ -84,6 +124,8 @@ pub struct Config {
     pub xmm_fast_input: bool,
     /// Xen settings.
     pub xen: XenConfig,
+    /// The default p2m table budget.
+    pub p2m: P2mBudget,
 }
 
 impl Config {
@@ -101,6 +143,7 @@ impl Config {
             input_layout: InputLayout::Tlfs2,
             xmm_fast_input: false,
             xen: XenConfig::default(),
+            p2m: P2mBudget::default(),
         }
     }
 
@@ -124,6 +167,7 @@ impl Config {
         }
         if self.xen.max_order_domu > crate::frame::MAX_ORDER
             || self.xen.max_order_ctldom > crate::frame::MAX_ORDER
+            || self.xen.max_order_ptdom > crate::frame::MAX_ORDER
         {
             return Err(ConfigError::MaxOrder);
         }

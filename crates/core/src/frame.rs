@@ -35,6 +35,9 @@ pub enum FrameState {
     Mapped = 4,
     /// Held by the hypervisor itself (not part of any partition or the heap).
     Hypervisor = 5,
+    /// In a partition's populate-on-demand cache: the partition's (counted in its
+    /// `tot_pages`), at no gfn, waiting for a guest access to a PoD entry.
+    PodCache = 6,
 }
 
 impl FrameState {
@@ -45,6 +48,7 @@ impl FrameState {
             2 => Self::PoolInUse,
             3 => Self::Assigned,
             4 => Self::Mapped,
+            6 => Self::PodCache,
             _ => Self::Hypervisor,
         }
     }

@@ -52,9 +52,23 @@ pub enum MemoryError {
     /// No such partition.
     #[error("no partition {0:?}")]
     NoPartition(PartitionId),
-    /// A gfn at or beyond 2^40.
-    #[error("gfn {0:#x} is beyond the 40-bit guest physical space")]
+    /// A gfn at or beyond the partition's guest-physical limit (the size of its backing
+    /// memory, at most 2^40).
+    #[error("gfn {0:#x} is beyond the partition's guest physical space")]
     GfnOutOfRange(u64),
+    /// The p2m tables the request needs would exceed the partition's p2m budget (bytes).
+    #[error("the p2m tables would exceed the partition's budget of {0} bytes")]
+    P2mBudget(u64),
+    /// A guest-physical limit below a gfn that is mapped or marked PoD.
+    #[error("gfn {0:#x} is in use at or above the requested guest-physical limit")]
+    LimitBelowMapped(u64),
+    /// A guest access to a gfn that is not a populate-on-demand entry.
+    #[error("gfn {0:#x} is not a populate-on-demand entry")]
+    NotPod(u64),
+    /// The PoD cache is empty: Xen crashes the domain ("out of populate-on-demand
+    /// memory"); the VMM should do the same.
+    #[error("the populate-on-demand cache is empty")]
+    PodCacheEmpty,
     /// The gfn is already mapped.
     #[error("gfn {0:#x} is already mapped")]
     AlreadyMapped(u64),
@@ -73,6 +87,15 @@ pub enum MemoryError {
     /// A finalized partition has no guest space.
     #[error("{0:?} is finalized")]
     Finalized(PartitionId),
+}
+
+/// Why entries cannot go into a partition's guest space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpaceError {
+    /// At or beyond the partition's guest-physical limit.
+    BeyondLimit,
+    /// The p2m tables would exceed the partition's budget (bytes).
+    Budget(u64),
 }
 
 /// Why a partition could not be destroyed.
@@ -260,6 +283,13 @@ impl Hypervisor {
             grant_charged: Vec::new(),
             memory_map: None,
             translated: true,
+            // No backing memory yet: the whole p2m. The host lowers it to the memfd's
+            // size when it attaches one (`set_guest_physical_limit`).
+            gfn_limit: GFN_LIMIT,
+            p2m_budget: None,
+            pod_cache: 0,
+            pod_cache_head: NO_FRAME,
+            passthrough: false,
         });
         if let Some(p) = parent {
             self.part_mut(p).children.push(id);
@@ -468,8 +498,54 @@ impl Hypervisor {
         (p.max_pages as u64).saturating_sub(p.tot_pages())
     }
 
-    /// Returns every frame of `slot`'s guest space (mapped or assigned) to the heap.
+    /// The p2m table budget of `slot`, in bytes.
+    pub(crate) fn p2m_budget_of(&self, slot: u32) -> u64 {
+        let p = self.part(slot);
+        p.p2m_budget
+            .unwrap_or_else(|| self.config.p2m.for_max_pages(p.max_pages))
+    }
+
+    /// Whether entries at every gfn of `start .. start + count` of `slot` fit its guest
+    /// space: below its guest-physical limit, with the p2m tables they need within its
+    /// budget. Checked before any side effect, so a refused extent changes nothing.
+    pub(crate) fn guest_space_ok(
+        &self,
+        slot: u32,
+        start: u64,
+        count: u64,
+    ) -> Result<(), SpaceError> {
+        let p = self.part(slot);
+        if start.checked_add(count).is_none_or(|e| e > p.gfn_limit) {
+            return Err(SpaceError::BeyondLimit);
+        }
+        let budget = self.p2m_budget_of(slot);
+        let have = p.p2m.table_bytes();
+        // The walk only when it could matter: far from the budget nothing can exceed it.
+        let worst = count
+            .div_ceil(512)
+            .saturating_add(2)
+            .saturating_mul(crate::p2m::MAX_BYTES_PER_GFN);
+        // A budget already exceeded (lowered, or max_pages lowered) stops growth only.
+        if have.saturating_add(worst) > budget {
+            let new = p.p2m.new_table_bytes(start, count);
+            if new > 0 && have + new > budget {
+                return Err(SpaceError::Budget(budget));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns every frame of `slot`'s guest space (mapped, assigned or in the PoD cache)
+    /// to the heap.
     pub(crate) fn release_guest_memory(&mut self, slot: u32) {
+        while let Some(m) = self.pod_cache_take(slot) {
+            self.heap_free(m, 0);
+        }
+        for (start, count) in self.part(slot).p2m.pod_ranges_up_to(usize::MAX) {
+            for gfn in start..start + count {
+                self.part_mut(slot).p2m.remove_pod(gfn);
+            }
+        }
         let gfns: Vec<u64> = self.part(slot).p2m.iter().map(|(g, _)| g).collect();
         for gfn in gfns {
             if let Some(m) = self.unmap(slot, gfn) {
@@ -490,13 +566,122 @@ impl Hypervisor {
         }
     }
 
+    /// Puts `mfn` (state Hypervisor) into `slot`'s PoD cache.
+    pub(crate) fn pod_cache_add(&mut self, slot: u32, mfn: Mfn) {
+        let p = self.slots[slot as usize].as_mut().expect("live slot");
+        self.frames
+            .set(mfn, FrameState::PodCache, slot, p.pod_cache_head as u64);
+        p.pod_cache_head = mfn;
+        p.pod_cache += 1;
+    }
+
+    /// Takes a frame out of `slot`'s PoD cache; it comes back in state Hypervisor.
+    pub(crate) fn pod_cache_take(&mut self, slot: u32) -> Option<Mfn> {
+        let m = self.part(slot).pod_cache_head;
+        if m == NO_FRAME {
+            return None;
+        }
+        let next = self.frames.link(m) as Mfn;
+        let p = self.part_mut(slot);
+        p.pod_cache_head = next;
+        p.pod_cache -= 1;
+        self.frames.set(m, FrameState::Hypervisor, 0, 0);
+        Some(m)
+    }
+
     // -----------------------------------------------------------------------------------
     // Host API: guest memory by range
     // -----------------------------------------------------------------------------------
 
+    /// Sets the guest-physical limit of partition `id`: gfns from `gfn_limit` up are
+    /// outside its guest space, so nothing may be mapped (or marked populate-on-demand)
+    /// there, by the guest or by the host. The host sets it to the size of the memory it
+    /// attaches (in pages) and raises it when it grows that memory (a hot-add); a new
+    /// partition has the whole 2^40-gfn p2m, for embedders that back guest memory some
+    /// other way. Xen refuses such gfns in its p2m (`p2m_set_entry` answers -EINVAL past
+    /// the guest's physical address width), and so does ballast, for the same reason:
+    /// a page past the backing memory has nowhere to live.
+    ///
+    /// The limit may be lowered only down to just above the highest gfn in use.
+    pub fn set_guest_physical_limit(
+        &mut self,
+        id: PartitionId,
+        gfn_limit: u64,
+    ) -> Result<(), MemoryError> {
+        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        if gfn_limit > GFN_LIMIT {
+            return Err(MemoryError::GfnOutOfRange(gfn_limit));
+        }
+        if let Some(g) = self.part(slot).p2m.highest_entry() {
+            if g >= gfn_limit {
+                return Err(MemoryError::LimitBelowMapped(g));
+            }
+        }
+        self.part_mut(slot).gfn_limit = gfn_limit;
+        Ok(())
+    }
+
+    /// Sets the budget of host heap, in bytes, that partition `id`'s p2m tables may use
+    /// (`None`: the configured default scaled to its `max_pages`, [`Config::p2m`]). Xen's
+    /// toolstack sizes a domain's paging pool the same way
+    /// (`XEN_DOMCTL_SHADOW_OP_SET_ALLOCATION`). A budget below what the tables already use
+    /// stops further growth only: nothing is taken away.
+    pub fn set_p2m_budget(
+        &mut self,
+        id: PartitionId,
+        bytes: Option<u64>,
+    ) -> Result<(), MemoryError> {
+        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        self.part_mut(slot).p2m_budget = bytes;
+        Ok(())
+    }
+
+    /// The p2m table budget of partition `id` in bytes, and what its tables use now.
+    pub fn p2m_usage(&self, id: PartitionId) -> Option<(u64, u64)> {
+        let slot = self.slot_of(id)?;
+        Some((self.p2m_budget_of(slot), self.part(slot).p2m.table_bytes()))
+    }
+
+    /// Marks partition `id` as having passthrough devices (Xen: I/O resources assigned):
+    /// its memory_op extent order limit becomes at least `max_order_ptdom`, and
+    /// populate-on-demand is refused for it, as Xen refuses PoD with passthrough.
+    pub fn set_passthrough(
+        &mut self,
+        id: PartitionId,
+        passthrough: bool,
+    ) -> Result<(), MemoryError> {
+        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        self.part_mut(slot).passthrough = passthrough;
+        Ok(())
+    }
+
+    /// A guest access to the populate-on-demand entry at `gfn` of partition `id`, as the
+    /// VMM reports it from the fault (Xen's `p2m_pod_demand_populate`): a frame from the
+    /// PoD cache is mapped there. `tot_pages` does not change (the frame was already the
+    /// partition's); the PoD entries and the cache each go down by one. Returns the frame.
+    ///
+    /// With the cache empty, Xen sweeps for zero pages and then crashes the domain; the
+    /// core has no page contents to sweep, so it answers [`MemoryError::PodCacheEmpty`]
+    /// and the VMM should stop the guest.
+    pub fn pod_demand_populate(&mut self, id: PartitionId, gfn: u64) -> Result<Mfn, MemoryError> {
+        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        if !self.part(slot).p2m.is_pod(gfn) {
+            return Err(MemoryError::NotPod(gfn));
+        }
+        let m = self
+            .pod_cache_take(slot)
+            .ok_or(MemoryError::PodCacheEmpty)?;
+        // The entry's tables exist: replacing it allocates nothing. The gfn's backing was
+        // discarded when it last left the guest space, so the guest reads zeros.
+        self.map(slot, gfn, m);
+        Ok(m)
+    }
+
     /// Backs `count` gfns from `start` of partition `id` with fresh frames (any node,
     /// preferring the partition's home): the host's way to give a guest RAM (boot memory,
-    /// an unballoon, a hot-add). Counts against Xen `max_pages`. All or nothing.
+    /// an unballoon, a hot-add). Counts against Xen `max_pages`; the gfns must be below the
+    /// partition's guest-physical limit and their p2m tables within its budget, as for the
+    /// guest's own calls. A PoD entry in the range is replaced. All or nothing.
     pub fn populate(&mut self, id: PartitionId, start: u64, count: u64) -> Result<(), MemoryError> {
         let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
         if slot == Self::ROOT_SLOT {
@@ -505,7 +690,8 @@ impl Hypervisor {
         if self.part(slot).state == PartitionState::Finalized {
             return Err(MemoryError::Finalized(id));
         }
-        let end = start.checked_add(count).filter(|&e| e <= GFN_LIMIT);
+        let limit = self.part(slot).gfn_limit;
+        let end = start.checked_add(count).filter(|&e| e <= limit);
         let end = end.ok_or(MemoryError::GfnOutOfRange(start.saturating_add(count)))?;
         // The cheap refusals first: the scan below is as long as the request.
         if self.room(slot) < count {
@@ -516,6 +702,9 @@ impl Hypervisor {
         }
         if let Some(g) = (start..end).find(|&g| self.part(slot).p2m.get(g).is_some()) {
             return Err(MemoryError::AlreadyMapped(g));
+        }
+        if let Err(SpaceError::Budget(b)) = self.guest_space_ok(slot, start, count) {
+            return Err(MemoryError::P2mBudget(b));
         }
         let sel = home_sel(self.part(slot).home);
         for gfn in start..end {
@@ -645,6 +834,7 @@ impl Hypervisor {
         let mut assigned = vec![0u64; n];
         let mut pool_avail = vec![0u64; n];
         let mut pool_used = vec![0u64; n];
+        let mut pod_cache = vec![0u64; n];
         let mut free = 0u64;
         for mfn in 0..self.frames.len() {
             let st = self.frames.state(mfn);
@@ -676,6 +866,7 @@ impl Hypervisor {
                 FrameState::Assigned => assigned[slot] += 1,
                 FrameState::PoolAvailable => pool_avail[slot] += 1,
                 FrameState::PoolInUse => pool_used[slot] += 1,
+                FrameState::PodCache => pod_cache[slot] += 1,
                 FrameState::Free | FrameState::Hypervisor => unreachable!(),
             }
         }
@@ -716,6 +907,28 @@ impl Hypervisor {
                 || self.list_len(p.assigned_head, FrameState::Assigned, slot)? != p.assigned
             {
                 return err(format!("{:?}: assigned count {} wrong", p.id, p.assigned));
+            }
+            if p.pod_cache != pod_cache[slot]
+                || self.list_len(p.pod_cache_head, FrameState::PodCache, slot)? != p.pod_cache
+            {
+                return err(format!("{:?}: PoD cache count {} wrong", p.id, p.pod_cache));
+            }
+            // The p2m's own counts (frames, PoD entries, table bytes) against its tables.
+            let (frames, pods, bytes) = p.p2m.recount();
+            if (frames, pods, bytes) != (p.p2m.mapped(), p.p2m.pod_entries(), p.p2m.table_bytes()) {
+                return err(format!(
+                    "{:?}: p2m counts {}/{}/{} bytes, its tables hold {frames}/{pods}/{bytes}",
+                    p.id,
+                    p.p2m.mapped(),
+                    p.p2m.pod_entries(),
+                    p.p2m.table_bytes()
+                ));
+            }
+            if let Some(g) = p.p2m.highest_entry().filter(|&g| g >= p.gfn_limit) {
+                return err(format!(
+                    "{:?}: gfn {g:#x} in use at or above the limit {:#x}",
+                    p.id, p.gfn_limit
+                ));
             }
             for (node, pool) in p.pools.iter().enumerate() {
                 let a = self.list_len(pool.available_head, FrameState::PoolAvailable, slot)?;
@@ -758,7 +971,11 @@ impl Hypervisor {
                     p.pool_in_use()
                 ));
             }
-            total += mapped[slot] + assigned[slot] + pool_avail[slot] + pool_used[slot];
+            total += mapped[slot]
+                + assigned[slot]
+                + pool_avail[slot]
+                + pool_used[slot]
+                + pod_cache[slot];
         }
         if total != self.frames.len() as u64 {
             return err(format!(

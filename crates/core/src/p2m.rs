@@ -3,13 +3,27 @@
 //! A four-level radix tree over 40-bit gfns (13 + 9 + 9 + 9 bits), allocated as it is
 //! touched, with 2 KiB leaves of 512 u32 entries (one leaf maps 2 MiB of guest memory).
 //! 40 bits is the Dynamic Memory page range's limit and 4 PiB of guest space; larger gfns
-//! are refused by the callers.
+//! are refused by the callers, and each partition has its own, lower guest-physical
+//! limit (the size of its backing memory) that the callers check as well.
+//!
+//! An entry is empty, a frame, or a populate-on-demand entry ([`POD_ENTRY`]): a gfn the
+//! guest may touch, backed only when it does (Xen's `p2m_populate_on_demand` type).
+//! PoD entries are not frames: [`P2m::get`], the iterators and [`P2m::mapped`] skip them.
+//!
+//! The tables are host heap the partition makes the host spend, so they are counted
+//! ([`P2m::table_bytes`]) and the callers charge them to a per-partition budget before
+//! mapping ([`P2m::new_table_bytes`]): a guest populating one page every 2^18 gfns would
+//! otherwise cost the host some 6 KiB of tables per 4 KiB page.
 
 use crate::Mfn;
 use crate::frame::NO_FRAME;
 
 /// Gfns are below this.
 pub const GFN_LIMIT: u64 = 1 << 40;
+
+/// The entry value of a populate-on-demand gfn. Never a frame: the frame table holds at
+/// most 2^32 - 2 frames, so MFNs stop below `NO_FRAME - 1`.
+pub const POD_ENTRY: Mfn = NO_FRAME - 1;
 
 const LEAF_BITS: u32 = 9;
 const MID_BITS: u32 = 9;
@@ -28,6 +42,18 @@ type Leaf = Node<[Mfn; 1 << LEAF_BITS]>;
 type L3 = Node<[Option<Box<Leaf>>; FAN]>;
 type L2 = Node<[Option<Box<L3>>; FAN]>;
 
+/// Host heap bytes of one leaf table.
+pub const LEAF_BYTES: u64 = core::mem::size_of::<Leaf>() as u64;
+/// Host heap bytes of one inner table.
+pub const NODE_BYTES: u64 = core::mem::size_of::<L3>() as u64;
+/// The most one gfn's mapping can allocate: a leaf and two inner tables.
+pub const MAX_BYTES_PER_GFN: u64 = LEAF_BYTES + 2 * NODE_BYTES;
+
+#[inline]
+fn is_frame(m: Mfn) -> bool {
+    m < POD_ENTRY
+}
+
 /// gfn → mfn for one partition.
 #[derive(Debug, Clone)]
 pub struct P2m {
@@ -36,7 +62,13 @@ pub struct P2m {
     /// in and out would otherwise free and allocate the same tables every time.
     spare: Spares,
     mapped: u64,
-    /// The highest gfn ever mapped (Xen's `max_mapped_pfn`: it never shrinks).
+    /// PoD entries.
+    pod: u64,
+    /// Bytes of the leaf and inner tables, in the tree or spare (the fixed top level is
+    /// not counted: every partition has it).
+    table_bytes: u64,
+    /// The highest gfn ever mapped or marked PoD (Xen's `max_mapped_pfn`: it never
+    /// shrinks).
     max_mapped: Option<u64>,
 }
 
@@ -58,9 +90,12 @@ struct Spares {
 
 const MAX_SPARES: usize = 4;
 
-fn keep<T>(spares: &mut Vec<Box<T>>, node: Box<T>) {
+/// Keeps an emptied table as a spare, or frees it and uncounts its bytes.
+fn keep<T>(spares: &mut Vec<Box<T>>, node: Box<T>, table_bytes: &mut u64) {
     if spares.len() < MAX_SPARES {
         spares.push(node);
+    } else {
+        *table_bytes -= core::mem::size_of::<T>() as u64;
     }
 }
 
@@ -81,16 +116,67 @@ impl P2m {
             top: (0..1usize << TOP_BITS).map(|_| None).collect(),
             spare: Spares::default(),
             mapped: 0,
+            pod: 0,
+            table_bytes: 0,
             max_mapped: None,
         }
     }
 
-    /// Number of mapped gfns.
+    /// Number of mapped gfns (frames; PoD entries are not counted).
     pub fn mapped(&self) -> u64 {
         self.mapped
     }
 
-    /// The highest gfn ever mapped.
+    /// Number of populate-on-demand entries.
+    pub fn pod_entries(&self) -> u64 {
+        self.pod
+    }
+
+    /// Host heap bytes of the tables, in the tree or kept spare.
+    pub fn table_bytes(&self) -> u64 {
+        self.table_bytes
+    }
+
+    /// Bytes of new tables that entries at every gfn of `start .. start + count` would
+    /// allocate, after the spares are reused. `start + count <= GFN_LIMIT`.
+    pub fn new_table_bytes(&self, start: u64, count: u64) -> u64 {
+        if count == 0 {
+            return 0;
+        }
+        let end = start + count;
+        let (mut leaves, mut l3s, mut l2s) = (0u64, 0u64, 0u64);
+        // One step per leaf-sized window: the walk is as long as the request / 512.
+        let mut g = start;
+        while g < end {
+            let (a, b, c, _) = split(g);
+            let l2 = self.top[a].as_ref();
+            let l3 = l2.and_then(|t| t.slots[b].as_ref());
+            let leaf = l3.and_then(|t| t.slots[c].as_ref());
+            let first_of = |bits: u32| g == start || g & ((1 << bits) - 1) == 0;
+            if l2.is_none() && first_of(LEAF_BITS + 2 * MID_BITS) {
+                l2s += 1;
+            }
+            if l3.is_none() && first_of(LEAF_BITS + MID_BITS) {
+                l3s += 1;
+            }
+            if leaf.is_none() {
+                leaves += 1;
+            }
+            g = (g | ((1 << LEAF_BITS) - 1)) + 1;
+        }
+        let sp = &self.spare;
+        leaves.saturating_sub(sp.leaves.len() as u64) * LEAF_BYTES
+            + l3s.saturating_sub(sp.l3.len() as u64) * NODE_BYTES
+            + l2s.saturating_sub(sp.l2.len() as u64) * NODE_BYTES
+    }
+
+    /// [`new_table_bytes`](Self::new_table_bytes) of one gfn.
+    #[inline]
+    pub fn new_table_bytes_one(&self, gfn: u64) -> u64 {
+        self.new_table_bytes(gfn, 1)
+    }
+
+    /// The highest gfn ever mapped or marked PoD.
     pub fn max_mapped(&self) -> Option<u64> {
         self.max_mapped
     }
@@ -105,21 +191,80 @@ impl P2m {
         let m = self.top[a].as_ref()?.slots[b].as_ref()?.slots[c]
             .as_ref()?
             .slots[d];
-        (m != NO_FRAME).then_some(m)
+        is_frame(m).then_some(m)
     }
 
-    /// Maps `gfn` to `mfn`; returns the frame that was there.
+    /// Whether `gfn` is a populate-on-demand entry.
+    #[inline]
+    pub fn is_pod(&self, gfn: u64) -> bool {
+        self.raw(gfn) == POD_ENTRY
+    }
+
+    /// The entry at `gfn`: a frame, [`POD_ENTRY`] or `NO_FRAME`.
+    #[inline]
+    fn raw(&self, gfn: u64) -> Mfn {
+        if gfn >= GFN_LIMIT {
+            return NO_FRAME;
+        }
+        let (a, b, c, d) = split(gfn);
+        let Some(l2) = self.top[a].as_ref() else {
+            return NO_FRAME;
+        };
+        let Some(l3) = l2.slots[b].as_ref() else {
+            return NO_FRAME;
+        };
+        let Some(leaf) = l3.slots[c].as_ref() else {
+            return NO_FRAME;
+        };
+        leaf.slots[d]
+    }
+
+    /// Maps `gfn` to `mfn`; returns the frame that was there. A PoD entry there is
+    /// replaced (as Xen's `guest_physmap_add_entry` replaces them) and uncounted.
     ///
     /// # Panics
     /// If `gfn >= GFN_LIMIT`: callers check guest-supplied gfns first.
     #[inline]
     pub fn set(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
+        debug_assert!(is_frame(mfn));
+        let old = self.put(gfn, mfn);
+        if !is_frame(old) {
+            self.mapped += 1;
+            if old == POD_ENTRY {
+                self.pod -= 1;
+            }
+        }
+        self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
+        is_frame(old).then_some(old)
+    }
+
+    /// Makes `gfn` a PoD entry if it holds no frame; returns the frame that is there
+    /// otherwise, changing nothing.
+    pub fn set_pod(&mut self, gfn: u64) -> Option<Mfn> {
+        let old = self.put(gfn, POD_ENTRY);
+        if is_frame(old) {
+            self.put(gfn, old);
+            return Some(old);
+        }
+        if old == NO_FRAME {
+            self.pod += 1;
+        }
+        // Xen's max_mapped_pfn follows every p2m entry written, PoD ones included.
+        self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
+        None
+    }
+
+    /// Writes an entry, allocating its tables; returns the old entry.
+    #[inline]
+    fn put(&mut self, gfn: u64, entry: Mfn) -> Mfn {
         assert!(gfn < GFN_LIMIT, "gfn {gfn:#x} beyond the p2m");
-        debug_assert!(mfn != NO_FRAME);
+        debug_assert!(entry != NO_FRAME);
         let (a, b, c, d) = split(gfn);
         let spare = &mut self.spare;
+        let bytes = &mut self.table_bytes;
         let l2 = self.top[a].get_or_insert_with(|| {
             spare.l2.pop().unwrap_or_else(|| {
+                *bytes += NODE_BYTES;
                 Box::new(Node {
                     slots: [const { None }; FAN],
                     used: 0,
@@ -131,6 +276,7 @@ impl P2m {
         }
         let l3 = l2.slots[b].get_or_insert_with(|| {
             spare.l3.pop().unwrap_or_else(|| {
+                *bytes += NODE_BYTES;
                 Box::new(Node {
                     slots: [const { None }; FAN],
                     used: 0,
@@ -142,23 +288,22 @@ impl P2m {
         }
         let leaf = l3.slots[c].get_or_insert_with(|| {
             spare.leaves.pop().unwrap_or_else(|| {
+                *bytes += LEAF_BYTES;
                 Box::new(Node {
                     slots: [NO_FRAME; 1 << LEAF_BITS],
                     used: 0,
                 })
             })
         });
-        let old = core::mem::replace(&mut leaf.slots[d], mfn);
+        let old = core::mem::replace(&mut leaf.slots[d], entry);
         if old == NO_FRAME {
             leaf.used += 1;
-            self.mapped += 1;
         }
-        self.max_mapped = Some(self.max_mapped.map_or(gfn, |m| m.max(gfn)));
-        (old != NO_FRAME).then_some(old)
+        old
     }
 
-    /// Maps `gfn` to `mfn` if it is unmapped and returns `None`; otherwise changes
-    /// nothing and returns the frame that is there. One walk where `get` then `set` take
+    /// Maps `gfn` to `mfn` if it holds no frame (a PoD entry is replaced) and returns
+    /// `None`; otherwise changes nothing and returns the frame that is there. One walk where `get` then `set` take
     /// two.
     #[inline]
     pub fn set_if_empty(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
@@ -172,9 +317,27 @@ impl P2m {
         }
     }
 
-    /// Unmaps `gfn`; returns the frame that was there.
+    /// Unmaps `gfn`; returns the frame that was there. A PoD entry stays.
     #[inline]
     pub fn remove(&mut self, gfn: u64) -> Option<Mfn> {
+        let old = self.take(gfn, is_frame)?;
+        self.mapped -= 1;
+        Some(old)
+    }
+
+    /// Removes the PoD entry at `gfn`; false if there is none.
+    pub fn remove_pod(&mut self, gfn: u64) -> bool {
+        if self.take(gfn, |m| m == POD_ENTRY).is_none() {
+            return false;
+        }
+        self.pod -= 1;
+        true
+    }
+
+    /// Empties the entry at `gfn` if `which` accepts it, freeing emptied tables; returns
+    /// the old entry.
+    #[inline]
+    fn take(&mut self, gfn: u64, which: impl Fn(Mfn) -> bool) -> Option<Mfn> {
         if gfn >= GFN_LIMIT {
             return None;
         }
@@ -182,30 +345,99 @@ impl P2m {
         let l2 = self.top[a].as_mut()?;
         let l3 = l2.slots[b].as_mut()?;
         let leaf = l3.slots[c].as_mut()?;
-        let old = core::mem::replace(&mut leaf.slots[d], NO_FRAME);
-        if old == NO_FRAME {
+        let old = leaf.slots[d];
+        if old == NO_FRAME || !which(old) {
             return None;
         }
-        self.mapped -= 1;
+        leaf.slots[d] = NO_FRAME;
         leaf.used -= 1;
+        let bytes = &mut self.table_bytes;
         if leaf.used == 0 {
             if let Some(t) = l3.slots[c].take() {
-                keep(&mut self.spare.leaves, t);
+                keep(&mut self.spare.leaves, t, bytes);
             }
             l3.used -= 1;
             if l3.used == 0 {
                 if let Some(t) = l2.slots[b].take() {
-                    keep(&mut self.spare.l3, t);
+                    keep(&mut self.spare.l3, t, bytes);
                 }
                 l2.used -= 1;
                 if l2.used == 0 {
                     if let Some(t) = self.top[a].take() {
-                        keep(&mut self.spare.l2, t);
+                        keep(&mut self.spare.l2, t, bytes);
                     }
                 }
             }
         }
         Some(old)
+    }
+
+    /// The highest gfn holding a frame or a PoD entry.
+    pub fn highest_entry(&self) -> Option<u64> {
+        for (a, l2) in self.top.iter().enumerate().rev() {
+            let Some(l2) = l2 else { continue };
+            for (b, l3) in l2.slots.iter().enumerate().rev() {
+                let Some(l3) = l3 else { continue };
+                for (c, leaf) in l3.slots.iter().enumerate().rev() {
+                    let Some(leaf) = leaf else { continue };
+                    if let Some(d) = leaf.slots.iter().rposition(|&m| m != NO_FRAME) {
+                        return Some(
+                            ((a as u64) << (LEAF_BITS + 2 * MID_BITS))
+                                | ((b as u64) << (LEAF_BITS + MID_BITS))
+                                | ((c as u64) << LEAF_BITS)
+                                | d as u64,
+                        );
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Counts from scratch: (frames, PoD entries, table bytes), for the invariant check.
+    pub fn recount(&self) -> (u64, u64, u64) {
+        let (mut frames, mut pods) = (0u64, 0u64);
+        let mut bytes = self.spare.leaves.len() as u64 * LEAF_BYTES
+            + (self.spare.l3.len() + self.spare.l2.len()) as u64 * NODE_BYTES;
+        for l2 in self.top.iter().flatten() {
+            bytes += NODE_BYTES;
+            for l3 in l2.slots.iter().flatten() {
+                bytes += NODE_BYTES;
+                for leaf in l3.slots.iter().flatten() {
+                    bytes += LEAF_BYTES;
+                    for &m in &leaf.slots {
+                        if is_frame(m) {
+                            frames += 1;
+                        } else if m == POD_ENTRY {
+                            pods += 1;
+                        }
+                    }
+                }
+            }
+        }
+        (frames, pods, bytes)
+    }
+
+    /// The PoD entries as maximal runs `(start, count)`, in order, at most `limit` runs.
+    pub fn pod_ranges_up_to(&self, limit: usize) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let _ = self.try_for_each_raw(|gfn, m| {
+            if m != POD_ENTRY {
+                return core::ops::ControlFlow::Continue(());
+            }
+            if let Some((s, c)) = out.last_mut() {
+                if *s + *c == gfn {
+                    *c += 1;
+                    return core::ops::ControlFlow::Continue(());
+                }
+            }
+            if out.len() == limit {
+                return core::ops::ControlFlow::Break(());
+            }
+            out.push((gfn, 1));
+            core::ops::ControlFlow::Continue(())
+        });
+        out
     }
 
     /// The mapped gfns as maximal runs `(start, count)`, in order.
@@ -253,8 +485,22 @@ impl P2m {
         });
     }
 
-    /// Calls `f` for every mapping, in gfn order, until it breaks.
+    /// Calls `f` for every mapping (frames only), in gfn order, until it breaks.
     pub fn try_for_each<B>(
+        &self,
+        mut f: impl FnMut(u64, Mfn) -> core::ops::ControlFlow<B>,
+    ) -> core::ops::ControlFlow<B> {
+        self.try_for_each_raw(|g, m| {
+            if is_frame(m) {
+                f(g, m)
+            } else {
+                core::ops::ControlFlow::Continue(())
+            }
+        })
+    }
+
+    /// Calls `f` for every entry, frames and PoD entries, in gfn order, until it breaks.
+    fn try_for_each_raw<B>(
         &self,
         mut f: impl FnMut(u64, Mfn) -> core::ops::ControlFlow<B>,
     ) -> core::ops::ControlFlow<B> {
@@ -315,7 +561,83 @@ mod tests {
         assert_eq!(p.iter().collect::<Vec<_>>(), vec![(3, 3)]);
     }
 
+    #[test]
+    fn pod_entries_are_not_frames() {
+        let mut p = P2m::new();
+        assert_eq!(p.set_pod(7), None);
+        assert_eq!(p.set_pod(7), None, "marking twice counts once");
+        assert_eq!((p.mapped(), p.pod_entries()), (0, 1));
+        assert!(p.is_pod(7));
+        assert_eq!(p.get(7), None);
+        assert_eq!(p.remove(7), None, "remove takes frames only");
+        assert_eq!(p.iter().count(), 0);
+        assert_eq!(p.highest_entry(), Some(7));
+        // A frame replaces the PoD entry; a PoD mark does not replace a frame.
+        assert_eq!(p.set(7, 3), None);
+        assert_eq!((p.mapped(), p.pod_entries()), (1, 0));
+        assert_eq!(p.set_pod(7), Some(3));
+        assert_eq!(p.get(7), Some(3));
+        p.set_pod(1 << 30);
+        assert_eq!(p.pod_ranges_up_to(8), vec![(1 << 30, 1)]);
+        assert!(p.remove_pod(1 << 30));
+        assert!(!p.remove_pod(1 << 30));
+        assert_eq!(p.remove(7), Some(3));
+        assert_eq!(p.highest_entry(), None);
+        assert!(p.top.iter().all(Option::is_none), "empty tables are freed");
+        assert_eq!(p.recount(), (0, 0, p.table_bytes()));
+    }
+
+    #[test]
+    fn table_bytes_count_every_table() {
+        let mut p = P2m::new();
+        assert_eq!(p.new_table_bytes(0, 1), LEAF_BYTES + 2 * NODE_BYTES);
+        // A 1 GiB run: 512 leaves under one inner table, one top entry.
+        assert_eq!(
+            p.new_table_bytes(0, 1 << 18),
+            512 * LEAF_BYTES + 2 * NODE_BYTES
+        );
+        // One page every 2^18 gfns: a leaf and an inner table each.
+        assert_eq!(p.new_table_bytes(5 << 18, 1), LEAF_BYTES + 2 * NODE_BYTES);
+        p.set(0, 1);
+        assert_eq!(p.table_bytes(), LEAF_BYTES + 2 * NODE_BYTES);
+        assert_eq!(p.new_table_bytes(1, 511), 0);
+        assert_eq!(p.new_table_bytes(511, 2), LEAF_BYTES);
+        assert_eq!(p.new_table_bytes(1 << 18, 1), LEAF_BYTES + NODE_BYTES);
+        // Emptied tables stay counted as spares, and are reused for free.
+        p.remove(0);
+        assert_eq!(p.table_bytes(), LEAF_BYTES + 2 * NODE_BYTES);
+        assert_eq!(p.new_table_bytes(1 << 30, 1), 0);
+        assert_eq!(p.recount().2, p.table_bytes());
+    }
+
     proptest! {
+        /// `new_table_bytes` predicts exactly what mapping a range allocates, and the
+        /// counters match a recount, whatever was mapped, marked and removed before.
+        #[test]
+        fn new_table_bytes_predicts_the_allocation(
+            ops in proptest::collection::vec((0u8..3, 0u64..64, 0u64..1000), 0..100),
+            start in 0u64..(1 << 30),
+            count in 1u64..2000,
+        ) {
+            let mut p = P2m::new();
+            for (op, region, off) in ops {
+                let g = region << 17 | off;
+                match op {
+                    0 => { p.set(g, 1); }
+                    1 => { p.set_pod(g); }
+                    _ => { p.remove(g); p.remove_pod(g); }
+                }
+            }
+            prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+            let before = p.table_bytes();
+            let predicted = p.new_table_bytes(start, count);
+            for g in start..start + count {
+                p.set_pod(g);
+            }
+            prop_assert_eq!(p.table_bytes() - before, predicted);
+            prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+        }
+
         #[test]
         fn matches_a_btreemap(ops in proptest::collection::vec((any::<bool>(), 0u64..4096, 0u32..1000), 0..300), high in any::<u64>()) {
             let mut p = P2m::new();

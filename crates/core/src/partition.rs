@@ -127,12 +127,31 @@ pub struct Partition {
     pub memory_map: Option<Vec<ballast_abi::xen::E820Entry>>,
     /// Xen: the guest runs with translated paging (HVM/PVH); false for PV.
     pub translated: bool,
+    /// Gfns of the guest physical space are below this: the size of the partition's
+    /// backing memory once the host attaches it, [`GFN_LIMIT`](crate::p2m::GFN_LIMIT)
+    /// before. Nothing is mapped (or marked PoD) at or above it.
+    pub gfn_limit: u64,
+    /// The host heap bytes the p2m's tables may take, when set explicitly; otherwise the
+    /// default budget of [`P2mBudget`](crate::config::P2mBudget) scaled to `max_pages`.
+    pub p2m_budget: Option<u64>,
+    /// Frames in the populate-on-demand cache (Xen `p2m->pod.count`).
+    pub pod_cache: u64,
+    pub(crate) pod_cache_head: Mfn,
+    /// Xen: the domain has passthrough devices / I/O resources (`has_arch_io_resources`):
+    /// its extent order limit is raised to `max_order_ptdom`, and populate-on-demand is
+    /// refused (-ENOTEMPTY).
+    pub passthrough: bool,
 }
 
 impl Partition {
-    /// Xen `tot_pages`: frames mapped or assigned to the partition.
+    /// Xen `tot_pages`: frames mapped, assigned or in the PoD cache of the partition.
     pub fn tot_pages(&self) -> u64 {
-        self.p2m.mapped() + self.assigned
+        self.p2m.mapped() + self.assigned + self.pod_cache
+    }
+
+    /// Xen `p2m->pod.entry_count`: gfns marked populate-on-demand and not yet backed.
+    pub fn pod_entries(&self) -> u64 {
+        self.p2m.pod_entries()
     }
 
     /// Pool frames available, over all nodes.

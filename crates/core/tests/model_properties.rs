@@ -11,13 +11,13 @@ use ballast_abi::hv::{
     HvPartitionPrivilegeMask, HvProximityDomainInfo, HvWithdrawMemory,
 };
 use ballast_abi::xen::{
-    MemFlags, MemoryOp, XenMemoryExchange, XenMemoryReservation, XenRemoveFromPhysmap,
+    MemFlags, MemoryOp, XenMemoryExchange, XenMemoryReservation, XenPodTarget, XenRemoveFromPhysmap,
 };
 use ballast_core::{
     Config, DomId, Effect, FlatMemory, GfnRange, Hypervisor, NodeSel, PartitionId, ROOT_ID,
 };
 use proptest::prelude::*;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 const ARG: u64 = 0x1_0000;
 const LIST: u64 = 0x2_0000;
@@ -61,6 +61,19 @@ enum Op {
     Host { t: u8, g: u16, n: u8, release: bool },
     /// The host destroys `t`.
     Destroy { t: u8 },
+    /// Caller `c` sets (or gets) the PoD target of `t`.
+    PodTarget {
+        c: u8,
+        t: u8,
+        target: u16,
+        set: bool,
+    },
+    /// A guest access to gfn `g` of `t` (a PoD entry, or not).
+    Demand { t: u8, g: u16 },
+    /// The host sets `t`'s guest-physical limit.
+    Limit { t: u8, limit: u16 },
+    /// The host sets `t`'s p2m budget (KiB; 0 = the default).
+    Budget { t: u8, kib: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,7 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..6).prop_map(|t| Op::Finalize { t }),
         (0u8..6).prop_map(|t| Op::Delete { t }),
         (0u8..6).prop_map(|t| Op::Grant { t }),
-        (0u8..6, 0u8..6, 0u8..4, 0u16..300, 1u8..32, 0u8..3).prop_map(
+        (0u8..6, 0u8..6, 0u8..6, 0u16..300, 1u8..32, 0u8..3).prop_map(
             |(c, t, op, base, n, order)| Op::Reserve {
                 c,
                 t,
@@ -93,6 +106,15 @@ fn op() -> impl Strategy<Value = Op> {
             release
         }),
         (0u8..6).prop_map(|t| Op::Destroy { t }),
+        (0u8..6, 0u8..6, 0u16..500, any::<bool>()).prop_map(|(c, t, target, set)| Op::PodTarget {
+            c,
+            t,
+            target,
+            set
+        }),
+        (0u8..6, 0u16..300).prop_map(|(t, g)| Op::Demand { t, g }),
+        (0u8..6, 0u16..400).prop_map(|(t, limit)| Op::Limit { t, limit }),
+        (0u8..6, 0u8..40).prop_map(|(t, kib)| Op::Budget { t, kib }),
     ]
 }
 
@@ -223,18 +245,25 @@ impl World {
                 ) else {
                     return;
                 };
+                let pod = op % 6 >= 4;
                 let op = [
                     MemoryOp::POPULATE_PHYSMAP,
                     MemoryOp::DECREASE_RESERVATION,
                     MemoryOp::INCREASE_RESERVATION,
                     MemoryOp::POPULATE_PHYSMAP,
-                ][op as usize % 4];
+                    MemoryOp::POPULATE_PHYSMAP,
+                    MemoryOp::POPULATE_PHYSMAP,
+                ][op as usize % 6];
                 let list: Vec<u64> = (0..n as u64).map(|i| base as u64 + (i << order)).collect();
                 let r = XenMemoryReservation {
                     extent_start: LIST,
                     nr_extents: n as u64,
                     extent_order: order as u32,
-                    mem_flags: MemFlags::NONE,
+                    mem_flags: if pod {
+                        MemFlags::POPULATE_ON_DEMAND
+                    } else {
+                        MemFlags::NONE
+                    },
                     domid: if c == t {
                         ballast_abi::xen::DOMID_SELF
                     } else {
@@ -321,6 +350,52 @@ impl World {
                 if self.hv.destroy_partition(t).is_ok() {
                     self.ids.retain(|&i| i != t);
                 }
+            }
+            Op::PodTarget { c, t, target, set } => {
+                let (c, t) = (pick(c), pick(t));
+                let (Some(cd), Some(td)) = (
+                    self.hv.partition(c).map(|p| p.domid),
+                    self.hv.partition(t).map(|p| p.domid),
+                ) else {
+                    return;
+                };
+                let x = XenPodTarget {
+                    target_pages: u64::from(target),
+                    domid: td.0,
+                    ..XenPodTarget::new_zeroed()
+                };
+                let mut mem = FlatMemory::new(ARG, 0x1000);
+                mem.bytes[..40].copy_from_slice(x.as_bytes());
+                let op = if set {
+                    MemoryOp::SET_POD_TARGET
+                } else {
+                    MemoryOp::GET_POD_TARGET
+                };
+                let r = self.hv.memory_op(cd, op.0 as u64, ARG, &mut mem);
+                if r.ret == 0 {
+                    let back = XenPodTarget::read_from_bytes(&mem.bytes[..40]).unwrap();
+                    let p = self.hv.partition(t).unwrap();
+                    assert_eq!(
+                        (back.tot_pages, back.pod_cache_pages, back.pod_entries),
+                        (p.tot_pages(), p.pod_cache, p.pod_entries())
+                    );
+                }
+            }
+            Op::Demand { t, g } => {
+                let t = pick(t);
+                let is_pod = self.hv.partition(t).is_some_and(|p| p.p2m.is_pod(g.into()));
+                let r = self.hv.pod_demand_populate(t, g.into());
+                assert_eq!(
+                    is_pod,
+                    r.is_ok() || r == Err(ballast_core::MemoryError::PodCacheEmpty)
+                );
+            }
+            Op::Limit { t, limit } => {
+                let _ = self.hv.set_guest_physical_limit(pick(t), limit.into());
+            }
+            Op::Budget { t, kib } => {
+                let bytes = (kib != 0).then_some(u64::from(kib) << 10);
+                let _ = self.hv.set_p2m_budget(pick(t), bytes);
             }
         }
     }

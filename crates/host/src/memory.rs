@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ballast_backing::{AuditReport, Backing, BackingError, GfnRange, PageSize};
-use ballast_core::{Config, ConfigError, Effect, Hypervisor, PartitionId};
+use ballast_core::{Config, ConfigError, Effect, Hypervisor, MemoryError, PartitionId};
 use thiserror::Error;
 
 /// What went wrong between the core and real memory.
@@ -18,6 +18,9 @@ pub enum HostError {
     /// No such partition in the core.
     #[error("no partition {0:?}")]
     NoPartition(PartitionId),
+    /// The core refused a change to a partition's guest space.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }
 
 /// What applying effects did.
@@ -57,7 +60,9 @@ impl MemoryHost {
         &self.backing
     }
 
-    /// Gives partition `id` a memfd of `gfns` pages, growable to `max_gfns`.
+    /// Gives partition `id` a memfd of `gfns` pages, growable to `max_gfns`, and makes
+    /// `gfns` the partition's guest-physical limit in the core, so nothing the guest or
+    /// the host does maps a page where the memfd has no room for it.
     pub fn attach_memory(
         &mut self,
         id: PartitionId,
@@ -68,8 +73,29 @@ impl MemoryHost {
         if self.hv.partition(id).is_none() {
             return Err(HostError::NoPartition(id));
         }
-        self.backing
-            .create(id.0, gfns * 4096, max_gfns * 4096, page_size)?;
+        let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit);
+        self.hv.set_guest_physical_limit(id, gfns)?;
+        if let Err(e) = self
+            .backing
+            .create(id.0, gfns * 4096, max_gfns * 4096, page_size)
+        {
+            // Keep the core as it was: it must not believe in memory that is not there.
+            let _ = self.hv.set_guest_physical_limit(id, before);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Grows partition `id`'s memfd to `gfns` pages (a hot-add) and raises its
+    /// guest-physical limit to match; the host then populates the new range.
+    pub fn grow_memory(&mut self, id: PartitionId, gfns: u64) -> Result<(), HostError> {
+        let mem = self
+            .backing
+            .get_mut(id.0)
+            .ok_or(BackingError::NoPartition(id.0))?;
+        mem.grow(gfns * 4096)?;
+        let size = mem.gfns();
+        self.hv.set_guest_physical_limit(id, size)?;
         Ok(())
     }
 

@@ -689,7 +689,11 @@ impl Hypervisor {
         if caller != Self::ROOT_SLOT {
             let id = self.part(target).id.0;
             if let Some(gfn) = self.hv.origins.get_mut(&id).and_then(Vec::pop) {
-                if self.part(caller).p2m.get(gfn).is_none() {
+                // The gfn may since have gone past the caller's guest-physical limit or
+                // p2m budget: then the frame goes back to the host as well.
+                if self.part(caller).p2m.get(gfn).is_none()
+                    && self.guest_space_ok(caller, gfn, 1).is_ok()
+                {
                     self.map(caller, gfn, mfn);
                 } else {
                     // The host has backed the gfn again meanwhile: the caller already has

@@ -21,8 +21,30 @@
 //! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV allows the
 //! target's parent (ballast's stand-in for a device-model domain); PRIV allows the control
 //! domain (domid 0, the root), which also passes the other two. `DOMID_SELF` names the
-//! caller. Extent orders are limited by the caller's class: `max_order_ctldom` for the
-//! control domain, `max_order_domu` for everyone else.
+//! caller. Extent orders are limited by the caller's class, as Xen's `max_order()`:
+//! `max_order_domu`, raised to `max_order_ptdom` for a domain with passthrough devices
+//! ([`Hypervisor::set_passthrough`]) and to `max_order_ctldom` for the control domain.
+//!
+//! # Guest physical space
+//! Each partition has a guest-physical limit ([`Hypervisor::set_guest_physical_limit`]:
+//! the size of its backing memory) and a budget of host heap for its p2m tables
+//! ([`Hypervisor::set_p2m_budget`], by default scaled to `max_pages`, as Xen's toolstack
+//! sizes a domain's paging pool). populate (PoD marks included), a gmfn move, exchange
+//! outputs and the host's populate are refused at or past the limit (Xen's p2m answers
+//! -EINVAL past the guest's physical address width: [`StopReason::BadGfn`], `-EINVAL`), and
+//! when the tables they need would exceed the budget (Xen's paging pool runs dry: -ENOMEM;
+//! [`StopReason::P2mMemory`], `-ENOMEM`). Both are checked for the whole extent before
+//! anything is allocated or changed.
+//!
+//! # Populate-on-demand
+//! A PoD entry is a p2m entry without a frame; the PoD cache is frames the domain holds
+//! (counted in `tot_pages`) for them. populate_physmap with `XENMEMF_populate_on_demand`
+//! marks entries (Xen's `guest_physmap_mark_populate_on_demand`), set_pod_target sizes the
+//! cache (`p2m_pod_set_mem_target`), a guest access takes a cache frame
+//! ([`Hypervisor::pod_demand_populate`], which the VMM calls on the fault), and
+//! decrease_reservation drops PoD entries without freeing anything, keeps ballooned frames
+//! for the cache while the entries outnumber it, and returns the cache's excess once they
+//! do not (`p2m_pod_decrease_reservation`). Passthrough domains get -ENOTEMPTY.
 //!
 //! # Deliberate deviations from Xen
 //! - Populating a gfn that is already mapped fails that extent ([`StopReason::AlreadyMapped`])
@@ -59,10 +81,17 @@
 //! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
 //!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
 //!   cannot hold the host for long (Xen preempts the same calls).
-//! - Populate-on-demand is not modelled: a populate with `XENMEMF_populate_on_demand`
-//!   stops (on oneself as Xen's XSA-30 rule says; on others with
-//!   [`StopReason::PopulateOnDemand`]); set_pod_target accepts only targets that need no
-//!   PoD cache, get_pod_target reports an empty cache.
+//! - Populate-on-demand is modelled page by page: a guest access backs one 4 KiB PoD entry
+//!   (Xen backs a whole 2 MiB or 1 GiB PoD superpage from a cache superpage when it can),
+//!   the cache is filled with single frames, decrease does not reclaim zeroed superpages
+//!   (the core has no page contents), and an access with the cache empty fails
+//!   ([`MemoryError::PodCacheEmpty`](crate::MemoryError::PodCacheEmpty)) where Xen sweeps for
+//!   zero pages and then crashes the domain. A decrease extent over PoD entries is all or
+//!   nothing like every other (a hole fails it with nothing removed).
+//! - Populate, a gmfn move and exchange outputs at or past the guest-physical limit, or
+//!   beyond the p2m budget, fail before any frame is allocated (Xen allocates, then fails
+//!   in the p2m and frees). increase_reservation refuses frames beyond the number of gfns
+//!   of the guest physical space (Xen has no such check; the frames could never be mapped).
 //! - Claims gate the allocations made here; the host API and Hyper-V deposits do not look
 //!   at them. Freed pages do not return to a claim (Xen master, not 4.17).
 //! - A partition in the Hyper-V Finalized state counts as dying: nothing is allocated for
@@ -122,6 +151,8 @@ pub mod errno {
     pub const EDOM: i64 = 33;
     /// Result out of range.
     pub const ERANGE: i64 = 34;
+    /// Directory not empty (PoD with passthrough devices).
+    pub const ENOTEMPTY: i64 = 39;
     /// Function not implemented.
     pub const ENOSYS: i64 = 38;
     /// Value too large for defined data type.
@@ -173,12 +204,17 @@ pub enum StopReason {
     AlreadyMapped,
     /// A page of the extent is not the target's (a hole, or for PV a foreign frame).
     NotMapped,
-    /// The extent reaches beyond the 2^40-gfn guest physical space.
+    /// The extent reaches beyond the target's guest-physical limit (the size of its
+    /// backing memory, at most 2^40 gfns), or an increase would give the target more
+    /// frames than its guest physical space has gfns. Xen's p2m answers -EINVAL.
     BadGfn,
     /// The target is being torn down.
     Dying,
-    /// Populate-on-demand is not modelled.
+    /// Populate-on-demand refused: the target has passthrough devices (Xen -ENOTEMPTY).
     PopulateOnDemand,
+    /// The p2m tables the extent needs would exceed the target's p2m budget (Xen: its
+    /// paging pool is exhausted, -ENOMEM from the p2m).
+    P2mMemory,
 }
 
 impl core::fmt::Display for StopReason {
@@ -196,7 +232,8 @@ impl core::fmt::Display for StopReason {
             Self::NotMapped => "page not owned by the domain",
             Self::BadGfn => "gfn beyond the guest physical space",
             Self::Dying => "domain is dying",
-            Self::PopulateOnDemand => "populate-on-demand is not supported",
+            Self::PopulateOnDemand => "populate-on-demand refused with passthrough devices",
+            Self::P2mMemory => "p2m table budget exhausted",
         })
     }
 }
@@ -465,7 +502,7 @@ impl Hypervisor {
             M::MEMORY_MAP => MemoryOpResult::rc(self.xen_memory_map(c)),
             M::MACHINE_MEMORY_MAP => MemoryOpResult::rc(self.xen_machine_memory_map(c)),
             M::SET_MEMORY_MAP => MemoryOpResult::rc(self.xen_set_memory_map(c)),
-            M::SET_POD_TARGET | M::GET_POD_TARGET => MemoryOpResult::rc(self.xen_pod_target(c)),
+            M::SET_POD_TARGET | M::GET_POD_TARGET => self.xen_pod_target(c),
             _ => MemoryOpResult::err(ENOSYS),
         }
     }
@@ -501,13 +538,17 @@ impl Hypervisor {
         caller == Self::ROOT_SLOT
     }
 
+    /// Xen's `max_order(current->domain)`: the domU limit, raised to the ptdom limit for
+    /// a domain with passthrough devices and to the ctldom limit for the control domain.
     pub(crate) fn xen_max_order(&self, caller: u32) -> u32 {
         let x = &self.config.xen;
-        let order = if caller == Self::ROOT_SLOT {
-            x.max_order_ctldom.max(x.max_order_domu)
-        } else {
-            x.max_order_domu
-        };
+        let mut order = x.max_order_domu;
+        if self.part(caller).passthrough {
+            order = order.max(x.max_order_ptdom);
+        }
+        if caller == Self::ROOT_SLOT {
+            order = order.max(x.max_order_ctldom);
+        }
         order.min(MAX_ORDER)
     }
 

@@ -4,8 +4,7 @@ use ballast_abi::xen::{MapSpace, XenAddToPhysmap, XenAddToPhysmapBatch, XenRemov
 
 use super::errno::*;
 use super::{Call, MemoryOpResult, Xsm, elem};
-use crate::hypervisor::Hypervisor;
-use crate::p2m::GFN_LIMIT;
+use crate::hypervisor::{Hypervisor, SpaceError};
 
 /// Xen's `INVALID_GFN`.
 const INVALID_GFN: u64 = u64::MAX;
@@ -154,11 +153,17 @@ impl Hypervisor {
         if self.part(t).p2m.get(from).is_none() {
             return Err(EACCES);
         }
-        if to >= GFN_LIMIT {
+        // Past the guest-physical limit the page would have no backing to live in: Xen's
+        // p2m refuses gfns past the guest's physical address width with -EINVAL.
+        if to >= self.part(t).gfn_limit {
             return Err(EINVAL);
         }
         if from == to {
             return Ok(());
+        }
+        // The tables for `to`, before anything moves (the p2m pool: -ENOMEM).
+        if let Err(SpaceError::Budget(_)) = self.guest_space_ok(t, to, 1) {
+            return Err(ENOMEM);
         }
         // The page at `to` goes first, then the move, then the old place: applied in
         // this order, the backing copies the bytes before releasing either gfn.

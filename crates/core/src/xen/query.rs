@@ -130,36 +130,98 @@ impl Hypervisor {
         Ok(0)
     }
 
-    /// set_pod_target and get_pod_target, for a model without populate-on-demand: the
-    /// cache is always empty.
-    pub(super) fn xen_pod_target(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
-        let mut target = c.read::<XenPodTarget>(c.arg).ok_or(EFAULT)?;
-        let t = self.xen_lookup(c.caller, target.domid).ok_or(ESRCH)?;
+    /// set_pod_target and get_pod_target (x86 `arch_memory_op`): any domid, HVM only
+    /// (-EINVAL for PV), the PRIV check, for set a target of at most `max_pages`
+    /// (-EINVAL) and [`xen_pod_set_mem_target`](Self::xen_pod_set_mem_target), which may
+    /// continue; then both report `tot_pages`, the cache and the entries.
+    pub(super) fn xen_pod_target(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
+        let mut target = match c.read::<XenPodTarget>(c.arg) {
+            Some(t) => t,
+            None => return MemoryOpResult::err(EFAULT),
+        };
+        let Some(t) = self.xen_lookup(c.caller, target.domid) else {
+            return MemoryOpResult::err(ESRCH);
+        };
         if !self.part(t).translated {
-            return Err(EINVAL);
+            return MemoryOpResult::err(EINVAL);
         }
         if !self.xen_xsm(c.caller, t, Xsm::Priv) {
-            return Err(EPERM);
+            return MemoryOpResult::err(EPERM);
+        }
+        if c.op == MemoryOp::SET_POD_TARGET {
+            if target.target_pages > u64::from(self.part(t).max_pages) {
+                return MemoryOpResult::err(EINVAL);
+            }
+            match self.xen_pod_set_mem_target(c, t, target.target_pages) {
+                Ok(false) => {}
+                // -ERESTART: the same call again, from where the cache is now.
+                Ok(true) => {
+                    return MemoryOpResult {
+                        ret: 0,
+                        continuation: Some(c.cmd),
+                        stop: None,
+                    };
+                }
+                Err(e) => return MemoryOpResult::err(e),
+            }
         }
         let p = self.part(t);
-        if c.op == MemoryOp::SET_POD_TARGET {
-            if target.target_pages > u64::from(p.max_pages) {
-                return Err(EINVAL);
-            }
-            // Xen fills a PoD cache only for a domain with nothing populated yet; a
-            // populated domain without PoD entries keeps an empty cache whatever the
-            // target.
-            if p.tot_pages() == 0 && target.target_pages > 0 {
-                return Err(EOPNOTSUPP);
-            }
-        }
         target.tot_pages = p.tot_pages();
-        target.pod_cache_pages = 0;
-        target.pod_entries = 0;
+        target.pod_cache_pages = p.pod_cache;
+        target.pod_entries = p.pod_entries();
         if !c.write(c.arg, &target) {
-            return Err(EFAULT);
+            return MemoryOpResult::err(EFAULT);
         }
-        Ok(0)
+        MemoryOpResult::value(0)
+    }
+
+    /// Xen's `p2m_pod_set_mem_target` (`xen/arch/x86/mm/p2m-pod.c`): sizes the PoD cache
+    /// so that the populated pages plus the cache make `target`. Nothing happens for a
+    /// populated domain without PoD entries, a dying one, or a target below `tot_pages`
+    /// (the balloon driver shrinks the cache as it frees PoD entries); once the domain is
+    /// populated, the cache never exceeds its entries. -ENOTEMPTY with passthrough
+    /// devices. Returns true when preempted (the caller re-issues the call).
+    fn xen_pod_set_mem_target(
+        &mut self,
+        c: &mut Call<'_>,
+        t: u32,
+        target: u64,
+    ) -> Result<bool, i64> {
+        let p = self.part(t);
+        let populated = p.tot_pages() - p.pod_cache;
+        if (populated > 0 && p.pod_entries() == 0) || self.xen_dying(t) || target < p.tot_pages() {
+            return Ok(false);
+        }
+        let mut pod_target = target - populated;
+        if populated > 0 && pod_target > p.pod_entries() {
+            pod_target = p.pod_entries();
+        }
+        if p.passthrough {
+            return Err(ENOTEMPTY);
+        }
+        // p2m_pod_set_cache_target: grow from the heap (counted in tot_pages, within
+        // max_pages and the claims, as alloc_domheap_pages is), or give back.
+        let place = self.xen_placement(t, None, NO_FRAME);
+        while self.part(t).pod_cache < pod_target {
+            let m = self.xen_alloc_extent(t, 0, &place).map_err(|_| ENOMEM)?;
+            self.pod_cache_add(t, m);
+            self.xen_charge_claim(t, 1);
+            c.spend(1);
+            if self.part(t).pod_cache != pod_target && c.preempt() {
+                return Ok(true);
+            }
+        }
+        while self.part(t).pod_cache > pod_target {
+            let Some(m) = self.pod_cache_take(t) else {
+                break;
+            };
+            self.heap_free(m, 0);
+            c.spend(1);
+            if self.part(t).pod_cache != pod_target && c.preempt() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// get_vnumainfo: no partition has a virtual NUMA topology.

@@ -9,8 +9,8 @@ use super::errno::*;
 use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, Placement, StopReason, Xsm, elem};
 use crate::Mfn;
 use crate::frame::{FrameState, MAX_ORDER};
-use crate::hypervisor::Hypervisor;
-use crate::p2m::GFN_LIMIT;
+use crate::hypervisor::{Hypervisor, SpaceError};
+use crate::p2m::{GFN_LIMIT, MAX_BYTES_PER_GFN};
 
 /// How a reservation loop ended early.
 enum Halt {
@@ -100,6 +100,11 @@ impl Hypervisor {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
             }
+            // Frames the guest physical space has no room for could never be mapped.
+            let p = self.part(target);
+            if p.tot_pages().saturating_add(pages) > p.gfn_limit {
+                return Err(StopReason::BadGfn.into());
+            }
             let m = self.xen_alloc_extent(target, order, place)?;
             if report && !c.write_u64(elem(list, *done, 8), u64::from(m)) {
                 self.heap_free(m, order);
@@ -135,6 +140,11 @@ impl Hypervisor {
                 return Err(Halt::Preempt);
             }
             let base = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
+            if self.part(target).translated && self.part(target).pod_entries() > 0 {
+                self.xen_decrease_pod(c, target, base, r.extent_order)?;
+                *done += 1;
+                continue;
+            }
             // The balloon's case, one 4 KiB page of a translated guest, without building
             // the extent's page list.
             if r.extent_order == 0 && self.part(target).translated {
@@ -155,6 +165,60 @@ impl Hypervisor {
             *done += 1;
         }
         Ok(())
+    }
+
+    /// One extent of a decrease on a domain with PoD entries (Xen's
+    /// `p2m_pod_decrease_reservation`, then `guest_remove_page` for the rest). Every page
+    /// of the extent must be a frame or a PoD entry, or nothing is removed (ballast's
+    /// all-or-nothing extent). PoD entries are dropped without freeing anything; frames
+    /// are unmapped and, while the domain has more PoD entries than cache frames, kept in
+    /// the cache instead of freed (Xen "steals" them for the cache). Once the entries are
+    /// fewer than the cache frames, the cache gives the excess back to the heap.
+    fn xen_decrease_pod(
+        &mut self,
+        c: &mut Call<'_>,
+        target: u32,
+        base: u64,
+        order: u32,
+    ) -> Result<(), Halt> {
+        let pages = 1u64 << order;
+        let end = base
+            .checked_add(pages)
+            .filter(|&e| e <= GFN_LIMIT)
+            .ok_or(StopReason::BadGfn)?;
+        let p2m = &self.part(target).p2m;
+        if (base..end).any(|g| p2m.get(g).is_none() && !p2m.is_pod(g)) {
+            return Err(StopReason::NotMapped.into());
+        }
+        c.spend(pages);
+        let dying = self.xen_dying(target);
+        for gfn in base..end {
+            if self.part_mut(target).p2m.remove_pod(gfn) {
+                continue;
+            }
+            let Some(m) = self.unmap(target, gfn) else {
+                continue;
+            };
+            let p = self.part(target);
+            if !dying && p.pod_entries() > p.pod_cache {
+                self.pod_cache_add(target, m);
+            } else {
+                self.heap_free(m, 0);
+            }
+        }
+        self.xen_pod_trim_cache(target);
+        Ok(())
+    }
+
+    /// Gives cache frames beyond the PoD entries back to the heap: a cache larger than
+    /// the entries it backs holds memory nobody can use.
+    pub(super) fn xen_pod_trim_cache(&mut self, target: u32) {
+        while self.part(target).pod_cache > self.part(target).pod_entries() {
+            let Some(m) = self.pod_cache_take(target) else {
+                break;
+            };
+            self.heap_free(m, 0);
+        }
     }
 
     /// §4.4: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
@@ -193,21 +257,28 @@ impl Hypervisor {
             let gfn = c.read_u64(at).ok_or(StopReason::Fault)?;
             if pod {
                 // XSA-30: a domain may not populate-on-demand itself.
-                let reason = if target == c.caller {
-                    StopReason::Denied
-                } else {
-                    StopReason::PopulateOnDemand
-                };
-                return Err(reason.into());
+                if target == c.caller {
+                    return Err(StopReason::Denied.into());
+                }
+                // Xen marks PoD entries only for an HVM domain; for PV the extent counts
+                // and nothing happens.
+                if !pv {
+                    self.xen_mark_pod(target, gfn, pages)?;
+                }
+                c.spend(pages);
+                *done += 1;
+                continue;
             }
+            let limit = self.part(target).gfn_limit;
             let end = gfn
                 .checked_add(pages)
-                .filter(|&e| e <= GFN_LIMIT)
+                .filter(|&e| e <= limit)
                 .ok_or(StopReason::BadGfn)?;
             let p2m = &self.part(target).p2m;
             if (gfn..end).any(|g| p2m.get(g).is_some()) {
                 return Err(StopReason::AlreadyMapped.into());
             }
+            self.xen_space_ok(target, gfn, pages)?;
             let m = self.xen_alloc_extent(target, order, place)?;
             if pv && !c.write_u64(at, u64::from(m)) {
                 self.heap_free(m, order);
@@ -221,6 +292,43 @@ impl Hypervisor {
             *done += 1;
         }
         Ok(())
+    }
+
+    /// Xen's `guest_physmap_mark_populate_on_demand`: the extent becomes PoD entries, no
+    /// frame is allocated and `tot_pages` does not move. Refused with passthrough
+    /// devices, beyond the guest-physical limit or the p2m budget, and if any page of the
+    /// extent is a frame (Xen -EBUSY); PoD entries already there are counted once.
+    fn xen_mark_pod(&mut self, target: u32, gfn: u64, pages: u64) -> Result<(), Halt> {
+        if self.part(target).passthrough {
+            return Err(StopReason::PopulateOnDemand.into());
+        }
+        // A Hyper-V Finalized partition has no guest space left to mark.
+        if self.xen_dying(target) {
+            return Err(StopReason::Dying.into());
+        }
+        let end = gfn
+            .checked_add(pages)
+            .filter(|&e| e <= self.part(target).gfn_limit)
+            .ok_or(StopReason::BadGfn)?;
+        let p2m = &self.part(target).p2m;
+        if (gfn..end).any(|g| p2m.get(g).is_some()) {
+            return Err(StopReason::AlreadyMapped.into());
+        }
+        self.xen_space_ok(target, gfn, pages)?;
+        let p2m = &mut self.part_mut(target).p2m;
+        for g in gfn..end {
+            p2m.set_pod(g);
+        }
+        Ok(())
+    }
+
+    /// [`Hypervisor::guest_space_ok`] as a stop reason.
+    pub(super) fn xen_space_ok(&self, target: u32, gfn: u64, pages: u64) -> Result<(), StopReason> {
+        self.guest_space_ok(target, gfn, pages)
+            .map_err(|e| match e {
+                SpaceError::BeyondLimit => StopReason::BadGfn,
+                SpaceError::Budget(_) => StopReason::P2mMemory,
+            })
     }
 
     /// [`xen_populate`](Self::xen_populate) for the balloon's case: single pages of a
@@ -240,12 +348,14 @@ impl Hypervisor {
         let p = self.part(target);
         let mut room = u64::from(p.max_pages).saturating_sub(p.tot_pages());
         let mut free = self.frames.total_free();
+        let limit = p.gfn_limit;
+        let budget = self.p2m_budget_of(target);
         while *done < r.nr_extents {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
             }
             let gfn = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
-            if gfn >= GFN_LIMIT {
+            if gfn >= limit {
                 return Err(StopReason::BadGfn.into());
             }
             if dying {
@@ -272,6 +382,15 @@ impl Hypervisor {
                     StopReason::Claim
                 }
                 .into());
+            }
+            // The tables the gfn needs, looked at only near the budget.
+            let p2m = &self.part(target).p2m;
+            let have = p2m.table_bytes();
+            if have + MAX_BYTES_PER_GFN > budget {
+                let new = p2m.new_table_bytes_one(gfn);
+                if new > 0 && have + new > budget {
+                    return Err(StopReason::P2mMemory.into());
+                }
             }
             // Allocate, then map only if the gfn is free, in one p2m walk; a mapped gfn
             // (rare: the guest named it twice) hands the frame straight back.
@@ -413,12 +532,16 @@ impl Hypervisor {
         let out_pages = 1u64 << o.extent_order;
         let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
         let mut outs = Vec::new();
+        let limit = self.part(t).gfn_limit;
+        let mut tables = 0u64;
         for e in out_ix.clone() {
             let gfn = c.read_u64(elem(o.extent_start, e, 8)).ok_or(EFAULT)?;
             let end = gfn
                 .checked_add(out_pages)
-                .filter(|&e| e <= GFN_LIMIT)
+                .filter(|&e| e <= limit)
                 .ok_or(EINVAL)?;
+            // Summed per output extent, so tables two outputs share count twice: a bound.
+            tables = tables.saturating_add(self.part(t).p2m.new_table_bytes(gfn, out_pages));
             let p2m = &self.part(t).p2m;
             // An output may land where this chunk's inputs are, never on another page.
             if (gfn..end).any(|g| p2m.get(g).is_some() && freed.binary_search(&g).is_err()) {
@@ -430,6 +553,11 @@ impl Hypervisor {
         sorted.sort_unstable();
         if sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
             return Err(EINVAL);
+        }
+        if tables > 0
+            && self.part(t).p2m.table_bytes().saturating_add(tables) > self.p2m_budget_of(t)
+        {
+            return Err(ENOMEM);
         }
 
         let own = u64::from(self.part(t).outstanding_claim);

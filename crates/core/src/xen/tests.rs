@@ -668,23 +668,21 @@ fn sub_ops_without_a_model_answer_plainly() {
         t.call(u, cmd(MemoryOp::GET_VNUMAINFO, 0), &padded).ret,
         -EINVAL
     );
-    // set_pod_target: fine for a populated domain, unsupported where a PoD cache is needed.
+    // Populate-on-demand is modelled now (it used to answer -EOPNOTSUPP / stop): the
+    // control domain marks PoD entries for another domain, and fills its cache.
     let target = |pages| XenPodTarget {
         target_pages: pages,
         domid: u.0,
         ..XenPodTarget::new_zeroed()
     };
     let set = cmd(MemoryOp::SET_POD_TARGET, 0);
-    assert_eq!(t.call(C, set, &target(10)).ret, -EOPNOTSUPP);
-    assert_eq!(t.call(C, set, &target(0)).ret, 0);
-    t.populate(u, DOMID_SELF, &[1], 0);
-    assert_eq!(t.call(C, set, &target(10)).ret, 0);
     assert_eq!(t.call(C, set, &target(65)).ret, -EINVAL);
-    // PoD populate by another domain is not modelled.
     t.list(LIST, &[9]);
     let r = res(LIST, 1, 0, MemFlags::POPULATE_ON_DEMAND, u.0);
     let out = t.call(C, cmd(MemoryOp::POPULATE_PHYSMAP, 0), &r);
-    assert_eq!((out.ret, out.stop), (0, Some(StopReason::PopulateOnDemand)));
+    assert_eq!((out.ret, out.stop), (1, None));
+    assert_eq!(t.call(C, set, &target(10)).ret, 0);
+    assert_eq!((t.p(u).pod_entries(), t.p(u).pod_cache), (1, 10));
 }
 
 #[test]
