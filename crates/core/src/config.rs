@@ -58,6 +58,12 @@ pub struct XenConfig {
     pub max_order_domu: u32,
     /// Largest extent order the control domain may use (ctldom: 18).
     pub max_order_ctldom: u32,
+    /// Hold Xen's m2p table in hypervisor frames taken from the heap at boot: one
+    /// 2 MiB extent per 262,144 host frames (8 bytes per frame), as x86 Xen lays it
+    /// out, so `XENMEM_machphys_mfn_list` can name them. Off by default: a model of a
+    /// few MiB would give a large share of its memory to it; without it that sub-op
+    /// answers `-ENOSYS`.
+    pub m2p_frames: bool,
 }
 
 impl Default for XenConfig {
@@ -65,6 +71,7 @@ impl Default for XenConfig {
         XenConfig {
             max_order_domu: 9,
             max_order_ctldom: 18,
+            m2p_frames: false,
         }
     }
 }
@@ -149,4 +156,7 @@ pub enum ConfigError {
     /// An extent order beyond MAX_ORDER (18).
     #[error("Xen max extent orders must be at most 18")]
     MaxOrder,
+    /// `XenConfig::m2p_frames` with a host that has no free 2 MiB extent for the table.
+    #[error("the host has no room for the m2p table's 2 MiB extents")]
+    M2pDoesNotFit,
 }

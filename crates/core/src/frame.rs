@@ -35,7 +35,17 @@ pub enum FrameState {
     Mapped = 4,
     /// Held by the hypervisor itself (not part of any partition or the heap).
     Hypervisor = 5,
+    /// Held by the hypervisor for the host's whole life, taken from the heap at boot
+    /// (the frames of Xen's m2p table).
+    Reserved = 6,
+    /// A hypervisor page of one partition, charged to its pool: its Xen shared-info page
+    /// or a grant frame. The link word holds the gfn it is mapped at, or
+    /// [`NO_GFN`].
+    Special = 7,
 }
+
+/// Link word of a [`FrameState::Special`] frame mapped at no gfn.
+pub const NO_GFN: u64 = u64::MAX;
 
 impl FrameState {
     const fn from_bits(b: u32) -> Self {
@@ -45,7 +55,9 @@ impl FrameState {
             2 => Self::PoolInUse,
             3 => Self::Assigned,
             4 => Self::Mapped,
-            _ => Self::Hypervisor,
+            5 => Self::Hypervisor,
+            6 => Self::Reserved,
+            _ => Self::Special,
         }
     }
 }

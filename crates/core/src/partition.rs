@@ -127,12 +127,17 @@ pub struct Partition {
     pub memory_map: Option<Vec<ballast_abi::xen::E820Entry>>,
     /// Xen: the guest runs with translated paging (HVM/PVH); false for PV.
     pub translated: bool,
+    /// Xen domain state the memory model does not need (PV max_pfn, target link,
+    /// shared-info and grant frames).
+    pub xen: crate::xen::XenDomain,
 }
 
 impl Partition {
     /// Xen `tot_pages`: frames mapped or assigned to the partition.
     pub fn tot_pages(&self) -> u64 {
-        self.p2m.mapped() + self.assigned
+        // Hypervisor pages mapped in the p2m (shared info, grant frames) are not the
+        // domain's memory.
+        self.p2m.mapped() + self.assigned - self.xen.special_mapped
     }
 
     /// Pool frames available, over all nodes.

@@ -11,14 +11,18 @@ use std::collections::BTreeMap;
 use ballast_abi::hv::HvProximityDomainInfo;
 use ballast_abi::xen::{
     DOMID_SELF, E820Entry, E820Type, MapSpace, MemFlags, MemoryOp, ResourceType, XenAddToPhysmap,
-    XenAddToPhysmapBatch, XenForeignMemoryMap, XenMemAcquireResource, XenMemoryDomain,
-    XenMemoryExchange, XenMemoryMap, XenMemoryReservation, XenPodTarget, XenRemoveFromPhysmap,
+    XenAddToPhysmapBatch, XenForeignMemoryMap, XenMachphysMapping, XenMachphysMfnList,
+    XenMemAcquireResource, XenMemoryDomain, XenMemoryExchange, XenMemoryMap, XenMemoryReservation,
+    XenPodTarget, XenRemoveFromPhysmap,
 };
 use ballast_core::frame::FrameState;
 use ballast_core::xen::errno::*;
-use ballast_core::xen::{MAX_GRANT_FRAMES, MemoryOpResult, StopReason};
+use ballast_core::xen::{
+    DomainConfig, DomainInfo, MAX_GRANT_FRAMES, MemoryOpResult, StopReason, dominf,
+};
 use ballast_core::{
-    Config, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, PartitionId, ROOT_DOMID, ROOT_ID,
+    Config, CreateError, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, PartitionId,
+    ROOT_DOMID, ROOT_ID,
 };
 use proptest::prelude::*;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -1087,7 +1091,8 @@ fn e820(addr: u64, size: u64, ty: E820Type) -> E820Entry {
     E820Entry { addr, size, ty }
 }
 
-/// Deviation: with no map set, memory_map describes the p2m (Xen: -ENOSYS).
+/// With no map set, memory_map answers -ENOSYS, as Xen 4.17 does (issue 12: ballast
+/// used to describe the p2m instead).
 #[test]
 fn case_50_memory_maps() {
     let mut e = env();
@@ -1098,16 +1103,7 @@ fn case_50_memory_maps() {
         _pad0: [0; 4],
         buffer: LIST,
     };
-    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, 0);
-    assert_eq!(e.read::<XenMemoryMap>(ARG).nr_entries, 2);
-    let got: [E820Entry; 2] = e.read(LIST);
-    assert_eq!(
-        got,
-        [
-            e820(0, 0x3000, E820Type::RAM),
-            e820(0x10000, 0x1000, E820Type::RAM)
-        ]
-    );
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
 
     let set = [
         e820(0, 0x9f000, E820Type::RAM),
@@ -1156,7 +1152,9 @@ fn case_50_memory_maps() {
         Some(&set[..])
     );
 
-    // The host map: one RAM entry per node, for the control domain only.
+    // The host map: one RAM entry per node, for the control domain only. An HVM
+    // caller gets -ENOSYS before the privilege check (issue 12: it used to be -EPERM),
+    // a PV domU -EPERM.
     let map = XenMemoryMap {
         nr_entries: 2,
         _pad0: [0; 4],
@@ -1164,6 +1162,11 @@ fn case_50_memory_maps() {
     };
     assert_eq!(
         e.op(u, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
+        -ENOSYS
+    );
+    let pv = e.guest(16, false);
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
         -EPERM
     );
     assert_eq!(e.op(C, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret, 0);
@@ -1401,6 +1404,286 @@ fn xtf_xsa_472_3_decrease_then_populate_the_same_gfn() {
         assert_eq!(e.populate(u, DOMID_SELF, &[0xfeeff], 0).ret, 1);
     }
     assert_eq!(e.tot(u), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Debian's libxenctrl 4.17 against the core (issue 12 section 3)
+// ---------------------------------------------------------------------------------------
+
+/// `xc_domain_memory_exchange_pages` bounces the out list OUT-only, so the hypervisor
+/// reads zeros there; Xen uses a PV domain's output gpfns only to set the m2p.
+#[test]
+fn libxc_pv_exchange_with_a_zeroed_out_list() {
+    let mut e = env();
+    let (p, mfns) = pv_guest_with_pages(&mut e, 4);
+    e.set_list(LIST, &mfns);
+    e.set_list(LIST2, &[0, 0, 0, 0]);
+    let x = exch(
+        res(LIST, 4, 0, MemFlags::NONE, DOMID_SELF),
+        res(LIST2, 4, 0, MemFlags::address_bits(32), DOMID_SELF),
+        0,
+    );
+    let free = e.free();
+    assert_eq!(e.op(p, cmd(MemoryOp::EXCHANGE, 0), &x).ret, 0);
+    assert_eq!(nr_exchanged(&e), 4);
+    assert_eq!((e.tot(p), e.free()), (4, free));
+    let out = e.list(LIST2, 4);
+    for &m in &out {
+        let st = e.hv.frames().state(m as u32);
+        assert!(
+            st == FrameState::Mapped || st == FrameState::Assigned,
+            "output {m:#x} is the guest's ({st:?})"
+        );
+    }
+    // The first output took gpfn 0 (freed by the inputs); the others share it in Xen's
+    // m2p and belong to the guest without a gfn here.
+    assert_eq!(e.at(p, 0).map(u64::from), Some(out[0]));
+    // Chunk by chunk: a later chunk may get an earlier chunk's input frame.
+    for m in mfns.iter().filter(|m| !out.contains(m)) {
+        assert_eq!(e.hv.frames().state(*m as u32), FrameState::Free);
+    }
+    // The new frames are the guest's to give back by MFN.
+    assert_eq!(e.decrease(p, DOMID_SELF, &out, 0).ret, 4);
+    assert_eq!(e.tot(p), 0);
+}
+
+/// Xen's `domain_get_maximum_gpfn` for PV: `max(max_pfn, 1) - 1`, the arch max_pfn.
+#[test]
+fn libxc_pv_maximum_gpfn_is_the_arch_max_pfn() {
+    let mut e = env();
+    let (p, _) = pv_guest_with_pages(&mut e, 16);
+    let op = cmd(MemoryOp::MAXIMUM_GPFN, 0);
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0, "max_pfn 0 reads as 0");
+    let id = e.hv.partition_by_domid(p).unwrap().id;
+    e.hv.set_pv_max_pfn(id, 0x1000).unwrap();
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0xfff);
+    assert_eq!(e.op(C, op, &dom(p.0)).ret, 0xfff);
+    e.hv.set_pv_max_pfn(id, 1).unwrap();
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0);
+}
+
+/// `hvm_memory_op` answers these two -ENOSYS for an HVM caller, before anything else.
+#[test]
+fn libxc_hvm_callers_get_enosys_for_host_memory_layout() {
+    let mut e = env();
+    let u = e.u;
+    let map = XenMemoryMap {
+        nr_entries: 8,
+        _pad0: [0; 4],
+        buffer: LIST,
+    };
+    for op in [MemoryOp::MACHINE_MEMORY_MAP, MemoryOp::MACHPHYS_MAPPING] {
+        assert_eq!(e.op(u, cmd(op, 0), &map).ret, -ENOSYS, "{op:?}");
+        assert_eq!(e.op(u, cmd(op, 3), &map).ret, -ENOSYS, "{op:?} resumed");
+    }
+    // An HVM control domain (PVH dom0) too.
+    e.hv.set_translated(ROOT_ID, true).unwrap();
+    assert_eq!(
+        e.op(C, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
+        -ENOSYS
+    );
+}
+
+/// Xen 4.17's `XENMEM_memory_map` without a map set (or with an empty one): -ENOSYS.
+#[test]
+fn libxc_memory_map_without_a_map_is_enosys() {
+    let mut e = env();
+    let u = e.u;
+    e.populate(u, DOMID_SELF, &[0, 1, 2], 0);
+    let map = XenMemoryMap {
+        nr_entries: 8,
+        _pad0: [0; 4],
+        buffer: LIST,
+    };
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
+    let f = XenForeignMemoryMap {
+        domid: u.0,
+        _pad0: [0; 6],
+        map: XenMemoryMap {
+            nr_entries: 0,
+            _pad0: [0; 4],
+            buffer: 0,
+        },
+    };
+    assert_eq!(e.op(C, cmd(MemoryOp::SET_MEMORY_MAP, 0), &f).ret, 0);
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
+}
+
+/// x86_64 `subarch_memory_op`: the m2p sits in 2 MiB extents of hypervisor frames, one per
+/// 262,144 host frames; the list is filled up to `max_extents`.
+#[test]
+fn libxc_machphys_mfn_list_names_the_m2p_extents() {
+    let mut config = Config::single_node(262_144 + 1024);
+    config.xen.m2p_frames = true;
+    let mut e = env_with(config);
+    let total = e.free();
+    assert_eq!(
+        total,
+        262_144 + 1024 - 2 * 512,
+        "two extents out of the heap"
+    );
+    let pv = e.guest(16, false);
+    let xmml = |max| XenMachphysMfnList {
+        max_extents: max,
+        _pad0: [0; 4],
+        extent_start: LIST,
+        nr_extents: 0,
+        _pad1: [0; 4],
+    };
+    let op = cmd(MemoryOp::MACHPHYS_MFN_LIST, 0);
+    assert_eq!(e.op(pv, op, &xmml(8)).ret, 0);
+    assert_eq!(e.read::<XenMachphysMfnList>(ARG).nr_extents, 2);
+    let extents = e.list(LIST, 2);
+    for &m in &extents {
+        assert_eq!(m % 512, 0, "2 MiB aligned");
+        for f in m..m + 512 {
+            assert_eq!(e.hv.frames().state(f as u32), FrameState::Reserved);
+        }
+    }
+    assert_ne!(extents[0], extents[1]);
+    e.set_list(LIST, &[0, 0]);
+    assert_eq!(e.op(C, op, &xmml(1)).ret, 0);
+    assert_eq!(e.read::<XenMachphysMfnList>(ARG).nr_extents, 1);
+    assert_eq!(e.list(LIST, 2), [extents[0], 0]);
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHPHYS_MFN_LIST, 1), &xmml(8)).ret,
+        -ENOSYS
+    );
+    // Reserved frames are nobody's to free.
+    assert_eq!(e.decrease(pv, DOMID_SELF, &[extents[0]], 0).ret, 0);
+    let info = e.hv.host_info();
+    assert_eq!(info.hypervisor_pages, 1024);
+    assert_eq!(info.free_pages, total);
+
+    // Without m2p frames there is nothing to name.
+    let mut e = env();
+    let pv = e.guest(16, false);
+    assert_eq!(e.op(pv, op, &xmml(8)).ret, -ENOSYS);
+}
+
+/// x86_64 `arch_memory_op`: the fixed read-only range; the hardware domain learns the
+/// real last frame.
+#[test]
+fn libxc_machphys_mapping_for_pv_callers() {
+    let mut e = env();
+    let pv = e.guest(16, false);
+    let op = cmd(MemoryOp::MACHPHYS_MAPPING, 0);
+    let zero = XenMachphysMapping::default();
+    assert_eq!(e.op(pv, op, &zero).ret, 0);
+    assert_eq!(
+        e.read::<XenMachphysMapping>(ARG),
+        XenMachphysMapping {
+            v_start: 0xffff_8000_0000_0000,
+            v_end: 0xffff_8040_0000_0000,
+            max_mfn: (1 << 35) - 1,
+        }
+    );
+    assert_eq!(e.op(C, op, &zero).ret, 0);
+    assert_eq!(
+        e.read::<XenMachphysMapping>(ARG).max_mfn,
+        u64::from(HOST_FRAMES) - 1
+    );
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHPHYS_MAPPING, 1), &zero).ret,
+        -ENOSYS
+    );
+    assert_eq!(e.raw(pv, op, 0x10).ret, -EFAULT);
+}
+
+/// A toolstack's view: createdomain with a chosen domid, max_mem with its privilege
+/// check, set_target, getdomaininfo and physinfo as typed values.
+#[test]
+fn toolstack_domains_device_models_and_info() {
+    let mut e = env();
+    let u = e.u;
+    let cfg = |domid, translated| DomainConfig {
+        domid: Some(DomId(domid)),
+        translated,
+        max_pages: 64,
+        ..DomainConfig::default()
+    };
+    let hvm = e.hv.create_domain(&cfg(42, true)).unwrap();
+    assert_eq!(e.hv.partition(hvm).unwrap().domid, DomId(42));
+    assert_eq!(
+        e.hv.create_domain(&cfg(42, true)),
+        Err(CreateError::DomidInUse(DomId(42)))
+    );
+    assert_eq!(
+        e.hv.create_domain(&cfg(DOMID_SELF, true)),
+        Err(CreateError::InvalidDomid(DomId(DOMID_SELF)))
+    );
+    let stub = e.hv.create_domain(&cfg(43, false)).unwrap();
+    let (d42, d43) = (DomId(42), DomId(43));
+
+    // max_mem: the control domain only; in KiB; may go below tot_pages.
+    assert_eq!(e.hv.xen_max_mem(u, d42, 1 << 20), Err(EPERM));
+    assert_eq!(e.hv.xen_max_mem(C, DomId(UNKNOWN), 1 << 20), Err(ESRCH));
+    assert_eq!(e.hv.xen_max_mem(C, d42, 1 << 20), Ok(()));
+    assert_eq!(e.max(d42), 1 << 18);
+    assert_eq!(e.hv.xen_max_mem(C, d42, u64::MAX), Ok(()));
+    assert_eq!(e.max(d42), u32::MAX);
+
+    // The stub domain may populate its target only once it is the target's device model.
+    assert_eq!(e.populate(d43, 42, &[0x10], 0).ret, 0);
+    assert_eq!(e.hv.xen_set_target(u, d43, d42), Err(EPERM));
+    assert_eq!(e.hv.xen_set_target(C, d43, d43), Err(EINVAL));
+    assert_eq!(
+        e.hv.xen_set_target(C, d42, d43),
+        Err(EOPNOTSUPP),
+        "PV target"
+    );
+    assert_eq!(e.hv.xen_set_target(C, d43, d42), Ok(()));
+    assert_eq!(e.hv.xen_set_target(C, d43, u), Err(EINVAL), "one target");
+    assert_eq!(e.populate(d43, 42, &[0x10], 0).ret, 1);
+    let acq = acquire(42, 1, 0, LIST);
+    assert_eq!(e.op(d43, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &acq).ret, 0);
+    // Not the other way round, and not for anyone else.
+    assert_eq!(e.populate(d42, 43, &[0x10], 0).ret, 0);
+    assert_eq!(e.populate(d43, u.0, &[0x10], 0).ret, 0);
+
+    let claim_res = res(0, 8, 0, MemFlags::NONE, 42);
+    assert_eq!(e.op(C, cmd(MemoryOp::CLAIM_PAGES, 0), &claim_res).ret, 0);
+    let info = e.hv.domain_info(d42).unwrap();
+    assert_eq!(
+        info,
+        DomainInfo {
+            domid: d42,
+            id: hvm,
+            tot_pages: 1,
+            max_pages: u64::from(u32::MAX),
+            shr_pages: 0,
+            outstanding_pages: 7,
+            pod_entries: 0,
+            shared_info_frame: u64::MAX,
+            flags: dominf::HVM_GUEST | dominf::HAP,
+            target: None,
+        }
+    );
+    let stub_info = e.hv.domain_info(d43).unwrap();
+    assert_eq!((stub_info.flags, stub_info.target), (0, Some(d42)));
+    assert_eq!(e.hv.domain_info(DomId(44)), None);
+
+    let host = e.hv.host_info();
+    assert_eq!(host.total_pages, u64::from(HOST_FRAMES));
+    assert_eq!(host.free_pages, e.free());
+    assert_eq!(host.outstanding_pages, 7);
+    assert_eq!(host.max_mfn, u64::from(HOST_FRAMES) - 1);
+    assert_eq!(host.hypervisor_pages, 0);
+    assert_eq!(host.nodes.len(), 1);
+    assert_eq!(host.nodes[0].free_pages, e.free());
+
+    // A destroyed target leaves the device model pointing at nothing.
+    e.hv.destroy_partition(hvm).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(e.hv.domain_info(d43).unwrap().target, None);
+    let again = e.hv.create_domain(&cfg(42, true)).unwrap();
+    assert_eq!(e.hv.partition(again).unwrap().domid, d42);
+    assert_eq!(
+        e.populate(d43, 42, &[0x10], 0).ret,
+        0,
+        "not the new 42's model"
+    );
+    let _ = stub;
 }
 
 // ---------------------------------------------------------------------------------------

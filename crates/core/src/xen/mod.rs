@@ -86,6 +86,7 @@ use crate::hypervisor::{Hypervisor, home_sel};
 use crate::partition::PartitionState;
 use crate::{DomId, Mfn, PartitionId};
 
+mod domain;
 mod physmap;
 mod query;
 mod reservation;
@@ -135,6 +136,10 @@ pub mod errno {
 }
 
 use errno::*;
+
+pub use domain::{
+    DEFAULT_MAX_GRANT_FRAMES, DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf,
+};
 
 /// Largest `nr_extents` whose count still fits a continuation (`UINT_MAX >> 6`).
 pub const MAX_NR_EXTENTS: u64 = (u32::MAX >> MEMOP_EXTENT_SHIFT) as u64;
@@ -410,6 +415,21 @@ impl Hypervisor {
         Ok(())
     }
 
+    /// Sets the PV arch `max_pfn` of partition `id` (`shared_info->arch.max_pfn`, which
+    /// libxenctrl's domain builder and the PV guest write), from which
+    /// `XENMEM_maximum_gpfn` answers `max(max_pfn, 1) - 1` for a PV domain.
+    pub fn set_pv_max_pfn(
+        &mut self,
+        id: PartitionId,
+        max_pfn: u64,
+    ) -> Result<(), crate::MemoryError> {
+        let slot = self
+            .slot_of(id)
+            .ok_or(crate::MemoryError::NoPartition(id))?;
+        self.part_mut(slot).xen.max_pfn = max_pfn;
+        Ok(())
+    }
+
     /// Pages claimed and not yet allocated, over all partitions (Xen's
     /// `outstanding_claims`).
     pub fn outstanding_claims(&self) -> u64 {
@@ -420,6 +440,13 @@ impl Hypervisor {
 
     fn xen_dispatch(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         use MemoryOp as M;
+        // Xen 4.17's hvm_memory_op refuses these to an HVM (or PVH) caller before
+        // do_memory_op sees the command word, whatever its start extent.
+        if self.part(c.caller).translated
+            && matches!(c.op, M::MACHINE_MEMORY_MAP | M::MACHPHYS_MAPPING)
+        {
+            return MemoryOpResult::err(ENOSYS);
+        }
         let resumable = matches!(
             c.op,
             M::INCREASE_RESERVATION
@@ -465,6 +492,8 @@ impl Hypervisor {
             M::MEMORY_MAP => MemoryOpResult::rc(self.xen_memory_map(c)),
             M::MACHINE_MEMORY_MAP => MemoryOpResult::rc(self.xen_machine_memory_map(c)),
             M::SET_MEMORY_MAP => MemoryOpResult::rc(self.xen_set_memory_map(c)),
+            M::MACHPHYS_MAPPING => MemoryOpResult::rc(self.xen_machphys_mapping(c)),
+            M::MACHPHYS_MFN_LIST => MemoryOpResult::rc(self.xen_machphys_mfn_list(c)),
             M::SET_POD_TARGET | M::GET_POD_TARGET => MemoryOpResult::rc(self.xen_pod_target(c)),
             _ => MemoryOpResult::err(ENOSYS),
         }
@@ -495,7 +524,12 @@ impl Hypervisor {
         if level == Xsm::Target && caller == target {
             return true;
         }
-        if level <= Xsm::DmPriv && self.part(target).parent == Some(self.part(caller).id) {
+        // DM_PRIV: the target's parent (ballast's stand-in for the device model that
+        // created it) or its device model by XEN_DOMCTL_set_target (`d->target`).
+        if level <= Xsm::DmPriv
+            && (self.part(target).parent == Some(self.part(caller).id)
+                || self.part(caller).xen.target == Some(self.part(target).id))
+        {
             return true;
         }
         caller == Self::ROOT_SLOT

@@ -4,9 +4,10 @@
 use core::mem::offset_of;
 
 use ballast_abi::xen::{
-    E820Entry, E820MAX, E820Type, MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED,
-    XenForeignMemoryMap, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap, XenPodTarget,
-    XenVnumaTopologyInfo,
+    E820Entry, E820MAX, E820Type, MACH2PHYS_NR_ENTRIES, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
+    MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED, XenForeignMemoryMap,
+    XenMachphysMapping, XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap,
+    XenPodTarget, XenVnumaTopologyInfo,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -33,26 +34,18 @@ impl Hypervisor {
             MemoryOp::CURRENT_RESERVATION => p.tot_pages() as i64,
             MemoryOp::MAXIMUM_RESERVATION => i64::from(p.max_pages),
             // The highest gfn ever mapped: Xen's max_mapped_pfn, which never shrinks.
-            _ => p.p2m.max_mapped().unwrap_or(0) as i64,
+            _ if p.translated => p.p2m.max_mapped().unwrap_or(0) as i64,
+            // domain_get_maximum_gpfn for PV: the guest gives a page count, not a pfn.
+            // Xen returns an unsigned long; a max_pfn beyond 2^63 reads back negated.
+            _ => p.xen.max_pfn.max(1).wrapping_sub(1) as i64,
         })
     }
 
-    /// The caller's own E820 map: the one the toolstack set, or one RAM entry per run of
-    /// mapped gfns. At most `limit` entries.
-    fn xen_guest_e820(&self, slot: u32, limit: usize) -> Vec<E820Entry> {
-        let p = self.part(slot);
-        if let Some(map) = p.memory_map.as_ref().filter(|m| !m.is_empty()) {
-            return map.iter().take(limit).copied().collect();
-        }
-        p.p2m
-            .ranges_up_to(limit)
-            .into_iter()
-            .map(|(start, len)| E820Entry {
-                addr: start * PAGE_SIZE,
-                size: len * PAGE_SIZE,
-                ty: E820Type::RAM,
-            })
-            .collect()
+    /// The caller's own E820 map as the toolstack set it, at most `limit` entries;
+    /// `None` when no map (or an empty one) was set.
+    fn xen_guest_e820(&self, slot: u32, limit: usize) -> Option<Vec<E820Entry>> {
+        let map = self.part(slot).memory_map.as_ref()?;
+        (!map.is_empty()).then(|| map.iter().take(limit).copied().collect())
     }
 
     fn xen_write_e820(c: &mut Call<'_>, buffer: u64, entries: &[E820Entry]) -> Result<(), i64> {
@@ -68,10 +61,14 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// memory_map: always about the caller; silently truncated to the buffer.
+    /// memory_map: always about the caller; silently truncated to the buffer. Without a
+    /// map set, `-ENOSYS` as Xen 4.17 answers ("backwards compatibility": old PV guests
+    /// then assume one RAM range).
     pub(super) fn xen_memory_map(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let mut map = c.read::<XenMemoryMap>(c.arg).ok_or(EFAULT)?;
-        let entries = self.xen_guest_e820(c.caller, map.nr_entries as usize);
+        let entries = self
+            .xen_guest_e820(c.caller, map.nr_entries as usize)
+            .ok_or(ENOSYS)?;
         Self::xen_write_e820(c, map.buffer, &entries)?;
         // At most the u32 the guest gave.
         map.nr_entries = entries.len() as u32;
@@ -105,6 +102,51 @@ impl Hypervisor {
         // At most 64 nodes.
         map.nr_entries = host.len() as u32;
         if !c.write(c.arg, &map) {
+            return Err(EFAULT);
+        }
+        Ok(0)
+    }
+
+    /// machphys_mapping (x86_64 `arch_memory_op`), for a PV caller: where the read-only
+    /// m2p sits in its address space, and the largest MFN it can look up there. The
+    /// hardware domain learns the host's real last frame (Xen does so unless memory can
+    /// be hot-plugged, which ballast's host memory cannot at this level).
+    pub(super) fn xen_machphys_mapping(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let max_mfn = if c.caller == Self::ROOT_SLOT {
+            u64::from(self.frames.len()) - 1
+        } else {
+            MACH2PHYS_NR_ENTRIES - 1
+        };
+        let mapping = XenMachphysMapping {
+            v_start: MACH2PHYS_VIRT_START,
+            v_end: MACH2PHYS_VIRT_END,
+            max_mfn,
+        };
+        if !c.write(c.arg, &mapping) {
+            return Err(EFAULT);
+        }
+        Ok(0)
+    }
+
+    /// machphys_mfn_list (x86_64 `subarch_memory_op`): the first MFN of each 2 MiB extent
+    /// holding the m2p, up to `max_extents`, entry by entry, then the count. Without m2p
+    /// frames (`XenConfig::m2p_frames` off) there is nothing to name: `-ENOSYS`, as
+    /// an architecture without a guest-mappable m2p answers.
+    pub(super) fn xen_machphys_mfn_list(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let mut l = c.read::<XenMachphysMfnList>(c.arg).ok_or(EFAULT)?;
+        if self.m2p.is_empty() {
+            return Err(ENOSYS);
+        }
+        let mut i = 0u32;
+        while i != l.max_extents && (i as usize) < self.m2p.len() {
+            let m = u64::from(self.m2p[i as usize]);
+            if !c.write_u64(elem(l.extent_start, u64::from(i), 8), m) {
+                return Err(EFAULT);
+            }
+            i += 1;
+        }
+        l.nr_extents = i;
+        if !c.write(c.arg, &l) {
             return Err(EFAULT);
         }
         Ok(0)

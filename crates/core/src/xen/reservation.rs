@@ -412,9 +412,18 @@ impl Hypervisor {
 
         let out_pages = 1u64 << o.extent_order;
         let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
+        let translated = self.part(t).translated;
         let mut outs = Vec::new();
         for e in out_ix.clone() {
             let gfn = c.read_u64(elem(o.extent_start, e, 8)).ok_or(EFAULT)?;
+            if !translated {
+                // A PV guest's output gpfns only label the new frames in the m2p (Xen's
+                // memory_exchange does nothing else with them for a non-translated
+                // domain), so any value is accepted: libxenctrl bounces the out list
+                // OUT-only and the hypervisor sees zeros.
+                outs.push(gfn);
+                continue;
+            }
             let end = gfn
                 .checked_add(out_pages)
                 .filter(|&e| e <= GFN_LIMIT)
@@ -428,7 +437,7 @@ impl Hypervisor {
         }
         let mut sorted = outs.clone();
         sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
+        if translated && sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
             return Err(EINVAL);
         }
 
@@ -445,7 +454,7 @@ impl Hypervisor {
                 }
             }
         }
-        if !self.part(t).translated {
+        if !translated {
             for (j, (e, &m)) in out_ix.clone().zip(&blocks).enumerate() {
                 if !c.write_u64(elem(o.extent_start, e, 8), u64::from(m)) {
                     // Put back the gfns already overwritten: the chunk did not happen.
@@ -467,8 +476,17 @@ impl Hypervisor {
             self.xen_free_page(c, t, gfn, m);
         }
         for (&gfn, &m) in outs.iter().zip(&blocks) {
-            for (g, f) in (gfn..gfn + out_pages).zip(m..) {
-                self.map(t, g, f);
+            for (k, f) in (0..out_pages).zip(m..) {
+                let g = gfn.wrapping_add(k);
+                // Translated outputs were checked free above.
+                if translated || (g < GFN_LIMIT && self.part(t).p2m.get(g).is_none()) {
+                    self.map(t, g, f);
+                } else {
+                    // Xen would record the same gpfn for two frames (or one beyond
+                    // the guest physical space); ballast's m2p holds one frame per
+                    // gfn, so this one belongs to the guest without a gfn.
+                    self.assign_unmapped(t, f);
+                }
             }
         }
         Ok(())
