@@ -517,7 +517,9 @@ pub const MACH2PHYS_VIRT_END: u64 = 0xFFFF_8040_0000_0000;
 /// `MACH2PHYS_NR_ENTRIES`: frames the range can describe, 8 bytes each.
 pub const MACH2PHYS_NR_ENTRIES: u64 = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) >> 3;
 
-/// `XEN_DOMINF_dying` (`domctl.h`): in `xen_domctl_getdomaininfo.flags`.
+/// `XEN_DOMINF_dying` (Xen 4.17 `domctl.h`): in `xen_domctl_getdomaininfo.flags`.
+/// `domctl.h` needs GNU C (it pulls in `hvm/save.h`), so the C conformance test, which
+/// compiles strict C, does not check the `XEN_DOMINF_*` values.
 pub const XEN_DOMINF_DYING: u32 = 1 << 0;
 /// `XEN_DOMINF_hvm_guest`: an HVM or PVH domain.
 pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;

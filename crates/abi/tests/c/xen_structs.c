@@ -23,7 +23,6 @@
 
 #include <xen/xen.h>
 #include <xen/memory.h>
-#include <xen/domctl.h>
 
 /* Xen-internal (xen/arch/x86/include/asm/e820.h), not in the public headers; the
  * memory_map buffer holds these. */
@@ -309,9 +308,6 @@ static void constants(void)
     CONST(MACH2PHYS_VIRT_START);
     CONST(MACH2PHYS_VIRT_END);
     CONST(MACH2PHYS_NR_ENTRIES);
-    CONST(XEN_DOMINF_dying);
-    CONST(XEN_DOMINF_hvm_guest);
-    CONST(XEN_DOMINF_hap);
 
     CONST(DOMID_FIRST_RESERVED);
     CONST(DOMID_SELF);
