@@ -503,10 +503,17 @@ impl Hypervisor {
     }
 
     /// Unmaps `gfn` of `slot`, recording its discard; the frame comes back in state
-    /// Hypervisor for the caller to free or reuse.
+    /// Hypervisor for the caller to free or reuse. A gfn holding one of the partition's
+    /// hypervisor pages (Xen shared info, grant frames) holds no RAM: it stays mapped and
+    /// the answer is `None`.
     pub(crate) fn unmap(&mut self, slot: u32, gfn: u64) -> Option<Mfn> {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
         let mfn = p.p2m.remove(gfn)?;
+        if self.frames.state(mfn) == FrameState::Special {
+            // Rare: put it back (the emptied table, if any, is reused from the spares).
+            p.p2m.set(gfn, mfn);
+            return None;
+        }
         let id = p.id;
         self.frames.set(mfn, FrameState::Hypervisor, 0, 0);
         self.effects.discard(id, gfn, 1);
@@ -530,6 +537,8 @@ impl Hypervisor {
 
     /// Returns every frame of `slot`'s guest space (mapped or assigned) to the heap.
     pub(crate) fn release_guest_memory(&mut self, slot: u32) {
+        // The partition's hypervisor pages go back to its pool first, out of its p2m.
+        self.xen_special_release(slot);
         let gfns: Vec<u64> = self.part(slot).p2m.iter().map(|(g, _)| g).collect();
         for gfn in gfns {
             if let Some(m) = self.unmap(slot, gfn) {
@@ -598,7 +607,13 @@ impl Hypervisor {
         for r in ranges {
             let end = r.start.checked_add(r.count).filter(|&e| e <= GFN_LIMIT);
             end.ok_or(MemoryError::GfnOutOfRange(r.start))?;
-            if let Some(g) = (r.start..r.end()).find(|&g| self.part(slot).p2m.get(g).is_none()) {
+            let ram = |g| {
+                self.part(slot)
+                    .p2m
+                    .get(g)
+                    .is_some_and(|m| self.frames.state(m) == FrameState::Mapped)
+            };
+            if let Some(g) = (r.start..r.end()).find(|&g| !ram(g)) {
                 return Err(MemoryError::NotMapped(g));
             }
         }

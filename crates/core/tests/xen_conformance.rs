@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 
 use ballast_abi::hv::HvProximityDomainInfo;
 use ballast_abi::xen::{
-    DOMID_SELF, E820Entry, E820Type, MapSpace, MemFlags, MemoryOp, ResourceType, XenAddToPhysmap,
-    XenAddToPhysmapBatch, XenForeignMemoryMap, XenMachphysMapping, XenMachphysMfnList,
-    XenMemAcquireResource, XenMemoryDomain, XenMemoryExchange, XenMemoryMap, XenMemoryReservation,
-    XenPodTarget, XenRemoveFromPhysmap,
+    DOMID_SELF, E820Entry, E820Type, MapSpace, MemFlags, MemoryOp, ResourceType,
+    XENMAPIDX_GRANT_TABLE_STATUS, XenAddToPhysmap, XenAddToPhysmapBatch, XenForeignMemoryMap,
+    XenMachphysMapping, XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain,
+    XenMemoryExchange, XenMemoryMap, XenMemoryReservation, XenPodTarget, XenRemoveFromPhysmap,
 };
 use ballast_core::frame::FrameState;
 use ballast_core::xen::errno::*;
@@ -1684,6 +1684,219 @@ fn toolstack_domains_device_models_and_info() {
         "not the new 42's model"
     );
     let _ = stub;
+}
+
+/// What every HVM Linux guest does at boot: map its shared-info page with
+/// `XENMAPSPACE_shared_info`; getdomaininfo follows it.
+#[test]
+fn hvm_guest_maps_its_shared_info_page() {
+    let mut e = env();
+    let (u, id) = (e.u, e.u_id);
+    let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
+    e.populate(u, DOMID_SELF, &[0x10, 0x11], 0);
+    let free = e.free();
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, u64::MAX);
+    assert_eq!(
+        e.op(
+            u,
+            op,
+            &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0xfeffe, 0)
+        )
+        .ret,
+        0
+    );
+    let m = e.at(u, 0xfeffe).unwrap();
+    assert_eq!(e.hv.frames().state(m), FrameState::Special);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, 0xfeffe);
+    assert_eq!(e.tot(u), 2, "a hypervisor page, not the domain's memory");
+    assert_eq!(
+        e.free(),
+        free - 1,
+        "charged to the pool, topped up from the heap"
+    );
+    assert_eq!(e.hv.partition(id).unwrap().pool_in_use(), 1);
+    // Mapping it again elsewhere moves it, bytes and all.
+    e.hv.take_effects();
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x20, 0))
+            .ret,
+        0
+    );
+    assert_eq!((e.at(u, 0xfeffe), e.at(u, 0x20)), (None, Some(m)));
+    let fx = e.hv.take_effects();
+    assert!(fx.contains(&Effect::Move {
+        partition: id,
+        from: 0xfeffe,
+        to: 0x20
+    }));
+    assert!(discarded(&fx, id, 0xfeffe));
+    // Onto a RAM page: that page is freed, as Xen does.
+    let ram = e.at(u, 0x10).unwrap();
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x10, 0))
+            .ret,
+        0
+    );
+    assert_eq!(e.at(u, 0x10), Some(m));
+    assert_eq!(e.hv.frames().state(ram), FrameState::Free);
+    assert_eq!(e.tot(u), 1);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, 0x10);
+    // It is not RAM: populate finds the gfn taken, decrease finds nothing to free.
+    assert_eq!(
+        count(e.populate(u, DOMID_SELF, &[0x10], 0)),
+        (0, Some(StopReason::AlreadyMapped))
+    );
+    assert_eq!(
+        count(e.decrease(u, DOMID_SELF, &[0x10], 0)),
+        (0, Some(StopReason::NotMapped))
+    );
+    assert_eq!(e.at(u, 0x10), Some(m));
+    // The domain may move it as a gmfn too (its m2p entry is that gfn).
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::GMFN, 0x10, 0x30, 0))
+            .ret,
+        0
+    );
+    assert_eq!((e.at(u, 0x10), e.at(u, 0x30)), (None, Some(m)));
+    // A RAM page moved onto it unhooks it without freeing it.
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::GMFN, 0x11, 0x30, 0))
+            .ret,
+        0
+    );
+    assert_eq!(e.hv.frames().state(m), FrameState::Special);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, u64::MAX);
+    // remove_from_physmap unhooks it too, and the page stays the domain's.
+    e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x40, 0));
+    let x = XenRemoveFromPhysmap {
+        domid: DOMID_SELF,
+        _pad0: [0; 6],
+        gpfn: 0x40,
+    };
+    assert_eq!(e.op(u, cmd(MemoryOp::REMOVE_FROM_PHYSMAP, 0), &x).ret, 0);
+    assert_eq!(e.at(u, 0x40), None);
+    assert_eq!(e.hv.partition(id).unwrap().xen.shared_info, Some(m));
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 1, 0x40, 0))
+            .ret,
+        -EINVAL
+    );
+    // Destroying the domain gives it back with the rest.
+    let before = e.free();
+    e.hv.destroy_partition(id).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(
+        e.free(),
+        before + 1 + 1,
+        "the RAM page at 0x30 and the shared info"
+    );
+}
+
+/// `XENMAPSPACE_grant_table`: Linux's gnttab_setup maps frames 0..n this way at boot;
+/// `XENMAPIDX_grant_table_status` selects status frames in version 2 only; the table
+/// grows to `max_grant_frames` and no further.
+#[test]
+fn hvm_guest_maps_its_grant_frames() {
+    let mut e = env();
+    let hvm =
+        e.hv.create_domain(&DomainConfig {
+            max_pages: 1024,
+            max_grant_frames: Some(16),
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let g = e.hv.partition(hvm).unwrap().domid;
+    let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
+    let gnt = |idx, gpfn| xatp(DOMID_SELF, MapSpace::GRANT_TABLE, idx, gpfn, 0);
+    for i in 0..4 {
+        assert_eq!(e.op(g, op, &gnt(i, 0xf0000 + i)).ret, 0, "frame {i}");
+    }
+    let p = e.hv.partition(hvm).unwrap();
+    assert_eq!(p.xen.grant_shared.len(), 4);
+    for i in 0..4 {
+        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen.grant_shared[i as usize]));
+    }
+    assert_eq!(e.tot(g), 0);
+    // Version 1 has no status frames: the bit stays in the index, which is too big.
+    let status = XENMAPIDX_GRANT_TABLE_STATUS;
+    assert_eq!(e.op(g, op, &gnt(status, 0xf1000)).ret, -EINVAL);
+    // Past max_grant_frames: -EINVAL, nothing grown; the last frame grows it to the limit.
+    assert_eq!(e.op(g, op, &gnt(16, 0xf1000)).ret, -EINVAL);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 4);
+    assert_eq!(e.op(g, op, &gnt(15, 0xf000f)).ret, 0);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 16);
+    // The device model's acquire_resource sees the very same frames.
+    assert_eq!(
+        e.op(
+            C,
+            cmd(MemoryOp::ACQUIRE_RESOURCE, 0),
+            &acquire(g.0, 4, 0, LIST)
+        )
+        .ret,
+        0
+    );
+    let shared = e.hv.partition(hvm).unwrap().xen.grant_shared.clone();
+    assert_eq!(
+        e.list(LIST, 4),
+        shared[..4]
+            .iter()
+            .map(|&m| u64::from(m))
+            .collect::<Vec<_>>()
+    );
+    // Version 2: two status frames for 16 shared ones (256 entries each, 2048 statuses
+    // per frame); mapped with the status bit.
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 3), Err(EINVAL));
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 2), Ok(2));
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_status.len(), 2);
+    assert_eq!(e.op(g, op, &gnt(status | 1, 0xf2001)).ret, 0);
+    let st = e.hv.partition(hvm).unwrap().xen.grant_status.clone();
+    assert_eq!(e.at(g, 0xf2001), Some(st[1]));
+    assert_eq!(e.op(g, op, &gnt(status | 2, 0xf2002)).ret, -EINVAL);
+    let sres = XenMemAcquireResource {
+        id: 1,
+        ..acquire(g.0, 2, 0, LIST)
+    };
+    assert_eq!(e.op(C, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &sres).ret, 0);
+    assert_eq!(
+        e.list(LIST, 2),
+        st.iter().map(|&m| u64::from(m)).collect::<Vec<_>>()
+    );
+    let in_use = e.hv.partition(hvm).unwrap().pool_in_use();
+    assert_eq!(in_use, 18);
+    // Back to version 1: the status frames go, unmapped.
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 1), Ok(1));
+    assert_eq!(e.at(g, 0xf2001), None);
+    assert_eq!(e.hv.partition(hvm).unwrap().pool_in_use(), 16);
+    assert_eq!(
+        e.op(C, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &sres).ret,
+        -EINVAL
+    );
+    // A batch maps grant frames item by item.
+    e.set_list(LIST, &[0, 1, 99]);
+    e.set_list(LIST2, &[0xf3000, 0xf3001, 0xf3002]);
+    let b = XenAddToPhysmapBatch {
+        domid: DOMID_SELF,
+        space: MapSpace::GRANT_TABLE.0 as u16,
+        size: 3,
+        foreign_domid: 0,
+        idxs: LIST,
+        gpfns: LIST2,
+        errs: ERRS,
+    };
+    assert_eq!(e.op(g, cmd(MemoryOp::ADD_TO_PHYSMAP_BATCH, 0), &b).ret, 0);
+    let errs: [i32; 3] = e.read(ERRS);
+    assert_eq!(errs, [0, 0, -(EINVAL as i32)]);
+    assert_eq!(
+        (e.at(g, 0xf0000), e.at(g, 0xf3000)),
+        (None, Some(shared[0]))
+    );
+    // The status frames went back to the pool (available); a destroy gives the whole
+    // pool back to the heap.
+    let free = e.free();
+    assert_eq!(e.hv.partition(hvm).unwrap().pool_available(), 2);
+    e.hv.destroy_partition(hvm).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(e.free(), free + 18);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ mod domain;
 mod physmap;
 mod query;
 mod reservation;
+mod special;
 #[cfg(test)]
 mod tests;
 
@@ -714,10 +715,12 @@ impl Hypervisor {
                 .checked_add(pages)
                 .filter(|&e| e <= crate::p2m::GFN_LIMIT)
                 .ok_or(StopReason::BadGfn)?;
+            // Hypervisor pages mapped in the p2m are not the domain's to free.
             return (base..end)
                 .map(|g| {
                     p.p2m
                         .get(g)
+                        .filter(|&m| self.frames.state(m) == FrameState::Mapped)
                         .map(|m| (Some(g), m))
                         .ok_or(StopReason::NotMapped)
                 })

@@ -5,17 +5,17 @@ use core::mem::offset_of;
 
 use ballast_abi::xen::{
     E820Entry, E820MAX, E820Type, MACH2PHYS_NR_ENTRIES, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
-    MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED, XenForeignMemoryMap,
-    XenMachphysMapping, XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap,
-    XenPodTarget, XenVnumaTopologyInfo,
+    MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED,
+    XENMEM_RESOURCE_GRANT_TABLE_ID_STATUS, XenForeignMemoryMap, XenMachphysMapping,
+    XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap, XenPodTarget,
+    XenVnumaTopologyInfo,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::errno::*;
-use super::{Call, MAX_GRANT_FRAMES, MAX_NR_EXTENTS, MemoryOpResult, RESOURCE_BATCH, Xsm, elem};
-use crate::Mfn;
-use crate::frame::NO_FRAME;
-use crate::hypervisor::{Hypervisor, home_sel};
+use super::special::grant_to_status_frames;
+use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, RESOURCE_BATCH, Xsm, elem};
+use crate::hypervisor::Hypervisor;
 
 const E820_SIZE: u64 = size_of::<E820Entry>() as u64;
 const PAGE_SIZE: u64 = 4096;
@@ -248,12 +248,14 @@ impl Hypervisor {
         if self.part(t).state != crate::PartitionState::Active {
             return Err(EINVAL);
         }
-        let max =
-            if r.ty == ResourceType::GRANT_TABLE && r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED {
-                MAX_GRANT_FRAMES
-            } else {
-                0
-            };
+        // gnttab_resource_max_frames: fixed when the domain is created.
+        let max_grant = self.part(t).xen.max_grant_frames;
+        let status = r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_STATUS;
+        let max = match r.ty {
+            ResourceType::GRANT_TABLE if r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED => max_grant,
+            ResourceType::GRANT_TABLE if status => grant_to_status_frames(max_grant),
+            _ => 0,
+        };
         if max == 0 {
             return Err(EINVAL);
         }
@@ -275,10 +277,23 @@ impl Hypervisor {
         if !c.array_ok(r.frame_list, c.start, nr - c.start, 8) {
             return Err(EFAULT);
         }
-        if !self.xen_grow_grant_table(t, r.frame + nr) {
-            return Err(ENOMEM);
+        // gnttab_acquire_resource: status frames exist in version 2 only; the table grows
+        // to hold the last frame asked for. Both are below 2^32 (checked above).
+        let last = (r.frame + nr - 1) as u32;
+        if status {
+            if self.part(t).xen.grant_version != 2 {
+                return Err(EINVAL);
+            }
+            self.xen_grant_status_frame(t, last)?;
+        } else {
+            self.xen_grant_shared_frame(t, last)?;
         }
-        let mfns = self.xen_grant_frames(t);
+        let x = &self.part(t).xen;
+        let mfns = if status {
+            x.grant_status.clone()
+        } else {
+            x.grant_shared.clone()
+        };
         let mut i = c.start;
         while i < nr {
             if i != c.start && c.preempt() {
@@ -299,72 +314,9 @@ impl Hypervisor {
         Ok(None)
     }
 
-    /// Makes the grant table of `slot` at least `frames` frames long, charging its pool
-    /// and topping the pool up from the heap first if it is short (Xen takes grant frames
-    /// from its heap). The table never shrinks while the partition lives.
-    fn xen_grow_grant_table(&mut self, slot: u32, frames: u64) -> bool {
-        let have: u64 = self.part(slot).grant_charged.iter().map(|c| c.1).sum();
-        if frames <= have {
-            return true;
-        }
-        let need = frames - have;
-        let sel = home_sel(self.part(slot).home);
-        let short = need.saturating_sub(self.part(slot).pool_available());
-        if short > 0 {
-            let claimed = self.outstanding_claims();
-            if claimed.saturating_add(short) > self.frames.total_free() {
-                return false;
-            }
-            for _ in 0..short {
-                let Some(m) = self.heap_alloc(sel, 0, NO_FRAME) else {
-                    return false;
-                };
-                self.pool_deposit(slot, m);
-            }
-        }
-        let Some(charged) = self.pool_charge(slot, need, sel) else {
-            return false;
-        };
-        self.part_mut(slot).grant_charged.extend(charged);
-        true
-    }
-
-    /// The MFNs standing for grant frames 0, 1, ... of `slot`.
-    ///
-    /// Pool frames in use are interchangeable hypervisor memory, tracked only by count, so
-    /// the grant table is a labelling: each node's in-use list is a stack (charges push,
-    /// releases pop), and the grant charges, in the order they were made, take that
-    /// node's frames from the bottom. A partition whose pool pays only for its grant table
-    /// keeps the same MFN for each frame for its whole life.
-    pub(crate) fn xen_grant_frames(&self, slot: u32) -> Vec<Mfn> {
-        let p = self.part(slot);
-        let stacks: Vec<Vec<Mfn>> = p
-            .pools
-            .iter()
-            .map(|pool| {
-                let mut list = Vec::new();
-                let mut m = pool.in_use_head;
-                while m != NO_FRAME && list.len() as u64 <= pool.in_use {
-                    list.push(m);
-                    m = self.frames.link(m) as Mfn;
-                }
-                list.reverse();
-                list
-            })
-            .collect();
-        let mut next = vec![0usize; stacks.len()];
-        let mut out = Vec::new();
-        for &(node, count) in &p.grant_charged {
-            let Some(stack) = stacks.get(node as usize) else {
-                continue;
-            };
-            for _ in 0..count {
-                if let Some(&m) = stack.get(next[node as usize]) {
-                    out.push(m);
-                    next[node as usize] += 1;
-                }
-            }
-        }
-        out
+    /// The MFNs of grant (shared) frames 0, 1, ... of `slot`.
+    #[cfg(test)]
+    pub(crate) fn xen_grant_frames(&self, slot: u32) -> Vec<crate::Mfn> {
+        self.part(slot).xen.grant_shared.clone()
     }
 }
