@@ -4,16 +4,12 @@
 
 use ballast_abi::hv::HvPartitionPrivilegeMask;
 
-use super::Xsm;
 use super::errno::{EINVAL, EOPNOTSUPP, EPERM, ESRCH};
+use super::{MAX_GRANT_FRAMES, Xsm};
 use crate::frame::NO_GFN;
 use crate::hypervisor::{CreateError, Hypervisor};
 use crate::partition::PartitionState;
 use crate::{DomId, Mfn, PartitionId};
-
-/// Xen's default `gnttab_max_frames`: grant frames a domain may have unless its
-/// creation says otherwise.
-pub const DEFAULT_MAX_GRANT_FRAMES: u32 = 64;
 
 /// Xen state of one partition (domain) that the memory model itself does not need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +43,7 @@ impl Default for XenDomain {
             target: None,
             shared_info: None,
             grant_version: 1,
-            max_grant_frames: DEFAULT_MAX_GRANT_FRAMES,
+            max_grant_frames: MAX_GRANT_FRAMES,
             grant_shared: Vec::new(),
             grant_status: Vec::new(),
             special_mapped: 0,
@@ -173,7 +169,7 @@ impl Hypervisor {
         p.state = PartitionState::Active;
         p.max_pages = cfg.max_pages;
         p.translated = cfg.translated;
-        p.xen.max_grant_frames = cfg.max_grant_frames.unwrap_or(DEFAULT_MAX_GRANT_FRAMES);
+        p.xen.max_grant_frames = cfg.max_grant_frames.unwrap_or(MAX_GRANT_FRAMES);
         Ok(p.id)
     }
 

@@ -18,11 +18,22 @@
 //! and orders, §4 for each sub-op's checks in Xen's order, with DESIGN.md's decisions.
 //!
 //! # Privileges
-//! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV allows the
-//! target's parent (ballast's stand-in for a device-model domain); PRIV allows the control
-//! domain (domid 0, the root), which also passes the other two. `DOMID_SELF` names the
-//! caller. Extent orders are limited by the caller's class: `max_order_ctldom` for the
-//! control domain, `max_order_domu` for everyone else.
+//! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV (and TARGET)
+//! allows the target's device model: its parent (ballast's stand-in for the domain that
+//! created it) or the domain made its device model by
+//! [`Hypervisor::xen_set_target`] (Xen's `d->target`); PRIV allows the control domain
+//! (domid 0, the root), which also passes the other two. `DOMID_SELF` names the caller.
+//! Extent orders are limited by the caller's class: `max_order_ctldom` for the control
+//! domain, `max_order_domu` for everyone else.
+//!
+//! The control domain is a PV domain (dom0 as Debian runs it); the toolstack may make it
+//! PVH with [`Hypervisor::set_translated`]. HVM and PVH callers get `-ENOSYS` for
+//! machine_memory_map and machphys_mapping, as Xen 4.17's `hvm_memory_op` answers.
+//!
+//! A domain's shared-info page and grant frames are hypervisor pages charged to its pool
+//! and mapped into its p2m by add_to_physmap (module `special`); the toolstack's calls
+//! (create a domain with a domid, `max_mem`, `set_target`, domain and host information)
+//! are in module `domain`.
 //!
 //! # Deliberate deviations from Xen
 //! - Populating a gfn that is already mapped fails that extent ([`StopReason::AlreadyMapped`])
@@ -39,23 +50,34 @@
 //!   changes, so a chunk is either exchanged and counted or untouched (§5 item 6). Its
 //!   input range is checked from the start of the chunk holding `nr_exchanged`, which is
 //!   where reading starts.
-//! - memory_map without a map set by the toolstack describes the caller's p2m, one RAM
-//!   entry per run of mapped gfns (Xen: `-ENOSYS`).
-//! - machphys_mfn_list and machphys_mapping answer `-ENOSYS`: ballast's m2p lives in the
-//!   frame table, not in guest-mappable frames, and seed 002 says such architectures do not
-//!   implement these commands.
-//! - acquire_resource serves the grant table (shared frames, at most
-//!   [`MAX_GRANT_FRAMES`]) from frames charged to the target's pool, topping the pool up
-//!   from the heap when it is short. The MFNs are written to `frame_list` for every caller,
-//!   as for a PV caller, because ballast's p2m is single-owner and holds no foreign entries.
-//! - add_to_physmap: the shared_info and grant_table spaces answer `-EOPNOTSUPP` (ballast
-//!   has no shared-info page, and grant frames live in the pool, not the p2m); gmfn_foreign
-//!   items of a batch get `-EOPNOTSUPP` in `errs[]` for the same single-owner reason. A gmfn
-//!   move records an [`Effect::Move`](crate::Effect::Move) before the discard of its old
-//!   gfn, so the page's bytes follow it.
+//! - machphys_mfn_list names the 2 MiB extents of the m2p only when the host reserves them
+//!   (`XenConfig::m2p_frames`, off by default so small models keep their memory); without
+//!   them it answers `-ENOSYS`. ballast's m2p itself lives in the frame table: the
+//!   reserved frames stand for Xen's table, their contents are not kept.
+//! - acquire_resource serves the grant table (shared frames, at most the domain's
+//!   `max_grant_frames`, 64 unless its creation says otherwise; status frames in version 2)
+//!   from the same hypervisor pages add_to_physmap maps. The MFNs are written to
+//!   `frame_list` for every caller, as for a PV caller, because ballast's p2m is
+//!   single-owner and holds no foreign entries.
+//! - add_to_physmap: gmfn_foreign items of a batch get `-EOPNOTSUPP` in `errs[]` for the
+//!   same single-owner reason. A gmfn move, and a hypervisor page mapped at a new gfn,
+//!   record an [`Effect::Move`](crate::Effect::Move) before the discard of the old gfn, so
+//!   the page's bytes follow it; a hypervisor page unmapped from every gfn
+//!   (remove_from_physmap, a RAM page moved onto it) loses its bytes, since the host backs
+//!   guest memory per gfn. The shared-info page is allocated when first mapped, not at
+//!   domain creation, so getdomaininfo reports no frame before that.
+//! - A gfn holding a hypervisor page holds no RAM: decrease_reservation and exchange fail
+//!   on it ([`StopReason::NotMapped`], `-EINVAL`) with nothing changed, where Xen would
+//!   drop the page's allocation reference; remove_from_physmap and add_to_physmap unhook
+//!   it as Xen does.
+//! - A PV exchange accepts any output gpfns (Xen only records them in the m2p). ballast's
+//!   m2p holds one frame per gfn: an output page whose gpfn is beyond the guest physical
+//!   space or already taken (libxenctrl passes zeros) belongs to the guest without a gfn,
+//!   where Xen records the duplicate.
 //! - The root's memory is the identity map of free host memory (DESIGN.md): its p2m is
-//!   never written. increase/populate naming the root stop with `Denied`; exchange and
-//!   add_to_physmap on it answer `-EPERM`. A decrease finds nothing mapped.
+//!   never written. increase/populate naming the root stop with `Denied`; exchange on it
+//!   answers `-EPERM`, add_to_physmap `-EACCES` (it is a PV domain). A decrease finds
+//!   nothing mapped.
 //! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
 //!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
 //!   cannot hold the host for long (Xen preempts the same calls).
@@ -138,14 +160,13 @@ pub mod errno {
 
 use errno::*;
 
-pub use domain::{
-    DEFAULT_MAX_GRANT_FRAMES, DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf,
-};
+pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf};
 
 /// Largest `nr_extents` whose count still fits a continuation (`UINT_MAX >> 6`).
 pub const MAX_NR_EXTENTS: u64 = (u32::MAX >> MEMOP_EXTENT_SHIFT) as u64;
 
-/// Grant-table frames a partition may have (Xen's default `gnttab_max_frames`).
+/// Grant-table frames a partition may have unless its creation says otherwise
+/// ([`DomainConfig::max_grant_frames`]): Xen's default `gnttab_max_frames`.
 pub const MAX_GRANT_FRAMES: u32 = 64;
 
 /// Resource frames handled between preemption points (Xen's batch of 32).
