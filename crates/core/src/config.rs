@@ -64,6 +64,9 @@ pub struct XenConfig {
     /// few MiB would give a large share of its memory to it; without it that sub-op
     /// answers `-ENOSYS`.
     pub m2p_frames: bool,
+    /// The host's limit on a domain's grant frames (Xen's `gnttab_max_frames` command
+    /// line option, default 64): a domain is created with at most this many.
+    pub max_grant_frames: u32,
 }
 
 impl Default for XenConfig {
@@ -72,6 +75,7 @@ impl Default for XenConfig {
             max_order_domu: 9,
             max_order_ctldom: 18,
             m2p_frames: false,
+            max_grant_frames: 64,
         }
     }
 }

@@ -50,6 +50,10 @@ pub enum CreateError {
     /// The chosen Xen domid is reserved (DOMID_FIRST_RESERVED or above: -EINVAL).
     #[error("domid {0:?} is reserved")]
     InvalidDomid(DomId),
+    /// Grant table limits Xen refuses (`grant_table_init`: -EINVAL): no frames, more
+    /// than the host allows, or a version other than 1 or 2.
+    #[error("grant table limits out of range")]
+    GrantTable,
 }
 
 /// Why memory could not be put into or taken out of a guest's space by the host API.
@@ -319,7 +323,10 @@ impl Hypervisor {
             grant_charged: Vec::new(),
             memory_map: None,
             translated: true,
-            xen: Default::default(),
+            xen: crate::xen::XenDomain {
+                max_grant_frames: self.config.xen.max_grant_frames,
+                ..Default::default()
+            },
         });
         if let Some(p) = parent {
             self.part_mut(p).children.push(id);

@@ -1612,6 +1612,23 @@ fn toolstack_domains_device_models_and_info() {
         e.hv.create_domain(&cfg(DOMID_SELF, true)),
         Err(CreateError::InvalidDomid(DomId(DOMID_SELF)))
     );
+    // grant_table_init's limits: 1 to the host's gnttab_max_frames, version 1 or 2.
+    for (frames, version) in [(Some(0), None), (Some(65), None), (None, Some(3))] {
+        let bad = DomainConfig {
+            max_grant_frames: frames,
+            max_grant_version: version,
+            ..cfg(50, true)
+        };
+        assert_eq!(e.hv.create_domain(&bad), Err(CreateError::GrantTable));
+    }
+    let v1 = DomainConfig {
+        max_grant_version: Some(1),
+        ..cfg(51, true)
+    };
+    let v1 = e.hv.create_domain(&v1).unwrap();
+    assert_eq!(e.hv.xen_grant_set_version(v1, 2), Err(ENOSYS));
+    assert_eq!(e.hv.xen_grant_set_version(v1, 1), Ok(1));
+    assert_eq!(e.hv.partition(v1).unwrap().xen.max_grant_frames, 64);
     let stub = e.hv.create_domain(&cfg(43, false)).unwrap();
     let (d42, d43) = (DomId(42), DomId(43));
 

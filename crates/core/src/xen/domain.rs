@@ -27,6 +27,8 @@ pub struct XenDomain {
     pub grant_version: u8,
     /// Most grant (shared) frames the table may grow to (`max_grant_frames`).
     pub max_grant_frames: u32,
+    /// Highest grant table version the domain may choose (`max_grant_version`).
+    pub max_grant_version: u8,
     /// Grant shared frames 0, 1, ...
     pub grant_shared: Vec<Mfn>,
     /// Grant status frames 0, 1, ... (version 2 only).
@@ -44,6 +46,7 @@ impl Default for XenDomain {
             shared_info: None,
             grant_version: 1,
             max_grant_frames: MAX_GRANT_FRAMES,
+            max_grant_version: 2,
             grant_shared: Vec::new(),
             grant_status: Vec::new(),
             special_mapped: 0,
@@ -137,8 +140,11 @@ pub struct DomainConfig {
     pub max_pages: u32,
     /// Home NUMA node.
     pub home: ballast_abi::hv::HvProximityDomainInfo,
-    /// `max_grant_frames`; `None` for Xen's default of 64.
+    /// `max_grant_frames`: 1 to the host's `XenConfig::max_grant_frames`; `None` for
+    /// the host's value.
     pub max_grant_frames: Option<u32>,
+    /// `max_grant_version`: 1 or 2; `None` for 2.
+    pub max_grant_version: Option<u8>,
 }
 
 impl Default for DomainConfig {
@@ -149,15 +155,22 @@ impl Default for DomainConfig {
             max_pages: 0,
             home: ballast_abi::hv::HvProximityDomainInfo::ANY,
             max_grant_frames: None,
+            max_grant_version: None,
         }
     }
 }
 
 impl Hypervisor {
     /// Creates a domain as `XEN_DOMCTL_createdomain` does: a child of the control domain,
-    /// running, with the domid, paging mode, `max_pages`, home node and grant-frame limit
-    /// of `cfg`. Charged to no pool.
+    /// running, with the domid, paging mode, `max_pages`, home node and grant-table
+    /// limits of `cfg`. Charged to no pool.
     pub fn create_domain(&mut self, cfg: &DomainConfig) -> Result<PartitionId, CreateError> {
+        let host_frames = self.config.xen.max_grant_frames;
+        let frames = cfg.max_grant_frames.unwrap_or(host_frames);
+        let version = cfg.max_grant_version.unwrap_or(2);
+        if frames < 1 || frames > host_frames || !(1..=2).contains(&version) {
+            return Err(CreateError::GrantTable);
+        }
         let slot = self.new_partition_as(
             Some(Self::ROOT_SLOT),
             HvPartitionPrivilegeMask::NONE,
@@ -169,7 +182,8 @@ impl Hypervisor {
         p.state = PartitionState::Active;
         p.max_pages = cfg.max_pages;
         p.translated = cfg.translated;
-        p.xen.max_grant_frames = cfg.max_grant_frames.unwrap_or(MAX_GRANT_FRAMES);
+        p.xen.max_grant_frames = frames;
+        p.xen.max_grant_version = version;
         Ok(p.id)
     }
 

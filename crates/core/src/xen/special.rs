@@ -249,7 +249,8 @@ impl Hypervisor {
     }
 
     /// `GNTTABOP_set_version` for partition `id` (a guest choosing its own grant table
-    /// version): 1 or 2 (`EINVAL` otherwise). Going to 2 adds the status frames the
+    /// version): 1 or 2 (`EINVAL` otherwise; `ENOSYS` for 2 beyond the domain's
+    /// `max_grant_version`). Going to 2 adds the status frames the
     /// table's shared frames need (`ENOMEM` if they cannot be had); going back to 1 frees
     /// them, unmapping any that are mapped. Returns the version in force. Errors are
     /// positive [`errno`](super::errno) values; `ESRCH` for an unknown partition.
@@ -259,6 +260,9 @@ impl Hypervisor {
             return Err(EINVAL);
         }
         let x = &self.part(t).xen;
+        if version == 2 && x.max_grant_version < 2 {
+            return Err(ENOSYS);
+        }
         let current = u32::from(x.grant_version);
         if current == version {
             return Ok(current);
