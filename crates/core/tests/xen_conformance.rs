@@ -1967,6 +1967,8 @@ fn world() -> World {
     let a = hv.create_guest(256, HvProximityDomainInfo::ANY).unwrap();
     let b = hv.create_guest(192, HvProximityDomainInfo::ANY).unwrap();
     hv.set_translated(b, false).unwrap();
+    // Version 2, so add_to_physmap steps reach status frames too.
+    hv.xen_grant_set_version(a, 2).unwrap();
     let doms = [
         ROOT_DOMID,
         hv.partition(a).unwrap().domid,
@@ -2082,11 +2084,17 @@ impl World {
                 MemoryOp::EXCHANGE
             }
             5 | 6 => {
-                let idx = s.values.first().copied().unwrap_or(0);
-                let (space, size) = if s.kind == 5 {
-                    (MapSpace::GMFN, 0)
-                } else {
-                    (MapSpace::GMFN_RANGE, (s.extra % 24) as u16)
+                let mut idx = s.values.first().copied().unwrap_or(0);
+                // Now and then the shared-info page or a grant frame (shared, or a status
+                // frame by the index bit), which the target's hypervisor pages serve.
+                let (space, size) = match (s.kind, s.extra % 8) {
+                    (5, 0) => (MapSpace::SHARED_INFO, 0),
+                    (5, 1) => {
+                        idx = idx % 80 | (s.extra >> 8 & 1) * XENMAPIDX_GRANT_TABLE_STATUS;
+                        (MapSpace::GRANT_TABLE, 0)
+                    }
+                    (5, _) => (MapSpace::GMFN, 0),
+                    _ => (MapSpace::GMFN_RANGE, (s.extra % 24) as u16),
                 };
                 self.write(&xatp(domid, space, idx, s.extra % 96, size));
                 MemoryOp::ADD_TO_PHYSMAP
