@@ -2090,7 +2090,7 @@ impl World {
                 let (space, size) = match (s.kind, s.extra % 8) {
                     (5, 0) => (MapSpace::SHARED_INFO, 0),
                     (5, 1) => {
-                        idx = idx % 80 | (s.extra >> 8 & 1) * XENMAPIDX_GRANT_TABLE_STATUS;
+                        idx = (idx % 80) | (((s.extra >> 8) & 1) * XENMAPIDX_GRANT_TABLE_STATUS);
                         (MapSpace::GRANT_TABLE, 0)
                     }
                     (5, _) => (MapSpace::GMFN, 0),
