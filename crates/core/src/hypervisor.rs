@@ -54,6 +54,9 @@ pub enum CreateError {
     /// than the host allows, or a version other than 1 or 2.
     #[error("grant table limits out of range")]
     GrantTable,
+    /// No memory for the domain's shared-info page.
+    #[error("no memory for the shared-info page")]
+    NoMemory,
 }
 
 /// Why memory could not be put into or taken out of a guest's space by the host API.

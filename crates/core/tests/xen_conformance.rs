@@ -1678,6 +1678,10 @@ fn toolstack_domains_device_models_and_info() {
     );
     let stub_info = e.hv.domain_info(d43).unwrap();
     assert_eq!((stub_info.flags, stub_info.target), (0, Some(d42)));
+    // A PV domain's shared-info page exists from creation and is named by its MFN.
+    let si = e.hv.partition(stub).unwrap().xen.shared_info.unwrap();
+    assert_eq!(stub_info.shared_info_frame, u64::from(si));
+    assert_eq!(e.hv.frames().state(si), FrameState::Special);
     assert_eq!(e.hv.domain_info(DomId(44)), None);
 
     let host = e.hv.host_info();
@@ -1878,12 +1882,13 @@ fn hvm_guest_maps_its_grant_frames() {
         e.list(LIST, 2),
         st.iter().map(|&m| u64::from(m)).collect::<Vec<_>>()
     );
+    // 16 shared, 2 status and the shared-info page made at creation.
     let in_use = e.hv.partition(hvm).unwrap().pool_in_use();
-    assert_eq!(in_use, 18);
+    assert_eq!(in_use, 19);
     // Back to version 1: the status frames go, unmapped.
     assert_eq!(e.hv.xen_grant_set_version(hvm, 1), Ok(1));
     assert_eq!(e.at(g, 0xf2001), None);
-    assert_eq!(e.hv.partition(hvm).unwrap().pool_in_use(), 16);
+    assert_eq!(e.hv.partition(hvm).unwrap().pool_in_use(), 17);
     assert_eq!(
         e.op(C, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &sres).ret,
         -EINVAL
@@ -1913,7 +1918,7 @@ fn hvm_guest_maps_its_grant_frames() {
     assert_eq!(e.hv.partition(hvm).unwrap().pool_available(), 2);
     e.hv.destroy_partition(hvm).unwrap();
     e.hv.check().unwrap();
-    assert_eq!(e.free(), free + 18);
+    assert_eq!(e.free(), free + 19);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -163,7 +163,9 @@ impl Default for DomainConfig {
 impl Hypervisor {
     /// Creates a domain as `XEN_DOMCTL_createdomain` does: a child of the control domain,
     /// running, with the domid, paging mode, `max_pages`, home node and grant-table
-    /// limits of `cfg`. Charged to no pool.
+    /// limits of `cfg`, and its shared-info page (Xen's `arch_domain_create` allocates it;
+    /// libxenctrl's PV builder maps it by the MFN getdomaininfo reports). The page is
+    /// charged to the domain's pool, topped up from the heap; nothing else is.
     pub fn create_domain(&mut self, cfg: &DomainConfig) -> Result<PartitionId, CreateError> {
         let host_frames = self.config.xen.max_grant_frames;
         let frames = cfg.max_grant_frames.unwrap_or(host_frames);
@@ -184,7 +186,13 @@ impl Hypervisor {
         p.translated = cfg.translated;
         p.xen.max_grant_frames = frames;
         p.xen.max_grant_version = version;
-        Ok(p.id)
+        let id = p.id;
+        if self.xen_shared_info(slot).is_err() {
+            self.destroy_partition(id)
+                .expect("a new partition has no children");
+            return Err(CreateError::NoMemory);
+        }
+        Ok(id)
     }
 
     /// `XEN_DOMCTL_max_mem` from domain `caller`: sets `max_pages` of `domid` to

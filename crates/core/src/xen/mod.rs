@@ -64,8 +64,10 @@
 //!   record an [`Effect::Move`](crate::Effect::Move) before the discard of the old gfn, so
 //!   the page's bytes follow it; a hypervisor page unmapped from every gfn
 //!   (remove_from_physmap, a RAM page moved onto it) loses its bytes, since the host backs
-//!   guest memory per gfn. The shared-info page is allocated when first mapped, not at
-//!   domain creation, so getdomaininfo reports no frame before that.
+//!   guest memory per gfn. The shared-info page of a partition made by
+//!   [`Hypervisor::create_domain`] exists from creation, as in Xen; one made otherwise
+//!   (`create_guest`, HvCreatePartition) gets it when it first maps it, and getdomaininfo
+//!   reports no frame before that.
 //! - A gfn holding a hypervisor page holds no RAM: decrease_reservation and exchange fail
 //!   on it ([`StopReason::NotMapped`], `-EINVAL`) with nothing changed, where Xen would
 //!   drop the page's allocation reference; remove_from_physmap and add_to_physmap unhook

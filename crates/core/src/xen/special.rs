@@ -135,7 +135,8 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// The shared-info page of `t`, allocated on first use.
+    /// The shared-info page of `t`, allocated on first use (at creation for
+    /// [`Hypervisor::create_domain`]).
     pub(crate) fn xen_shared_info(&mut self, t: u32) -> Result<Mfn, i64> {
         if let Some(m) = self.part(t).xen.shared_info {
             return Ok(m);
