@@ -1,5 +1,6 @@
 //! Sequences of Xen `memory_op` calls from the control domain, a translated guest, a PV
-//! guest and an unknown domain, on a small two-node host.
+//! guest and an unknown domain, on a small two-node host, with the translated guest
+//! switching grant table version now and then.
 //!
 //! Each step takes a caller, a command word, 72 bytes of argument struct and list
 //! contents from the input. Optional fix-ups aim the struct's handles at the lists, name
@@ -215,6 +216,14 @@ fuzz_target!(|data: &[u8]| {
             put(&mut arg, 64, &0u64.to_le_bytes());
         }
         mem.write(ARG, &arg).unwrap();
+        if fix & 0x30 == 0x30 {
+            // The translated guest switches grant table version (GNTTABOP_set_version),
+            // adding or dropping status frames, some of which it may have mapped.
+            let before = snapshot(&hv);
+            let _ = hv.xen_grant_set_version(a, 1 + u32::from(fix >> 7));
+            hv.check().unwrap();
+            assert_discards(&before, &hv, hv.effects());
+        }
 
         // List entries: small gfns, frames the PV guest owns, or anything.
         let pv_frames: Vec<u64> = hv

@@ -509,6 +509,23 @@ pub const XENMEM_RSRC_ACQ_CALLER_OWNED: u32 = 1;
 /// ignore `dev`.
 pub const XENMEM_RDM_ALL: u32 = 1;
 
+/// `MACH2PHYS_VIRT_START` (x86_64 `arch-x86/xen-x86_64.h`): where the read-only m2p
+/// table starts in every PV guest's virtual address space (Xen's `RO_MPT_VIRT_START`).
+pub const MACH2PHYS_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
+/// `MACH2PHYS_VIRT_END`: the end of that range (256 GiB).
+pub const MACH2PHYS_VIRT_END: u64 = 0xFFFF_8040_0000_0000;
+/// `MACH2PHYS_NR_ENTRIES`: frames the range can describe, 8 bytes each.
+pub const MACH2PHYS_NR_ENTRIES: u64 = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) >> 3;
+
+/// `XEN_DOMINF_dying` (Xen 4.17 `domctl.h`): in `xen_domctl_getdomaininfo.flags`.
+/// `domctl.h` needs GNU C (it pulls in `hvm/save.h`), so the C conformance test, which
+/// compiles strict C, does not check the `XEN_DOMINF_*` values.
+pub const XEN_DOMINF_DYING: u32 = 1 << 0;
+/// `XEN_DOMINF_hvm_guest`: an HVM or PVH domain.
+pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;
+/// `XEN_DOMINF_hap`: the domain uses hardware-assisted paging.
+pub const XEN_DOMINF_HAP: u32 = 1 << 8;
+
 /// Most entries a memory map may hold (`E820MAX`; Xen-internal, not in the public
 /// headers). `set_memory_map` refuses more with `-EINVAL`.
 pub const E820MAX: usize = 1024;

@@ -682,6 +682,12 @@ fn rust_constants() -> Vec<(&'static str, i64)> {
             i64::from(XENMEM_RSRC_ACQ_CALLER_OWNED),
         ),
         ("XENMEM_RDM_ALL", i64::from(XENMEM_RDM_ALL)),
+        ("MACH2PHYS_VIRT_START", MACH2PHYS_VIRT_START as i64),
+        ("MACH2PHYS_VIRT_END", MACH2PHYS_VIRT_END as i64),
+        (
+            "MACH2PHYS_NR_ENTRIES",
+            i64::try_from(MACH2PHYS_NR_ENTRIES).unwrap_or(-1),
+        ),
         ("DOMID_FIRST_RESERVED", domid(DOMID_FIRST_RESERVED)),
         ("DOMID_SELF", domid(DOMID_SELF)),
         ("DOMID_IO", domid(DOMID_IO)),

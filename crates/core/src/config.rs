@@ -61,6 +61,15 @@ pub struct XenConfig {
     /// Largest extent order a domain with passthrough devices may use (ptdom: Xen's
     /// `CONFIG_PTDOM_MAX_ORDER`, which defaults to `CONFIG_HWDOM_MAX_ORDER`, 12 on x86).
     pub max_order_ptdom: u32,
+    /// Hold Xen's m2p table in hypervisor frames taken from the heap at boot: one
+    /// 2 MiB extent per 262,144 host frames (8 bytes per frame), as x86 Xen lays it
+    /// out, so `XENMEM_machphys_mfn_list` can name them. Off by default: a model of a
+    /// few MiB would give a large share of its memory to it; without it that sub-op
+    /// answers `-ENOSYS`.
+    pub m2p_frames: bool,
+    /// The host's limit on a domain's grant frames (Xen's `gnttab_max_frames` command
+    /// line option, default 64): a domain is created with at most this many.
+    pub max_grant_frames: u32,
 }
 
 impl Default for XenConfig {
@@ -69,6 +78,8 @@ impl Default for XenConfig {
             max_order_domu: 9,
             max_order_ctldom: 18,
             max_order_ptdom: 12,
+            m2p_frames: false,
+            max_grant_frames: 64,
         }
     }
 }
@@ -193,4 +204,7 @@ pub enum ConfigError {
     /// An extent order beyond MAX_ORDER (18).
     #[error("Xen max extent orders must be at most 18")]
     MaxOrder,
+    /// `XenConfig::m2p_frames` with a host that has no free 2 MiB extent for the table.
+    #[error("the host has no room for the m2p table's 2 MiB extents")]
+    M2pDoesNotFit,
 }

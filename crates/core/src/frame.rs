@@ -38,32 +38,45 @@ pub enum FrameState {
     /// In a partition's populate-on-demand cache: the partition's (counted in its
     /// `tot_pages`), at no gfn, waiting for a guest access to a PoD entry.
     PodCache = 6,
+    /// Held by the hypervisor for the host's whole life, taken from the heap at boot
+    /// (the frames of Xen's m2p table).
+    Reserved = 7,
+    /// A hypervisor page of one partition, charged to its pool: its Xen shared-info page
+    /// or a grant frame. The link word holds the gfn it is mapped at, or
+    /// [`NO_GFN`].
+    Special = 8,
 }
+
+/// Link word of a [`FrameState::Special`] frame mapped at no gfn.
+pub const NO_GFN: u64 = u64::MAX;
 
 impl FrameState {
     const fn from_bits(b: u32) -> Self {
-        match b & 7 {
+        match b & STATE_MASK {
             0 => Self::Free,
             1 => Self::PoolAvailable,
             2 => Self::PoolInUse,
             3 => Self::Assigned,
             4 => Self::Mapped,
+            5 => Self::Hypervisor,
             6 => Self::PodCache,
-            _ => Self::Hypervisor,
+            7 => Self::Reserved,
+            _ => Self::Special,
         }
     }
 }
 
-// The state word: bits 2:0 state, bits 7:3 `order` (free frames only), bits 31:8 owner
+// The state word: bits 3:0 state, bits 8:4 `order` (free frames only), bits 31:9 owner
 // slot (owned frames only).
-const ORDER_SHIFT: u32 = 3;
-const OWNER_SHIFT: u32 = 8;
+const STATE_MASK: u32 = 0xF;
+const ORDER_SHIFT: u32 = 4;
+const OWNER_SHIFT: u32 = 9;
 /// Order field of a free frame that is inside a block, not its head.
 const NOT_HEAD: u32 = 31;
 /// Order field of a free frame sitting in a node's order-0 cache.
 const CACHED: u32 = 30;
 /// The largest owner slot the state word holds.
-pub const MAX_OWNER_SLOT: u32 = (1 << 24) - 1;
+pub const MAX_OWNER_SLOT: u32 = (1 << 23) - 1;
 
 const fn pack(state: FrameState, order: u32, owner: u32) -> u32 {
     state as u32 | order << ORDER_SHIFT | owner << OWNER_SHIFT

@@ -44,6 +44,19 @@ pub enum CreateError {
     /// No such parent.
     #[error("no partition {0:?}")]
     NoParent(PartitionId),
+    /// The chosen Xen domid is taken (`XEN_DOMCTL_createdomain`: -EEXIST).
+    #[error("domid {0:?} is in use")]
+    DomidInUse(DomId),
+    /// The chosen Xen domid is reserved (DOMID_FIRST_RESERVED or above: -EINVAL).
+    #[error("domid {0:?} is reserved")]
+    InvalidDomid(DomId),
+    /// Grant table limits Xen refuses (`grant_table_init`: -EINVAL): no frames, more
+    /// than the host allows, or a version other than 1 or 2.
+    #[error("grant table limits out of range")]
+    GrantTable,
+    /// No memory for the domain's shared-info page.
+    #[error("no memory for the shared-info page")]
+    NoMemory,
 }
 
 /// Why memory could not be put into or taken out of a guest's space by the host API.
@@ -126,6 +139,8 @@ pub struct Hypervisor {
     live: u32,
     /// State only the Hyper-V dispatcher uses (locked root pages, nested deposit origins).
     pub(crate) hv: crate::hyperv::HvState,
+    /// First MFN of each 2 MiB extent holding Xen's m2p table (`XenConfig::m2p_frames`).
+    pub(crate) m2p: Vec<Mfn>,
 }
 
 impl Hypervisor {
@@ -145,7 +160,11 @@ impl Hypervisor {
             effects: Effects::default(),
             live: 0,
             hv: Default::default(),
+            m2p: Vec::new(),
         };
+        if hv.config.xen.m2p_frames {
+            hv.reserve_m2p()?;
+        }
         let root = hv
             .new_partition(
                 None,
@@ -155,7 +174,27 @@ impl Hypervisor {
             )
             .expect("an empty host has room for the root");
         hv.part_mut(root).state = PartitionState::Active;
+        // The control domain is a PV dom0, as Debian runs it: it reads the host's
+        // memory map and the m2p layout, which Xen refuses to HVM callers.
+        hv.part_mut(root).translated = false;
         Ok(hv)
+    }
+
+    /// Takes the 2 MiB extents of Xen's m2p table (8 bytes per host frame) out of the
+    /// heap, for the host's life, as x86 Xen's `paging_init` does at boot.
+    fn reserve_m2p(&mut self) -> Result<(), ConfigError> {
+        const FRAMES_PER_EXTENT: u64 = (2 << 20) / 8;
+        let extents = u64::from(self.frames.len()).div_ceil(FRAMES_PER_EXTENT);
+        for _ in 0..extents {
+            let m = self
+                .heap_alloc(NodeSel::Any, 9, NO_FRAME)
+                .ok_or(ConfigError::M2pDoesNotFit)?;
+            for f in m..m + 512 {
+                self.frames.set(f, FrameState::Reserved, 0, 0);
+            }
+            self.m2p.push(m);
+        }
+        Ok(())
     }
 
     /// The configuration.
@@ -232,6 +271,27 @@ impl Hypervisor {
         home: HvProximityDomainInfo,
         flags: u64,
     ) -> Result<u32, CreateError> {
+        self.new_partition_as(parent, privileges, home, flags, None)
+    }
+
+    /// [`new_partition`](Self::new_partition) with the Xen domid chosen by the caller
+    /// (`None`: the next free one).
+    pub(crate) fn new_partition_as(
+        &mut self,
+        parent: Option<u32>,
+        privileges: HvPartitionPrivilegeMask,
+        home: HvProximityDomainInfo,
+        flags: u64,
+        domid: Option<DomId>,
+    ) -> Result<u32, CreateError> {
+        if let Some(d) = domid {
+            if d.0 >= DOMID_FIRST_RESERVED {
+                return Err(CreateError::InvalidDomid(d));
+            }
+            if self.by_domid.contains_key(&d.0) {
+                return Err(CreateError::DomidInUse(d));
+            }
+        }
         if self.live >= self.config.limits.max_partitions {
             return Err(CreateError::TooManyPartitions(
                 self.config.limits.max_partitions,
@@ -243,14 +303,20 @@ impl Hypervisor {
         }
         // Domids are handed out round-robin and reused only after they are freed, as Xen
         // does; ids never are.
-        let domid = (0..DOMID_FIRST_RESERVED)
-            .map(|i| (self.next_domid as u32 + i as u32) % DOMID_FIRST_RESERVED as u32)
-            .map(|d| d as u16)
-            .find(|d| !self.by_domid.contains_key(d))
-            .ok_or(CreateError::NoDomid)?;
+        let domid = match domid {
+            Some(d) => d.0,
+            None => {
+                let d = (0..DOMID_FIRST_RESERVED)
+                    .map(|i| (self.next_domid as u32 + i as u32) % DOMID_FIRST_RESERVED as u32)
+                    .map(|d| d as u16)
+                    .find(|d| !self.by_domid.contains_key(d))
+                    .ok_or(CreateError::NoDomid)?;
+                self.next_domid = (d + 1) % DOMID_FIRST_RESERVED;
+                d
+            }
+        };
         let id = PartitionId(self.next_id);
         self.next_id += 1;
-        self.next_domid = (domid + 1) % DOMID_FIRST_RESERVED;
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(s) => s as u32,
             None => {
@@ -290,6 +356,10 @@ impl Hypervisor {
             pod_cache: 0,
             pod_cache_head: NO_FRAME,
             passthrough: false,
+            xen: crate::xen::XenDomain {
+                max_grant_frames: self.config.xen.max_grant_frames,
+                ..Default::default()
+            },
         });
         if let Some(p) = parent {
             self.part_mut(p).children.push(id);
@@ -473,10 +543,17 @@ impl Hypervisor {
     }
 
     /// Unmaps `gfn` of `slot`, recording its discard; the frame comes back in state
-    /// Hypervisor for the caller to free or reuse.
+    /// Hypervisor for the caller to free or reuse. A gfn holding one of the partition's
+    /// hypervisor pages (Xen shared info, grant frames) holds no RAM: it stays mapped and
+    /// the answer is `None`.
     pub(crate) fn unmap(&mut self, slot: u32, gfn: u64) -> Option<Mfn> {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
         let mfn = p.p2m.remove(gfn)?;
+        if self.frames.state(mfn) == FrameState::Special {
+            // Rare: put it back (the emptied table, if any, is reused from the spares).
+            p.p2m.set(gfn, mfn);
+            return None;
+        }
         let id = p.id;
         self.frames.set(mfn, FrameState::Hypervisor, 0, 0);
         self.effects.discard(id, gfn, 1);
@@ -538,6 +615,8 @@ impl Hypervisor {
     /// Returns every frame of `slot`'s guest space (mapped, assigned or in the PoD cache)
     /// to the heap.
     pub(crate) fn release_guest_memory(&mut self, slot: u32) {
+        // The partition's hypervisor pages go back to its pool first, out of its p2m.
+        self.xen_special_release(slot);
         while let Some(m) = self.pod_cache_take(slot) {
             self.heap_free(m, 0);
         }
@@ -727,7 +806,13 @@ impl Hypervisor {
         for r in ranges {
             let end = r.start.checked_add(r.count).filter(|&e| e <= GFN_LIMIT);
             end.ok_or(MemoryError::GfnOutOfRange(r.start))?;
-            if let Some(g) = (r.start..r.end()).find(|&g| self.part(slot).p2m.get(g).is_none()) {
+            let ram = |g| {
+                self.part(slot)
+                    .p2m
+                    .get(g)
+                    .is_some_and(|m| self.frames.state(m) == FrameState::Mapped)
+            };
+            if let Some(g) = (r.start..r.end()).find(|&g| !ram(g)) {
                 return Err(MemoryError::NotMapped(g));
             }
         }
@@ -836,6 +921,8 @@ impl Hypervisor {
         let mut pool_used = vec![0u64; n];
         let mut pod_cache = vec![0u64; n];
         let mut free = 0u64;
+        let mut reserved = 0u64;
+        let mut special = vec![0u64; n];
         for mfn in 0..self.frames.len() {
             let st = self.frames.state(mfn);
             if st == FrameState::Free {
@@ -846,6 +933,10 @@ impl Hypervisor {
                 return err(format!(
                     "frame {mfn} held by the hypervisor outside an operation"
                 ));
+            }
+            if st == FrameState::Reserved {
+                reserved += 1;
+                continue;
             }
             let slot = self.frames.owner(mfn) as usize;
             let Some(Some(p)) = self.slots.get(slot) else {
@@ -867,7 +958,10 @@ impl Hypervisor {
                 FrameState::PoolAvailable => pool_avail[slot] += 1,
                 FrameState::PoolInUse => pool_used[slot] += 1,
                 FrameState::PodCache => pod_cache[slot] += 1,
-                FrameState::Free | FrameState::Hypervisor => unreachable!(),
+                FrameState::Special => special[slot] += 1,
+                FrameState::Free | FrameState::Hypervisor | FrameState::Reserved => {
+                    unreachable!()
+                }
             }
         }
         if free != self.frames.total_free() {
@@ -876,7 +970,18 @@ impl Hypervisor {
                 self.frames.total_free()
             ));
         }
-        let mut total = free;
+        if reserved != 512 * self.m2p.len() as u64
+            || self
+                .m2p
+                .iter()
+                .any(|&m| (m..m + 512).any(|f| self.frames.state(f) != FrameState::Reserved))
+        {
+            return err(format!(
+                "{reserved} reserved frames, m2p extents {:?}",
+                self.m2p
+            ));
+        }
+        let mut total = free + reserved;
         for (slot, p) in self.slots.iter().enumerate() {
             let Some(p) = p else { continue };
             if self.by_id.get(&p.id.0) != Some(&(slot as u32))
@@ -884,16 +989,32 @@ impl Hypervisor {
             {
                 return err(format!("{:?} not indexed at slot {slot}", p.id));
             }
-            if p.p2m.mapped() != mapped[slot] {
+            // The partition's hypervisor pages: each Special, its own, listed once.
+            let mut specials: Vec<Mfn> = p.xen.special_frames().collect();
+            specials.sort_unstable();
+            let mut special_node = vec![0u64; p.pools.len()];
+            for (i, &m) in specials.iter().enumerate() {
+                if m >= self.frames.len()
+                    || self.frames.state(m) != FrameState::Special
+                    || self.frames.owner(m) as usize != slot
+                    || specials.get(i + 1) == Some(&m)
+                {
+                    return err(format!("{:?}: hypervisor page {m} is not its own", p.id));
+                }
+                special_node[self.frames.node_of(m) as usize] += 1;
+            }
+            if specials.len() as u64 != special[slot] {
                 return err(format!(
-                    "{:?}: p2m maps {} gfns, {} frames say they are mapped there",
+                    "{:?}: {} hypervisor pages listed, {} in the frame table",
                     p.id,
-                    p.p2m.mapped(),
-                    mapped[slot]
+                    specials.len(),
+                    special[slot]
                 ));
             }
+            let mut special_mapped = 0u64;
             for (gfn, mfn) in p.p2m.iter() {
-                if self.frames.state(mfn) != FrameState::Mapped
+                let st = self.frames.state(mfn);
+                if (st != FrameState::Mapped && st != FrameState::Special)
                     || self.frames.owner(mfn) as usize != slot
                     || self.frames.link(mfn) != gfn
                 {
@@ -902,6 +1023,20 @@ impl Hypervisor {
                         p.id
                     ));
                 }
+                special_mapped += u64::from(st == FrameState::Special);
+            }
+            if p.p2m.mapped() != mapped[slot] + special_mapped
+                || special_mapped != p.xen.special_mapped
+            {
+                return err(format!(
+                    "{:?}: p2m maps {} gfns, {} frames say they are mapped there ({} of \
+                     them hypervisor pages, counted {})",
+                    p.id,
+                    p.p2m.mapped(),
+                    mapped[slot] + special_mapped,
+                    special_mapped,
+                    p.xen.special_mapped
+                ));
             }
             if p.assigned != assigned[slot]
                 || self.list_len(p.assigned_head, FrameState::Assigned, slot)? != p.assigned
@@ -932,7 +1067,9 @@ impl Hypervisor {
             }
             for (node, pool) in p.pools.iter().enumerate() {
                 let a = self.list_len(pool.available_head, FrameState::PoolAvailable, slot)?;
-                let u = self.list_len(pool.in_use_head, FrameState::PoolInUse, slot)?;
+                // Hypervisor pages are charged to the pool without sitting on its lists.
+                let u = self.list_len(pool.in_use_head, FrameState::PoolInUse, slot)?
+                    + special_node[node];
                 if a != pool.available || u != pool.in_use {
                     return err(format!(
                         "{:?} node {node}: pool counts {}/{} but lists hold {a}/{u}",
@@ -949,7 +1086,9 @@ impl Hypervisor {
                     }
                 }
             }
-            if p.pool_available() != pool_avail[slot] || p.pool_in_use() != pool_used[slot] {
+            if p.pool_available() != pool_avail[slot]
+                || p.pool_in_use() != pool_used[slot] + special[slot]
+            {
                 return err(format!(
                     "{:?}: pool totals disagree with the frame table",
                     p.id
@@ -963,7 +1102,8 @@ impl Hypervisor {
                 .chain(&p.grant_charged)
                 .map(|c| c.1)
                 .sum::<u64>()
-                + self.children_create_charges(p);
+                + self.children_create_charges(p)
+                + special[slot];
             if charged != p.pool_in_use() {
                 return err(format!(
                     "{:?}: {} pool frames in use, {charged} charged",
@@ -975,7 +1115,8 @@ impl Hypervisor {
                 + assigned[slot]
                 + pool_avail[slot]
                 + pool_used[slot]
-                + pod_cache[slot];
+                + pod_cache[slot]
+                + special[slot];
         }
         if total != self.frames.len() as u64 {
             return err(format!(

@@ -141,12 +141,17 @@ pub struct Partition {
     /// its extent order limit is raised to `max_order_ptdom`, and populate-on-demand is
     /// refused (-ENOTEMPTY).
     pub passthrough: bool,
+    /// Xen domain state the memory model does not need (PV max_pfn, target link,
+    /// shared-info and grant frames).
+    pub xen: crate::xen::XenDomain,
 }
 
 impl Partition {
     /// Xen `tot_pages`: frames mapped, assigned or in the PoD cache of the partition.
     pub fn tot_pages(&self) -> u64 {
-        self.p2m.mapped() + self.assigned + self.pod_cache
+        // Hypervisor pages mapped in the p2m (shared info, grant frames) are not the
+        // domain's memory.
+        self.p2m.mapped() + self.assigned + self.pod_cache - self.xen.special_mapped
     }
 
     /// Xen `p2m->pod.entry_count`: gfns marked populate-on-demand and not yet backed.

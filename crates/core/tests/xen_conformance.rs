@@ -10,15 +10,19 @@ use std::collections::BTreeMap;
 
 use ballast_abi::hv::HvProximityDomainInfo;
 use ballast_abi::xen::{
-    DOMID_SELF, E820Entry, E820Type, MapSpace, MemFlags, MemoryOp, ResourceType, XenAddToPhysmap,
-    XenAddToPhysmapBatch, XenForeignMemoryMap, XenMemAcquireResource, XenMemoryDomain,
+    DOMID_SELF, E820Entry, E820Type, MapSpace, MemFlags, MemoryOp, ResourceType,
+    XENMAPIDX_GRANT_TABLE_STATUS, XenAddToPhysmap, XenAddToPhysmapBatch, XenForeignMemoryMap,
+    XenMachphysMapping, XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain,
     XenMemoryExchange, XenMemoryMap, XenMemoryReservation, XenPodTarget, XenRemoveFromPhysmap,
 };
 use ballast_core::frame::FrameState;
 use ballast_core::xen::errno::*;
-use ballast_core::xen::{MAX_GRANT_FRAMES, MemoryOpResult, StopReason};
+use ballast_core::xen::{
+    DomainConfig, DomainInfo, MAX_GRANT_FRAMES, MemoryOpResult, StopReason, dominf,
+};
 use ballast_core::{
-    Config, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, PartitionId, ROOT_DOMID, ROOT_ID,
+    Config, CreateError, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, PartitionId,
+    ROOT_DOMID, ROOT_ID,
 };
 use proptest::prelude::*;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -1087,7 +1091,8 @@ fn e820(addr: u64, size: u64, ty: E820Type) -> E820Entry {
     E820Entry { addr, size, ty }
 }
 
-/// Deviation: with no map set, memory_map describes the p2m (Xen: -ENOSYS).
+/// With no map set, memory_map answers -ENOSYS, as Xen 4.17 does (issue 12: ballast
+/// used to describe the p2m instead).
 #[test]
 fn case_50_memory_maps() {
     let mut e = env();
@@ -1098,16 +1103,7 @@ fn case_50_memory_maps() {
         _pad0: [0; 4],
         buffer: LIST,
     };
-    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, 0);
-    assert_eq!(e.read::<XenMemoryMap>(ARG).nr_entries, 2);
-    let got: [E820Entry; 2] = e.read(LIST);
-    assert_eq!(
-        got,
-        [
-            e820(0, 0x3000, E820Type::RAM),
-            e820(0x10000, 0x1000, E820Type::RAM)
-        ]
-    );
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
 
     let set = [
         e820(0, 0x9f000, E820Type::RAM),
@@ -1156,7 +1152,9 @@ fn case_50_memory_maps() {
         Some(&set[..])
     );
 
-    // The host map: one RAM entry per node, for the control domain only.
+    // The host map: one RAM entry per node, for the control domain only. An HVM
+    // caller gets -ENOSYS before the privilege check (issue 12: it used to be -EPERM),
+    // a PV domU -EPERM.
     let map = XenMemoryMap {
         nr_entries: 2,
         _pad0: [0; 4],
@@ -1164,6 +1162,11 @@ fn case_50_memory_maps() {
     };
     assert_eq!(
         e.op(u, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
+        -ENOSYS
+    );
+    let pv = e.guest(16, false);
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
         -EPERM
     );
     assert_eq!(e.op(C, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret, 0);
@@ -1404,6 +1407,521 @@ fn xtf_xsa_472_3_decrease_then_populate_the_same_gfn() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Debian's libxenctrl 4.17 against the core (issue 12 section 3)
+// ---------------------------------------------------------------------------------------
+
+/// `xc_domain_memory_exchange_pages` bounces the out list OUT-only, so the hypervisor
+/// reads zeros there; Xen uses a PV domain's output gpfns only to set the m2p.
+#[test]
+fn libxc_pv_exchange_with_a_zeroed_out_list() {
+    let mut e = env();
+    let (p, mfns) = pv_guest_with_pages(&mut e, 4);
+    e.set_list(LIST, &mfns);
+    e.set_list(LIST2, &[0, 0, 0, 0]);
+    let x = exch(
+        res(LIST, 4, 0, MemFlags::NONE, DOMID_SELF),
+        res(LIST2, 4, 0, MemFlags::address_bits(32), DOMID_SELF),
+        0,
+    );
+    let free = e.free();
+    assert_eq!(e.op(p, cmd(MemoryOp::EXCHANGE, 0), &x).ret, 0);
+    assert_eq!(nr_exchanged(&e), 4);
+    assert_eq!((e.tot(p), e.free()), (4, free));
+    let out = e.list(LIST2, 4);
+    for &m in &out {
+        let st = e.hv.frames().state(m as u32);
+        assert!(
+            st == FrameState::Mapped || st == FrameState::Assigned,
+            "output {m:#x} is the guest's ({st:?})"
+        );
+    }
+    // The first output took gpfn 0 (freed by the inputs); the others share it in Xen's
+    // m2p and belong to the guest without a gfn here.
+    assert_eq!(e.at(p, 0).map(u64::from), Some(out[0]));
+    // Chunk by chunk: a later chunk may get an earlier chunk's input frame.
+    for m in mfns.iter().filter(|m| !out.contains(m)) {
+        assert_eq!(e.hv.frames().state(*m as u32), FrameState::Free);
+    }
+    // The new frames are the guest's to give back by MFN.
+    assert_eq!(e.decrease(p, DOMID_SELF, &out, 0).ret, 4);
+    assert_eq!(e.tot(p), 0);
+}
+
+/// Xen's `domain_get_maximum_gpfn` for PV: `max(max_pfn, 1) - 1`, the arch max_pfn.
+#[test]
+fn libxc_pv_maximum_gpfn_is_the_arch_max_pfn() {
+    let mut e = env();
+    let (p, _) = pv_guest_with_pages(&mut e, 16);
+    let op = cmd(MemoryOp::MAXIMUM_GPFN, 0);
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0, "max_pfn 0 reads as 0");
+    let id = e.hv.partition_by_domid(p).unwrap().id;
+    e.hv.set_pv_max_pfn(id, 0x1000).unwrap();
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0xfff);
+    assert_eq!(e.op(C, op, &dom(p.0)).ret, 0xfff);
+    e.hv.set_pv_max_pfn(id, 1).unwrap();
+    assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0);
+}
+
+/// `hvm_memory_op` answers these two -ENOSYS for an HVM caller, before anything else.
+#[test]
+fn libxc_hvm_callers_get_enosys_for_host_memory_layout() {
+    let mut e = env();
+    let u = e.u;
+    let map = XenMemoryMap {
+        nr_entries: 8,
+        _pad0: [0; 4],
+        buffer: LIST,
+    };
+    for op in [MemoryOp::MACHINE_MEMORY_MAP, MemoryOp::MACHPHYS_MAPPING] {
+        assert_eq!(e.op(u, cmd(op, 0), &map).ret, -ENOSYS, "{op:?}");
+        assert_eq!(e.op(u, cmd(op, 3), &map).ret, -ENOSYS, "{op:?} resumed");
+    }
+    // An HVM control domain (PVH dom0) too.
+    e.hv.set_translated(ROOT_ID, true).unwrap();
+    assert_eq!(
+        e.op(C, cmd(MemoryOp::MACHINE_MEMORY_MAP, 0), &map).ret,
+        -ENOSYS
+    );
+}
+
+/// Xen 4.17's `XENMEM_memory_map` without a map set (or with an empty one): -ENOSYS.
+#[test]
+fn libxc_memory_map_without_a_map_is_enosys() {
+    let mut e = env();
+    let u = e.u;
+    e.populate(u, DOMID_SELF, &[0, 1, 2], 0);
+    let map = XenMemoryMap {
+        nr_entries: 8,
+        _pad0: [0; 4],
+        buffer: LIST,
+    };
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
+    let f = XenForeignMemoryMap {
+        domid: u.0,
+        _pad0: [0; 6],
+        map: XenMemoryMap {
+            nr_entries: 0,
+            _pad0: [0; 4],
+            buffer: 0,
+        },
+    };
+    assert_eq!(e.op(C, cmd(MemoryOp::SET_MEMORY_MAP, 0), &f).ret, 0);
+    assert_eq!(e.op(u, cmd(MemoryOp::MEMORY_MAP, 0), &map).ret, -ENOSYS);
+}
+
+/// x86_64 `subarch_memory_op`: the m2p sits in 2 MiB extents of hypervisor frames, one per
+/// 262,144 host frames; the list is filled up to `max_extents`.
+#[test]
+fn libxc_machphys_mfn_list_names_the_m2p_extents() {
+    let mut config = Config::single_node(262_144 + 1024);
+    config.xen.m2p_frames = true;
+    let mut e = env_with(config);
+    let total = e.free();
+    assert_eq!(
+        total,
+        262_144 + 1024 - 2 * 512,
+        "two extents out of the heap"
+    );
+    let pv = e.guest(16, false);
+    let xmml = |max| XenMachphysMfnList {
+        max_extents: max,
+        _pad0: [0; 4],
+        extent_start: LIST,
+        nr_extents: 0,
+        _pad1: [0; 4],
+    };
+    let op = cmd(MemoryOp::MACHPHYS_MFN_LIST, 0);
+    assert_eq!(e.op(pv, op, &xmml(8)).ret, 0);
+    assert_eq!(e.read::<XenMachphysMfnList>(ARG).nr_extents, 2);
+    let extents = e.list(LIST, 2);
+    for &m in &extents {
+        assert_eq!(m % 512, 0, "2 MiB aligned");
+        for f in m..m + 512 {
+            assert_eq!(e.hv.frames().state(f as u32), FrameState::Reserved);
+        }
+    }
+    assert_ne!(extents[0], extents[1]);
+    e.set_list(LIST, &[0, 0]);
+    assert_eq!(e.op(C, op, &xmml(1)).ret, 0);
+    assert_eq!(e.read::<XenMachphysMfnList>(ARG).nr_extents, 1);
+    assert_eq!(e.list(LIST, 2), [extents[0], 0]);
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHPHYS_MFN_LIST, 1), &xmml(8)).ret,
+        -ENOSYS
+    );
+    // Reserved frames are nobody's to free.
+    assert_eq!(e.decrease(pv, DOMID_SELF, &[extents[0]], 0).ret, 0);
+    let info = e.hv.host_info();
+    assert_eq!(info.hypervisor_pages, 1024);
+    assert_eq!(info.free_pages, total);
+
+    // Without m2p frames there is nothing to name.
+    let mut e = env();
+    let pv = e.guest(16, false);
+    assert_eq!(e.op(pv, op, &xmml(8)).ret, -ENOSYS);
+}
+
+/// x86_64 `arch_memory_op`: the fixed read-only range; the hardware domain learns the
+/// real last frame.
+#[test]
+fn libxc_machphys_mapping_for_pv_callers() {
+    let mut e = env();
+    let pv = e.guest(16, false);
+    let op = cmd(MemoryOp::MACHPHYS_MAPPING, 0);
+    let zero = XenMachphysMapping::default();
+    assert_eq!(e.op(pv, op, &zero).ret, 0);
+    assert_eq!(
+        e.read::<XenMachphysMapping>(ARG),
+        XenMachphysMapping {
+            v_start: 0xffff_8000_0000_0000,
+            v_end: 0xffff_8040_0000_0000,
+            max_mfn: (1 << 35) - 1,
+        }
+    );
+    assert_eq!(e.op(C, op, &zero).ret, 0);
+    assert_eq!(
+        e.read::<XenMachphysMapping>(ARG).max_mfn,
+        u64::from(HOST_FRAMES) - 1
+    );
+    assert_eq!(
+        e.op(pv, cmd(MemoryOp::MACHPHYS_MAPPING, 1), &zero).ret,
+        -ENOSYS
+    );
+    assert_eq!(e.raw(pv, op, 0x10).ret, -EFAULT);
+}
+
+/// A toolstack's view: createdomain with a chosen domid, max_mem with its privilege
+/// check, set_target, getdomaininfo and physinfo as typed values.
+#[test]
+fn toolstack_domains_device_models_and_info() {
+    let mut e = env();
+    let u = e.u;
+    let cfg = |domid, translated| DomainConfig {
+        domid: Some(DomId(domid)),
+        translated,
+        max_pages: 64,
+        ..DomainConfig::default()
+    };
+    let hvm = e.hv.create_domain(&cfg(42, true)).unwrap();
+    assert_eq!(e.hv.partition(hvm).unwrap().domid, DomId(42));
+    assert_eq!(
+        e.hv.create_domain(&cfg(42, true)),
+        Err(CreateError::DomidInUse(DomId(42)))
+    );
+    assert_eq!(
+        e.hv.create_domain(&cfg(DOMID_SELF, true)),
+        Err(CreateError::InvalidDomid(DomId(DOMID_SELF)))
+    );
+    // grant_table_init's limits: 1 to the host's gnttab_max_frames, version 1 or 2.
+    for (frames, version) in [(Some(0), None), (Some(65), None), (None, Some(3))] {
+        let bad = DomainConfig {
+            max_grant_frames: frames,
+            max_grant_version: version,
+            ..cfg(50, true)
+        };
+        assert_eq!(e.hv.create_domain(&bad), Err(CreateError::GrantTable));
+    }
+    let v1 = DomainConfig {
+        max_grant_version: Some(1),
+        ..cfg(51, true)
+    };
+    let v1 = e.hv.create_domain(&v1).unwrap();
+    assert_eq!(e.hv.xen_grant_set_version(v1, 2), Err(ENOSYS));
+    assert_eq!(e.hv.xen_grant_set_version(v1, 1), Ok(1));
+    assert_eq!(e.hv.partition(v1).unwrap().xen.max_grant_frames, 64);
+    let stub = e.hv.create_domain(&cfg(43, false)).unwrap();
+    let (d42, d43) = (DomId(42), DomId(43));
+
+    // max_mem: the control domain only; in KiB; may go below tot_pages.
+    assert_eq!(e.hv.xen_max_mem(u, d42, 1 << 20), Err(EPERM));
+    assert_eq!(e.hv.xen_max_mem(C, DomId(UNKNOWN), 1 << 20), Err(ESRCH));
+    assert_eq!(e.hv.xen_max_mem(C, d42, 1 << 20), Ok(()));
+    assert_eq!(e.max(d42), 1 << 18);
+    assert_eq!(e.hv.xen_max_mem(C, d42, u64::MAX), Ok(()));
+    assert_eq!(e.max(d42), u32::MAX);
+
+    // The stub domain may populate its target only once it is the target's device model.
+    assert_eq!(e.populate(d43, 42, &[0x10], 0).ret, 0);
+    assert_eq!(e.hv.xen_set_target(u, d43, d42), Err(EPERM));
+    assert_eq!(e.hv.xen_set_target(C, d43, d43), Err(EINVAL));
+    assert_eq!(
+        e.hv.xen_set_target(C, d42, d43),
+        Err(EOPNOTSUPP),
+        "PV target"
+    );
+    assert_eq!(e.hv.xen_set_target(C, d43, d42), Ok(()));
+    assert_eq!(e.hv.xen_set_target(C, d43, u), Err(EINVAL), "one target");
+    assert_eq!(e.populate(d43, 42, &[0x10], 0).ret, 1);
+    let acq = acquire(42, 1, 0, LIST);
+    assert_eq!(e.op(d43, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &acq).ret, 0);
+    // Not the other way round, and not for anyone else.
+    assert_eq!(e.populate(d42, 43, &[0x10], 0).ret, 0);
+    assert_eq!(e.populate(d43, u.0, &[0x10], 0).ret, 0);
+
+    let claim_res = res(0, 8, 0, MemFlags::NONE, 42);
+    assert_eq!(e.op(C, cmd(MemoryOp::CLAIM_PAGES, 0), &claim_res).ret, 0);
+    let info = e.hv.domain_info(d42).unwrap();
+    assert_eq!(
+        info,
+        DomainInfo {
+            domid: d42,
+            id: hvm,
+            tot_pages: 1,
+            max_pages: u64::from(u32::MAX),
+            shr_pages: 0,
+            outstanding_pages: 7,
+            pod_entries: 0,
+            shared_info_frame: u64::MAX,
+            flags: dominf::HVM_GUEST | dominf::HAP,
+            target: None,
+        }
+    );
+    let stub_info = e.hv.domain_info(d43).unwrap();
+    assert_eq!((stub_info.flags, stub_info.target), (0, Some(d42)));
+    // A PV domain's shared-info page exists from creation and is named by its MFN.
+    let si = e.hv.partition(stub).unwrap().xen.shared_info.unwrap();
+    assert_eq!(stub_info.shared_info_frame, u64::from(si));
+    assert_eq!(e.hv.frames().state(si), FrameState::Special);
+    assert_eq!(e.hv.domain_info(DomId(44)), None);
+
+    let host = e.hv.host_info();
+    assert_eq!(host.total_pages, u64::from(HOST_FRAMES));
+    assert_eq!(host.free_pages, e.free());
+    assert_eq!(host.outstanding_pages, 7);
+    assert_eq!(host.max_mfn, u64::from(HOST_FRAMES) - 1);
+    assert_eq!(host.hypervisor_pages, 0);
+    assert_eq!(host.nodes.len(), 1);
+    assert_eq!(host.nodes[0].free_pages, e.free());
+
+    // A destroyed target leaves the device model pointing at nothing.
+    e.hv.destroy_partition(hvm).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(e.hv.domain_info(d43).unwrap().target, None);
+    let again = e.hv.create_domain(&cfg(42, true)).unwrap();
+    assert_eq!(e.hv.partition(again).unwrap().domid, d42);
+    assert_eq!(
+        e.populate(d43, 42, &[0x10], 0).ret,
+        0,
+        "not the new 42's model"
+    );
+    let _ = stub;
+}
+
+/// What every HVM Linux guest does at boot: map its shared-info page with
+/// `XENMAPSPACE_shared_info`; getdomaininfo follows it.
+#[test]
+fn hvm_guest_maps_its_shared_info_page() {
+    let mut e = env();
+    let (u, id) = (e.u, e.u_id);
+    let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
+    e.populate(u, DOMID_SELF, &[0x10, 0x11], 0);
+    let free = e.free();
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, u64::MAX);
+    assert_eq!(
+        e.op(
+            u,
+            op,
+            &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0xfeffe, 0)
+        )
+        .ret,
+        0
+    );
+    let m = e.at(u, 0xfeffe).unwrap();
+    assert_eq!(e.hv.frames().state(m), FrameState::Special);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, 0xfeffe);
+    assert_eq!(e.tot(u), 2, "a hypervisor page, not the domain's memory");
+    assert_eq!(
+        e.free(),
+        free - 1,
+        "charged to the pool, topped up from the heap"
+    );
+    assert_eq!(e.hv.partition(id).unwrap().pool_in_use(), 1);
+    // Mapping it again elsewhere moves it, bytes and all.
+    e.hv.take_effects();
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x20, 0))
+            .ret,
+        0
+    );
+    assert_eq!((e.at(u, 0xfeffe), e.at(u, 0x20)), (None, Some(m)));
+    let fx = e.hv.take_effects();
+    assert!(fx.contains(&Effect::Move {
+        partition: id,
+        from: 0xfeffe,
+        to: 0x20
+    }));
+    assert!(discarded(&fx, id, 0xfeffe));
+    // Onto a RAM page: that page is freed, as Xen does.
+    let ram = e.at(u, 0x10).unwrap();
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x10, 0))
+            .ret,
+        0
+    );
+    assert_eq!(e.at(u, 0x10), Some(m));
+    assert_eq!(e.hv.frames().state(ram), FrameState::Free);
+    assert_eq!(e.tot(u), 1);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, 0x10);
+    // It is not RAM: populate finds the gfn taken, decrease finds nothing to free.
+    assert_eq!(
+        count(e.populate(u, DOMID_SELF, &[0x10], 0)),
+        (0, Some(StopReason::AlreadyMapped))
+    );
+    assert_eq!(
+        count(e.decrease(u, DOMID_SELF, &[0x10], 0)),
+        (0, Some(StopReason::NotMapped))
+    );
+    assert_eq!(e.at(u, 0x10), Some(m));
+    // The domain may move it as a gmfn too (its m2p entry is that gfn).
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::GMFN, 0x10, 0x30, 0))
+            .ret,
+        0
+    );
+    assert_eq!((e.at(u, 0x10), e.at(u, 0x30)), (None, Some(m)));
+    // A RAM page moved onto it unhooks it without freeing it.
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::GMFN, 0x11, 0x30, 0))
+            .ret,
+        0
+    );
+    assert_eq!(e.hv.frames().state(m), FrameState::Special);
+    assert_eq!(e.hv.domain_info(u).unwrap().shared_info_frame, u64::MAX);
+    // remove_from_physmap unhooks it too, and the page stays the domain's.
+    e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 0, 0x40, 0));
+    let x = XenRemoveFromPhysmap {
+        domid: DOMID_SELF,
+        _pad0: [0; 6],
+        gpfn: 0x40,
+    };
+    assert_eq!(e.op(u, cmd(MemoryOp::REMOVE_FROM_PHYSMAP, 0), &x).ret, 0);
+    assert_eq!(e.at(u, 0x40), None);
+    assert_eq!(e.hv.partition(id).unwrap().xen.shared_info, Some(m));
+    assert_eq!(
+        e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 1, 0x40, 0))
+            .ret,
+        -EINVAL
+    );
+    // Destroying the domain gives it back with the rest.
+    let before = e.free();
+    e.hv.destroy_partition(id).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(
+        e.free(),
+        before + 1 + 1,
+        "the RAM page at 0x30 and the shared info"
+    );
+}
+
+/// `XENMAPSPACE_grant_table`: Linux's gnttab_setup maps frames 0..n this way at boot;
+/// `XENMAPIDX_grant_table_status` selects status frames in version 2 only; the table
+/// grows to `max_grant_frames` and no further.
+#[test]
+fn hvm_guest_maps_its_grant_frames() {
+    let mut e = env();
+    let hvm =
+        e.hv.create_domain(&DomainConfig {
+            max_pages: 1024,
+            max_grant_frames: Some(16),
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let g = e.hv.partition(hvm).unwrap().domid;
+    let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
+    let gnt = |idx, gpfn| xatp(DOMID_SELF, MapSpace::GRANT_TABLE, idx, gpfn, 0);
+    for i in 0..4 {
+        assert_eq!(e.op(g, op, &gnt(i, 0xf0000 + i)).ret, 0, "frame {i}");
+    }
+    let p = e.hv.partition(hvm).unwrap();
+    assert_eq!(p.xen.grant_shared.len(), 4);
+    for i in 0..4 {
+        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen.grant_shared[i as usize]));
+    }
+    assert_eq!(e.tot(g), 0);
+    // Version 1 has no status frames: the bit stays in the index, which is too big.
+    let status = XENMAPIDX_GRANT_TABLE_STATUS;
+    assert_eq!(e.op(g, op, &gnt(status, 0xf1000)).ret, -EINVAL);
+    // Past max_grant_frames: -EINVAL, nothing grown; the last frame grows it to the limit.
+    assert_eq!(e.op(g, op, &gnt(16, 0xf1000)).ret, -EINVAL);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 4);
+    assert_eq!(e.op(g, op, &gnt(15, 0xf000f)).ret, 0);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 16);
+    // The device model's acquire_resource sees the very same frames.
+    assert_eq!(
+        e.op(
+            C,
+            cmd(MemoryOp::ACQUIRE_RESOURCE, 0),
+            &acquire(g.0, 4, 0, LIST)
+        )
+        .ret,
+        0
+    );
+    let shared = e.hv.partition(hvm).unwrap().xen.grant_shared.clone();
+    assert_eq!(
+        e.list(LIST, 4),
+        shared[..4]
+            .iter()
+            .map(|&m| u64::from(m))
+            .collect::<Vec<_>>()
+    );
+    // Version 2: two status frames for 16 shared ones (256 entries each, 2048 statuses
+    // per frame); mapped with the status bit.
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 3), Err(EINVAL));
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 2), Ok(2));
+    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_status.len(), 2);
+    assert_eq!(e.op(g, op, &gnt(status | 1, 0xf2001)).ret, 0);
+    let st = e.hv.partition(hvm).unwrap().xen.grant_status.clone();
+    assert_eq!(e.at(g, 0xf2001), Some(st[1]));
+    assert_eq!(e.op(g, op, &gnt(status | 2, 0xf2002)).ret, -EINVAL);
+    let sres = XenMemAcquireResource {
+        id: 1,
+        ..acquire(g.0, 2, 0, LIST)
+    };
+    assert_eq!(e.op(C, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &sres).ret, 0);
+    assert_eq!(
+        e.list(LIST, 2),
+        st.iter().map(|&m| u64::from(m)).collect::<Vec<_>>()
+    );
+    // 16 shared, 2 status and the shared-info page made at creation.
+    let in_use = e.hv.partition(hvm).unwrap().pool_in_use();
+    assert_eq!(in_use, 19);
+    // Back to version 1: the status frames go, unmapped.
+    assert_eq!(e.hv.xen_grant_set_version(hvm, 1), Ok(1));
+    assert_eq!(e.at(g, 0xf2001), None);
+    assert_eq!(e.hv.partition(hvm).unwrap().pool_in_use(), 17);
+    assert_eq!(
+        e.op(C, cmd(MemoryOp::ACQUIRE_RESOURCE, 0), &sres).ret,
+        -EINVAL
+    );
+    // A batch maps grant frames item by item.
+    e.set_list(LIST, &[0, 1, 99]);
+    e.set_list(LIST2, &[0xf3000, 0xf3001, 0xf3002]);
+    let b = XenAddToPhysmapBatch {
+        domid: DOMID_SELF,
+        space: MapSpace::GRANT_TABLE.0 as u16,
+        size: 3,
+        foreign_domid: 0,
+        idxs: LIST,
+        gpfns: LIST2,
+        errs: ERRS,
+    };
+    assert_eq!(e.op(g, cmd(MemoryOp::ADD_TO_PHYSMAP_BATCH, 0), &b).ret, 0);
+    let errs: [i32; 3] = e.read(ERRS);
+    assert_eq!(errs, [0, 0, -(EINVAL as i32)]);
+    assert_eq!(
+        (e.at(g, 0xf0000), e.at(g, 0xf3000)),
+        (None, Some(shared[0]))
+    );
+    // The status frames went back to the pool (available); a destroy gives the whole
+    // pool back to the heap.
+    let free = e.free();
+    assert_eq!(e.hv.partition(hvm).unwrap().pool_available(), 2);
+    e.hv.destroy_partition(hvm).unwrap();
+    e.hv.check().unwrap();
+    assert_eq!(e.free(), free + 19);
+}
+
+// ---------------------------------------------------------------------------------------
 // Random interleavings
 // ---------------------------------------------------------------------------------------
 
@@ -1454,6 +1972,8 @@ fn world() -> World {
     let a = hv.create_guest(256, HvProximityDomainInfo::ANY).unwrap();
     let b = hv.create_guest(192, HvProximityDomainInfo::ANY).unwrap();
     hv.set_translated(b, false).unwrap();
+    // Version 2, so add_to_physmap steps reach status frames too.
+    hv.xen_grant_set_version(a, 2).unwrap();
     let doms = [
         ROOT_DOMID,
         hv.partition(a).unwrap().domid,
@@ -1569,11 +2089,17 @@ impl World {
                 MemoryOp::EXCHANGE
             }
             5 | 6 => {
-                let idx = s.values.first().copied().unwrap_or(0);
-                let (space, size) = if s.kind == 5 {
-                    (MapSpace::GMFN, 0)
-                } else {
-                    (MapSpace::GMFN_RANGE, (s.extra % 24) as u16)
+                let mut idx = s.values.first().copied().unwrap_or(0);
+                // Now and then the shared-info page or a grant frame (shared, or a status
+                // frame by the index bit), which the target's hypervisor pages serve.
+                let (space, size) = match (s.kind, s.extra % 8) {
+                    (5, 0) => (MapSpace::SHARED_INFO, 0),
+                    (5, 1) => {
+                        idx = (idx % 80) | (((s.extra >> 8) & 1) * XENMAPIDX_GRANT_TABLE_STATUS);
+                        (MapSpace::GRANT_TABLE, 0)
+                    }
+                    (5, _) => (MapSpace::GMFN, 0),
+                    _ => (MapSpace::GMFN_RANGE, (s.extra % 24) as u16),
                 };
                 self.write(&xatp(domid, space, idx, s.extra % 96, size));
                 MemoryOp::ADD_TO_PHYSMAP

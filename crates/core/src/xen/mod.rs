@@ -18,12 +18,23 @@
 //! and orders, §4 for each sub-op's checks in Xen's order, with DESIGN.md's decisions.
 //!
 //! # Privileges
-//! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV allows the
-//! target's parent (ballast's stand-in for a device-model domain); PRIV allows the control
-//! domain (domid 0, the root), which also passes the other two. `DOMID_SELF` names the
-//! caller. Extent orders are limited by the caller's class, as Xen's `max_order()`:
+//! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV (and TARGET)
+//! allows the target's device model: its parent (ballast's stand-in for the domain that
+//! created it) or the domain made its device model by
+//! [`Hypervisor::xen_set_target`] (Xen's `d->target`); PRIV allows the control domain
+//! (domid 0, the root), which also passes the other two. `DOMID_SELF` names the caller.
+//! Extent orders are limited by the caller's class, as Xen's `max_order()`:
 //! `max_order_domu`, raised to `max_order_ptdom` for a domain with passthrough devices
 //! ([`Hypervisor::set_passthrough`]) and to `max_order_ctldom` for the control domain.
+//!
+//! The control domain is a PV domain (dom0 as Debian runs it); the toolstack may make it
+//! PVH with [`Hypervisor::set_translated`]. HVM and PVH callers get `-ENOSYS` for
+//! machine_memory_map and machphys_mapping, as Xen 4.17's `hvm_memory_op` answers.
+//!
+//! A domain's shared-info page and grant frames are hypervisor pages charged to its pool
+//! and mapped into its p2m by add_to_physmap (module `special`); the toolstack's calls
+//! (create a domain with a domid, `max_mem`, `set_target`, domain and host information)
+//! are in module `domain`.
 //!
 //! # Guest physical space
 //! Each partition has a guest-physical limit ([`Hypervisor::set_guest_physical_limit`]:
@@ -61,23 +72,36 @@
 //!   changes, so a chunk is either exchanged and counted or untouched (§5 item 6). Its
 //!   input range is checked from the start of the chunk holding `nr_exchanged`, which is
 //!   where reading starts.
-//! - memory_map without a map set by the toolstack describes the caller's p2m, one RAM
-//!   entry per run of mapped gfns (Xen: `-ENOSYS`).
-//! - machphys_mfn_list and machphys_mapping answer `-ENOSYS`: ballast's m2p lives in the
-//!   frame table, not in guest-mappable frames, and seed 002 says such architectures do not
-//!   implement these commands.
-//! - acquire_resource serves the grant table (shared frames, at most
-//!   [`MAX_GRANT_FRAMES`]) from frames charged to the target's pool, topping the pool up
-//!   from the heap when it is short. The MFNs are written to `frame_list` for every caller,
-//!   as for a PV caller, because ballast's p2m is single-owner and holds no foreign entries.
-//! - add_to_physmap: the shared_info and grant_table spaces answer `-EOPNOTSUPP` (ballast
-//!   has no shared-info page, and grant frames live in the pool, not the p2m); gmfn_foreign
-//!   items of a batch get `-EOPNOTSUPP` in `errs[]` for the same single-owner reason. A gmfn
-//!   move records an [`Effect::Move`](crate::Effect::Move) before the discard of its old
-//!   gfn, so the page's bytes follow it.
+//! - machphys_mfn_list names the 2 MiB extents of the m2p only when the host reserves them
+//!   (`XenConfig::m2p_frames`, off by default so small models keep their memory); without
+//!   them it answers `-ENOSYS`. ballast's m2p itself lives in the frame table: the
+//!   reserved frames stand for Xen's table, their contents are not kept.
+//! - acquire_resource serves the grant table (shared frames, at most the domain's
+//!   `max_grant_frames`, 64 unless its creation says otherwise; status frames in version 2)
+//!   from the same hypervisor pages add_to_physmap maps. The MFNs are written to
+//!   `frame_list` for every caller, as for a PV caller, because ballast's p2m is
+//!   single-owner and holds no foreign entries.
+//! - add_to_physmap: gmfn_foreign items of a batch get `-EOPNOTSUPP` in `errs[]` for the
+//!   same single-owner reason. A gmfn move, and a hypervisor page mapped at a new gfn,
+//!   record an [`Effect::Move`](crate::Effect::Move) before the discard of the old gfn, so
+//!   the page's bytes follow it; a hypervisor page unmapped from every gfn
+//!   (remove_from_physmap, a RAM page moved onto it) loses its bytes, since the host backs
+//!   guest memory per gfn. The shared-info page of a partition made by
+//!   [`Hypervisor::create_domain`] exists from creation, as in Xen; one made otherwise
+//!   (`create_guest`, HvCreatePartition) gets it when it first maps it, and getdomaininfo
+//!   reports no frame before that.
+//! - A gfn holding a hypervisor page holds no RAM: decrease_reservation and exchange fail
+//!   on it ([`StopReason::NotMapped`], `-EINVAL`) with nothing changed, where Xen would
+//!   drop the page's allocation reference; remove_from_physmap and add_to_physmap unhook
+//!   it as Xen does.
+//! - A PV exchange accepts any output gpfns (Xen only records them in the m2p). ballast's
+//!   m2p holds one frame per gfn: an output page whose gpfn is beyond the guest physical
+//!   space or already taken (libxenctrl passes zeros) belongs to the guest without a gfn,
+//!   where Xen records the duplicate.
 //! - The root's memory is the identity map of free host memory (DESIGN.md): its p2m is
-//!   never written. increase/populate naming the root stop with `Denied`; exchange and
-//!   add_to_physmap on it answer `-EPERM`. A decrease finds nothing mapped.
+//!   never written. increase/populate naming the root stop with `Denied`; exchange on it
+//!   answers `-EPERM`, add_to_physmap `-EACCES` (it is a PV domain). A decrease finds
+//!   nothing mapped.
 //! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
 //!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
 //!   cannot hold the host for long (Xen preempts the same calls).
@@ -115,9 +139,11 @@ use crate::hypervisor::{Hypervisor, home_sel};
 use crate::partition::PartitionState;
 use crate::{DomId, Mfn, PartitionId};
 
+mod domain;
 mod physmap;
 mod query;
 mod reservation;
+mod special;
 #[cfg(test)]
 mod tests;
 
@@ -167,10 +193,13 @@ pub mod errno {
 
 use errno::*;
 
+pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf};
+
 /// Largest `nr_extents` whose count still fits a continuation (`UINT_MAX >> 6`).
 pub const MAX_NR_EXTENTS: u64 = (u32::MAX >> MEMOP_EXTENT_SHIFT) as u64;
 
-/// Grant-table frames a partition may have (Xen's default `gnttab_max_frames`).
+/// Grant-table frames a partition may have unless its creation says otherwise
+/// ([`DomainConfig::max_grant_frames`]): Xen's default `gnttab_max_frames`.
 pub const MAX_GRANT_FRAMES: u32 = 64;
 
 /// Resource frames handled between preemption points (Xen's batch of 32).
@@ -447,6 +476,21 @@ impl Hypervisor {
         Ok(())
     }
 
+    /// Sets the PV arch `max_pfn` of partition `id` (`shared_info->arch.max_pfn`, which
+    /// libxenctrl's domain builder and the PV guest write), from which
+    /// `XENMEM_maximum_gpfn` answers `max(max_pfn, 1) - 1` for a PV domain.
+    pub fn set_pv_max_pfn(
+        &mut self,
+        id: PartitionId,
+        max_pfn: u64,
+    ) -> Result<(), crate::MemoryError> {
+        let slot = self
+            .slot_of(id)
+            .ok_or(crate::MemoryError::NoPartition(id))?;
+        self.part_mut(slot).xen.max_pfn = max_pfn;
+        Ok(())
+    }
+
     /// Pages claimed and not yet allocated, over all partitions (Xen's
     /// `outstanding_claims`).
     pub fn outstanding_claims(&self) -> u64 {
@@ -457,6 +501,13 @@ impl Hypervisor {
 
     fn xen_dispatch(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         use MemoryOp as M;
+        // Xen 4.17's hvm_memory_op refuses these to an HVM (or PVH) caller before
+        // do_memory_op sees the command word, whatever its start extent.
+        if self.part(c.caller).translated
+            && matches!(c.op, M::MACHINE_MEMORY_MAP | M::MACHPHYS_MAPPING)
+        {
+            return MemoryOpResult::err(ENOSYS);
+        }
         let resumable = matches!(
             c.op,
             M::INCREASE_RESERVATION
@@ -502,6 +553,8 @@ impl Hypervisor {
             M::MEMORY_MAP => MemoryOpResult::rc(self.xen_memory_map(c)),
             M::MACHINE_MEMORY_MAP => MemoryOpResult::rc(self.xen_machine_memory_map(c)),
             M::SET_MEMORY_MAP => MemoryOpResult::rc(self.xen_set_memory_map(c)),
+            M::MACHPHYS_MAPPING => MemoryOpResult::rc(self.xen_machphys_mapping(c)),
+            M::MACHPHYS_MFN_LIST => MemoryOpResult::rc(self.xen_machphys_mfn_list(c)),
             M::SET_POD_TARGET | M::GET_POD_TARGET => self.xen_pod_target(c),
             _ => MemoryOpResult::err(ENOSYS),
         }
@@ -532,7 +585,12 @@ impl Hypervisor {
         if level == Xsm::Target && caller == target {
             return true;
         }
-        if level <= Xsm::DmPriv && self.part(target).parent == Some(self.part(caller).id) {
+        // DM_PRIV: the target's parent (ballast's stand-in for the device model that
+        // created it) or its device model by XEN_DOMCTL_set_target (`d->target`).
+        if level <= Xsm::DmPriv
+            && (self.part(target).parent == Some(self.part(caller).id)
+                || self.part(caller).xen.target == Some(self.part(target).id))
+        {
             return true;
         }
         caller == Self::ROOT_SLOT
@@ -721,10 +779,12 @@ impl Hypervisor {
                 .checked_add(pages)
                 .filter(|&e| e <= crate::p2m::GFN_LIMIT)
                 .ok_or(StopReason::BadGfn)?;
+            // Hypervisor pages mapped in the p2m are not the domain's to free.
             return (base..end)
                 .map(|g| {
                     p.p2m
                         .get(g)
+                        .filter(|&m| self.frames.state(m) == FrameState::Mapped)
                         .map(|m| (Some(g), m))
                         .ok_or(StopReason::NotMapped)
                 })

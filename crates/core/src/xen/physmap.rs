@@ -136,13 +136,20 @@ impl Hypervisor {
         Ok(None)
     }
 
-    /// `xenmem_add_to_physmap_one` for the spaces ballast has pages for.
+    /// `xenmem_add_to_physmap_one` for the spaces ballast has pages for. The shared-info
+    /// page and grant frames are the domain's hypervisor pages (see `special.rs`).
     fn xen_add_one(&mut self, t: u32, space: MapSpace, idx: u64, gpfn: u64) -> Result<(), i64> {
         match space {
             MapSpace::SHARED_INFO if idx != 0 => Err(EINVAL),
-            MapSpace::SHARED_INFO | MapSpace::GRANT_TABLE | MapSpace::GMFN_FOREIGN => {
-                Err(EOPNOTSUPP)
+            MapSpace::SHARED_INFO => {
+                let m = self.xen_shared_info(t)?;
+                self.xen_special_map(t, m, gpfn)
             }
+            MapSpace::GRANT_TABLE => {
+                let m = self.xen_grant_map_frame(t, idx)?;
+                self.xen_special_map(t, m, gpfn)
+            }
+            MapSpace::GMFN_FOREIGN => Err(EOPNOTSUPP),
             MapSpace::GMFN => self.xen_move_gmfn(t, idx, gpfn),
             _ => Err(EINVAL),
         }
@@ -150,9 +157,9 @@ impl Hypervisor {
 
     /// Moves the page at gfn `from` to gfn `to`, freeing the page that was at `to`.
     fn xen_move_gmfn(&mut self, t: u32, from: u64, to: u64) -> Result<(), i64> {
-        if self.part(t).p2m.get(from).is_none() {
+        let Some(m) = self.part(t).p2m.get(from) else {
             return Err(EACCES);
-        }
+        };
         // Past the guest-physical limit the page would have no backing to live in: Xen's
         // p2m refuses gfns past the guest's physical address width with -EINVAL.
         if to >= self.part(t).gfn_limit {
@@ -165,9 +172,17 @@ impl Hypervisor {
         if let Err(SpaceError::Budget(_)) = self.guest_space_ok(t, to, 1) {
             return Err(ENOMEM);
         }
+        // Xen moves a hypervisor page of the domain by its gfn too (the page is the
+        // domain's and its m2p entry is that gfn).
+        if self.frames.state(m) == crate::frame::FrameState::Special {
+            return self.xen_special_map(t, m, to);
+        }
         // The page at `to` goes first, then the move, then the old place: applied in
-        // this order, the backing copies the bytes before releasing either gfn.
-        if let Some(old) = self.unmap(t, to) {
+        // this order, the backing copies the bytes before releasing either gfn. A
+        // hypervisor page there is unhooked, not freed.
+        if self.xen_special_at(t, to) {
+            self.xen_special_unhook(t, to);
+        } else if let Some(old) = self.unmap(t, to) {
             self.heap_free(old, 0);
         }
         let id = self.part(t).id;
@@ -187,6 +202,11 @@ impl Hypervisor {
         }
         if !self.xen_xsm(c.caller, t, Xsm::Target) {
             return Err(EPERM);
+        }
+        // A hypervisor page is only unhooked (Xen leaves it allocated too).
+        if self.xen_special_at(t, x.gpfn) {
+            self.xen_special_unhook(t, x.gpfn);
+            return Ok(0);
         }
         let m = self.unmap(t, x.gpfn).ok_or(ENOENT)?;
         self.heap_free(m, 0);

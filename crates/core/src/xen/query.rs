@@ -4,17 +4,19 @@
 use core::mem::offset_of;
 
 use ballast_abi::xen::{
-    E820Entry, E820MAX, E820Type, MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED,
-    XenForeignMemoryMap, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap, XenPodTarget,
+    E820Entry, E820MAX, E820Type, MACH2PHYS_NR_ENTRIES, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
+    MemoryOp, ResourceType, XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED,
+    XENMEM_RESOURCE_GRANT_TABLE_ID_STATUS, XenForeignMemoryMap, XenMachphysMapping,
+    XenMachphysMfnList, XenMemAcquireResource, XenMemoryDomain, XenMemoryMap, XenPodTarget,
     XenVnumaTopologyInfo,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::errno::*;
-use super::{Call, MAX_GRANT_FRAMES, MAX_NR_EXTENTS, MemoryOpResult, RESOURCE_BATCH, Xsm, elem};
-use crate::Mfn;
+use super::special::grant_to_status_frames;
+use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, RESOURCE_BATCH, Xsm, elem};
 use crate::frame::NO_FRAME;
-use crate::hypervisor::{Hypervisor, home_sel};
+use crate::hypervisor::Hypervisor;
 
 const E820_SIZE: u64 = size_of::<E820Entry>() as u64;
 const PAGE_SIZE: u64 = 4096;
@@ -33,26 +35,18 @@ impl Hypervisor {
             MemoryOp::CURRENT_RESERVATION => p.tot_pages() as i64,
             MemoryOp::MAXIMUM_RESERVATION => i64::from(p.max_pages),
             // The highest gfn ever mapped: Xen's max_mapped_pfn, which never shrinks.
-            _ => p.p2m.max_mapped().unwrap_or(0) as i64,
+            _ if p.translated => p.p2m.max_mapped().unwrap_or(0) as i64,
+            // domain_get_maximum_gpfn for PV: the guest gives a page count, not a pfn.
+            // Xen returns an unsigned long; a max_pfn beyond 2^63 reads back negated.
+            _ => p.xen.max_pfn.max(1).wrapping_sub(1) as i64,
         })
     }
 
-    /// The caller's own E820 map: the one the toolstack set, or one RAM entry per run of
-    /// mapped gfns. At most `limit` entries.
-    fn xen_guest_e820(&self, slot: u32, limit: usize) -> Vec<E820Entry> {
-        let p = self.part(slot);
-        if let Some(map) = p.memory_map.as_ref().filter(|m| !m.is_empty()) {
-            return map.iter().take(limit).copied().collect();
-        }
-        p.p2m
-            .ranges_up_to(limit)
-            .into_iter()
-            .map(|(start, len)| E820Entry {
-                addr: start * PAGE_SIZE,
-                size: len * PAGE_SIZE,
-                ty: E820Type::RAM,
-            })
-            .collect()
+    /// The caller's own E820 map as the toolstack set it, at most `limit` entries;
+    /// `None` when no map (or an empty one) was set.
+    fn xen_guest_e820(&self, slot: u32, limit: usize) -> Option<Vec<E820Entry>> {
+        let map = self.part(slot).memory_map.as_ref()?;
+        (!map.is_empty()).then(|| map.iter().take(limit).copied().collect())
     }
 
     fn xen_write_e820(c: &mut Call<'_>, buffer: u64, entries: &[E820Entry]) -> Result<(), i64> {
@@ -68,10 +62,14 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// memory_map: always about the caller; silently truncated to the buffer.
+    /// memory_map: always about the caller; silently truncated to the buffer. Without a
+    /// map set, `-ENOSYS` as Xen 4.17 answers ("backwards compatibility": old PV guests
+    /// then assume one RAM range).
     pub(super) fn xen_memory_map(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let mut map = c.read::<XenMemoryMap>(c.arg).ok_or(EFAULT)?;
-        let entries = self.xen_guest_e820(c.caller, map.nr_entries as usize);
+        let entries = self
+            .xen_guest_e820(c.caller, map.nr_entries as usize)
+            .ok_or(ENOSYS)?;
         Self::xen_write_e820(c, map.buffer, &entries)?;
         // At most the u32 the guest gave.
         map.nr_entries = entries.len() as u32;
@@ -105,6 +103,51 @@ impl Hypervisor {
         // At most 64 nodes.
         map.nr_entries = host.len() as u32;
         if !c.write(c.arg, &map) {
+            return Err(EFAULT);
+        }
+        Ok(0)
+    }
+
+    /// machphys_mapping (x86_64 `arch_memory_op`), for a PV caller: where the read-only
+    /// m2p sits in its address space, and the largest MFN it can look up there. The
+    /// hardware domain learns the host's real last frame (Xen does so unless memory can
+    /// be hot-plugged, which ballast's host memory cannot at this level).
+    pub(super) fn xen_machphys_mapping(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let max_mfn = if c.caller == Self::ROOT_SLOT {
+            u64::from(self.frames.len()) - 1
+        } else {
+            MACH2PHYS_NR_ENTRIES - 1
+        };
+        let mapping = XenMachphysMapping {
+            v_start: MACH2PHYS_VIRT_START,
+            v_end: MACH2PHYS_VIRT_END,
+            max_mfn,
+        };
+        if !c.write(c.arg, &mapping) {
+            return Err(EFAULT);
+        }
+        Ok(0)
+    }
+
+    /// machphys_mfn_list (x86_64 `subarch_memory_op`): the first MFN of each 2 MiB extent
+    /// holding the m2p, up to `max_extents`, entry by entry, then the count. Without m2p
+    /// frames (`XenConfig::m2p_frames` off) there is nothing to name: `-ENOSYS`, as
+    /// an architecture without a guest-mappable m2p answers.
+    pub(super) fn xen_machphys_mfn_list(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
+        let mut l = c.read::<XenMachphysMfnList>(c.arg).ok_or(EFAULT)?;
+        if self.m2p.is_empty() {
+            return Err(ENOSYS);
+        }
+        let mut i = 0u32;
+        while i != l.max_extents && (i as usize) < self.m2p.len() {
+            let m = u64::from(self.m2p[i as usize]);
+            if !c.write_u64(elem(l.extent_start, u64::from(i), 8), m) {
+                return Err(EFAULT);
+            }
+            i += 1;
+        }
+        l.nr_extents = i;
+        if !c.write(c.arg, &l) {
             return Err(EFAULT);
         }
         Ok(0)
@@ -268,12 +311,14 @@ impl Hypervisor {
         if self.part(t).state != crate::PartitionState::Active {
             return Err(EINVAL);
         }
-        let max =
-            if r.ty == ResourceType::GRANT_TABLE && r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED {
-                MAX_GRANT_FRAMES
-            } else {
-                0
-            };
+        // gnttab_resource_max_frames: fixed when the domain is created.
+        let max_grant = self.part(t).xen.max_grant_frames;
+        let status = r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_STATUS;
+        let max = match r.ty {
+            ResourceType::GRANT_TABLE if r.id == XENMEM_RESOURCE_GRANT_TABLE_ID_SHARED => max_grant,
+            ResourceType::GRANT_TABLE if status => grant_to_status_frames(max_grant),
+            _ => 0,
+        };
         if max == 0 {
             return Err(EINVAL);
         }
@@ -295,10 +340,23 @@ impl Hypervisor {
         if !c.array_ok(r.frame_list, c.start, nr - c.start, 8) {
             return Err(EFAULT);
         }
-        if !self.xen_grow_grant_table(t, r.frame + nr) {
-            return Err(ENOMEM);
+        // gnttab_acquire_resource: status frames exist in version 2 only; the table grows
+        // to hold the last frame asked for. Both are below 2^32 (checked above).
+        let last = (r.frame + nr - 1) as u32;
+        if status {
+            if self.part(t).xen.grant_version != 2 {
+                return Err(EINVAL);
+            }
+            self.xen_grant_status_frame(t, last)?;
+        } else {
+            self.xen_grant_shared_frame(t, last)?;
         }
-        let mfns = self.xen_grant_frames(t);
+        let x = &self.part(t).xen;
+        let mfns = if status {
+            x.grant_status.clone()
+        } else {
+            x.grant_shared.clone()
+        };
         let mut i = c.start;
         while i < nr {
             if i != c.start && c.preempt() {
@@ -319,72 +377,9 @@ impl Hypervisor {
         Ok(None)
     }
 
-    /// Makes the grant table of `slot` at least `frames` frames long, charging its pool
-    /// and topping the pool up from the heap first if it is short (Xen takes grant frames
-    /// from its heap). The table never shrinks while the partition lives.
-    fn xen_grow_grant_table(&mut self, slot: u32, frames: u64) -> bool {
-        let have: u64 = self.part(slot).grant_charged.iter().map(|c| c.1).sum();
-        if frames <= have {
-            return true;
-        }
-        let need = frames - have;
-        let sel = home_sel(self.part(slot).home);
-        let short = need.saturating_sub(self.part(slot).pool_available());
-        if short > 0 {
-            let claimed = self.outstanding_claims();
-            if claimed.saturating_add(short) > self.frames.total_free() {
-                return false;
-            }
-            for _ in 0..short {
-                let Some(m) = self.heap_alloc(sel, 0, NO_FRAME) else {
-                    return false;
-                };
-                self.pool_deposit(slot, m);
-            }
-        }
-        let Some(charged) = self.pool_charge(slot, need, sel) else {
-            return false;
-        };
-        self.part_mut(slot).grant_charged.extend(charged);
-        true
-    }
-
-    /// The MFNs standing for grant frames 0, 1, ... of `slot`.
-    ///
-    /// Pool frames in use are interchangeable hypervisor memory, tracked only by count, so
-    /// the grant table is a labelling: each node's in-use list is a stack (charges push,
-    /// releases pop), and the grant charges, in the order they were made, take that
-    /// node's frames from the bottom. A partition whose pool pays only for its grant table
-    /// keeps the same MFN for each frame for its whole life.
-    pub(crate) fn xen_grant_frames(&self, slot: u32) -> Vec<Mfn> {
-        let p = self.part(slot);
-        let stacks: Vec<Vec<Mfn>> = p
-            .pools
-            .iter()
-            .map(|pool| {
-                let mut list = Vec::new();
-                let mut m = pool.in_use_head;
-                while m != NO_FRAME && list.len() as u64 <= pool.in_use {
-                    list.push(m);
-                    m = self.frames.link(m) as Mfn;
-                }
-                list.reverse();
-                list
-            })
-            .collect();
-        let mut next = vec![0usize; stacks.len()];
-        let mut out = Vec::new();
-        for &(node, count) in &p.grant_charged {
-            let Some(stack) = stacks.get(node as usize) else {
-                continue;
-            };
-            for _ in 0..count {
-                if let Some(&m) = stack.get(next[node as usize]) {
-                    out.push(m);
-                    next[node as usize] += 1;
-                }
-            }
-        }
-        out
+    /// The MFNs of grant (shared) frames 0, 1, ... of `slot`.
+    #[cfg(test)]
+    pub(crate) fn xen_grant_frames(&self, slot: u32) -> Vec<crate::Mfn> {
+        self.part(slot).xen.grant_shared.clone()
     }
 }

@@ -186,8 +186,13 @@ impl Hypervisor {
             .checked_add(pages)
             .filter(|&e| e <= GFN_LIMIT)
             .ok_or(StopReason::BadGfn)?;
+        // A hypervisor page (shared info, a grant frame) is not RAM: the extent fails with
+        // nothing removed, and such a page is never taken for the cache.
         let p2m = &self.part(target).p2m;
-        if (base..end).any(|g| p2m.get(g).is_none() && !p2m.is_pod(g)) {
+        if (base..end).any(|g| match p2m.get(g) {
+            Some(m) => self.frames.state(m) == crate::frame::FrameState::Special,
+            None => !p2m.is_pod(g),
+        }) {
             return Err(StopReason::NotMapped.into());
         }
         c.spend(pages);
@@ -531,11 +536,20 @@ impl Hypervisor {
 
         let out_pages = 1u64 << o.extent_order;
         let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
+        let translated = self.part(t).translated;
         let mut outs = Vec::new();
         let limit = self.part(t).gfn_limit;
         let mut tables = 0u64;
         for e in out_ix.clone() {
             let gfn = c.read_u64(elem(o.extent_start, e, 8)).ok_or(EFAULT)?;
+            if !translated {
+                // A PV guest's output gpfns only label the new frames in the m2p (Xen's
+                // memory_exchange does nothing else with them for a non-translated
+                // domain), so any value is accepted: libxenctrl bounces the out list
+                // OUT-only and the hypervisor sees zeros.
+                outs.push(gfn);
+                continue;
+            }
             let end = gfn
                 .checked_add(out_pages)
                 .filter(|&e| e <= limit)
@@ -551,7 +565,7 @@ impl Hypervisor {
         }
         let mut sorted = outs.clone();
         sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
+        if translated && sorted.windows(2).any(|w| w[0] + out_pages > w[1]) {
             return Err(EINVAL);
         }
         if tables > 0
@@ -573,7 +587,7 @@ impl Hypervisor {
                 }
             }
         }
-        if !self.part(t).translated {
+        if !translated {
             for (j, (e, &m)) in out_ix.clone().zip(&blocks).enumerate() {
                 if !c.write_u64(elem(o.extent_start, e, 8), u64::from(m)) {
                     // Put back the gfns already overwritten: the chunk did not happen.
@@ -595,8 +609,17 @@ impl Hypervisor {
             self.xen_free_page(c, t, gfn, m);
         }
         for (&gfn, &m) in outs.iter().zip(&blocks) {
-            for (g, f) in (gfn..gfn + out_pages).zip(m..) {
-                self.map(t, g, f);
+            for (k, f) in (0..out_pages).zip(m..) {
+                let g = gfn.wrapping_add(k);
+                // Translated outputs were checked free above.
+                if translated || (g < GFN_LIMIT && self.part(t).p2m.get(g).is_none()) {
+                    self.map(t, g, f);
+                } else {
+                    // Xen would record the same gpfn for two frames (or one beyond
+                    // the guest physical space); ballast's m2p holds one frame per
+                    // gfn, so this one belongs to the guest without a gfn.
+                    self.assign_unmapped(t, f);
+                }
             }
         }
         Ok(())

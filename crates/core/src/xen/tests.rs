@@ -740,3 +740,61 @@ proptest! {
         prop_assert!(t.hv.check().is_ok(), "{:?}", t.hv.check());
     }
 }
+
+/// HvFinalizePartition releases every charge to the pool: the Xen shared-info page and
+/// grant frames come out of the p2m and back to the pool as available.
+#[test]
+fn finalize_returns_hypervisor_pages_to_the_pool() {
+    let mut t = T::new(1024);
+    let u = t.guest(64, true);
+    let s = t.slot(u);
+    let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
+    let x = |space, idx, gpfn| XenAddToPhysmap {
+        domid: DOMID_SELF,
+        size: 0,
+        space,
+        idx,
+        gpfn,
+    };
+    assert_eq!(t.call(u, op, &x(MapSpace::SHARED_INFO, 0, 0x100)).ret, 0);
+    assert_eq!(t.call(u, op, &x(MapSpace::GRANT_TABLE, 2, 0x101)).ret, 0);
+    assert_eq!(t.p(u).pool_in_use(), 4);
+    assert_eq!(t.p(u).xen.special_mapped, 2);
+    let id = t.p(u).id;
+    t.hv.finalize_partition(crate::ROOT_ID, id).unwrap();
+    t.hv.check().unwrap();
+    let p = t.hv.part(s);
+    assert_eq!((p.pool_in_use(), p.pool_available()), (0, 4));
+    assert_eq!((p.p2m.mapped(), p.xen.special_mapped), (0, 0));
+    assert!(p.xen.special_frames().next().is_none());
+    // Finalized: nothing more can be charged.
+    assert_eq!(
+        t.call(u, op, &x(MapSpace::SHARED_INFO, 0, 0x100)).ret,
+        -ENOMEM
+    );
+    t.hv.destroy_partition(id).unwrap();
+    t.hv.check().unwrap();
+    assert_eq!(t.hv.frames.total_free(), 1024);
+}
+
+#[test]
+fn grant_status_frame_arithmetic_is_xens() {
+    use super::special::grant_to_status_frames;
+    assert_eq!(grant_to_status_frames(0), 0);
+    assert_eq!(grant_to_status_frames(1), 1);
+    assert_eq!(grant_to_status_frames(8), 1);
+    assert_eq!(grant_to_status_frames(9), 2);
+    assert_eq!(grant_to_status_frames(64), 8);
+    // An index whose grant-frame count overflows 32 bits is refused, not wrapped.
+    let mut t = T::new(1024);
+    let u = t.guest(64, true);
+    let id = t.p(u).id;
+    t.hv.xen_grant_set_version(id, 2).unwrap();
+    let s = t.slot(u);
+    assert_eq!(t.hv.xen_grant_status_frame(s, u32::MAX / 4), Err(EINVAL));
+    assert_eq!(t.hv.xen_grant_status_frame(s, u32::MAX), Err(EINVAL));
+    assert!(t.hv.xen_grant_status_frame(s, 7).is_ok());
+    assert_eq!(t.p(u).xen.grant_shared.len(), 64);
+    assert_eq!(t.hv.xen_grant_status_frame(s, 8), Err(EINVAL));
+    t.hv.check().unwrap();
+}
