@@ -29,7 +29,7 @@ pub mod xen;
 pub use config::{Config, ConfigError, Costs, Limits, XenConfig};
 pub use effects::{Effect, GfnRange};
 pub use frame::NodeSel;
-pub use guest::{FlatMemory, GuestFault, GuestMemory};
+pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};
 pub use hypervisor::{
     CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
 };

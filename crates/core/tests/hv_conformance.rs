@@ -1009,3 +1009,47 @@ fn linux_root_lifecycle_through_the_helpers() {
     hv.check().unwrap();
     assert_eq!(hv.frames().total_free(), u64::from(2 * NODE_FRAMES));
 }
+
+/// G5: a parameter GPA beyond the caller's GPA space is INVALID_ALIGNMENT (the TLFS's
+/// common status codes), while a GPA inside it that cannot be read stays
+/// INVALID_HYPERCALL_INPUT. Input first, then output; nothing happens in either case.
+#[test]
+fn g5_parameter_gpa_outside_the_gpa_space() {
+    let mut hv = host();
+    let c = child(&mut hv);
+    let pages = free_pages(&hv, 0, 1);
+    let space_end = GPA_BASE + 0x2000;
+    let mut mem = FlatMemory::new(GPA_BASE, 0x2000).with_gpa_space_end(space_end);
+    mem.write(GPA_BASE, &deposit_input(c.0, &pages)).unwrap();
+    let deposit_ctl = ctl(HypercallCode::HvCallDepositMemory, 1, 0);
+    // Input beyond the space.
+    let rax = hv.hypercall_gpa(R, deposit_ctl, space_end, 0, &mut mem);
+    hv.check().unwrap();
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, deposit_ctl, u64::MAX - 0xFFF, 0, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    // Inside the space but not backed: a failed read.
+    let rax = hv.hypercall_gpa(R, deposit_ctl, GPA_BASE - 0x1000, 0, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_HYPERCALL_INPUT, 0));
+    assert_eq!(part(&hv, c).pool_available(), 0);
+    // Output beyond the space (withdraw's list), even when the input is unreadable too:
+    // the GPA checks of G5 come before the read.
+    assert_eq!(res(deposit(&mut hv, R, c.0, &pages)).0, HvStatus::SUCCESS);
+    let input = HvWithdrawMemory {
+        partition_id: c.0,
+        proximity_domain_info: ANY,
+    };
+    mem.write(GPA_BASE, input.as_bytes()).unwrap();
+    let withdraw_ctl = ctl(HypercallCode::HvCallWithdrawMemory, 1, 0);
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, space_end + 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE - 0x1000, space_end, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, GPA_BASE - 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_HYPERCALL_INPUT, 0));
+    hv.check().unwrap();
+    assert_eq!(part(&hv, c).pool_available(), 1);
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, GPA_BASE + 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    assert_eq!(mem.read_u64(GPA_BASE + 0x1000).unwrap(), pages[0]);
+}

@@ -25,9 +25,11 @@
 //! 2. **Bad proximity domain info** is INVALID_PARAMETER, never
 //!    INVALID_PROXIMITY_DOMAIN_INFO; a valid domain id must be below the configured node
 //!    count.
-//! 3. **G5.** An unaligned parameter GPA or a list that straddles a page is
+//! 3. **G5.** An unaligned parameter GPA, a list that straddles a page or one that
+//!    reaches beyond the caller's GPA space ([`GuestFaultKind::OutsideGpaSpace`]) is
 //!    INVALID_ALIGNMENT (the TLFS; OpenVMM answers a straddle with
-//!    INVALID_HYPERCALL_INPUT). An input the caller's memory cannot read is
+//!    INVALID_HYPERCALL_INPUT), input first, then output, before either is read. An
+//!    input inside the GPA space that the caller's memory cannot read is
 //!    INVALID_HYPERCALL_INPUT, as OpenVMM and KVM answer it; so is an output range it
 //!    cannot write, checked before the handler runs so that no call has effects its
 //!    caller cannot see. Overlapping input and output lists are allowed: the input is
@@ -108,7 +110,7 @@ use ballast_abi::hv::{
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::frame::{FrameState, NodeSel};
-use crate::guest::GuestMemory;
+use crate::guest::{GuestFault, GuestFaultKind, GuestMemory};
 use crate::hypervisor::{CreateError, DOMID_FIRST_RESERVED, Hypervisor, ROOT_ID, home_sel};
 use crate::partition::{PartitionState, Vp};
 use crate::{Mfn, PartitionId};
@@ -145,6 +147,16 @@ pub(crate) struct HvState {
     /// withdrawn yet: a pool frame does not remember where it came from, and a withdraw
     /// must return pages at GPAs that were deposited.
     origins: BTreeMap<u64, Vec<u64>>,
+}
+
+/// The status of a parameter list `mem` cannot access: beyond the GPA space it is
+/// INVALID_ALIGNMENT (the TLFS's common status codes); inside it, a failed access is
+/// INVALID_HYPERCALL_INPUT, as OpenVMM and KVM answer a failed guest read.
+fn fault_status(f: GuestFault) -> HvError {
+    match f.kind {
+        GuestFaultKind::OutsideGpaSpace => HvError::INVALID_ALIGNMENT,
+        GuestFaultKind::Unreadable => HvError::INVALID_HYPERCALL_INPUT,
+    }
 }
 
 fn ok(reps: u16) -> u64 {
@@ -278,8 +290,9 @@ impl Hypervisor {
     /// Runs one memory-form hypercall whose parameters sit in the caller's memory: RCX =
     /// `control`, RDX = `input_gpa`, R8 = `output_gpa`. Returns the raw result value.
     ///
-    /// Adds G5 to [`hypercall`](Self::hypercall): each list must be 8-byte aligned and
-    /// within one page (INVALID_ALIGNMENT). Reads the input (a fault is
+    /// Adds G5 to [`hypercall`](Self::hypercall): each list must be 8-byte aligned,
+    /// within one page and inside the caller's GPA space (INVALID_ALIGNMENT). Reads the
+    /// input (a fault inside the GPA space is
     /// INVALID_HYPERCALL_INPUT), refuses an output range `mem` cannot write the same way,
     /// dispatches, and writes back the output elements `[rep start, reps completed)` of a
     /// rep call, or the output of a simple call that succeeded. A fast call takes RDX:R8
@@ -310,11 +323,25 @@ impl Hypervisor {
         {
             return err(e, start);
         }
+        // The rest of G5: a list beyond the caller's GPA space is INVALID_ALIGNMENT, for
+        // the input and then the output, before either is read.
+        for (gpa, len) in [(input_gpa, in_len), (output_gpa, out_len)] {
+            if len > 0
+                && mem
+                    .probe(gpa, len as u64)
+                    .is_err_and(|f| f.kind == GuestFaultKind::OutsideGpaSpace)
+            {
+                return err(HvError::INVALID_ALIGNMENT, start);
+            }
+        }
         let mut input = vec![0u8; in_len];
-        if mem.read(input_gpa, &mut input).is_err()
-            || (out_len > 0 && !mem.range_ok(output_gpa, out_len as u64))
-        {
-            return err(HvError::INVALID_HYPERCALL_INPUT, start);
+        if let Err(f) = mem.read(input_gpa, &mut input) {
+            return err(fault_status(f), start);
+        }
+        if out_len > 0 {
+            if let Err(f) = mem.probe(output_gpa, out_len as u64) {
+                return err(fault_status(f), start);
+            }
         }
         let mut output = vec![0u8; out_len];
         let rax = self.hypercall(caller, control, &input, &mut output);
