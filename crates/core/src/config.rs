@@ -1,6 +1,8 @@
 //! Host configuration: memory, NUMA nodes, costs and limits.
 
 use ballast_abi::hv::InputLayout;
+use core::num::NonZeroU16;
+
 use thiserror::Error;
 
 /// Pages the hypervisor charges to pools for its own structures.
@@ -84,6 +86,12 @@ pub struct Config {
     pub xmm_fast_input: bool,
     /// Xen settings.
     pub xen: XenConfig,
+    /// Hyper-V rep calls served through the hypercall entries complete at most this many
+    /// elements per call and return SUCCESS with reps completed below the rep count, as
+    /// a hypervisor time-slices a long call to bound a VP's time in it; the caller
+    /// re-issues with rep start = reps completed (Linux's `hv_do_rep_hypercall`). `None`
+    /// (the default): every call runs to completion.
+    pub rep_budget: Option<NonZeroU16>,
 }
 
 impl Config {
@@ -101,6 +109,7 @@ impl Config {
             input_layout: InputLayout::Tlfs2,
             xmm_fast_input: false,
             xen: XenConfig::default(),
+            rep_budget: None,
         }
     }
 

@@ -1053,3 +1053,127 @@ fn g5_parameter_gpa_outside_the_gpa_space() {
     assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
     assert_eq!(mem.read_u64(GPA_BASE + 0x1000).unwrap(), pages[0]);
 }
+
+/// A rep call as Linux issues it (`hv_do_rep_hypercall` in include/asm-generic/mshyperv.h):
+/// re-issue with rep start = reps completed while the status is SUCCESS and reps completed
+/// is below the rep count. Returns the last result value, the output page and the number
+/// of calls made.
+fn rep_loop(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    code: HypercallCode,
+    count: u16,
+    input: &[u8],
+) -> (u64, Vec<u8>, u32) {
+    let mut out = vec![0u8; 4096];
+    let mut start = 0;
+    let mut calls = 0;
+    loop {
+        let rax = hv.hypercall(caller, ctl(code, count, start), input, &mut out);
+        hv.check().unwrap();
+        calls += 1;
+        let (status, done) = res(rax);
+        assert!(calls <= u32::from(count), "no progress");
+        if status != HvStatus::SUCCESS || done >= count {
+            return (rax, out, calls);
+        }
+        assert!(done > start, "a sliced call completes at least one element");
+        start = done;
+    }
+}
+
+/// Everything the pool calls change, to compare two runs.
+fn pool_state(hv: &Hypervisor, ids: &[PartitionId]) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..hv.frames().len())
+        .map(|m| hv.frames().state(m) as u64)
+        .collect();
+    for &id in ids {
+        let p = part(hv, id);
+        v.extend([p.pool_available(), p.pool_in_use(), p.tot_pages()]);
+    }
+    v
+}
+
+#[test]
+fn time_sliced_rep_calls_end_where_unsliced_ones_do() {
+    let run = |budget: Option<u16>| {
+        let mut config = Config::with_nodes(vec![NODE_FRAMES, NODE_FRAMES]);
+        config.rep_budget = budget.and_then(core::num::NonZeroU16::new);
+        let mut hv = Hypervisor::new(config).unwrap();
+        // The child through the typed calls, which a budget does not slice.
+        let fee = free_pages(&hv, 0, create_cost(&hv) as usize);
+        hv.deposit_memory(R, SELF, &fee).unwrap();
+        let create = ballast_abi::hv::CreatePartitionInput::Tlfs2(HvCreatePartition::default());
+        let c = hv.create_partition(R, &create).unwrap();
+        let pages = free_pages(&hv, 0, 40);
+        // Deposit 40 pages, the 26th a duplicate: the loop stops at the error, reps
+        // completed absolute.
+        let mut list = pages.clone();
+        list[25] = list[3];
+        let (rax, _, deposit_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallDepositMemory,
+            40,
+            &deposit_input(c.0, &list),
+        );
+        assert_eq!(res(rax), (HvStatus::OPERATION_DENIED, 25));
+        let (rax, _, more) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallDepositMemory,
+            14,
+            &deposit_input(c.0, &pages[26..]),
+        );
+        assert_eq!(res(rax), (HvStatus::SUCCESS, 14));
+        let after_deposit = pool_state(&hv, &[R, c]);
+        // Withdraw 30 of the 39, then ask for 20 more: runs dry after 9.
+        let input = HvWithdrawMemory {
+            partition_id: c.0,
+            proximity_domain_info: ANY,
+        };
+        let mut withdrawn = Vec::new();
+        let mut withdraw_calls = 0;
+        for (n, want) in [
+            (30u16, (HvStatus::SUCCESS, 30)),
+            (20, (HvStatus::NO_RESOURCES, 9)),
+        ] {
+            let (rax, out, calls) = rep_loop(
+                &mut hv,
+                R,
+                HypercallCode::HvCallWithdrawMemory,
+                n,
+                input.as_bytes(),
+            );
+            assert_eq!(res(rax), want);
+            withdraw_calls += calls;
+            withdrawn.extend(
+                out[..usize::from(res(rax).1) * 8]
+                    .chunks(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap())),
+            );
+        }
+        let end = pool_state(&hv, &[R, c]);
+        (
+            after_deposit,
+            withdrawn,
+            end,
+            deposit_calls + more,
+            withdraw_calls,
+        )
+    };
+    let whole = run(None);
+    assert_eq!((whole.3, whole.4), (2, 2), "unsliced: one call each");
+    for budget in [1, 3, 7, 4095] {
+        let sliced = run(Some(budget));
+        assert_eq!(sliced.0, whole.0, "budget {budget}: state after deposit");
+        assert_eq!(sliced.1, whole.1, "budget {budget}: withdrawn pages");
+        assert_eq!(sliced.2, whole.2, "budget {budget}: end state");
+        if budget == 3 {
+            // 40 = 25 + 1 failing: ceil(26 / 3) = 9 calls; 14: 5 calls.
+            assert_eq!(sliced.3, 9 + 5);
+            // 30: 10 calls; 20 running dry after 9: 4 calls (three of 3, then dry at 9).
+            assert_eq!(sliced.4, 10 + 4);
+        }
+    }
+}

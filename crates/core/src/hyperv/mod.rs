@@ -34,8 +34,12 @@
 //!    cannot write, checked before the handler runs so that no call has effects its
 //!    caller cannot see. Overlapping input and output lists are allowed: the input is
 //!    read in full first.
-//! 4. **Calls run to completion** (no Finalizing state, no time-sliced continuation).
-//!    Reps completed is absolute. An error in the control word itself (G1-G4) reports 0
+//! 4. **Calls run to completion** (no Finalizing state) unless the host sets a rep budget
+//!    ([`Config::rep_budget`](crate::Config::rep_budget), off by default): then a rep
+//!    call through the hypercall entries completes at most that many elements and
+//!    returns SUCCESS with reps completed below the rep count, the time-sliced
+//!    continuation of the TLFS ("Hypercall Continuation"), and the caller re-issues
+//!    from there as Linux's `hv_do_rep_hypercall` does. Reps completed is absolute. An error in the control word itself (G1-G4) reports 0
 //!    reps; every later error of a rep call reports at least the rep start, because the
 //!    elements before it were completed by an earlier call and stand.
 //! 5. **Callers.** A caller that is not a live partition (which a real hypervisor cannot
@@ -239,6 +243,12 @@ impl Hypervisor {
         let Some(output) = output.get_mut(..info.output_len(count)) else {
             return err(HvError::INVALID_HYPERCALL_INPUT, start);
         };
+        // A time-sliced rep call ends its slice at `end` and reports SUCCESS with reps
+        // completed = `end` < `count`; the caller continues from there.
+        let end = match self.config.rep_budget {
+            Some(b) if info.class == CallClass::Rep => count.min(start.saturating_add(b.get())),
+            _ => count,
+        };
         match decoded.call {
             HvCall::CreatePartition(i) => {
                 finish(self.create_partition(caller, &i).map(|id| id.0), output)
@@ -264,12 +274,16 @@ impl Hypervisor {
                 output,
             ),
             HvCall::DepositMemory(header, list) => {
-                let pages: Vec<u64> = list.iter().skip(start as usize).collect();
+                let pages: Vec<u64> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
                 let r = self.deposit_memory(caller, PartitionId(header.partition_id), &pages);
-                finish_rep(r, start, count)
+                finish_rep(r, start, end)
             }
             HvCall::WithdrawMemory(i) => {
-                let mut pages = vec![0u64; (count - start) as usize];
+                let mut pages = vec![0u64; (end - start) as usize];
                 let r = self.withdraw_memory(caller, &i, &mut pages);
                 let done = match r {
                     Ok(()) => pages.len(),
@@ -279,7 +293,7 @@ impl Hypervisor {
                 for (dst, gpa) in elements.zip(&pages[..done]) {
                     dst.copy_from_slice(&gpa.to_le_bytes());
                 }
-                finish_rep(r, start, count)
+                finish_rep(r, start, end)
             }
             HvCall::GetMemoryBalance(i) => finish(self.get_memory_balance(caller, &i), output),
             HvCall::CreateVp(i) => finish(self.create_vp(caller, &i), output),
