@@ -1177,3 +1177,314 @@ fn time_sliced_rep_calls_end_where_unsliced_ones_do() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// HvGetVpRegisters / HvSetVpRegisters: the VP reset state of HvCreateVp
+// ---------------------------------------------------------------------------------------
+
+use ballast_abi::hv::{HvGetSetVpRegisters, HvInputVtl, HvRegisterAssoc, HvRegisterName};
+
+const SUSPEND: HvRegisterName = HvRegisterName::HvRegisterExplicitSuspend;
+const APIC_ID: HvRegisterName = HvRegisterName::HvX64RegisterInitialApicId;
+const ACTIVITY: HvRegisterName = HvRegisterName::HvRegisterInternalActivityState;
+
+fn vp_header(target: u64, vp: u32) -> HvGetSetVpRegisters {
+    HvGetSetVpRegisters {
+        partition_id: target,
+        vp_index: vp,
+        ..Default::default()
+    }
+}
+
+fn get_regs_input(header: HvGetSetVpRegisters, names: &[HvRegisterName]) -> Vec<u8> {
+    let mut v = header.as_bytes().to_vec();
+    for n in names {
+        v.extend_from_slice(n.as_bytes());
+    }
+    v
+}
+
+fn set_regs_input(header: HvGetSetVpRegisters, regs: &[(HvRegisterName, u64)]) -> Vec<u8> {
+    let mut v = header.as_bytes().to_vec();
+    for &(name, value) in regs {
+        let e = HvRegisterAssoc {
+            name,
+            value: ballast_abi::hv::HvRegisterValue::from_u64(value),
+            ..Default::default()
+        };
+        v.extend_from_slice(e.as_bytes());
+    }
+    v
+}
+
+/// (result value, the low 64 bits of each value read).
+fn get_regs(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    header: HvGetSetVpRegisters,
+    names: &[HvRegisterName],
+) -> (u64, Vec<u64>) {
+    let n = names.len() as u16;
+    let (rax, out) = call(
+        hv,
+        caller,
+        ctl(HypercallCode::HvCallGetVpRegisters, n, 0),
+        &get_regs_input(header, names),
+    );
+    let done = usize::from(res(rax).1);
+    let values = out[..done * 16]
+        .chunks(16)
+        .map(|b| {
+            assert_eq!(&b[8..], &[0; 8], "upper half of a 64-bit register");
+            u64::from_le_bytes(b[..8].try_into().unwrap())
+        })
+        .collect();
+    (rax, values)
+}
+
+fn set_regs(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    header: HvGetSetVpRegisters,
+    regs: &[(HvRegisterName, u64)],
+) -> u64 {
+    let n = regs.len() as u16;
+    call(
+        hv,
+        caller,
+        ctl(HypercallCode::HvCallSetVpRegisters, n, 0),
+        &set_regs_input(header, regs),
+    )
+    .0
+}
+
+/// C, Active, with VPs 0 and 1.
+fn child_with_vps(hv: &mut Hypervisor) -> PartitionId {
+    let c = active_child(hv);
+    let pages = free_pages(hv, 0, 2 * vp_cost(hv) as usize);
+    assert_eq!(res(deposit(hv, R, c.0, &pages)).0, HvStatus::SUCCESS);
+    for vp in 0..2 {
+        assert_eq!(res(create_vp(hv, R, c, vp, ANY, 0)).0, HvStatus::SUCCESS);
+    }
+    c
+}
+
+/// The HvCreateVp remarks: a new VP is explicitly suspended, its initial APIC ID is its
+/// index, VP 0 is ready and the others wait for a SIPI; the parent reads that state and
+/// clears the suspend to let the VP run.
+#[test]
+fn vp_registers_root_reads_the_reset_state_and_clears_the_suspend() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let names = [SUSPEND, APIC_ID, ACTIVITY];
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 0), &names);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 3));
+    assert_eq!(v, [1, 0, 0], "VP 0: suspended, APIC ID 0, ready");
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 1), &names);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 3));
+    assert_eq!(v, [1, 1, 1], "VP 1: suspended, APIC ID 1, waiting for SIPI");
+
+    // Clear the suspend of VP 0; give VP 1 another APIC ID.
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 0), &[(SUSPEND, 0)]);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 1), &[(APIC_ID, 7)]);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 0), &names).1, [0, 0, 0]);
+    assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 1), &names).1, [1, 7, 1]);
+    let vp0 = &part(&hv, c).vps[&0];
+    assert!(!vp0.explicit_suspend);
+    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 7);
+}
+
+#[test]
+fn vp_registers_checks() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let g = child(&mut hv);
+    let rax_raw = HvRegisterName(0x0002_0000); // HvX64RegisterRax: not served
+    // An unknown register name: INVALID_PARAMETER at its element; the ones before stand.
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 1), &[APIC_ID, rax_raw, SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 1));
+    assert_eq!(v, [1]);
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 0), &[(SUSPEND, 0), (rax_raw, 5)]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 1));
+    assert!(
+        !part(&hv, c).vps[&0].explicit_suspend,
+        "element 0 was applied"
+    );
+    // No such VP, and indices that are never VPs.
+    for vp in [
+        2,
+        5000,
+        ballast_abi::hv::HV_VP_INDEX_SELF,
+        ballast_abi::hv::HV_ANY_VP,
+    ] {
+        let (rax, _) = get_regs(&mut hv, R, vp_header(c.0, vp), &[SUSPEND]);
+        assert_eq!(res(rax), (HvStatus::INVALID_VP_INDEX, 0), "vp {vp}");
+        let rax = set_regs(&mut hv, R, vp_header(c.0, vp), &[(SUSPEND, 0)]);
+        assert_eq!(res(rax), (HvStatus::INVALID_VP_INDEX, 0), "vp {vp}");
+    }
+    // Unknown partition; a partition that is not Active.
+    let (rax, _) = get_regs(&mut hv, R, vp_header(0x1234, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARTITION_ID, 0));
+    let (rax, _) = get_regs(&mut hv, R, vp_header(g.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARTITION_STATE, 0));
+    // Header: RsvdZ bytes, another VTL.
+    let mut h = vp_header(c.0, 0);
+    h.rsvd = [0, 1, 0];
+    assert_eq!(
+        res(get_regs(&mut hv, R, h, &[SUSPEND]).0),
+        (HvStatus::INVALID_PARAMETER, 0)
+    );
+    let mut h = vp_header(c.0, 0);
+    h.input_vtl = HvInputVtl::new()
+        .with_use_target_vtl(true)
+        .with_target_vtl(1);
+    assert_eq!(
+        res(set_regs(&mut hv, R, h, &[(SUSPEND, 1)])),
+        (HvStatus::INVALID_PARAMETER, 0)
+    );
+    // VTL 0 named explicitly is this VTL.
+    h.input_vtl = HvInputVtl::new().with_use_target_vtl(true);
+    assert_eq!(
+        res(get_regs(&mut hv, R, h, &[SUSPEND]).0),
+        (HvStatus::SUCCESS, 1)
+    );
+    // Values: reserved bits, bits beyond the register, a reserved element word.
+    for (name, value) in [
+        (SUSPEND, 2),
+        (APIC_ID, 1 << 32),
+        (ACTIVITY, 2),
+        (ACTIVITY, 1 << 9),
+    ] {
+        let rax = set_regs(&mut hv, R, vp_header(c.0, 1), &[(name, value)]);
+        assert_eq!(
+            res(rax),
+            (HvStatus::INVALID_PARAMETER, 0),
+            "{name:?} = {value:#x}"
+        );
+    }
+    let mut input = set_regs_input(vp_header(c.0, 1), &[(SUSPEND, 0)]);
+    input[16 + 31] = 1; // upper half of the value
+    let rax = call(
+        &mut hv,
+        R,
+        ctl(HypercallCode::HvCallSetVpRegisters, 1, 0),
+        &input,
+    )
+    .0;
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 0));
+    let mut input = set_regs_input(vp_header(c.0, 1), &[(SUSPEND, 0)]);
+    input[16 + 4] = 1; // RsvdZ after the name
+    let rax = call(
+        &mut hv,
+        R,
+        ctl(HypercallCode::HvCallSetVpRegisters, 1, 0),
+        &input,
+    )
+    .0;
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 0));
+    assert!(part(&hv, c).vps[&1].explicit_suspend);
+    hv.check().unwrap();
+}
+
+#[test]
+fn vp_registers_parent_or_self_with_access_vp_registers() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let g = child(&mut hv);
+    // C without privileges: ACCESS_DENIED for its own VPs and its sibling's.
+    for target in [c.0, HV_PARTITION_ID_SELF, g.0, 0x1234] {
+        let (rax, _) = get_regs(&mut hv, c, vp_header(target, 0), &[SUSPEND]);
+        assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0), "target {target:#x}");
+    }
+    // A sibling with CreatePartitions is still not the parent.
+    grant(
+        &mut hv,
+        g,
+        HvPartitionPrivilegeMask::new().with_create_partitions(true),
+    );
+    let (rax, _) = get_regs(&mut hv, g, vp_header(c.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0));
+    // SELF with AccessVpRegisters reads and clears its own suspend, but may not change
+    // its initial APIC ID.
+    grant(
+        &mut hv,
+        c,
+        HvPartitionPrivilegeMask::new().with_access_vp_registers(true),
+    );
+    let (rax, v) = get_regs(&mut hv, c, vp_header(HV_PARTITION_ID_SELF, 1), &[APIC_ID]);
+    assert_eq!((res(rax), v), ((HvStatus::SUCCESS, 1), vec![1]));
+    let rax = set_regs(&mut hv, c, vp_header(c.0, 1), &[(SUSPEND, 0), (APIC_ID, 9)]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 1));
+    assert!(!part(&hv, c).vps[&1].explicit_suspend);
+    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 1);
+    // Still not its sibling's.
+    let (rax, _) = get_regs(&mut hv, c, vp_header(g.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0));
+}
+
+/// The register calls time-sliced, re-issued as Linux's loop does, end where one call
+/// does.
+#[test]
+fn time_sliced_vp_register_calls_end_where_unsliced_ones_do() {
+    let run = |budget: Option<u16>| {
+        let mut config = Config::with_nodes(vec![NODE_FRAMES, NODE_FRAMES]);
+        config.rep_budget = budget.and_then(core::num::NonZeroU16::new);
+        let mut hv = Hypervisor::new(config).unwrap();
+        let create = ballast_abi::hv::CreatePartitionInput::Tlfs2(HvCreatePartition::default());
+        let c = hv
+            .call_with_deposits(SELF, NodeSel::Any, 1, 64, |hv| {
+                hv.create_partition(R, &create)
+            })
+            .unwrap();
+        hv.call_with_deposits(c, NodeSel::Any, 1, 1024, |hv| hv.initialize_partition(R, c))
+            .unwrap();
+        let vp = ballast_abi::hv::CreateVpInput::Tlfs2(HvCreateVp {
+            partition_id: c.0,
+            vp_index: 3,
+            ..Default::default()
+        });
+        hv.call_with_deposits(c, NodeSel::Any, 1, 1024, |hv| hv.create_vp(R, &vp))
+            .unwrap();
+        // Set: suspend on/off/on..., ending cleared, then a new APIC ID, then an invalid
+        // name at element 9.
+        let mut regs: Vec<(HvRegisterName, u64)> = (0..8).map(|i| (SUSPEND, (i + 1) % 2)).collect();
+        regs.push((APIC_ID, 42));
+        regs.push((HvRegisterName(0x0002_0000), 0));
+        regs.push((SUSPEND, 1));
+        let (rax, _, set_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallSetVpRegisters,
+            regs.len() as u16,
+            &set_regs_input(vp_header(c.0, 3), &regs),
+        );
+        assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 9));
+        let names = [
+            SUSPEND, APIC_ID, ACTIVITY, SUSPEND, APIC_ID, ACTIVITY, APIC_ID,
+        ];
+        let (rax, out, get_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallGetVpRegisters,
+            names.len() as u16,
+            &get_regs_input(vp_header(c.0, 3), &names),
+        );
+        assert_eq!(res(rax), (HvStatus::SUCCESS, 7));
+        let vp = part(&hv, c).vps[&3].clone();
+        (out[..7 * 16].to_vec(), vp, set_calls, get_calls)
+    };
+    let whole = run(None);
+    assert_eq!((whole.2, whole.3), (1, 1));
+    let v = |i: usize| u64::from_le_bytes(whole.0[i * 16..i * 16 + 8].try_into().unwrap());
+    assert_eq!((0..7).map(v).collect::<Vec<_>>(), [0, 42, 1, 0, 42, 1, 42]);
+    for budget in [1, 2, 4, 100] {
+        let sliced = run(Some(budget));
+        assert_eq!(sliced.0, whole.0, "budget {budget}: values read");
+        assert_eq!(sliced.1, whole.1, "budget {budget}: the VP");
+        if budget == 2 {
+            assert_eq!((sliced.2, sliced.3), (5, 4));
+        }
+    }
+}

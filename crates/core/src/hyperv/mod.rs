@@ -1,6 +1,7 @@
 //! The Hyper-V hypercall dispatcher: the partition memory pool (HvDepositMemory,
-//! HvWithdrawMemory, HvGetMemoryBalance), HvCreateVp and the partition lifecycle around
-//! them, served from the memory model of [`Hypervisor`].
+//! HvWithdrawMemory, HvGetMemoryBalance), HvCreateVp, the VP start state through
+//! HvGetVpRegisters / HvSetVpRegisters (see `registers.rs` for the registers served) and
+//! the partition lifecycle around them, served from the memory model of [`Hypervisor`].
 //!
 //! Two entries take a raw hypercall: [`Hypervisor::hypercall`] (the input block and the
 //! output page as byte slices) and [`Hypervisor::hypercall_gpa`] (parameter GPAs in the
@@ -100,6 +101,15 @@
 //! 18. **Fast calls through [`Hypervisor::hypercall_gpa`]** carry RDX:R8 (the two GPA
 //!     arguments) as their 16 input bytes; XMM fast input goes through
 //!     [`Hypervisor::hypercall`] with the register bytes.
+//! 19. **HvGetVpRegisters / HvSetVpRegisters** serve the VP state HvCreateVp sets up:
+//!     `HvRegisterExplicitSuspend`, `HvX64RegisterInitialApicId` and, for the start state
+//!     (VP 0 ready, the others waiting for a SIPI), bit 0 (StartupSuspend) of
+//!     `HvRegisterInternalActivityState`. Any other register name is INVALID_PARAMETER at
+//!     its element. The caller is the parent, or the partition itself (SELF or its own
+//!     ID) with AccessVpRegisters; a partition may not write its own initial APIC ID
+//!     (ACCESS_DENIED, the TLFS "APIC IDs": only the parent may). Only VTL 0 exists: a
+//!     header naming another VTL, or with RsvdZ bytes set, is INVALID_PARAMETER. Reserved
+//!     bits of a value, and bits beyond the register's size, are INVALID_PARAMETER.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -108,8 +118,9 @@ use ballast_abi::hv::{
     HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE,
     HvCall, HvDeleteVp, HvError, HvGetMemoryBalance, HvGetMemoryBalanceOutput,
     HvGetNextChildPartition, HvGetPartitionProperty, HvPartitionPrivilegeMask,
-    HvPartitionPropertyCode, HvProximityDomainInfo, HvRepResult, HvResult, HvSubnodeType,
-    HvWithdrawMemory, HypercallOutput, ProximitySelection, check_control, check_param_gpa, decode,
+    HvPartitionPropertyCode, HvProximityDomainInfo, HvRegisterAssoc, HvRegisterName,
+    HvRegisterValue, HvRepResult, HvResult, HvSubnodeType, HvWithdrawMemory, HypercallOutput,
+    ProximitySelection, check_control, check_param_gpa, decode,
 };
 use zerocopy::{Immutable, IntoBytes};
 
@@ -203,7 +214,7 @@ fn finish_rep(result: HvRepResult, start: u16, count: u16) -> u64 {
     }
 }
 
-fn rep_len_ok(len: usize) -> Result<(), (HvError, u16)> {
+pub(super) fn rep_len_ok(len: usize) -> Result<(), (HvError, u16)> {
     if len == 0 || len > MAX_REPS {
         return Err((HvError::INVALID_HYPERCALL_INPUT, 0));
     }
@@ -298,6 +309,32 @@ impl Hypervisor {
             HvCall::GetMemoryBalance(i) => finish(self.get_memory_balance(caller, &i), output),
             HvCall::CreateVp(i) => finish(self.create_vp(caller, &i), output),
             HvCall::DeleteVp(i) => finish(self.delete_vp(caller, &i), output),
+            HvCall::GetVpRegisters(header, list) => {
+                let names: Vec<HvRegisterName> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
+                let mut values = vec![HvRegisterValue::default(); names.len()];
+                let r = self.get_vp_registers(caller, &header, &names, &mut values);
+                let done = match r {
+                    Ok(()) => values.len(),
+                    Err((_, n)) => n as usize,
+                };
+                let elements = output.chunks_exact_mut(16).skip(start as usize);
+                for (dst, v) in elements.zip(&values[..done]) {
+                    dst.copy_from_slice(v.as_bytes());
+                }
+                finish_rep(r, start, end)
+            }
+            HvCall::SetVpRegisters(header, list) => {
+                let entries: Vec<HvRegisterAssoc> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
+                finish_rep(self.set_vp_registers(caller, &header, &entries), start, end)
+            }
         }
     }
 
@@ -388,11 +425,11 @@ impl Hypervisor {
     // Who may do what
     // -----------------------------------------------------------------------------------
 
-    fn caller_slot(&self, caller: PartitionId) -> HvResult<u32> {
+    pub(super) fn caller_slot(&self, caller: PartitionId) -> HvResult<u32> {
         self.slot_of(caller).ok_or(HvError::ACCESS_DENIED)
     }
 
-    fn resolve(&self, caller_slot: u32, raw: u64) -> HvResult<u32> {
+    pub(super) fn resolve(&self, caller_slot: u32, raw: u64) -> HvResult<u32> {
         if raw == HV_PARTITION_ID_SELF {
             return Ok(caller_slot);
         }
@@ -400,7 +437,7 @@ impl Hypervisor {
             .ok_or(HvError::INVALID_PARTITION_ID)
     }
 
-    fn is_parent(&self, caller_slot: u32, target_slot: u32) -> bool {
+    pub(super) fn is_parent(&self, caller_slot: u32, target_slot: u32) -> bool {
         self.part(target_slot).parent == Some(self.part(caller_slot).id)
     }
 
@@ -920,5 +957,6 @@ impl Hypervisor {
     }
 }
 
+mod registers;
 #[cfg(test)]
 mod tests;
