@@ -110,7 +110,7 @@ impl Hypervisor {
     /// privilege, Active, empty pool).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let frames = Frames::new(&config.node_frames);
+        let frames = Frames::with_ram(config.node_frames.len() as u32, &config.ram_ranges());
         let mut hv = Hypervisor {
             config,
             frames,
@@ -652,6 +652,9 @@ impl Hypervisor {
                 free += 1;
                 continue;
             }
+            if st == FrameState::Absent {
+                continue;
+            }
             if st == FrameState::Hypervisor {
                 return err(format!(
                     "frame {mfn} held by the hypervisor outside an operation"
@@ -676,7 +679,7 @@ impl Hypervisor {
                 FrameState::Assigned => assigned[slot] += 1,
                 FrameState::PoolAvailable => pool_avail[slot] += 1,
                 FrameState::PoolInUse => pool_used[slot] += 1,
-                FrameState::Free | FrameState::Hypervisor => unreachable!(),
+                FrameState::Free | FrameState::Absent | FrameState::Hypervisor => unreachable!(),
             }
         }
         if free != self.frames.total_free() {
@@ -760,10 +763,10 @@ impl Hypervisor {
             }
             total += mapped[slot] + assigned[slot] + pool_avail[slot] + pool_used[slot];
         }
-        if total != self.frames.len() as u64 {
+        if total != self.frames.ram_frames() {
             return err(format!(
-                "{total} frames accounted for of {}",
-                self.frames.len()
+                "{total} frames accounted for of {} RAM frames",
+                self.frames.ram_frames()
             ));
         }
         Ok(())

@@ -26,7 +26,7 @@ pub mod p2m;
 pub mod partition;
 pub mod xen;
 
-pub use config::{Config, ConfigError, Costs, Limits, XenConfig};
+pub use config::{Config, ConfigError, Costs, Limits, MemoryKind, MemoryRange, XenConfig};
 pub use effects::{Effect, GfnRange};
 pub use frame::NodeSel;
 pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};

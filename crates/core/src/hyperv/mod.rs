@@ -81,7 +81,8 @@
 //!     caller or SELF) in creation order; a previous ID that is not a child of it is
 //!     INVALID_PARTITION_ID.
 //! 14. **HvDepositMemory.** The root's GPA page numbers are MFNs (its identity map): a
-//!     page beyond host memory or not free (in any pool, mapped in a guest, held by the
+//!     page that is not RAM (beyond host memory, in a hole of the host memory map or
+//!     reserved: [`Config::memory_map`](crate::Config::memory_map)) or not free (in any pool, mapped in a guest, held by the
 //!     hypervisor, or already taken earlier in the same list) is OPERATION_DENIED; a page
 //!     locked with [`Hypervisor::lock_root_page`] is OBJECT_IN_USE. A non-root depositor
 //!     (nesting, `max_depth` above 2) deposits gfns of its own guest space: an unmapped
@@ -872,10 +873,10 @@ impl Hypervisor {
     /// Marks root page `mfn` as in use for another purpose (an event-log buffer, a page
     /// locked for I/O): HvDepositMemory refuses it with OBJECT_IN_USE until
     /// [`unlock_root_page`](Self::unlock_root_page). Nothing else changes. False if `mfn`
-    /// is beyond host memory.
+    /// is not RAM (beyond host memory, in a hole or reserved).
     pub fn lock_root_page(&mut self, mfn: u64) -> bool {
         match u32::try_from(mfn) {
-            Ok(m) if m < self.frames.len() => {
+            Ok(m) if self.frames.is_ram(m) => {
                 self.hv.locked.insert(m);
                 true
             }

@@ -161,7 +161,8 @@ impl Hypervisor {
         }
         let t = self.resolve(c, header.partition_id)?;
         let is_parent = self.is_parent(c, t);
-        if !is_parent && !(t == c && privileges.access_vp_registers()) {
+        let is_self = t == c && privileges.access_vp_registers();
+        if !is_parent && !is_self {
             return Err(HvError::ACCESS_DENIED);
         }
         let vtl = header.input_vtl;
