@@ -241,3 +241,49 @@ fn machine_memory_map_reports_the_configured_map() {
     let r = hv.memory_op(ROOT_DOMID, MemoryOp::MAXIMUM_RAM_PAGE.0 as u64, 0, &mut mem);
     assert_eq!(r.ret, 0x1400);
 }
+
+/// Xen's populate_physmap on the holed host: with `address_bits(22)` (below 4 MiB) a guest
+/// gets exactly the RAM of [1 MiB, 4 MiB), and nothing from below the base or the
+/// reserved range; without a limit, the rest of RAM and then ENOMEM-style short counts.
+#[test]
+fn xen_populate_takes_ram_only() {
+    use ballast_abi::xen::{DOMID_SELF, MemFlags, XenMemoryReservation};
+    let mut hv = holed_host();
+    let g = hv
+        .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
+        .unwrap();
+    hv.set_translated(g, false).unwrap();
+    let domid = hv.partition(g).unwrap().domid;
+    const ARG: u64 = 0x10_0000;
+    const LIST: u64 = ARG + 0x1000;
+    let mut mem = FlatMemory::new(ARG, 0x1000 + 8 * 0x1000);
+    let mut populate = |hv: &mut Hypervisor, first: u64, n: u64, flags: MemFlags| {
+        for i in 0..n {
+            mem.write_u64(LIST + 8 * i, first + i).unwrap();
+        }
+        let r = XenMemoryReservation {
+            extent_start: LIST,
+            nr_extents: n,
+            extent_order: 0,
+            mem_flags: flags,
+            domid: DOMID_SELF,
+            _pad0: [0; 6],
+        };
+        mem.write(ARG, r.as_bytes()).unwrap();
+        let ret = hv
+            .memory_op(domid, MemoryOp::POPULATE_PHYSMAP.0 as u64, ARG, &mut mem)
+            .ret;
+        let mfns: Vec<u64> = (0..ret.max(0) as u64)
+            .map(|i| mem.read_u64(LIST + 8 * i).unwrap())
+            .collect();
+        (ret, mfns)
+    };
+    let (ret, low) = populate(&mut hv, 0, 0x400, MemFlags::address_bits(22));
+    assert_eq!(ret, 0x300, "the RAM below 4 MiB, and no more");
+    assert!(low.iter().all(|&m| (0x100..0x400).contains(&m)), "{low:x?}");
+    let (ret, rest) = populate(&mut hv, 0x1000, 0x1000, MemFlags::NONE);
+    assert_eq!(ret as u64, RAM_FRAMES - 0x300);
+    assert!(rest.iter().all(|&m| is_ram(m)));
+    hv.check().unwrap();
+    assert_eq!(hv.frames().total_free(), 0);
+}
