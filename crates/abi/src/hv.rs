@@ -780,8 +780,6 @@ pub enum HvRegisterName {
     /// `HvRegisterExplicitSuspend`: bit 0 set while the parent holds the VP suspended;
     /// set by HvCreateVp, cleared by the parent to let the VP run.
     HvRegisterExplicitSuspend = 0x0000_0000,
-    /// `HvRegisterInterceptSuspend`.
-    HvRegisterInterceptSuspend = 0x0000_0001,
     /// `HvRegisterInternalActivityState`: bit 0 StartupSuspend (waiting for a SIPI),
     /// bit 1 HaltSuspend, bit 2 IdleSuspend.
     HvRegisterInternalActivityState = 0x0000_0004,
