@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let control = u64::from_le_bytes(head[..8].try_into().unwrap());
     let gpa = u64::from_le_bytes(head[8..16].try_into().unwrap());
     let options = DecodeOptions {
-        layout: if head[16] & 1 == 0 { InputLayout::Tlfs2 } else { InputLayout::Current },
+        layout: if head[16] & 1 == 0 {
+            InputLayout::Tlfs2
+        } else {
+            InputLayout::Current
+        },
         xmm_fast_input: head[16] & 2 != 0,
     };
     let _ = check_param_gpa(gpa, input.len());
