@@ -8,21 +8,26 @@
 //! 0-1 caller; 2 keep the control word well formed (a served code, reps in range, no
 //! reserved bits) so the handlers are reached; 3 overwrite the input's first u64 with a
 //! live partition id (or SELF) picked by the selector; 4 go through the GPA entry, with
-//! the input at a selector-chosen offset of the caller's memory; 5 offer a short output.
+//! the input at a selector-chosen offset of the caller's memory; 5 offer a short output;
+//! 6 put the caller's GPA space end inside its memory, so parameter lists can fall
+//! outside it. The first byte picks the layout and whether rep calls are time-sliced
+//! (a rep budget of 3). The Active child has VPs 0 and 1, so the VP register calls reach
+//! their registers.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use ballast_abi::hv::{
-    Control, CreatePartitionInput, DecodeOptions, HV_PARTITION_ID_SELF, HvCreatePartition,
-    HvPartitionPrivilegeMask, HypercallOutput, InputLayout, check_control,
+    Control, CreatePartitionInput, CreateVpInput, DecodeOptions, HV_PARTITION_ID_SELF,
+    HvCreatePartition, HvCreateVp, HvCreateVpV2, HvPartitionPrivilegeMask, HypercallOutput,
+    InputLayout, check_control,
 };
 use ballast_core::hyperv::SELF;
 use ballast_core::{Config, FlatMemory, GuestMemory, Hypervisor, NodeSel, PartitionId, ROOT_ID};
 use libfuzzer_sys::fuzz_target;
 
-const CODES: [u16; 11] = [
-    0x40, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F,
+const CODES: [u16; 13] = [
+    0x40, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F, 0x50, 0x51,
 ];
 const GPA_BASE: u64 = 0x4000_0000;
 
@@ -31,8 +36,9 @@ struct Template {
     callers: [PartitionId; 4],
 }
 
-fn template(layout: InputLayout) -> Template {
+fn template(layout: InputLayout, rep_budget: Option<u16>) -> Template {
     let mut config = Config::with_nodes(vec![2048, 2048]);
+    config.rep_budget = rep_budget.and_then(core::num::NonZeroU16::new);
     config.limits.max_depth = 3;
     config.limits.max_partitions = 12;
     config.costs.initialize_partition = 16;
@@ -55,6 +61,22 @@ fn template(layout: InputLayout) -> Template {
     hv.root_deposit(c, NodeSel::Exact(0), 40).unwrap();
     hv.root_deposit(c, NodeSel::Exact(1), 40).unwrap();
     hv.initialize_partition(ROOT_ID, c).unwrap();
+    // VPs 0 and 1, so that HvGetVpRegisters / HvSetVpRegisters reach their registers.
+    for vp_index in 0..2 {
+        let vp = match layout {
+            InputLayout::Tlfs2 => CreateVpInput::Tlfs2(HvCreateVp {
+                partition_id: c.0,
+                vp_index,
+                ..Default::default()
+            }),
+            InputLayout::Current => CreateVpInput::Current(HvCreateVpV2 {
+                partition_id: c.0,
+                vp_index,
+                ..Default::default()
+            }),
+        };
+        hv.create_vp(ROOT_ID, &vp).unwrap();
+    }
     let privileged = HvPartitionPrivilegeMask::new()
         .with_create_partitions(true)
         .with_access_memory_pool(true);
@@ -72,9 +94,16 @@ fn template(layout: InputLayout) -> Template {
     }
 }
 
-fn templates() -> &'static [Template; 2] {
-    static T: OnceLock<[Template; 2]> = OnceLock::new();
-    T.get_or_init(|| [template(InputLayout::Tlfs2), template(InputLayout::Current)])
+fn templates() -> &'static [Template; 4] {
+    static T: OnceLock<[Template; 4]> = OnceLock::new();
+    T.get_or_init(|| {
+        [
+            template(InputLayout::Tlfs2, None),
+            template(InputLayout::Current, None),
+            template(InputLayout::Tlfs2, Some(3)),
+            template(InputLayout::Current, Some(3)),
+        ]
+    })
 }
 
 /// A control word for one of the served calls, with reps in range and no reserved bits.
@@ -100,14 +129,14 @@ fn frames_accounted(hv: &Hypervisor) -> bool {
         .partitions()
         .map(|p| p.pool_available() + p.pool_in_use() + p.tot_pages())
         .sum();
-    hv.frames().total_free() + held == u64::from(hv.frames().len())
+    hv.frames().total_free() + held == hv.frames().ram_frames()
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, mut data)) = data.split_first() else {
         return;
     };
-    let t = &templates()[usize::from(which & 1)];
+    let t = &templates()[usize::from(which & 3)];
     let mut hv = t.hv.clone();
     let options = DecodeOptions {
         layout: hv.config().input_layout,
@@ -142,6 +171,9 @@ fuzz_target!(|data: &[u8]| {
         let rax = if flags & 16 != 0 {
             let offset = u64::from(selector) * 8 + u64::from(selector & 1) * 4;
             let mut mem = FlatMemory::new(GPA_BASE, 0x4000);
+            if flags & 64 != 0 {
+                mem = mem.with_gpa_space_end(GPA_BASE + 0x1000 + u64::from(selector) * 32);
+            }
             let _ = mem.write(GPA_BASE + offset, &input);
             hv.hypercall_gpa(
                 caller,
@@ -163,8 +195,16 @@ fuzz_target!(|data: &[u8]| {
         match check_control(control, options) {
             Ok((ctl, _)) => {
                 assert!(result.reps_completed() <= ctl.rep_count());
+                let budget = hv.config().rep_budget.map(|b| b.get());
                 if result.status().is_ok() {
-                    assert_eq!(result.reps_completed(), ctl.rep_count());
+                    // A sliced rep call completes exactly its slice.
+                    let end = match budget {
+                        Some(b) if ctl.rep_count() > 0 => {
+                            ctl.rep_count().min(ctl.rep_start().saturating_add(b))
+                        }
+                        _ => ctl.rep_count(),
+                    };
+                    assert_eq!(result.reps_completed(), end);
                 } else if ctl.rep_count() > 0 {
                     assert!(result.reps_completed() >= ctl.rep_start());
                 }

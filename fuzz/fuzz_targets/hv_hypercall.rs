@@ -2,7 +2,7 @@
 //! Whatever passes the generic checks must satisfy them.
 #![no_main]
 
-use ballast_abi::hv::{CallClass, DecodeOptions, InputLayout, check_param_gpa, decode};
+use ballast_abi::hv::{CallClass, DecodeOptions, HvCall, InputLayout, check_param_gpa, decode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let control = u64::from_le_bytes(head[..8].try_into().unwrap());
     let gpa = u64::from_le_bytes(head[8..16].try_into().unwrap());
     let options = DecodeOptions {
-        layout: if head[16] & 1 == 0 { InputLayout::Tlfs2 } else { InputLayout::Current },
+        layout: if head[16] & 1 == 0 {
+            InputLayout::Tlfs2
+        } else {
+            InputLayout::Current
+        },
         xmm_fast_input: head[16] & 2 != 0,
     };
     let _ = check_param_gpa(gpa, input.len());
@@ -26,5 +30,18 @@ fuzz_target!(|data: &[u8]| {
             CallClass::Rep => assert!(c.rep_start() < c.rep_count()),
         }
         assert!(d.info.input_len(c.rep_count()) <= input.len());
+        // The rep lists the decoder hands over hold exactly the rep count's elements.
+        match d.call {
+            HvCall::DepositMemory(_, list) => assert_eq!(list.len(), usize::from(c.rep_count())),
+            HvCall::GetVpRegisters(_, list) => {
+                assert_eq!(list.len(), usize::from(c.rep_count()));
+                assert_eq!(list.iter().count(), list.len());
+            }
+            HvCall::SetVpRegisters(_, list) => {
+                assert_eq!(list.len(), usize::from(c.rep_count()));
+                assert_eq!(list.iter().count(), list.len());
+            }
+            _ => {}
+        }
     }
 });

@@ -19,7 +19,8 @@ use ballast_abi::hv::HvProximityDomainInfo;
 use ballast_abi::xen::{DOMID_SELF, MEMOP_EXTENT_SHIFT, MemoryOp};
 use ballast_core::frame::FrameState;
 use ballast_core::{
-    Config, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, PartitionId, ROOT_DOMID, ROOT_ID,
+    Config, DomId, Effect, FlatMemory, GuestMemory, Hypervisor, MemoryRange, PartitionId,
+    ROOT_DOMID, ROOT_ID,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -135,7 +136,16 @@ fn assert_discards(before: &Snapshot, hv: &Hypervisor, effects: &[Effect]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut hv = Hypervisor::new(Config::with_nodes(vec![384, 256])).unwrap();
+    // Two nodes of 384 and 256 frames on a host with holes: RAM from frame 16, a reserved
+    // range and a hole inside node 0, a gap before node 1. No hole frame may ever be
+    // handed out (`check` counts the absent frames).
+    let map = vec![
+        MemoryRange::ram(0, 16, 184),
+        MemoryRange::reserved(200, 16),
+        MemoryRange::ram(0, 256, 200),
+        MemoryRange::ram(1, 512, 256),
+    ];
+    let mut hv = Hypervisor::new(Config::with_memory_map(map)).unwrap();
     let a = hv.create_guest(256, HvProximityDomainInfo::ANY).unwrap();
     let b = hv.create_guest(128, HvProximityDomainInfo::ANY).unwrap();
     hv.set_translated(b, false).unwrap();

@@ -56,6 +56,10 @@ pub enum HypercallCode {
     HvCallCreateVp = 0x004E,
     /// HvDeleteVp.
     HvCallDeleteVp = 0x004F,
+    /// HvGetVpRegisters (rep).
+    HvCallGetVpRegisters = 0x0050,
+    /// HvSetVpRegisters (rep).
+    HvCallSetVpRegisters = 0x0051,
 }
 
 /// Whether a call takes a repeated list (TLFS "rep" call) or a single input.
@@ -168,6 +172,11 @@ impl HypercallCode {
                 0,
             ),
             Self::HvCallDeleteVp => ("HvDeleteVp", CallClass::Simple, true, 16, 0, 0, 0),
+            // TLFS "HvCallGetVpRegisters": a 16-byte header, 4-byte register names in,
+            // 16-byte HV_REGISTER_VALUEs out.
+            Self::HvCallGetVpRegisters => ("HvGetVpRegisters", CallClass::Rep, false, 16, 4, 0, 16),
+            // TLFS "HvCallSetVpRegisters": the same header, 32-byte {name, RsvdZ, value}.
+            Self::HvCallSetVpRegisters => ("HvSetVpRegisters", CallClass::Rep, false, 16, 32, 0, 0),
             _ => return None,
         };
         Some(CallInfo {
@@ -759,6 +768,83 @@ pub enum HvPartitionPropertyCode {
     VirtualTlbPageCount = 0x0005_0000,
 }
 
+/// `HV_REGISTER_NAME`: the registers ballast serves through HvGetVpRegisters and
+/// HvSetVpRegisters (values from the TLFS register tables, as Linux's `hvgdk_mini.h`
+/// numbers them). Other names stay representable and are answered INVALID_PARAMETER.
+#[open_enum::open_enum]
+#[repr(u32)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub enum HvRegisterName {
+    /// `HvRegisterExplicitSuspend`: bit 0 set while the parent holds the VP suspended;
+    /// set by HvCreateVp, cleared by the parent to let the VP run.
+    HvRegisterExplicitSuspend = 0x0000_0000,
+    /// `HvRegisterInternalActivityState`: bit 0 StartupSuspend (waiting for a SIPI),
+    /// bit 1 HaltSuspend, bit 2 IdleSuspend.
+    HvRegisterInternalActivityState = 0x0000_0004,
+    /// `HvX64RegisterInitialApicId`: the APIC ID CPUID reports, the VP index at creation;
+    /// only the parent may change it.
+    HvX64RegisterInitialApicId = 0x0008_000C,
+}
+
+/// `HV_REGISTER_VALUE`: 128 bits, little-endian, as two u64 halves so that the struct
+/// keeps 8-byte alignment (a `u128` would need 16).
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct HvRegisterValue {
+    /// Bits 63:0 (`Reg64`, and `Reg32`/`Reg16`/`Reg8` in its low bytes).
+    pub low: u64,
+    /// Bits 127:64.
+    pub high: u64,
+}
+
+impl HvRegisterValue {
+    /// A 64-bit register value.
+    pub const fn from_u64(v: u64) -> Self {
+        HvRegisterValue { low: v, high: 0 }
+    }
+}
+
+/// `HV_EXPLICIT_SUSPEND_REGISTER`.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct HvExplicitSuspendRegister {
+    /// The VP is held suspended by its parent.
+    pub suspended: bool,
+    #[bits(63)]
+    _rsvd: u64,
+}
+
+/// `HV_INTERNAL_ACTIVITY_REGISTER`.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct HvInternalActivityRegister {
+    /// The VP waits for a startup IPI (an application processor after creation).
+    pub startup_suspend: bool,
+    /// The VP is halted.
+    pub halt_suspend: bool,
+    /// The VP is idle.
+    pub idle_suspend: bool,
+    #[bits(61)]
+    _rsvd_z: u64,
+}
+
+/// `HV_INPUT_VTL`.
+#[bitfield(u8)]
+#[derive(PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct HvInputVtl {
+    /// The VTL addressed when `use_target_vtl` is set.
+    #[bits(4)]
+    pub target_vtl: u8,
+    /// Address `target_vtl` rather than the caller's own VTL.
+    pub use_target_vtl: bool,
+    #[bits(3)]
+    pub reserved_z: u8,
+}
+
 /// `HV_SUBNODE_TYPE` of the 40-byte HvCreateVp.
 #[open_enum::open_enum]
 #[repr(u8)]
@@ -1011,6 +1097,41 @@ pub struct HvDeleteVp {
 }
 assert_layout!(HvDeleteVp, 16, { partition_id @ 0, vp_index @ 8, padding @ 12 });
 
+/// The input header of HvGetVpRegisters and HvSetVpRegisters (TLFS
+/// "HvCallGetVpRegisters"); followed by the rep list.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct HvGetSetVpRegisters {
+    /// The partition that owns the VP (or `HV_PARTITION_ID_SELF`).
+    pub partition_id: u64,
+    /// `HV_VP_INDEX`.
+    pub vp_index: u32,
+    /// Which VTL's registers.
+    pub input_vtl: HvInputVtl,
+    /// RsvdZ.
+    pub rsvd: [u8; 3],
+}
+assert_layout!(HvGetSetVpRegisters, 16, { partition_id @ 0, vp_index @ 8, input_vtl @ 12, rsvd @ 13 });
+
+/// One HvSetVpRegisters input element (TLFS "HvCallSetVpRegisters").
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct HvRegisterAssoc {
+    /// The register.
+    pub name: HvRegisterName,
+    /// RsvdZ.
+    pub rsvd: [u32; 3],
+    /// Its new value.
+    pub value: HvRegisterValue,
+}
+assert_layout!(HvRegisterAssoc, 32, { name @ 0, rsvd @ 4, value @ 16 });
+assert_layout!(HvRegisterValue, 16, { low @ 0, high @ 8 });
+assert_layout!(HvRegisterName, 4, {});
+
 // ---------------------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------------------
@@ -1146,6 +1267,45 @@ impl<'a> GpaPageList<'a> {
     }
 }
 
+/// A rep input list of fixed-size elements, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElementList<'a, T> {
+    bytes: &'a [u8],
+    _element: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: FromBytes> ElementList<'a, T> {
+    /// A list over `bytes`, which must hold a whole number of elements.
+    pub const fn new(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() % core::mem::size_of::<T>() == 0 {
+            Some(Self {
+                bytes,
+                _element: core::marker::PhantomData,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Number of elements.
+    pub const fn len(&self) -> usize {
+        self.bytes.len() / core::mem::size_of::<T>()
+    }
+
+    /// True if the list is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The elements in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = T> + 'a {
+        self.bytes
+            .chunks_exact(core::mem::size_of::<T>())
+            // Each chunk is exactly one element, so the read cannot fail.
+            .map(|c| T::read_from_bytes(c).unwrap_or_else(|_| T::new_zeroed()))
+    }
+}
+
 /// A decoded hypercall: which call, and its input read into typed structs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HvCall<'a> {
@@ -1172,6 +1332,10 @@ pub enum HvCall<'a> {
     CreateVp(CreateVpInput),
     /// HvDeleteVp.
     DeleteVp(HvDeleteVp),
+    /// HvGetVpRegisters: the header and the whole name list (from element 0).
+    GetVpRegisters(HvGetSetVpRegisters, ElementList<'a, HvRegisterName>),
+    /// HvSetVpRegisters: the header and the whole {name, value} list (from element 0).
+    SetVpRegisters(HvGetSetVpRegisters, ElementList<'a, HvRegisterAssoc>),
 }
 
 /// A hypercall that passed the generic checks.
@@ -1297,6 +1461,20 @@ pub fn decode(control: u64, input: &[u8], options: DecodeOptions) -> HvResult<De
             CreateVpInput::Tlfs2(read(input)?)
         }),
         HypercallCode::HvCallDeleteVp => HvCall::DeleteVp(read(input)?),
+        HypercallCode::HvCallGetVpRegisters => {
+            let list = input
+                .get(info.input_size..)
+                .and_then(ElementList::new)
+                .ok_or(HvError::INVALID_HYPERCALL_INPUT)?;
+            HvCall::GetVpRegisters(read(input)?, list)
+        }
+        HypercallCode::HvCallSetVpRegisters => {
+            let list = input
+                .get(info.input_size..)
+                .and_then(ElementList::new)
+                .ok_or(HvError::INVALID_HYPERCALL_INPUT)?;
+            HvCall::SetVpRegisters(read(input)?, list)
+        }
         // `info` only exists for the codes above.
         _ => return Err(HvError::INVALID_HYPERCALL_CODE),
     };

@@ -1,6 +1,8 @@
 //! Host configuration: memory, NUMA nodes, costs and limits.
 
 use ballast_abi::hv::InputLayout;
+use core::num::NonZeroU16;
+
 use thiserror::Error;
 
 /// Pages the hypervisor charges to pools for its own structures.
@@ -120,11 +122,66 @@ impl P2mBudget {
     }
 }
 
+/// What a range of host physical memory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryKind {
+    /// RAM of NUMA node `node`: the only frames ballast hands out or accepts.
+    Ram {
+        /// The node.
+        node: u32,
+    },
+    /// Reserved (firmware, ACPI, MMIO described as reserved): never allocated or
+    /// deposited; reported in the machine memory map.
+    Reserved,
+}
+
+/// One entry of the host memory map (an e820-like map), in 4 KiB frames. Frames that no
+/// entry covers are holes (the PCI hole below 4 GiB, below the RAM base, between nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemoryRange {
+    /// The first frame (its machine address divided by 4096).
+    pub start: u64,
+    /// How many frames.
+    pub frames: u64,
+    /// RAM of a node, or reserved.
+    pub kind: MemoryKind,
+}
+
+impl MemoryRange {
+    /// `frames` frames of RAM on `node` from frame `start`.
+    pub const fn ram(node: u32, start: u64, frames: u64) -> Self {
+        MemoryRange {
+            start,
+            frames,
+            kind: MemoryKind::Ram { node },
+        }
+    }
+
+    /// `frames` reserved frames from frame `start`.
+    pub const fn reserved(start: u64, frames: u64) -> Self {
+        MemoryRange {
+            start,
+            frames,
+            kind: MemoryKind::Reserved,
+        }
+    }
+
+    /// One past the last frame.
+    pub const fn end(&self) -> u64 {
+        self.start.saturating_add(self.frames)
+    }
+}
+
 /// Everything the hypervisor is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// 4 KiB frames of each NUMA node; nodes are consecutive MFN ranges from 0.
+    /// 4 KiB frames of RAM on each NUMA node: the sums of `memory_map`'s RAM entries per
+    /// node, which [`validate`](Self::validate) checks.
     pub node_frames: Vec<u32>,
+    /// The host memory map: RAM per node and reserved ranges, sorted by address and not
+    /// overlapping; a node's RAM lies above every lower-numbered node's. Frames outside
+    /// RAM are never allocated, deposited or accepted.
+    pub memory_map: Vec<MemoryRange>,
     /// Pool charges.
     pub costs: Costs,
     /// Limits.
@@ -137,6 +194,12 @@ pub struct Config {
     pub xen: XenConfig,
     /// The default p2m table budget.
     pub p2m: P2mBudget,
+    /// Hyper-V rep calls served through the hypercall entries complete at most this many
+    /// elements per call and return SUCCESS with reps completed below the rep count, as
+    /// a hypervisor time-slices a long call to bound a VP's time in it; the caller
+    /// re-issues with rep start = reps completed (Linux's `hv_do_rep_hypercall`). `None`
+    /// (the default): every call runs to completion.
+    pub rep_budget: Option<NonZeroU16>,
 }
 
 impl Config {
@@ -145,16 +208,57 @@ impl Config {
         Self::with_nodes(vec![frames])
     }
 
-    /// A host with the given frames per node, with default costs and limits.
+    /// A host with the given frames per node, with default costs and limits: the nodes'
+    /// RAM is consecutive from frame 0, with no holes.
     pub fn with_nodes(node_frames: Vec<u32>) -> Self {
+        let mut start = 0u64;
+        let memory_map = node_frames
+            .iter()
+            .enumerate()
+            .map(|(node, &n)| {
+                let r = MemoryRange::ram(node as u32, start, u64::from(n));
+                start += u64::from(n);
+                r
+            })
+            .collect();
+        Self::build(node_frames, memory_map)
+    }
+
+    /// A host whose memory is described by `memory_map` (RAM per node at any base, with
+    /// holes and reserved ranges), with default costs and limits. `node_frames` follows
+    /// from the map (a node beyond the highest one with RAM does not exist; a node number
+    /// with no RAM below it makes [`validate`](Self::validate) fail).
+    pub fn with_memory_map(memory_map: Vec<MemoryRange>) -> Self {
+        let mut node_frames: Vec<u32> = Vec::new();
+        for r in &memory_map {
+            if let MemoryKind::Ram { node } = r.kind {
+                let n = node as usize;
+                if n < 64 {
+                    if node_frames.len() <= n {
+                        node_frames.resize(n + 1, 0);
+                    }
+                    let sum = u64::from(node_frames[n]).saturating_add(r.frames);
+                    node_frames[n] = u32::try_from(sum).unwrap_or(u32::MAX);
+                } else if node_frames.len() <= 64 {
+                    // Caught by validate's node count.
+                    node_frames.resize(65, 0);
+                }
+            }
+        }
+        Self::build(node_frames, memory_map)
+    }
+
+    fn build(node_frames: Vec<u32>, memory_map: Vec<MemoryRange>) -> Self {
         Config {
             node_frames,
+            memory_map,
             costs: Costs::default(),
             limits: Limits::default(),
             input_layout: InputLayout::Tlfs2,
             xmm_fast_input: false,
             xen: XenConfig::default(),
             p2m: P2mBudget::default(),
+            rep_budget: None,
         }
     }
 
@@ -170,6 +274,7 @@ impl Config {
         if total >= u32::MAX as u64 {
             return Err(ConfigError::TooManyFrames(total));
         }
+        self.validate_memory_map()?;
         if self.limits.max_depth < 1 || self.limits.max_partitions < 1 {
             return Err(ConfigError::Limits);
         }
@@ -183,6 +288,57 @@ impl Config {
             return Err(ConfigError::MaxOrder);
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The map is sorted, non-overlapping, within 32-bit MFNs, its nodes' RAM in node
+    /// order, and its RAM per node equals `node_frames`.
+    fn validate_memory_map(&self) -> Result<(), ConfigError> {
+        // Xen's E820 tables hold at most E820MAX entries; the machine map is one of them.
+        if self.memory_map.len() > ballast_abi::xen::E820MAX {
+            return Err(ConfigError::MemoryMap(ballast_abi::xen::E820MAX));
+        }
+        let mut end = 0u64;
+        let mut last_node = 0u32;
+        let mut ram = vec![0u64; self.node_frames.len()];
+        for (i, r) in self.memory_map.iter().enumerate() {
+            if r.frames == 0 || r.start < end {
+                return Err(ConfigError::MemoryMap(i));
+            }
+            end = r.end();
+            // MFNs are u32 and NO_FRAME (u32::MAX) is not one.
+            if end >= u64::from(u32::MAX) {
+                return Err(ConfigError::TooManyFrames(end));
+            }
+            if let MemoryKind::Ram { node } = r.kind {
+                if node < last_node || node as usize >= ram.len() {
+                    return Err(ConfigError::MemoryMap(i));
+                }
+                last_node = node;
+                ram[node as usize] += r.frames;
+            }
+        }
+        if ram
+            .iter()
+            .zip(&self.node_frames)
+            .any(|(&m, &n)| m != u64::from(n))
+        {
+            return Err(ConfigError::NodeFramesMismatch);
+        }
+        Ok(())
+    }
+
+    /// The RAM ranges of the map as (node, first frame, end frame).
+    pub(crate) fn ram_ranges(&self) -> Vec<(u32, u32, u32)> {
+        self.memory_map
+            .iter()
+            .filter_map(|r| match r.kind {
+                // Validated: below u32::MAX.
+                MemoryKind::Ram { node } => Some((node, r.start as u32, r.end() as u32)),
+                MemoryKind::Reserved => None,
+            })
+            .collect()
     }
 }
 
@@ -201,6 +357,15 @@ pub enum ConfigError {
     /// Zero partitions or depth, or more partitions than a frame's owner field holds.
     #[error("partition limits must be at least 1 and at most 2^24 - 1 partitions")]
     Limits,
+    /// Memory map entry `0` is empty, overlaps or precedes the one before it, or puts a
+    /// node's RAM below a lower-numbered node's (each node's RAM must be one span of
+    /// frames, holes allowed); or the map has more than E820MAX (1024) entries, the first
+    /// one too many being entry `0`.
+    #[error("memory map entry {0} is empty, out of order, overlapping or out of node order")]
+    MemoryMap(usize),
+    /// `node_frames` does not match the RAM of `memory_map`.
+    #[error("node_frames does not match the RAM the memory map gives each node")]
+    NodeFramesMismatch,
     /// An extent order beyond MAX_ORDER (18).
     #[error("Xen max extent orders must be at most 18")]
     MaxOrder,

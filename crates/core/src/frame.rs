@@ -22,29 +22,33 @@ pub const NO_FRAME: Mfn = u32::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum FrameState {
+    /// Not RAM: a hole in the host memory map or a reserved range. Never allocated,
+    /// deposited or accepted. Its state word is 0, so the metadata of a hole is memory
+    /// the table never writes: zero pages the host kernel does not back.
+    Absent = 0,
     /// In the heap: free memory, identity-mapped in the root partition.
-    Free = 0,
+    Free = 1,
     /// In a partition's memory pool, not used by the hypervisor (withdrawable).
-    PoolAvailable = 1,
+    PoolAvailable = 2,
     /// In a partition's memory pool, holding hypervisor structures for it.
-    PoolInUse = 2,
+    PoolInUse = 3,
     /// Allocated to a partition but mapped at no gfn (Xen `increase_reservation` for a
     /// translated guest).
-    Assigned = 3,
+    Assigned = 4,
     /// Mapped into a partition's guest physical space; the link word holds the gfn.
-    Mapped = 4,
+    Mapped = 5,
     /// Held by the hypervisor itself (not part of any partition or the heap).
-    Hypervisor = 5,
+    Hypervisor = 6,
     /// In a partition's populate-on-demand cache: the partition's (counted in its
     /// `tot_pages`), at no gfn, waiting for a guest access to a PoD entry.
-    PodCache = 6,
+    PodCache = 7,
     /// Held by the hypervisor for the host's whole life, taken from the heap at boot
     /// (the frames of Xen's m2p table).
-    Reserved = 7,
+    Reserved = 8,
     /// A hypervisor page of one partition, charged to its pool: its Xen shared-info page
     /// or a grant frame. The link word holds the gfn it is mapped at, or
     /// [`NO_GFN`].
-    Special = 8,
+    Special = 9,
 }
 
 /// Link word of a [`FrameState::Special`] frame mapped at no gfn.
@@ -53,14 +57,15 @@ pub const NO_GFN: u64 = u64::MAX;
 impl FrameState {
     const fn from_bits(b: u32) -> Self {
         match b & STATE_MASK {
-            0 => Self::Free,
-            1 => Self::PoolAvailable,
-            2 => Self::PoolInUse,
-            3 => Self::Assigned,
-            4 => Self::Mapped,
-            5 => Self::Hypervisor,
-            6 => Self::PodCache,
-            7 => Self::Reserved,
+            0 => Self::Absent,
+            1 => Self::Free,
+            2 => Self::PoolAvailable,
+            3 => Self::PoolInUse,
+            4 => Self::Assigned,
+            5 => Self::Mapped,
+            6 => Self::Hypervisor,
+            7 => Self::PodCache,
+            8 => Self::Reserved,
             _ => Self::Special,
         }
     }
@@ -103,6 +108,8 @@ pub struct Frames {
     meta: Vec<u32>,
     link: Vec<u64>,
     nodes: Vec<NodeHeap>,
+    /// RAM frames (the table also covers the holes below the highest RAM frame).
+    ram: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -130,27 +137,69 @@ impl Frames {
     /// If the total exceeds what a u32 MFN can number (16 TiB); the caller validates
     /// configurations before this.
     pub fn new(node_frames: &[u32]) -> Self {
-        let total: u64 = node_frames.iter().map(|&n| n as u64).sum();
-        assert!(total < NO_FRAME as u64, "at most 2^32 - 1 frames");
-        let mut frames = Frames {
-            meta: vec![pack(FrameState::Free, NOT_HEAD, 0); total as usize],
-            link: vec![0; total as usize],
-            nodes: Vec::with_capacity(node_frames.len()),
-        };
         let mut start = 0u32;
-        for &n in node_frames {
+        let ranges: Vec<(u32, Mfn, Mfn)> = node_frames
+            .iter()
+            .enumerate()
+            .map(|(node, &n)| {
+                let r = (
+                    node as u32,
+                    start,
+                    start.checked_add(n).expect("at most 2^32 - 1 frames"),
+                );
+                start = r.2;
+                r
+            })
+            .collect();
+        Self::with_ram(node_frames.len() as u32, &ranges)
+    }
+
+    /// A frame table over the RAM ranges `(node, first MFN, end MFN)`, all free; every
+    /// other frame below the highest end is [`FrameState::Absent`]. Each node's heap
+    /// spans its ranges, holes included: blocks never cover a hole, since they are carved
+    /// from RAM ranges only and a hole is never a free buddy.
+    ///
+    /// # Panics
+    /// If the ranges are unsorted, overlap, interleave nodes, name a node at or beyond
+    /// `nodes`, leave a node without RAM, or end at `NO_FRAME`: the caller validates
+    /// configurations before this.
+    pub fn with_ram(nodes: u32, ranges: &[(u32, Mfn, Mfn)]) -> Self {
+        let top = ranges.last().map_or(0, |r| r.2);
+        assert!(top < NO_FRAME, "at most 2^32 - 1 frames");
+        // Zeroed tables: `Absent` is the all-zero state word, so only RAM is written.
+        let mut frames = Frames {
+            meta: vec![0; top as usize],
+            link: vec![0; top as usize],
+            nodes: Vec::with_capacity(nodes as usize),
+            ram: 0,
+        };
+        let mut end = 0;
+        for node in 0..nodes {
+            let mut mine = ranges.iter().filter(|r| r.0 == node);
+            let (Some(first), Some(last)) = (mine.clone().next(), mine.next_back()) else {
+                panic!("node {node} has no RAM");
+            };
             frames.nodes.push(NodeHeap {
-                start,
-                end: start + n,
+                start: first.1,
+                end: last.2,
                 heads: [NO_FRAME; MAX_ORDER as usize + 1],
                 free: 0,
                 cache: Vec::with_capacity(CACHE_HIGH),
                 cached: 0,
             });
-            start += n;
         }
-        for node in 0..frames.nodes.len() {
-            let (s, e) = (frames.nodes[node].start, frames.nodes[node].end);
+        for &(node, s, e) in ranges {
+            assert!(
+                s >= end && s < e && node < nodes,
+                "RAM ranges sorted and disjoint"
+            );
+            end = e;
+            let n = &frames.nodes[node as usize];
+            assert!(n.start <= s && e <= n.end, "node {node}'s RAM is one span");
+            for m in s..e {
+                frames.meta[m as usize] = pack(FrameState::Free, NOT_HEAD, 0);
+            }
+            frames.ram += u64::from(e - s);
             let mut m = s;
             while m < e {
                 let mut order = MAX_ORDER;
@@ -158,17 +207,34 @@ impl Frames {
                 {
                     order -= 1;
                 }
-                frames.push_block(node, m, order);
-                frames.nodes[node].free += 1 << order;
+                frames.push_block(node as usize, m, order);
+                frames.nodes[node as usize].free += 1 << order;
                 m += 1 << order;
             }
+        }
+        for w in frames.nodes.windows(2) {
+            assert!(w[0].end <= w[1].start, "nodes in address order");
         }
         frames
     }
 
-    /// Number of frames.
+    /// Number of frames the table covers: one past the highest RAM frame (Xen's
+    /// `max_page`). Frames below it that are not RAM are [`FrameState::Absent`].
     pub fn len(&self) -> u32 {
         self.meta.len() as u32
+    }
+
+    /// Number of RAM frames.
+    pub fn ram_frames(&self) -> u64 {
+        self.ram
+    }
+
+    /// True if `mfn` is a RAM frame (not a hole, not reserved, not beyond the table).
+    #[inline]
+    pub fn is_ram(&self, mfn: Mfn) -> bool {
+        self.meta
+            .get(mfn as usize)
+            .is_some_and(|&w| FrameState::from_bits(w) != FrameState::Absent)
     }
 
     /// True if there are no frames.
@@ -224,7 +290,8 @@ impl Frames {
     /// Gives `mfn` (which must not be free) a new state, owner and link.
     #[inline]
     pub fn set(&mut self, mfn: Mfn, state: FrameState, owner: u32, link: u64) {
-        debug_assert!(state != FrameState::Free);
+        debug_assert!(state != FrameState::Free && state != FrameState::Absent);
+        debug_assert!(self.state(mfn) != FrameState::Absent);
         debug_assert!(owner <= MAX_OWNER_SLOT);
         self.meta[mfn as usize] = pack(state, 0, owner);
         self.link[mfn as usize] = link;
@@ -434,7 +501,10 @@ impl Frames {
     #[inline]
     pub fn free(&mut self, mfn: Mfn, order: u32) {
         let node = self.node_of(mfn) as usize;
-        debug_assert!((mfn..mfn + (1 << order)).all(|m| self.state(m) != FrameState::Free));
+        debug_assert!(
+            (mfn..mfn + (1 << order))
+                .all(|m| !matches!(self.state(m), FrameState::Free | FrameState::Absent))
+        );
         self.nodes[node].free += 1 << order;
         if order == 0 {
             self.cache_push(node, mfn);
@@ -547,6 +617,16 @@ impl Frames {
                 ));
             }
         }
+        let absent = (0..self.len())
+            .filter(|&m| self.state(m) == FrameState::Absent)
+            .count() as u64;
+        if absent + self.ram != u64::from(self.len()) {
+            return Err(format!(
+                "{absent} frames absent and {} RAM in a table of {}",
+                self.ram,
+                self.len()
+            ));
+        }
         Ok(())
     }
 }
@@ -635,6 +715,50 @@ mod tests {
         assert_eq!(f.free_frames(0), 64);
     }
 
+    /// Node 0: RAM [100, 612) and [1024, 1536); node 1: [2048, 2600). Everything else
+    /// below 2600 is a hole.
+    fn holed() -> Frames {
+        Frames::with_ram(2, &[(0, 100, 612), (0, 1024, 1536), (1, 2048, 2600)])
+    }
+
+    fn in_ram(m: Mfn) -> bool {
+        (100..612).contains(&m) || (1024..1536).contains(&m) || (2048..2600).contains(&m)
+    }
+
+    #[test]
+    fn holes_are_absent_and_never_allocated() {
+        let mut f = holed();
+        f.check().unwrap();
+        assert_eq!((f.len(), f.ram_frames()), (2600, 512 + 512 + 552));
+        assert_eq!(f.node_range(0), 100..1536);
+        assert!((0..f.len()).all(|m| f.is_ram(m) == in_ram(m)));
+        assert!(!f.is_ram(2600) && !f.is_ram(NO_FRAME));
+        for m in [0, 99, 612, 1023, 1536, 2047, 2600] {
+            assert!(!f.take(m), "frame {m}");
+        }
+        // Every order, until the heap is dry: every block lies in RAM.
+        let mut held = Vec::new();
+        for order in (0..=9).rev() {
+            while let Some(m) = f.alloc(NodeSel::Any, order, NO_FRAME) {
+                assert!((m..m + (1 << order)).all(in_ram), "block {m} order {order}");
+                held.push((m, order));
+            }
+        }
+        assert_eq!(f.total_free(), 0);
+        let held_frames: u64 = held.iter().map(|&(_, o)| 1u64 << o).sum();
+        assert_eq!(held_frames, f.ram_frames());
+        f.check().unwrap();
+        for (m, o) in held {
+            f.free(m, o);
+        }
+        f.check().unwrap();
+        assert_eq!(f.total_free(), f.ram_frames());
+        // Buddies never coalesce across a hole: the largest block is what one RAM range
+        // aligned holds ([1024, 1536) is one order-9 block).
+        assert_eq!(f.alloc(NodeSel::Exact(0), 10, NO_FRAME), None);
+        assert_eq!(f.alloc(NodeSel::Exact(0), 9, NO_FRAME), Some(1024));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Alloc(u32, u8),
@@ -649,9 +773,11 @@ mod tests {
                 (0u32..10, 0u8..3).prop_map(|(o, n)| Op::Alloc(o, n)),
                 any::<usize>().prop_map(Op::Free),
                 (0u32..3000).prop_map(Op::Take),
-            ], 1..200)
+            ], 1..200),
+            holes in any::<bool>(),
         ) {
-            let mut f = Frames::new(&[1500, 1100]);
+            let mut f = if holes { holed() } else { Frames::new(&[1500, 1100]) };
+            let total = f.ram_frames();
             let mut held: Vec<(Mfn, u32)> = Vec::new();
             for op in ops {
                 match op {
@@ -659,6 +785,7 @@ mod tests {
                         let sel = match n { 0 => NodeSel::Any, 1 => NodeSel::Exact(1), _ => NodeSel::Preferred(1) };
                         if let Some(m) = f.alloc(sel, order, NO_FRAME) {
                             prop_assert_eq!(m % (1 << order), 0);
+                            prop_assert!((m..m + (1 << order)).all(|x| f.is_ram(x)));
                             held.push((m, order));
                         }
                     }
@@ -676,7 +803,7 @@ mod tests {
                 prop_assert!(f.check().is_ok(), "{:?}", f.check());
             }
             let held_frames: u64 = held.iter().map(|&(_, o)| 1u64 << o).sum();
-            prop_assert_eq!(f.total_free() + held_frames, 2600);
+            prop_assert_eq!(f.total_free() + held_frames, total);
         }
     }
 }

@@ -148,7 +148,7 @@ impl Hypervisor {
     /// privilege, Active, empty pool).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let frames = Frames::new(&config.node_frames);
+        let frames = Frames::with_ram(config.node_frames.len() as u32, &config.ram_ranges());
         let mut hv = Hypervisor {
             config,
             frames,
@@ -929,6 +929,9 @@ impl Hypervisor {
                 free += 1;
                 continue;
             }
+            if st == FrameState::Absent {
+                continue;
+            }
             if st == FrameState::Hypervisor {
                 return err(format!(
                     "frame {mfn} held by the hypervisor outside an operation"
@@ -959,9 +962,10 @@ impl Hypervisor {
                 FrameState::PoolInUse => pool_used[slot] += 1,
                 FrameState::PodCache => pod_cache[slot] += 1,
                 FrameState::Special => special[slot] += 1,
-                FrameState::Free | FrameState::Hypervisor | FrameState::Reserved => {
-                    unreachable!()
-                }
+                FrameState::Free
+                | FrameState::Absent
+                | FrameState::Hypervisor
+                | FrameState::Reserved => unreachable!(),
             }
         }
         if free != self.frames.total_free() {
@@ -1118,10 +1122,10 @@ impl Hypervisor {
                 + pod_cache[slot]
                 + special[slot];
         }
-        if total != self.frames.len() as u64 {
+        if total != self.frames.ram_frames() {
             return err(format!(
-                "{total} frames accounted for of {}",
-                self.frames.len()
+                "{total} frames accounted for of {} RAM frames",
+                self.frames.ram_frames()
             ));
         }
         Ok(())

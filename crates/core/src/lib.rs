@@ -26,10 +26,12 @@ pub mod p2m;
 pub mod partition;
 pub mod xen;
 
-pub use config::{Config, ConfigError, Costs, Limits, P2mBudget, XenConfig};
+pub use config::{
+    Config, ConfigError, Costs, Limits, MemoryKind, MemoryRange, P2mBudget, XenConfig,
+};
 pub use effects::{Effect, GfnRange};
 pub use frame::NodeSel;
-pub use guest::{FlatMemory, GuestFault, GuestMemory};
+pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};
 pub use hypervisor::{
     CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
 };

@@ -1009,3 +1009,482 @@ fn linux_root_lifecycle_through_the_helpers() {
     hv.check().unwrap();
     assert_eq!(hv.frames().total_free(), u64::from(2 * NODE_FRAMES));
 }
+
+/// G5: a parameter GPA beyond the caller's GPA space is INVALID_ALIGNMENT (the TLFS's
+/// common status codes), while a GPA inside it that cannot be read stays
+/// INVALID_HYPERCALL_INPUT. Input first, then output; nothing happens in either case.
+#[test]
+fn g5_parameter_gpa_outside_the_gpa_space() {
+    let mut hv = host();
+    let c = child(&mut hv);
+    let pages = free_pages(&hv, 0, 1);
+    let space_end = GPA_BASE + 0x2000;
+    let mut mem = FlatMemory::new(GPA_BASE, 0x2000).with_gpa_space_end(space_end);
+    mem.write(GPA_BASE, &deposit_input(c.0, &pages)).unwrap();
+    let deposit_ctl = ctl(HypercallCode::HvCallDepositMemory, 1, 0);
+    // Input beyond the space.
+    let rax = hv.hypercall_gpa(R, deposit_ctl, space_end, 0, &mut mem);
+    hv.check().unwrap();
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, deposit_ctl, u64::MAX - 0xFFF, 0, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    // Inside the space but not backed: a failed read.
+    let rax = hv.hypercall_gpa(R, deposit_ctl, GPA_BASE - 0x1000, 0, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_HYPERCALL_INPUT, 0));
+    assert_eq!(part(&hv, c).pool_available(), 0);
+    // Output beyond the space (withdraw's list), even when the input is unreadable too:
+    // the GPA checks of G5 come before the read.
+    assert_eq!(res(deposit(&mut hv, R, c.0, &pages)).0, HvStatus::SUCCESS);
+    let input = HvWithdrawMemory {
+        partition_id: c.0,
+        proximity_domain_info: ANY,
+    };
+    mem.write(GPA_BASE, input.as_bytes()).unwrap();
+    let withdraw_ctl = ctl(HypercallCode::HvCallWithdrawMemory, 1, 0);
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, space_end + 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE - 0x1000, space_end, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_ALIGNMENT, 0));
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, GPA_BASE - 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::INVALID_HYPERCALL_INPUT, 0));
+    hv.check().unwrap();
+    assert_eq!(part(&hv, c).pool_available(), 1);
+    let rax = hv.hypercall_gpa(R, withdraw_ctl, GPA_BASE, GPA_BASE + 0x1000, &mut mem);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    assert_eq!(mem.read_u64(GPA_BASE + 0x1000).unwrap(), pages[0]);
+}
+
+/// A rep call as Linux issues it (`hv_do_rep_hypercall` in include/asm-generic/mshyperv.h):
+/// re-issue with rep start = reps completed while the status is SUCCESS and reps completed
+/// is below the rep count. Returns the last result value, the output page and the number
+/// of calls made.
+fn rep_loop(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    code: HypercallCode,
+    count: u16,
+    input: &[u8],
+) -> (u64, Vec<u8>, u32) {
+    let mut out = vec![0u8; 4096];
+    let mut start = 0;
+    let mut calls = 0;
+    loop {
+        let rax = hv.hypercall(caller, ctl(code, count, start), input, &mut out);
+        hv.check().unwrap();
+        calls += 1;
+        let (status, done) = res(rax);
+        assert!(calls <= u32::from(count), "no progress");
+        if status != HvStatus::SUCCESS || done >= count {
+            return (rax, out, calls);
+        }
+        assert!(done > start, "a sliced call completes at least one element");
+        start = done;
+    }
+}
+
+/// Everything the pool calls change, to compare two runs.
+fn pool_state(hv: &Hypervisor, ids: &[PartitionId]) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..hv.frames().len())
+        .map(|m| hv.frames().state(m) as u64)
+        .collect();
+    for &id in ids {
+        let p = part(hv, id);
+        v.extend([p.pool_available(), p.pool_in_use(), p.tot_pages()]);
+    }
+    v
+}
+
+#[test]
+fn time_sliced_rep_calls_end_where_unsliced_ones_do() {
+    let run = |budget: Option<u16>| {
+        let mut config = Config::with_nodes(vec![NODE_FRAMES, NODE_FRAMES]);
+        config.rep_budget = budget.and_then(core::num::NonZeroU16::new);
+        let mut hv = Hypervisor::new(config).unwrap();
+        // The child through the typed calls, which a budget does not slice.
+        let fee = free_pages(&hv, 0, create_cost(&hv) as usize);
+        hv.deposit_memory(R, SELF, &fee).unwrap();
+        let create = ballast_abi::hv::CreatePartitionInput::Tlfs2(HvCreatePartition::default());
+        let c = hv.create_partition(R, &create).unwrap();
+        let pages = free_pages(&hv, 0, 40);
+        // Deposit 40 pages, the 26th a duplicate: the loop stops at the error, reps
+        // completed absolute.
+        let mut list = pages.clone();
+        list[25] = list[3];
+        let (rax, _, deposit_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallDepositMemory,
+            40,
+            &deposit_input(c.0, &list),
+        );
+        assert_eq!(res(rax), (HvStatus::OPERATION_DENIED, 25));
+        let (rax, _, more) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallDepositMemory,
+            14,
+            &deposit_input(c.0, &pages[26..]),
+        );
+        assert_eq!(res(rax), (HvStatus::SUCCESS, 14));
+        let after_deposit = pool_state(&hv, &[R, c]);
+        // Withdraw 30 of the 39, then ask for 20 more: runs dry after 9.
+        let input = HvWithdrawMemory {
+            partition_id: c.0,
+            proximity_domain_info: ANY,
+        };
+        let mut withdrawn = Vec::new();
+        let mut withdraw_calls = 0;
+        for (n, want) in [
+            (30u16, (HvStatus::SUCCESS, 30)),
+            (20, (HvStatus::NO_RESOURCES, 9)),
+        ] {
+            let (rax, out, calls) = rep_loop(
+                &mut hv,
+                R,
+                HypercallCode::HvCallWithdrawMemory,
+                n,
+                input.as_bytes(),
+            );
+            assert_eq!(res(rax), want);
+            withdraw_calls += calls;
+            withdrawn.extend(
+                out[..usize::from(res(rax).1) * 8]
+                    .chunks(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap())),
+            );
+        }
+        let end = pool_state(&hv, &[R, c]);
+        (
+            after_deposit,
+            withdrawn,
+            end,
+            deposit_calls + more,
+            withdraw_calls,
+        )
+    };
+    let whole = run(None);
+    assert_eq!((whole.3, whole.4), (2, 2), "unsliced: one call each");
+    for budget in [1, 3, 7, 4095] {
+        let sliced = run(Some(budget));
+        assert_eq!(sliced.0, whole.0, "budget {budget}: state after deposit");
+        assert_eq!(sliced.1, whole.1, "budget {budget}: withdrawn pages");
+        assert_eq!(sliced.2, whole.2, "budget {budget}: end state");
+        if budget == 3 {
+            // 40 = 25 + 1 failing: ceil(26 / 3) = 9 calls; 14: 5 calls.
+            assert_eq!(sliced.3, 9 + 5);
+            // 30: 10 calls; 20 running dry after 9: 4 calls (three of 3, then dry at 9).
+            assert_eq!(sliced.4, 10 + 4);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HvGetVpRegisters / HvSetVpRegisters: the VP reset state of HvCreateVp
+// ---------------------------------------------------------------------------------------
+
+use ballast_abi::hv::{HvGetSetVpRegisters, HvInputVtl, HvRegisterAssoc, HvRegisterName};
+
+const SUSPEND: HvRegisterName = HvRegisterName::HvRegisterExplicitSuspend;
+const APIC_ID: HvRegisterName = HvRegisterName::HvX64RegisterInitialApicId;
+const ACTIVITY: HvRegisterName = HvRegisterName::HvRegisterInternalActivityState;
+
+fn vp_header(target: u64, vp: u32) -> HvGetSetVpRegisters {
+    HvGetSetVpRegisters {
+        partition_id: target,
+        vp_index: vp,
+        ..Default::default()
+    }
+}
+
+fn get_regs_input(header: HvGetSetVpRegisters, names: &[HvRegisterName]) -> Vec<u8> {
+    let mut v = header.as_bytes().to_vec();
+    for n in names {
+        v.extend_from_slice(n.as_bytes());
+    }
+    v
+}
+
+fn set_regs_input(header: HvGetSetVpRegisters, regs: &[(HvRegisterName, u64)]) -> Vec<u8> {
+    let mut v = header.as_bytes().to_vec();
+    for &(name, value) in regs {
+        let e = HvRegisterAssoc {
+            name,
+            value: ballast_abi::hv::HvRegisterValue::from_u64(value),
+            ..Default::default()
+        };
+        v.extend_from_slice(e.as_bytes());
+    }
+    v
+}
+
+/// (result value, the low 64 bits of each value read).
+fn get_regs(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    header: HvGetSetVpRegisters,
+    names: &[HvRegisterName],
+) -> (u64, Vec<u64>) {
+    let n = names.len() as u16;
+    let (rax, out) = call(
+        hv,
+        caller,
+        ctl(HypercallCode::HvCallGetVpRegisters, n, 0),
+        &get_regs_input(header, names),
+    );
+    let done = usize::from(res(rax).1);
+    let values = out[..done * 16]
+        .chunks(16)
+        .map(|b| {
+            assert_eq!(&b[8..], &[0; 8], "upper half of a 64-bit register");
+            u64::from_le_bytes(b[..8].try_into().unwrap())
+        })
+        .collect();
+    (rax, values)
+}
+
+fn set_regs(
+    hv: &mut Hypervisor,
+    caller: PartitionId,
+    header: HvGetSetVpRegisters,
+    regs: &[(HvRegisterName, u64)],
+) -> u64 {
+    let n = regs.len() as u16;
+    call(
+        hv,
+        caller,
+        ctl(HypercallCode::HvCallSetVpRegisters, n, 0),
+        &set_regs_input(header, regs),
+    )
+    .0
+}
+
+/// C, Active, with VPs 0 and 1.
+fn child_with_vps(hv: &mut Hypervisor) -> PartitionId {
+    let c = active_child(hv);
+    let pages = free_pages(hv, 0, 2 * vp_cost(hv) as usize);
+    assert_eq!(res(deposit(hv, R, c.0, &pages)).0, HvStatus::SUCCESS);
+    for vp in 0..2 {
+        assert_eq!(res(create_vp(hv, R, c, vp, ANY, 0)).0, HvStatus::SUCCESS);
+    }
+    c
+}
+
+/// The HvCreateVp remarks: a new VP is explicitly suspended, its initial APIC ID is its
+/// index, VP 0 is ready and the others wait for a SIPI; the parent reads that state and
+/// clears the suspend to let the VP run.
+#[test]
+fn vp_registers_root_reads_the_reset_state_and_clears_the_suspend() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let names = [SUSPEND, APIC_ID, ACTIVITY];
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 0), &names);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 3));
+    assert_eq!(v, [1, 0, 0], "VP 0: suspended, APIC ID 0, ready");
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 1), &names);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 3));
+    assert_eq!(v, [1, 1, 1], "VP 1: suspended, APIC ID 1, waiting for SIPI");
+
+    // Clear the suspend of VP 0; give VP 1 another APIC ID.
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 0), &[(SUSPEND, 0)]);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 1), &[(APIC_ID, 7)]);
+    assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
+    assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 0), &names).1, [0, 0, 0]);
+    assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 1), &names).1, [1, 7, 1]);
+    let vp0 = &part(&hv, c).vps[&0];
+    assert!(!vp0.explicit_suspend);
+    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 7);
+}
+
+#[test]
+fn vp_registers_checks() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let g = child(&mut hv);
+    let rax_raw = HvRegisterName(0x0002_0000); // HvX64RegisterRax: not served
+    // An unknown register name: INVALID_PARAMETER at its element; the ones before stand.
+    let (rax, v) = get_regs(&mut hv, R, vp_header(c.0, 1), &[APIC_ID, rax_raw, SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 1));
+    assert_eq!(v, [1]);
+    let rax = set_regs(&mut hv, R, vp_header(c.0, 0), &[(SUSPEND, 0), (rax_raw, 5)]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 1));
+    assert!(
+        !part(&hv, c).vps[&0].explicit_suspend,
+        "element 0 was applied"
+    );
+    // No such VP, and indices that are never VPs.
+    for vp in [
+        2,
+        5000,
+        ballast_abi::hv::HV_VP_INDEX_SELF,
+        ballast_abi::hv::HV_ANY_VP,
+    ] {
+        let (rax, _) = get_regs(&mut hv, R, vp_header(c.0, vp), &[SUSPEND]);
+        assert_eq!(res(rax), (HvStatus::INVALID_VP_INDEX, 0), "vp {vp}");
+        let rax = set_regs(&mut hv, R, vp_header(c.0, vp), &[(SUSPEND, 0)]);
+        assert_eq!(res(rax), (HvStatus::INVALID_VP_INDEX, 0), "vp {vp}");
+    }
+    // Unknown partition; a partition that is not Active.
+    let (rax, _) = get_regs(&mut hv, R, vp_header(0x1234, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARTITION_ID, 0));
+    let (rax, _) = get_regs(&mut hv, R, vp_header(g.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::INVALID_PARTITION_STATE, 0));
+    // Header: RsvdZ bytes, another VTL.
+    let mut h = vp_header(c.0, 0);
+    h.rsvd = [0, 1, 0];
+    assert_eq!(
+        res(get_regs(&mut hv, R, h, &[SUSPEND]).0),
+        (HvStatus::INVALID_PARAMETER, 0)
+    );
+    let mut h = vp_header(c.0, 0);
+    h.input_vtl = HvInputVtl::new()
+        .with_use_target_vtl(true)
+        .with_target_vtl(1);
+    assert_eq!(
+        res(set_regs(&mut hv, R, h, &[(SUSPEND, 1)])),
+        (HvStatus::INVALID_PARAMETER, 0)
+    );
+    // VTL 0 named explicitly is this VTL.
+    h.input_vtl = HvInputVtl::new().with_use_target_vtl(true);
+    assert_eq!(
+        res(get_regs(&mut hv, R, h, &[SUSPEND]).0),
+        (HvStatus::SUCCESS, 1)
+    );
+    // Values: reserved bits, bits beyond the register, a reserved element word.
+    for (name, value) in [
+        (SUSPEND, 2),
+        (APIC_ID, 1 << 32),
+        (ACTIVITY, 2),
+        (ACTIVITY, 1 << 9),
+    ] {
+        let rax = set_regs(&mut hv, R, vp_header(c.0, 1), &[(name, value)]);
+        assert_eq!(
+            res(rax),
+            (HvStatus::INVALID_PARAMETER, 0),
+            "{name:?} = {value:#x}"
+        );
+    }
+    let mut input = set_regs_input(vp_header(c.0, 1), &[(SUSPEND, 0)]);
+    input[16 + 31] = 1; // upper half of the value
+    let rax = call(
+        &mut hv,
+        R,
+        ctl(HypercallCode::HvCallSetVpRegisters, 1, 0),
+        &input,
+    )
+    .0;
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 0));
+    let mut input = set_regs_input(vp_header(c.0, 1), &[(SUSPEND, 0)]);
+    input[16 + 4] = 1; // RsvdZ after the name
+    let rax = call(
+        &mut hv,
+        R,
+        ctl(HypercallCode::HvCallSetVpRegisters, 1, 0),
+        &input,
+    )
+    .0;
+    assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 0));
+    assert!(part(&hv, c).vps[&1].explicit_suspend);
+    hv.check().unwrap();
+}
+
+#[test]
+fn vp_registers_parent_or_self_with_access_vp_registers() {
+    let mut hv = host();
+    let c = child_with_vps(&mut hv);
+    let g = child(&mut hv);
+    // C without privileges: ACCESS_DENIED for its own VPs and its sibling's.
+    for target in [c.0, HV_PARTITION_ID_SELF, g.0, 0x1234] {
+        let (rax, _) = get_regs(&mut hv, c, vp_header(target, 0), &[SUSPEND]);
+        assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0), "target {target:#x}");
+    }
+    // A sibling with CreatePartitions is still not the parent.
+    grant(
+        &mut hv,
+        g,
+        HvPartitionPrivilegeMask::new().with_create_partitions(true),
+    );
+    let (rax, _) = get_regs(&mut hv, g, vp_header(c.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0));
+    // SELF with AccessVpRegisters reads and clears its own suspend, but may not change
+    // its initial APIC ID.
+    grant(
+        &mut hv,
+        c,
+        HvPartitionPrivilegeMask::new().with_access_vp_registers(true),
+    );
+    let (rax, v) = get_regs(&mut hv, c, vp_header(HV_PARTITION_ID_SELF, 1), &[APIC_ID]);
+    assert_eq!((res(rax), v), ((HvStatus::SUCCESS, 1), vec![1]));
+    let rax = set_regs(&mut hv, c, vp_header(c.0, 1), &[(SUSPEND, 0), (APIC_ID, 9)]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 1));
+    assert!(!part(&hv, c).vps[&1].explicit_suspend);
+    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 1);
+    // Still not its sibling's.
+    let (rax, _) = get_regs(&mut hv, c, vp_header(g.0, 0), &[SUSPEND]);
+    assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0));
+}
+
+/// The register calls time-sliced, re-issued as Linux's loop does, end where one call
+/// does.
+#[test]
+fn time_sliced_vp_register_calls_end_where_unsliced_ones_do() {
+    let run = |budget: Option<u16>| {
+        let mut config = Config::with_nodes(vec![NODE_FRAMES, NODE_FRAMES]);
+        config.rep_budget = budget.and_then(core::num::NonZeroU16::new);
+        let mut hv = Hypervisor::new(config).unwrap();
+        let create = ballast_abi::hv::CreatePartitionInput::Tlfs2(HvCreatePartition::default());
+        let c = hv
+            .call_with_deposits(SELF, NodeSel::Any, 1, 64, |hv| {
+                hv.create_partition(R, &create)
+            })
+            .unwrap();
+        hv.call_with_deposits(c, NodeSel::Any, 1, 1024, |hv| hv.initialize_partition(R, c))
+            .unwrap();
+        let vp = ballast_abi::hv::CreateVpInput::Tlfs2(HvCreateVp {
+            partition_id: c.0,
+            vp_index: 3,
+            ..Default::default()
+        });
+        hv.call_with_deposits(c, NodeSel::Any, 1, 1024, |hv| hv.create_vp(R, &vp))
+            .unwrap();
+        // Set: suspend on/off/on..., ending cleared, then a new APIC ID, then an invalid
+        // name at element 9.
+        let mut regs: Vec<(HvRegisterName, u64)> = (0..8).map(|i| (SUSPEND, (i + 1) % 2)).collect();
+        regs.push((APIC_ID, 42));
+        regs.push((HvRegisterName(0x0002_0000), 0));
+        regs.push((SUSPEND, 1));
+        let (rax, _, set_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallSetVpRegisters,
+            regs.len() as u16,
+            &set_regs_input(vp_header(c.0, 3), &regs),
+        );
+        assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 9));
+        let names = [
+            SUSPEND, APIC_ID, ACTIVITY, SUSPEND, APIC_ID, ACTIVITY, APIC_ID,
+        ];
+        let (rax, out, get_calls) = rep_loop(
+            &mut hv,
+            R,
+            HypercallCode::HvCallGetVpRegisters,
+            names.len() as u16,
+            &get_regs_input(vp_header(c.0, 3), &names),
+        );
+        assert_eq!(res(rax), (HvStatus::SUCCESS, 7));
+        let vp = part(&hv, c).vps[&3].clone();
+        (out[..7 * 16].to_vec(), vp, set_calls, get_calls)
+    };
+    let whole = run(None);
+    assert_eq!((whole.2, whole.3), (1, 1));
+    let v = |i: usize| u64::from_le_bytes(whole.0[i * 16..i * 16 + 8].try_into().unwrap());
+    assert_eq!((0..7).map(v).collect::<Vec<_>>(), [0, 42, 1, 0, 42, 1, 42]);
+    for budget in [1, 2, 4, 100] {
+        let sliced = run(Some(budget));
+        assert_eq!(sliced.0, whole.0, "budget {budget}: values read");
+        assert_eq!(sliced.1, whole.1, "budget {budget}: the VP");
+        if budget == 2 {
+            assert_eq!((sliced.2, sliced.3), (5, 4));
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 mod memory;
 
-pub use memory::{ApplyStats, HostError, MemoryHost};
+pub use memory::{ApplyReport, ApplyStats, EffectFailure, EffectsFailed, HostError, MemoryHost};
 
 // The README's examples are compiled and run as doc tests, so they cannot drift.
 #[cfg(doctest)]

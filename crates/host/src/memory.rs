@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use ballast_backing::{AuditReport, Backing, BackingError, GfnRange, PageSize};
-use ballast_core::{Config, ConfigError, Effect, Hypervisor, MemoryError, PartitionId};
+use ballast_core::{
+    Config, ConfigError, Effect, GfnRange as CoreRange, Hypervisor, MemoryError, PartitionId,
+};
 use thiserror::Error;
 
 /// What went wrong between the core and real memory.
@@ -32,6 +34,35 @@ pub struct ApplyStats {
     pub gfns: u64,
     /// Hole-punching syscalls made.
     pub syscalls: usize,
+}
+
+/// An effect the host could not apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectFailure {
+    /// The effect (for a discard, the merged range that failed).
+    pub effect: Effect,
+    /// What real memory answered.
+    pub error: BackingError,
+}
+
+/// What applying effects did: the statistics and every effect that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApplyReport {
+    /// What was applied.
+    pub stats: ApplyStats,
+    /// The effects that could not be applied, in order.
+    pub failures: Vec<EffectFailure>,
+}
+
+/// [`MemoryHost::run`]'s answer when some effects failed: the operation's own result,
+/// which stands (the core has changed), and the report.
+#[derive(Debug, Error)]
+#[error("{} of the operation's effects could not be applied", report.failures.len())]
+pub struct EffectsFailed<T> {
+    /// The operation's result.
+    pub result: T,
+    /// The effects applied and the ones that failed.
+    pub report: ApplyReport,
 }
 
 /// The hypervisor core and the memfds of its partitions.
@@ -101,29 +132,46 @@ impl MemoryHost {
 
     /// Runs `op` on the core, then applies the effects it recorded: the only way code
     /// outside the core changes it, so no discard is ever left unapplied.
+    ///
+    /// The operation's result always comes back: with the statistics when every effect
+    /// applied, or inside [`EffectsFailed`] with the report of the effects that did not.
+    /// Either way every effect that could be applied was.
     pub fn run<T>(
         &mut self,
         op: impl FnOnce(&mut Hypervisor) -> T,
-    ) -> Result<(T, ApplyStats), HostError> {
-        let out = op(&mut self.hv);
-        let stats = self.apply_effects()?;
-        Ok((out, stats))
+    ) -> Result<(T, ApplyStats), EffectsFailed<T>> {
+        let result = op(&mut self.hv);
+        let report = self.apply_effects();
+        if report.failures.is_empty() {
+            Ok((result, report.stats))
+        } else {
+            Err(EffectsFailed { result, report })
+        }
     }
 
-    /// Applies every effect the core has recorded, in order. Runs of discards are grouped
-    /// per partition and merged, so a whole operation costs one punch per contiguous run;
-    /// a page move first flushes the discards recorded before it.
-    pub fn apply_effects(&mut self) -> Result<ApplyStats, HostError> {
+    /// Applies every effect the core has recorded, in order, and reports each one that
+    /// failed. Total: a failed effect does not stop the ones after it, since the core has
+    /// handed them over and they exist nowhere else (a lost discard would leave a guest's
+    /// old bytes resident and readable at a gfn it gave up).
+    ///
+    /// Runs of discards are grouped per partition and merged, so a whole operation costs
+    /// one punch per contiguous run; a page move first flushes the discards recorded
+    /// before it. A merged batch that fails is retried range by range, so the failure
+    /// names the ranges that could not be discarded and the others are still released.
+    pub fn apply_effects(&mut self) -> ApplyReport {
         let effects = self.hv.take_effects();
-        let mut stats = ApplyStats {
-            effects: effects.len(),
-            ..Default::default()
+        let mut report = ApplyReport {
+            stats: ApplyStats {
+                effects: effects.len(),
+                ..Default::default()
+            },
+            failures: Vec::new(),
         };
         let mut per: BTreeMap<u64, Vec<GfnRange>> = BTreeMap::new();
         for e in effects {
             match e {
                 Effect::Discard { partition, range } => {
-                    stats.gfns += range.count;
+                    report.stats.gfns += range.count;
                     per.entry(partition.0)
                         .or_default()
                         .push(GfnRange::new(range.start, range.count));
@@ -133,26 +181,42 @@ impl MemoryHost {
                     from,
                     to,
                 } => {
-                    self.flush(&mut per, &mut stats)?;
+                    self.flush(&mut per, &mut report);
                     if let Some(mem) = self.backing.get(partition.0) {
-                        mem.copy_page(from, to)?;
+                        if let Err(error) = mem.copy_page(from, to) {
+                            report.failures.push(EffectFailure { effect: e, error });
+                        }
                     }
                 }
             }
         }
-        self.flush(&mut per, &mut stats)?;
-        Ok(stats)
+        self.flush(&mut per, &mut report);
+        report
     }
 
-    fn flush(
-        &self,
-        per: &mut BTreeMap<u64, Vec<GfnRange>>,
-        stats: &mut ApplyStats,
-    ) -> Result<(), HostError> {
+    fn flush(&self, per: &mut BTreeMap<u64, Vec<GfnRange>>, report: &mut ApplyReport) {
         for (id, ranges) in std::mem::take(per) {
-            stats.syscalls += self.backing.discard(id, &ranges)?.syscalls;
+            match self.backing.discard(id, &ranges) {
+                Ok(s) => report.stats.syscalls += s.syscalls,
+                Err(_) => {
+                    for r in ranges {
+                        match self.backing.discard(id, &[r]) {
+                            Ok(s) => report.stats.syscalls += s.syscalls,
+                            Err(error) => report.failures.push(EffectFailure {
+                                effect: Effect::Discard {
+                                    partition: PartitionId(id),
+                                    range: CoreRange {
+                                        start: r.start,
+                                        count: r.count,
+                                    },
+                                },
+                                error,
+                            }),
+                        }
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// The gfn ranges partition `id`'s p2m maps.

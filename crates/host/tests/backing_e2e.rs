@@ -4,8 +4,10 @@
 
 use ballast_abi::hv::{HvProximityDomainInfo, HvWithdrawMemory};
 use ballast_abi::xen::{MemoryOp, XenMemoryReservation};
-use ballast_backing::{GfnRange, PageSize};
-use ballast_core::{Config, DomId, FlatMemory, GfnRange as CoreRange, PartitionId, ROOT_ID};
+use ballast_backing::{BackingError, GfnRange, PageSize};
+use ballast_core::{
+    Config, DomId, Effect, FlatMemory, GfnRange as CoreRange, PartitionId, ROOT_ID,
+};
 use ballast_host::MemoryHost;
 use zerocopy::IntoBytes;
 
@@ -315,4 +317,69 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     assert_eq!(page(&host, a, 3), vec![0; PAGE]);
     assert_eq!(host.resident_bytes(a).unwrap(), 7 * PAGE as u64);
     assert!(host.audit(a, false).unwrap().violations.is_empty());
+}
+
+#[test]
+fn a_failed_move_does_not_lose_the_discards_after_it() {
+    use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
+    let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
+    let a = guest(&mut host, 256);
+    let domid = host.hv().partition(a).unwrap().domid;
+    host.run(|hv| hv.populate(a, 0, 4)).unwrap().0.unwrap();
+    // A deliberately small memfd behind the core's mappings: whatever limit the core
+    // keeps, a page move past this memfd's end fails on the host side.
+    host.detach_memory(a);
+    host.attach_memory(a, 4, 4, PageSize::Base).unwrap();
+    // The core's guest-physical limit would refuse the move up front; raise it past the
+    // memfd so the host's own defence is what is tested.
+    host.run(|hv| hv.set_guest_physical_limit(a, 256))
+        .unwrap()
+        .0
+        .unwrap();
+    touch(&host, a, 0..4);
+    assert_eq!(host.resident_bytes(a).unwrap(), 4 * PAGE as u64);
+    let mut mem = FlatMemory::new(0x10000, 64);
+    let x = XenAddToPhysmap {
+        domid: ballast_abi::xen::DOMID_SELF,
+        space: MapSpace::GMFN,
+        idx: 2,
+        gpfn: 100,
+        ..Default::default()
+    };
+    mem.bytes[..24].copy_from_slice(x.as_bytes());
+    let ranges = [CoreRange { start: 0, count: 2 }];
+    let failed = host
+        .run(|hv| {
+            let moved = hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem);
+            let released = hv.release(a, &ranges);
+            (moved, released)
+        })
+        .unwrap_err();
+    // The operation's own result comes back.
+    assert_eq!(failed.result.0.ret, 0);
+    assert_eq!(failed.result.1.unwrap(), 2);
+    // The failed move is reported, and only it.
+    assert_eq!(failed.report.failures.len(), 1, "{:?}", failed.report);
+    let f = &failed.report.failures[0];
+    assert_eq!(
+        f.effect,
+        Effect::Move {
+            partition: a,
+            from: 2,
+            to: 100
+        }
+    );
+    assert!(matches!(f.error, BackingError::OutOfRange { .. }), "{f:?}");
+    // Every discard after it was applied: gfns 0 and 1 released, gfn 2 discarded after its
+    // move; one page is left.
+    assert_eq!(failed.report.stats.gfns, 3);
+    assert_eq!(host.resident_bytes(a).unwrap(), PAGE as u64);
+    assert_eq!(page(&host, a, 3), pattern(a, 3));
+    assert_eq!(page(&host, a, 0), vec![0; PAGE]);
+    // The next operation starts clean.
+    let (r, stats) = host
+        .run(|hv| hv.release(a, &[CoreRange { start: 3, count: 1 }]))
+        .unwrap();
+    assert_eq!((r.unwrap(), stats.gfns), (1, 1));
+    assert_eq!(host.resident_bytes(a).unwrap(), 0);
 }

@@ -11,7 +11,7 @@ use ballast_backing::PageSize;
 use ballast_core::xen::errno::EINVAL;
 use ballast_core::{Config, DomId};
 use ballast_core::{FlatMemory, GuestMemory, MemoryError, PartitionId};
-use ballast_host::{HostError, MemoryHost};
+use ballast_host::{EffectsFailed, MemoryHost};
 use zerocopy::IntoBytes;
 
 const ARG: u64 = 0x1_0000;
@@ -46,7 +46,12 @@ fn populate(host: &mut MemoryHost, u: DomId, gfns: &[u64]) -> i64 {
     out.ret
 }
 
-fn move_gmfn(host: &mut MemoryHost, u: DomId, idx: u64, gpfn: u64) -> Result<i64, HostError> {
+fn move_gmfn(
+    host: &mut MemoryHost,
+    u: DomId,
+    idx: u64,
+    gpfn: u64,
+) -> Result<i64, EffectsFailed<i64>> {
     let mut mem = FlatMemory::new(ARG, 0x1000);
     let x = XenAddToPhysmap {
         domid: DOMID_SELF,

@@ -1,6 +1,7 @@
 //! The Hyper-V hypercall dispatcher: the partition memory pool (HvDepositMemory,
-//! HvWithdrawMemory, HvGetMemoryBalance), HvCreateVp and the partition lifecycle around
-//! them, served from the memory model of [`Hypervisor`].
+//! HvWithdrawMemory, HvGetMemoryBalance), HvCreateVp, the VP start state through
+//! HvGetVpRegisters / HvSetVpRegisters (see `registers.rs` for the registers served) and
+//! the partition lifecycle around them, served from the memory model of [`Hypervisor`].
 //!
 //! Two entries take a raw hypercall: [`Hypervisor::hypercall`] (the input block and the
 //! output page as byte slices) and [`Hypervisor::hypercall_gpa`] (parameter GPAs in the
@@ -25,15 +26,21 @@
 //! 2. **Bad proximity domain info** is INVALID_PARAMETER, never
 //!    INVALID_PROXIMITY_DOMAIN_INFO; a valid domain id must be below the configured node
 //!    count.
-//! 3. **G5.** An unaligned parameter GPA or a list that straddles a page is
+//! 3. **G5.** An unaligned parameter GPA, a list that straddles a page or one that
+//!    reaches beyond the caller's GPA space ([`GuestFaultKind::OutsideGpaSpace`]) is
 //!    INVALID_ALIGNMENT (the TLFS; OpenVMM answers a straddle with
-//!    INVALID_HYPERCALL_INPUT). An input the caller's memory cannot read is
+//!    INVALID_HYPERCALL_INPUT), input first, then output, before either is read. An
+//!    input inside the GPA space that the caller's memory cannot read is
 //!    INVALID_HYPERCALL_INPUT, as OpenVMM and KVM answer it; so is an output range it
 //!    cannot write, checked before the handler runs so that no call has effects its
 //!    caller cannot see. Overlapping input and output lists are allowed: the input is
 //!    read in full first.
-//! 4. **Calls run to completion** (no Finalizing state, no time-sliced continuation).
-//!    Reps completed is absolute. An error in the control word itself (G1-G4) reports 0
+//! 4. **Calls run to completion** (no Finalizing state) unless the host sets a rep budget
+//!    ([`Config::rep_budget`](crate::Config::rep_budget), off by default): then a rep
+//!    call through the hypercall entries completes at most that many elements and
+//!    returns SUCCESS with reps completed below the rep count, the time-sliced
+//!    continuation of the TLFS ("Hypercall Continuation"), and the caller re-issues
+//!    from there as Linux's `hv_do_rep_hypercall` does. Reps completed is absolute. An error in the control word itself (G1-G4) reports 0
 //!    reps; every later error of a rep call reports at least the rep start, because the
 //!    elements before it were completed by an earlier call and stand.
 //! 5. **Callers.** A caller that is not a live partition (which a real hypervisor cannot
@@ -74,7 +81,8 @@
 //!     caller or SELF) in creation order; a previous ID that is not a child of it is
 //!     INVALID_PARTITION_ID.
 //! 14. **HvDepositMemory.** The root's GPA page numbers are MFNs (its identity map): a
-//!     page beyond host memory or not free (in any pool, mapped in a guest, held by the
+//!     page that is not RAM (beyond host memory, in a hole of the host memory map or
+//!     reserved: [`Config::memory_map`](crate::Config::memory_map)) or not free (in any pool, mapped in a guest, held by the
 //!     hypervisor, or already taken earlier in the same list) is OPERATION_DENIED; a page
 //!     locked with [`Hypervisor::lock_root_page`] is OBJECT_IN_USE. A non-root depositor
 //!     (nesting, `max_depth` above 2) deposits gfns of its own guest space: an unmapped
@@ -94,6 +102,15 @@
 //! 18. **Fast calls through [`Hypervisor::hypercall_gpa`]** carry RDX:R8 (the two GPA
 //!     arguments) as their 16 input bytes; XMM fast input goes through
 //!     [`Hypervisor::hypercall`] with the register bytes.
+//! 19. **HvGetVpRegisters / HvSetVpRegisters** serve the VP state HvCreateVp sets up:
+//!     `HvRegisterExplicitSuspend`, `HvX64RegisterInitialApicId` and, for the start state
+//!     (VP 0 ready, the others waiting for a SIPI), bit 0 (StartupSuspend) of
+//!     `HvRegisterInternalActivityState`. Any other register name is INVALID_PARAMETER at
+//!     its element. The caller is the parent, or the partition itself (SELF or its own
+//!     ID) with AccessVpRegisters; a partition may not write its own initial APIC ID
+//!     (ACCESS_DENIED, the TLFS "APIC IDs": only the parent may). Only VTL 0 exists: a
+//!     header naming another VTL, or with RsvdZ bytes set, is INVALID_PARAMETER. Reserved
+//!     bits of a value, and bits beyond the register's size, are INVALID_PARAMETER.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -102,13 +119,14 @@ use ballast_abi::hv::{
     HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE,
     HvCall, HvDeleteVp, HvError, HvGetMemoryBalance, HvGetMemoryBalanceOutput,
     HvGetNextChildPartition, HvGetPartitionProperty, HvPartitionPrivilegeMask,
-    HvPartitionPropertyCode, HvProximityDomainInfo, HvRepResult, HvResult, HvSubnodeType,
-    HvWithdrawMemory, HypercallOutput, ProximitySelection, check_control, check_param_gpa, decode,
+    HvPartitionPropertyCode, HvProximityDomainInfo, HvRegisterAssoc, HvRegisterName,
+    HvRegisterValue, HvRepResult, HvResult, HvSubnodeType, HvWithdrawMemory, HypercallOutput,
+    ProximitySelection, check_control, check_param_gpa, decode,
 };
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::frame::{FrameState, NodeSel};
-use crate::guest::GuestMemory;
+use crate::guest::{GuestFault, GuestFaultKind, GuestMemory};
 use crate::hypervisor::{CreateError, DOMID_FIRST_RESERVED, Hypervisor, ROOT_ID, home_sel};
 use crate::partition::{PartitionState, Vp};
 use crate::{Mfn, PartitionId};
@@ -145,6 +163,16 @@ pub(crate) struct HvState {
     /// withdrawn yet: a pool frame does not remember where it came from, and a withdraw
     /// must return pages at GPAs that were deposited.
     origins: BTreeMap<u64, Vec<u64>>,
+}
+
+/// The status of a parameter list `mem` cannot access: beyond the GPA space it is
+/// INVALID_ALIGNMENT (the TLFS's common status codes); inside it, a failed access is
+/// INVALID_HYPERCALL_INPUT, as OpenVMM and KVM answer a failed guest read.
+fn fault_status(f: GuestFault) -> HvError {
+    match f.kind {
+        GuestFaultKind::OutsideGpaSpace => HvError::INVALID_ALIGNMENT,
+        GuestFaultKind::Unreadable => HvError::INVALID_HYPERCALL_INPUT,
+    }
 }
 
 fn ok(reps: u16) -> u64 {
@@ -187,7 +215,7 @@ fn finish_rep(result: HvRepResult, start: u16, count: u16) -> u64 {
     }
 }
 
-fn rep_len_ok(len: usize) -> Result<(), (HvError, u16)> {
+pub(super) fn rep_len_ok(len: usize) -> Result<(), (HvError, u16)> {
     if len == 0 || len > MAX_REPS {
         return Err((HvError::INVALID_HYPERCALL_INPUT, 0));
     }
@@ -227,6 +255,12 @@ impl Hypervisor {
         let Some(output) = output.get_mut(..info.output_len(count)) else {
             return err(HvError::INVALID_HYPERCALL_INPUT, start);
         };
+        // A time-sliced rep call ends its slice at `end` and reports SUCCESS with reps
+        // completed = `end` < `count`; the caller continues from there.
+        let end = match self.config.rep_budget {
+            Some(b) if info.class == CallClass::Rep => count.min(start.saturating_add(b.get())),
+            _ => count,
+        };
         match decoded.call {
             HvCall::CreatePartition(i) => {
                 finish(self.create_partition(caller, &i).map(|id| id.0), output)
@@ -252,12 +286,16 @@ impl Hypervisor {
                 output,
             ),
             HvCall::DepositMemory(header, list) => {
-                let pages: Vec<u64> = list.iter().skip(start as usize).collect();
+                let pages: Vec<u64> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
                 let r = self.deposit_memory(caller, PartitionId(header.partition_id), &pages);
-                finish_rep(r, start, count)
+                finish_rep(r, start, end)
             }
             HvCall::WithdrawMemory(i) => {
-                let mut pages = vec![0u64; (count - start) as usize];
+                let mut pages = vec![0u64; (end - start) as usize];
                 let r = self.withdraw_memory(caller, &i, &mut pages);
                 let done = match r {
                     Ok(()) => pages.len(),
@@ -267,19 +305,46 @@ impl Hypervisor {
                 for (dst, gpa) in elements.zip(&pages[..done]) {
                     dst.copy_from_slice(&gpa.to_le_bytes());
                 }
-                finish_rep(r, start, count)
+                finish_rep(r, start, end)
             }
             HvCall::GetMemoryBalance(i) => finish(self.get_memory_balance(caller, &i), output),
             HvCall::CreateVp(i) => finish(self.create_vp(caller, &i), output),
             HvCall::DeleteVp(i) => finish(self.delete_vp(caller, &i), output),
+            HvCall::GetVpRegisters(header, list) => {
+                let names: Vec<HvRegisterName> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
+                let mut values = vec![HvRegisterValue::default(); names.len()];
+                let r = self.get_vp_registers(caller, &header, &names, &mut values);
+                let done = match r {
+                    Ok(()) => values.len(),
+                    Err((_, n)) => n as usize,
+                };
+                let elements = output.chunks_exact_mut(16).skip(start as usize);
+                for (dst, v) in elements.zip(&values[..done]) {
+                    dst.copy_from_slice(v.as_bytes());
+                }
+                finish_rep(r, start, end)
+            }
+            HvCall::SetVpRegisters(header, list) => {
+                let entries: Vec<HvRegisterAssoc> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
+                finish_rep(self.set_vp_registers(caller, &header, &entries), start, end)
+            }
         }
     }
 
     /// Runs one memory-form hypercall whose parameters sit in the caller's memory: RCX =
     /// `control`, RDX = `input_gpa`, R8 = `output_gpa`. Returns the raw result value.
     ///
-    /// Adds G5 to [`hypercall`](Self::hypercall): each list must be 8-byte aligned and
-    /// within one page (INVALID_ALIGNMENT). Reads the input (a fault is
+    /// Adds G5 to [`hypercall`](Self::hypercall): each list must be 8-byte aligned,
+    /// within one page and inside the caller's GPA space (INVALID_ALIGNMENT). Reads the
+    /// input (a fault inside the GPA space is
     /// INVALID_HYPERCALL_INPUT), refuses an output range `mem` cannot write the same way,
     /// dispatches, and writes back the output elements `[rep start, reps completed)` of a
     /// rep call, or the output of a simple call that succeeded. A fast call takes RDX:R8
@@ -310,11 +375,25 @@ impl Hypervisor {
         {
             return err(e, start);
         }
+        // The rest of G5: a list beyond the caller's GPA space is INVALID_ALIGNMENT, for
+        // the input and then the output, before either is read.
+        for (gpa, len) in [(input_gpa, in_len), (output_gpa, out_len)] {
+            if len > 0
+                && mem
+                    .probe(gpa, len as u64)
+                    .is_err_and(|f| f.kind == GuestFaultKind::OutsideGpaSpace)
+            {
+                return err(HvError::INVALID_ALIGNMENT, start);
+            }
+        }
         let mut input = vec![0u8; in_len];
-        if mem.read(input_gpa, &mut input).is_err()
-            || (out_len > 0 && !mem.range_ok(output_gpa, out_len as u64))
-        {
-            return err(HvError::INVALID_HYPERCALL_INPUT, start);
+        if let Err(f) = mem.read(input_gpa, &mut input) {
+            return err(fault_status(f), start);
+        }
+        if out_len > 0 {
+            if let Err(f) = mem.probe(output_gpa, out_len as u64) {
+                return err(fault_status(f), start);
+            }
         }
         let mut output = vec![0u8; out_len];
         let rax = self.hypercall(caller, control, &input, &mut output);
@@ -347,11 +426,11 @@ impl Hypervisor {
     // Who may do what
     // -----------------------------------------------------------------------------------
 
-    fn caller_slot(&self, caller: PartitionId) -> HvResult<u32> {
+    pub(super) fn caller_slot(&self, caller: PartitionId) -> HvResult<u32> {
         self.slot_of(caller).ok_or(HvError::ACCESS_DENIED)
     }
 
-    fn resolve(&self, caller_slot: u32, raw: u64) -> HvResult<u32> {
+    pub(super) fn resolve(&self, caller_slot: u32, raw: u64) -> HvResult<u32> {
         if raw == HV_PARTITION_ID_SELF {
             return Ok(caller_slot);
         }
@@ -359,7 +438,7 @@ impl Hypervisor {
             .ok_or(HvError::INVALID_PARTITION_ID)
     }
 
-    fn is_parent(&self, caller_slot: u32, target_slot: u32) -> bool {
+    pub(super) fn is_parent(&self, caller_slot: u32, target_slot: u32) -> bool {
         self.part(target_slot).parent == Some(self.part(caller_slot).id)
     }
 
@@ -798,10 +877,10 @@ impl Hypervisor {
     /// Marks root page `mfn` as in use for another purpose (an event-log buffer, a page
     /// locked for I/O): HvDepositMemory refuses it with OBJECT_IN_USE until
     /// [`unlock_root_page`](Self::unlock_root_page). Nothing else changes. False if `mfn`
-    /// is beyond host memory.
+    /// is not RAM (beyond host memory, in a hole or reserved).
     pub fn lock_root_page(&mut self, mfn: u64) -> bool {
         match u32::try_from(mfn) {
-            Ok(m) if m < self.frames.len() => {
+            Ok(m) if self.frames.is_ram(m) => {
                 self.hv.locked.insert(m);
                 true
             }
@@ -883,5 +962,6 @@ impl Hypervisor {
     }
 }
 
+mod registers;
 #[cfg(test)]
 mod tests;

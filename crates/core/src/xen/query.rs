@@ -15,6 +15,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::errno::*;
 use super::special::grant_to_status_frames;
 use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, RESOURCE_BATCH, Xsm, elem};
+use crate::config::MemoryKind;
 use crate::frame::NO_FRAME;
 use crate::hypervisor::Hypervisor;
 
@@ -79,19 +80,25 @@ impl Hypervisor {
         Ok(0)
     }
 
-    /// machine_memory_map: every node's frames as one RAM entry. A NULL buffer asks
+    /// machine_memory_map: the host memory map of the configuration, one E820 entry per
+    /// range (RAM type 1, reserved type 2; holes have none). A NULL buffer asks
     /// for the count; otherwise the buffer must hold one entry more than the map.
     pub(super) fn xen_machine_memory_map(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         if c.caller != Self::ROOT_SLOT {
             return Err(EPERM);
         }
         let mut map = c.read::<XenMemoryMap>(c.arg).ok_or(EFAULT)?;
-        let host: Vec<E820Entry> = (0..self.node_count())
-            .map(|n| self.frames.node_range(n))
+        let host: Vec<E820Entry> = self
+            .config
+            .memory_map
+            .iter()
             .map(|r| E820Entry {
-                addr: u64::from(r.start) * PAGE_SIZE,
-                size: u64::from(r.end - r.start) * PAGE_SIZE,
-                ty: E820Type::RAM,
+                addr: r.start * PAGE_SIZE,
+                size: r.frames * PAGE_SIZE,
+                ty: match r.kind {
+                    MemoryKind::Ram { .. } => E820Type::RAM,
+                    MemoryKind::Reserved => E820Type::RESERVED,
+                },
             })
             .collect();
         if map.buffer != 0 {
@@ -100,7 +107,7 @@ impl Hypervisor {
             }
             Self::xen_write_e820(c, map.buffer, &host)?;
         }
-        // At most 64 nodes.
+        // A validated map has at most E820MAX entries.
         map.nr_entries = host.len() as u32;
         if !c.write(c.arg, &map) {
             return Err(EFAULT);

@@ -312,10 +312,7 @@ impl GuestMemory for Flaky {
 
     fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), GuestFault> {
         if self.writes_left == 0 {
-            return Err(GuestFault {
-                addr,
-                len: buf.len() as u64,
-            });
+            return Err(GuestFault::unreadable(addr, buf.len() as u64));
         }
         self.writes_left -= 1;
         self.inner.write(addr, buf)
