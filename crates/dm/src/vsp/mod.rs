@@ -314,8 +314,15 @@ pub enum Violation {
         /// The host's state when it came.
         state: VspState,
     },
-    /// Pages the guest gave up that are not its own, as `(start_pfn, count)`: rejected.
-    ForeignPages(Vec<(u64, u64)>),
+    /// Pages of one message the guest gave up that are not its own, or that were left
+    /// unchecked when the message's work budget ran out: rejected, never counted.
+    ForeignPages {
+        /// How many pages in all.
+        pages: u64,
+        /// The first of their runs, as `(start_pfn, count)`, in the order met; at most
+        /// [`MAX_REPORTED_RUNS`], however many runs the message named.
+        runs: Vec<(u64, u64)>,
+    },
     /// A hot-add response claimed more pages than were asked for; clamped.
     HotAddOverReport {
         /// Pages asked for.
@@ -579,6 +586,11 @@ pub struct Vsp {
     /// After a balloon timed out: until when its late responses are still taken in (the
     /// guest took those pages offline; dropping them would strand them on both sides).
     late_balloon_until: Option<Duration>,
+    /// Limits the log lines a guest can cause.
+    guest_log: LogLimit,
+    /// Work units the guest's messages have cost, for tests.
+    #[cfg(test)]
+    work_spent: u64,
 }
 
 /// Messages the host keeps queued for a guest that does not read them; beyond this,
@@ -604,6 +616,9 @@ impl Vsp {
             tx: VecDeque::new(),
             events: VecDeque::new(),
             late_balloon_until: None,
+            guest_log: LogLimit::default(),
+            #[cfg(test)]
+            work_spent: 0,
         }
     }
 
@@ -644,17 +659,17 @@ impl Vsp {
     /// A DM message from the guest: the payload of one VMBus in-band packet.
     pub fn receive(&mut self, now: Duration, payload: &[u8], guest: &dyn GuestOwnership) {
         if self.phase == Phase::Closed {
-            tracing::debug!(
-                len = payload.len(),
-                "DM message with no open channel, dropped"
-            );
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::debug!(
+                    len = payload.len(),
+                    suppressed,
+                    "DM message with no open channel, dropped"
+                );
+            }
         } else {
             match Message::parse(payload) {
                 Ok(msg) => self.dispatch(now, msg, guest),
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed DM message dropped");
-                    self.violation(Violation::Malformed(e));
-                }
+                Err(e) => self.violation(now, Violation::Malformed(e)),
             }
         }
         self.advance(now);
@@ -773,7 +788,7 @@ impl Vsp {
         {
             return Err(VspError::OutOfRange);
         }
-        if self.ballooned.count_in(start_pfn, pages) != 0 {
+        if self.ballooned.intersects(start_pfn, pages) {
             return Err(VspError::OverlapsBallooned);
         }
         self.hot_add_gate = HotAddGate::Open;
@@ -976,7 +991,7 @@ impl Vsp {
                 version,
                 is_last_attempt,
             } if self.phase == Phase::Version => {
-                self.on_version(msg.trans_id, version, is_last_attempt)
+                self.on_version(now, msg.trans_id, version, is_last_attempt)
             }
             Body::CapabilitiesReport { caps, .. } if state == VspState::Caps => {
                 self.on_caps(now, msg.trans_id, caps)
@@ -988,7 +1003,7 @@ impl Vsp {
                 if state == VspState::Idle && self.late_balloon_until.is_some() =>
             {
                 // The rest of a balloon that timed out: still the guest's pages given up.
-                let (accepted, _) = self.accept_pages(ranges, guest);
+                let (accepted, _) = self.accept_pages(now, ranges, guest);
                 if !accepted.is_empty() {
                     self.events.push_back(VspEvent::PagesReturned(accepted));
                 }
@@ -1009,8 +1024,7 @@ impl Vsp {
             }
             _ => {
                 let ty = msg.message_type();
-                tracing::debug!(%ty, ?state, "unexpected DM message dropped");
-                self.violation(Violation::Unexpected { ty, state });
+                self.violation(now, Violation::Unexpected { ty, state });
             }
         }
     }
@@ -1026,19 +1040,24 @@ impl Vsp {
         });
     }
 
-    fn on_version(&mut self, trans_id: u32, version: Version, last_attempt: bool) {
+    fn on_version(&mut self, now: Duration, trans_id: u32, version: Version, last_attempt: bool) {
         let accepted = self.config.versions.accepts(version);
-        self.send_reply(Message::new(
-            trans_id,
-            Body::VersionResponse {
-                is_accepted: accepted,
-            },
-        ));
+        self.send_reply(
+            now,
+            Message::new(
+                trans_id,
+                Body::VersionResponse {
+                    is_accepted: accepted,
+                },
+            ),
+        );
         if accepted {
             self.phase = Phase::Caps { version };
             self.events.push_back(VspEvent::Negotiated(version));
         } else {
-            tracing::info!(%version, last_attempt, "DM version rejected");
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::info!(%version, last_attempt, suppressed, "DM version rejected");
+            }
             self.events.push_back(VspEvent::VersionRejected {
                 version,
                 last_attempt,
@@ -1051,14 +1070,17 @@ impl Vsp {
             return;
         };
         let v2 = version == Version::V2_0;
-        self.send_reply(Message::new(
-            trans_id,
-            Body::CapabilitiesResponse {
-                is_accepted: true,
-                hot_remove: v2 && self.config.hot_remove,
-                suppress_pressure_reports: v2 && !self.config.status_reports,
-            },
-        ));
+        self.send_reply(
+            now,
+            Message::new(
+                trans_id,
+                Body::CapabilitiesResponse {
+                    is_accepted: true,
+                    hot_remove: v2 && self.config.hot_remove,
+                    suppress_pressure_reports: v2 && !self.config.status_reports,
+                },
+            ),
+        );
         self.events.push_back(VspEvent::CapabilitiesReported(caps));
         let until = now.saturating_add(self.config.post_caps_wait);
         self.phase = Phase::Wait {
@@ -1094,7 +1116,7 @@ impl Vsp {
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) {
-        let (accepted, new) = self.accept_pages(ranges, guest);
+        let (accepted, new) = self.accept_pages(now, ranges, guest);
         let Some(Pending {
             op:
                 Op::Balloon {
@@ -1210,10 +1232,13 @@ impl Vsp {
         };
         self.trans_id = self.trans_id.wrapping_add(1);
         if page_count > asked {
-            self.violation(Violation::HotAddOverReport {
-                requested: asked,
-                reported: page_count,
-            });
+            self.violation(
+                now,
+                Violation::HotAddOverReport {
+                    requested: asked,
+                    reported: page_count,
+                },
+            );
         }
         let got = page_count.min(asked);
         let added = added + u64::from(got);
@@ -1225,7 +1250,7 @@ impl Vsp {
             self.hot_add_gate = retry_at.map_or(HotAddGate::Disabled, HotAddGate::RetryAt);
             HotAddResult::Transient { retry_at }
         } else if result == 0 {
-            self.violation(Violation::HotAddFailedWithPages { page_count });
+            self.violation(now, Violation::HotAddFailedWithPages { page_count });
             self.hot_add_gate = HotAddGate::Disabled;
             HotAddResult::Barrier
         } else if got == 0 {
@@ -1255,7 +1280,7 @@ impl Vsp {
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) {
-        let (accepted, new) = self.accept_pages(ranges, guest);
+        let (accepted, new) = self.accept_pages(now, ranges, guest);
         let Some(Pending {
             op: Op::HotRemove { requested, removed },
             deadline,
@@ -1295,46 +1320,85 @@ impl Vsp {
 
     /// Adds the pages of `ranges` that are new and the guest's own to the ballooned set;
     /// returns them and their count, and reports the foreign ones.
+    ///
+    /// All the work one message causes — set lookups, ownership checks, insertions, the
+    /// runs kept for the report — is paid from one [`Work`] budget linear in the number
+    /// of ranges, whatever the ranges name or the set looks like: each range is one
+    /// ordered walk of the ballooned set from its start, one lookup per run met, and what
+    /// is left when the budget runs out is rejected unchecked. An honest message (each
+    /// range new and wholly the guest's) spends a small part of it.
     fn accept_pages(
         &mut self,
+        now: Duration,
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) -> (Vec<(u64, u64)>, u64) {
+        let mut work = Work::for_ranges(ranges.len());
         let mut accepted = Vec::new();
-        let mut foreign = Vec::new();
+        let mut foreign = Rejected::default();
+        let mut owned = Vec::new();
         let mut new = 0;
-        // One budget for the whole message: a message of 510 hostile ranges must cost no
-        // more than one.
-        let mut budget = MAX_OWNERSHIP_CHECKS;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             // A page past the 40-bit PFN space could never be named in an unballoon request.
             let inside = count.min(PFN_LIMIT - start);
-            if inside < count {
-                foreign.push((start + inside, count - inside));
-            }
-            let mut pieces = Vec::new();
-            new_pieces(&self.ballooned, start, inside, &mut pieces);
-            for (s, n) in pieces {
-                // QEMU takes a returned range page by page; bisecting keeps the owned part
-                // of a range that straddles the end of guest RAM, within a bounded number
-                // of ownership checks so a wholly foreign range cannot cost millions.
-                let mut owned = Vec::new();
-                owned_pieces(guest, s, n, &mut budget, &mut owned, &mut foreign);
-                for (s, n) in owned {
-                    new += self.ballooned.insert(s, n);
-                    accepted.push((s, n));
+            foreign.add(start + inside, count - inside);
+            let end = start + inside;
+            let mut at = start;
+            while at < end {
+                // One lookup: the next ballooned run at or after `at`. Pages before it
+                // are new; the run itself is a repeat, dropped silently.
+                if !work.spend(1) {
+                    foreign.add(at, end - at);
+                    break;
                 }
+                let (gap_end, next) = match self.ballooned.runs_in(at, end - at).next() {
+                    Some((s, n)) => (s, s + n),
+                    None => (end, end),
+                };
+                if gap_end > at {
+                    // QEMU takes a returned range page by page; bisecting keeps the owned
+                    // part of a range that straddles the end of guest RAM, within the
+                    // budget, so a wholly foreign range cannot cost millions of checks.
+                    owned.clear();
+                    owned_pieces(guest, at, gap_end - at, &mut work, &mut owned, &mut foreign);
+                    for &(s, n) in &owned {
+                        // Paid for, though the budget may be spent: the pages were checked.
+                        work.charge(INSERT_COST);
+                        new += self.ballooned.insert(s, n);
+                        accepted.push((s, n));
+                    }
+                }
+                at = next;
             }
         }
-        if !foreign.is_empty() {
-            tracing::warn!(?foreign, "guest gave up pages it does not own");
-            self.violation(Violation::ForeignPages(foreign));
+        #[cfg(test)]
+        {
+            self.work_spent += work.spent;
+        }
+        if foreign.pages > 0 {
+            self.violation(
+                now,
+                Violation::ForeignPages {
+                    pages: foreign.pages,
+                    runs: foreign.runs,
+                },
+            );
         }
         (accepted, new)
     }
 
-    fn violation(&mut self, what: Violation) {
+    /// Reports a guest's breach to the owner, and to the log within [`LogLimit`]: every
+    /// message a guest sends could be one, and formatting each would be the guest's way to
+    /// spend host CPU and fill the host's log.
+    fn violation(&mut self, now: Duration, what: Violation) {
+        if let Some(suppressed) = self.guest_log.allow(now) {
+            tracing::warn!(
+                ?what,
+                suppressed,
+                "DM guest broke the protocol; message dropped"
+            );
+        }
         self.events.push_back(VspEvent::ProtocolViolation { what });
     }
 
@@ -1342,9 +1406,11 @@ impl Vsp {
     /// may send requests without ever reading its ring; beyond [`MAX_QUEUED`] queued
     /// messages its replies are dropped rather than queued without bound. Host requests
     /// (bounded by one transaction at a time) always go through [`send`](Self::send).
-    fn send_reply(&mut self, msg: Message<'_>) {
+    fn send_reply(&mut self, now: Duration, msg: Message<'_>) {
         if self.tx.len() >= MAX_QUEUED {
-            tracing::warn!(ty = %msg.message_type(), "guest is not reading its ring: DM reply dropped");
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::warn!(ty = %msg.message_type(), suppressed, "guest is not reading its ring: DM reply dropped");
+            }
             return;
         }
         self.send(msg);
@@ -1374,18 +1440,120 @@ impl Vsp {
 /// One past the largest PFN a page range can start at.
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 
-/// Ownership checks allowed per guest message. An honest message costs one check per
-/// range (each range is wholly the guest's); a range with foreign pages in it costs up to
-/// its length when short (Linux's are 2 MiB or 4 KiB), or a few binary searches when
-/// long. What is not sorted when the budget runs out is counted as foreign.
-const MAX_OWNERSHIP_CHECKS: u32 = 1 << 14;
+/// Units of work a guest message may cause, for the message: enough to sort one range
+/// page by page ([`PAGEWISE`]) several times over, or to find the holes of a range that
+/// straddles holes in guest RAM.
+const WORK_PER_MESSAGE: u64 = 4096;
+
+/// Units of work a guest message may cause, per range it names. An honest range (new and
+/// wholly the guest's) costs 1 lookup + 1 ownership check + [`INSERT_COST`].
+const WORK_PER_RANGE: u64 = 8;
+
+/// Units an insertion into the ballooned set costs: up to three map operations (two
+/// neighbours absorbed, one run added), against one for a lookup.
+const INSERT_COST: u64 = 2;
+
+/// Runs kept in a [`Violation::ForeignPages`] report; the rest are only counted.
+pub const MAX_REPORTED_RUNS: usize = 8;
+
+/// What one guest message may still spend: a set lookup or step, an ownership check,
+/// an insertion, each paid before it is done.
+#[derive(Debug)]
+struct Work {
+    left: u64,
+    #[cfg(test)]
+    spent: u64,
+}
+
+impl Work {
+    fn for_ranges(ranges: usize) -> Self {
+        Work {
+            left: WORK_PER_MESSAGE + WORK_PER_RANGE * ranges as u64,
+            #[cfg(test)]
+            spent: 0,
+        }
+    }
+
+    /// Takes `n` units if there are that many left.
+    fn spend(&mut self, n: u64) -> bool {
+        let Some(left) = self.left.checked_sub(n) else {
+            return false;
+        };
+        self.left = left;
+        #[cfg(test)]
+        {
+            self.spent += n;
+        }
+        true
+    }
+
+    /// Takes `n` units, or what is left: for work that must finish once begun.
+    fn charge(&mut self, n: u64) {
+        #[cfg(test)]
+        {
+            self.spent += n;
+        }
+        self.left = self.left.saturating_sub(n);
+    }
+}
+
+/// The pages of one message rejected: a count, and the first runs for the report, so a
+/// message naming billions of foreign pages in 510 ranges costs 510 additions.
+#[derive(Debug, Default)]
+struct Rejected {
+    pages: u64,
+    runs: Vec<(u64, u64)>,
+}
+
+impl Rejected {
+    fn add(&mut self, start: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.pages += count;
+        let full = self.runs.len() >= MAX_REPORTED_RUNS;
+        match self.runs.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ if !full => self.runs.push((start, count)),
+            _ => {}
+        }
+    }
+}
+
+/// Guest-caused log lines: at most [`LogLimit::BURST`] per [`LogLimit::WINDOW`], the
+/// rest counted and the count given with the next line that is written.
+#[derive(Debug, Default)]
+struct LogLimit {
+    window_start: Duration,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const BURST: u32 = 8;
+
+    /// `Some(lines suppressed since the last one)` if a line may be written now.
+    fn allow(&mut self, now: Duration) -> Option<u64> {
+        if now.saturating_sub(self.window_start) >= Self::WINDOW || now < self.window_start {
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        if self.in_window >= Self::BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 /// Runs up to this many pages (2 MiB, Linux's largest balloon unit) are sorted page by
 /// page.
 const PAGEWISE: u64 = 512;
 
-/// Sorts `[start, start + count)` into the pages the guest owns and the rest, with at
-/// most `budget` calls of `owns`.
+/// Sorts `[start, start + count)` into the pages the guest owns and the rest, one unit
+/// of `work` per call of `owns`; what is left unsorted when it runs out is rejected.
 ///
 /// `owns(s, n)` answers only "all of it". A short run is checked page by page. A long
 /// run starting with an owned page is cut at the end of its longest owned prefix
@@ -1395,17 +1563,16 @@ fn owned_pieces(
     guest: &dyn GuestOwnership,
     start: u64,
     count: u64,
-    budget: &mut u32,
+    budget: &mut Work,
     owned: &mut Vec<(u64, u64)>,
-    foreign: &mut Vec<(u64, u64)>,
+    foreign: &mut Rejected,
 ) {
     let push = |v: &mut Vec<(u64, u64)>, s: u64, c: u64| match v.last_mut() {
         Some((ps, pc)) if *ps + *pc == s => *pc += c,
         _ => v.push((s, c)),
     };
-    let owns = |s: u64, n: u64, budget: &mut u32| -> Option<bool> {
-        *budget = budget.checked_sub(1)?;
-        Some(guest.owns(s, n))
+    let owns = |s: u64, n: u64, budget: &mut Work| -> Option<bool> {
+        budget.spend(1).then(|| guest.owns(s, n))
     };
     let (mut s, end) = (start, start + count);
     while s < end {
@@ -1417,7 +1584,7 @@ fn owned_pieces(
             }
             Some(false) => {}
             None => {
-                push(foreign, s, n);
+                foreign.add(s, n);
                 return;
             }
         }
@@ -1425,9 +1592,9 @@ fn owned_pieces(
             for p in s..end {
                 match owns(p, 1, budget) {
                     Some(true) => push(owned, p, 1),
-                    Some(false) => push(foreign, p, 1),
+                    Some(false) => foreign.add(p, 1),
                     None => {
-                        push(foreign, p, end - p);
+                        foreign.add(p, end - p);
                         return;
                     }
                 }
@@ -1436,7 +1603,7 @@ fn owned_pieces(
         }
         match owns(s, 1, budget) {
             None => {
-                push(foreign, s, n);
+                foreign.add(s, n);
                 return;
             }
             Some(true) => {
@@ -1476,29 +1643,6 @@ fn owned_pieces(
                 push(owned, s + hi, n - hi);
                 return;
             }
-        }
-    }
-}
-
-/// Appends the runs of `[start, start + count)` that are not in `set`.
-///
-/// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
-/// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
-/// grows with the boundaries inside the run times log2 of its length (at most 24).
-fn new_pieces(set: &PageSet, start: u64, count: u64, out: &mut Vec<(u64, u64)>) {
-    if count == 0 {
-        return;
-    }
-    match set.count_in(start, count) {
-        0 => match out.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => out.push((start, count)),
-        },
-        c if c == count => {}
-        _ => {
-            let half = count / 2;
-            new_pieces(set, start, half, out);
-            new_pieces(set, start + half, count - half, out);
         }
     }
 }
