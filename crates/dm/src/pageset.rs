@@ -22,6 +22,11 @@ impl PageSet {
         self.len
     }
 
+    /// Runs (maximal ranges) in the set.
+    pub fn run_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// True if empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0

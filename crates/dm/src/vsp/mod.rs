@@ -570,8 +570,9 @@ impl Pending {
     }
 }
 
-/// The Dynamic Memory host endpoint of one guest.
-#[derive(Debug)]
+/// The Dynamic Memory host endpoint of one guest. `Clone` gives a snapshot: both copies
+/// go on independently (for tests, benchmarks and checkpoints).
+#[derive(Debug, Clone)]
 pub struct Vsp {
     config: VspConfig,
     phase: Phase,
@@ -1337,39 +1338,48 @@ impl Vsp {
         let mut accepted = Vec::new();
         let mut foreign = Rejected::default();
         let mut owned = Vec::new();
+        let mut gaps = Vec::new();
         let mut new = 0;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             // A page past the 40-bit PFN space could never be named in an unballoon request.
             let inside = count.min(PFN_LIMIT - start);
             foreign.add(start + inside, count - inside);
-            let end = start + inside;
-            let mut at = start;
-            while at < end {
-                // One lookup: the next ballooned run at or after `at`. Pages before it
-                // are new; the run itself is a repeat, dropped silently.
+            // One ordered walk of the ballooned set over the range: a lookup, then one
+            // step per run met. The gaps between runs are the new pages; the runs are
+            // repeats, dropped silently. What the budget leaves unwalked is rejected.
+            if !work.spend(LOOKUP_COST) {
+                foreign.add(start, inside);
+                continue;
+            }
+            gaps.clear();
+            let mut walked = start;
+            let mut cut = false;
+            for (s, n) in self.ballooned.gaps_in(start, inside) {
                 if !work.spend(1) {
-                    foreign.add(at, end - at);
+                    cut = true;
                     break;
                 }
-                let (gap_end, next) = match self.ballooned.runs_in(at, end - at).next() {
-                    Some((s, n)) => (s, s + n),
-                    None => (end, end),
-                };
-                if gap_end > at {
-                    // QEMU takes a returned range page by page; bisecting keeps the owned
-                    // part of a range that straddles the end of guest RAM, within the
-                    // budget, so a wholly foreign range cannot cost millions of checks.
-                    owned.clear();
-                    owned_pieces(guest, at, gap_end - at, &mut work, &mut owned, &mut foreign);
-                    for &(s, n) in &owned {
-                        // Paid for, though the budget may be spent: the pages were checked.
-                        work.charge(INSERT_COST);
-                        new += self.ballooned.insert(s, n);
-                        accepted.push((s, n));
-                    }
+                gaps.push((s, n));
+                walked = s + n;
+            }
+            if cut {
+                foreign.add(walked, start + inside - walked);
+            }
+            for &(at, n) in &gaps {
+                // QEMU takes a returned range page by page; bisecting keeps the owned
+                // part of a range that straddles the end of guest RAM, within the
+                // budget, so a wholly foreign range cannot cost millions of checks.
+                owned.clear();
+                owned_pieces(guest, at, n, &mut work, &mut owned, &mut foreign);
+                for &(s, n) in &owned {
+                    // Paid for, though the budget may be spent: the pages were checked.
+                    let runs = self.ballooned.run_count();
+                    new += self.ballooned.insert(s, n);
+                    let absorbed = (runs + 1).saturating_sub(self.ballooned.run_count());
+                    work.charge(INSERT_COST + MERGE_COST * absorbed as u64);
+                    accepted.push((s, n));
                 }
-                at = next;
             }
         }
         #[cfg(test)]
@@ -1445,13 +1455,23 @@ const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 /// straddles holes in guest RAM.
 const WORK_PER_MESSAGE: u64 = 4096;
 
-/// Units of work a guest message may cause, per range it names. An honest range (new and
-/// wholly the guest's) costs 1 lookup + 1 ownership check + [`INSERT_COST`].
-const WORK_PER_RANGE: u64 = 8;
+/// Units of work a guest message may cause, per range it names: what an honest range
+/// (new and wholly the guest's) costs at most — the lookup ([`LOOKUP_COST`]), one step,
+/// one ownership check, and an insertion ([`INSERT_COST`]) that absorbs the runs on both
+/// sides ([`MERGE_COST`] each) — so an honest message never reaches the budget.
+const WORK_PER_RANGE: u64 = LOOKUP_COST + 1 + 1 + INSERT_COST + 2 * MERGE_COST;
 
-/// Units an insertion into the ballooned set costs: up to three map operations (two
-/// neighbours absorbed, one run added), against one for a lookup.
+/// Units the lookup that starts a walk of the ballooned set costs (two descents of the
+/// tree), against one for each step of the walk.
+const LOOKUP_COST: u64 = 2;
+
+/// Units an insertion into the ballooned set costs when it touches no run: a lookup and
+/// a map insertion.
 const INSERT_COST: u64 = 2;
+
+/// Units more for each run an insertion absorbs (a lookup and a map removal): a guest
+/// filling the gaps between its ballooned pages pays for the merging it causes.
+const MERGE_COST: u64 = 2;
 
 /// Runs kept in a [`Violation::ForeignPages`] report; the rest are only counted.
 pub const MAX_REPORTED_RUNS: usize = 8;
@@ -1522,7 +1542,7 @@ impl Rejected {
 
 /// Guest-caused log lines: at most [`LogLimit::BURST`] per [`LogLimit::WINDOW`], the
 /// rest counted and the count given with the next line that is written.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct LogLimit {
     window_start: Duration,
     in_window: u32,
@@ -1587,6 +1607,10 @@ fn owned_pieces(
                 foreign.add(s, n);
                 return;
             }
+        }
+        if n == 1 {
+            foreign.add(s, 1);
+            return;
         }
         if n <= PAGEWISE {
             for p in s..end {
