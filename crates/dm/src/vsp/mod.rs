@@ -401,6 +401,14 @@ pub enum VspEvent {
         /// Which operation, and how far it got.
         what: Transaction,
     },
+    /// The reply to an unballoon or a hot-add came after the operation had timed out:
+    /// the guest did the work, late (a 4 GiB hot-add that nobody onlines takes Linux
+    /// minutes). A late balloon answer is [`VspEvent::PagesReturned`] instead.
+    LateReply {
+        /// The operation with what the reply brought: for a hot-add, `added` counts the
+        /// late chunk.
+        what: Transaction,
+    },
     /// The guest broke the protocol; the message was dropped.
     ProtocolViolation {
         /// How.
@@ -587,6 +595,12 @@ pub struct Vsp {
     /// After a balloon timed out: until when its late responses are still taken in (the
     /// guest took those pages offline; dropping them would strand them on both sides).
     late_balloon_until: Option<Duration>,
+    /// After an unballoon timed out: its pages, until its response comes or another
+    /// unballoon starts.
+    late_unballoon: Option<u64>,
+    /// After a hot-add timed out: `(requested, added, asked)`, until its response comes
+    /// or the channel resets (no other hot-add can start before either).
+    late_hot_add: Option<(u64, u64, u32)>,
     /// Limits the log lines a guest can cause.
     guest_log: LogLimit,
     /// Work units the guest's messages have cost, for tests.
@@ -617,6 +631,8 @@ impl Vsp {
             tx: VecDeque::new(),
             events: VecDeque::new(),
             late_balloon_until: None,
+            late_unballoon: None,
+            late_hot_add: None,
             guest_log: LogLimit::default(),
             #[cfg(test)]
             work_spent: 0,
@@ -648,6 +664,8 @@ impl Vsp {
         self.phase = Phase::Closed;
         self.pending = None;
         self.late_balloon_until = None;
+        self.late_unballoon = None;
+        self.late_hot_add = None;
         self.trans_id = 0;
         self.hot_add_gate = HotAddGate::Open;
         self.last_status = None;
@@ -723,6 +741,8 @@ impl Vsp {
         if pages == 0 {
             return Err(VspError::NothingToDo);
         }
+        // From here an unballoon response answers this request.
+        self.late_unballoon = None;
         let runs = self
             .ballooned
             // At most 2 GiB per range, as QEMU sends: Linux frees unballooned pages in its
@@ -920,6 +940,15 @@ impl Vsp {
         self.last_status
     }
 
+    /// The most units of work one guest message naming `ranges` page ranges can cause:
+    /// each set lookup, step of a set walk, ownership check and insertion into the
+    /// ballooned set is at least one. Linear in the message's size, whatever the ranges
+    /// name and however fragmented the ballooned set is; an honest message (every range
+    /// new and wholly the guest's) needs at most `10 * ranges`.
+    pub const fn work_budget(ranges: usize) -> u64 {
+        WORK_PER_MESSAGE + WORK_PER_RANGE * ranges as u64
+    }
+
     /// The transaction id the next host transaction will carry.
     pub fn next_trans_id(&self) -> u32 {
         self.trans_id
@@ -957,8 +986,18 @@ impl Vsp {
             }
             self.pending = None;
             self.trans_id = self.trans_id.wrapping_add(1);
-            if matches!(p.op, Op::HotAdd { .. }) {
-                self.hot_add_gate = HotAddGate::Disabled;
+            match p.op {
+                Op::HotAdd {
+                    requested,
+                    added,
+                    asked,
+                    ..
+                } => {
+                    self.hot_add_gate = HotAddGate::Disabled;
+                    self.late_hot_add = Some((requested, added, asked));
+                }
+                Op::Unballoon { pages } => self.late_unballoon = Some(pages),
+                _ => {}
             }
             if matches!(p.op, Op::Balloon { .. }) {
                 self.late_balloon_until = Some(now.saturating_add(self.config.reply_timeout));
@@ -1013,8 +1052,18 @@ impl Vsp {
                 }
             }
             Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
+            Body::UnballoonResponse if self.late_unballoon.is_some() => {
+                if let Some(pages) = self.late_unballoon.take() {
+                    self.events.push_back(VspEvent::LateReply {
+                        what: Transaction::Unballoon { pages },
+                    });
+                }
+            }
             Body::HotAddResponse { page_count, result } if state == VspState::HotAdd => {
                 self.on_hot_add_response(now, page_count, result)
+            }
+            Body::HotAddResponse { page_count, result } if self.late_hot_add.is_some() => {
+                self.on_late_hot_add_response(now, page_count, result)
             }
             Body::HotRemoveResponse {
                 result,
@@ -1232,6 +1281,51 @@ impl Vsp {
             return;
         };
         self.trans_id = self.trans_id.wrapping_add(1);
+        let (got, outcome) = self.judge_hot_add(now, page_count, result, asked);
+        let added = added + u64::from(got);
+        let result = match outcome {
+            Some(r) => r,
+            None if added < requested => {
+                self.send_hot_add(now, requested, added, start + u64::from(asked));
+                return;
+            }
+            None => HotAddResult::Success,
+        };
+        self.events.push_back(VspEvent::HotAddComplete {
+            requested,
+            added,
+            result,
+        });
+    }
+
+    /// The answer to a hot-add that timed out. The guest is done with it, so the gate the
+    /// timeout closed follows the answer as if it had come in time; the chunks not yet
+    /// sent are not sent (the operation is over).
+    fn on_late_hot_add_response(&mut self, now: Duration, page_count: u32, result: u32) {
+        let Some((requested, added, asked)) = self.late_hot_add.take() else {
+            return;
+        };
+        let (got, outcome) = self.judge_hot_add(now, page_count, result, asked);
+        if outcome.is_none() {
+            self.hot_add_gate = HotAddGate::Open;
+        }
+        self.events.push_back(VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested,
+                added: added + u64::from(got),
+            },
+        });
+    }
+
+    /// Pages a hot-add response brings (clamped to `asked`) and how the operation ends,
+    /// `None` if the chunk was added in full; sets the hot-add gate accordingly.
+    fn judge_hot_add(
+        &mut self,
+        now: Duration,
+        page_count: u32,
+        result: u32,
+        asked: u32,
+    ) -> (u32, Option<HotAddResult>) {
         if page_count > asked {
             self.violation(
                 now,
@@ -1242,7 +1336,6 @@ impl Vsp {
             );
         }
         let got = page_count.min(asked);
-        let added = added + u64::from(got);
         let outcome = if result == 0 && got == 0 {
             let retry_at = match self.config.hot_add_transient {
                 HotAddTransient::RetryAfter(d) => Some(now.saturating_add(d)),
@@ -1260,17 +1353,10 @@ impl Vsp {
         } else if got < asked {
             self.hot_add_gate = HotAddGate::Disabled;
             HotAddResult::Barrier
-        } else if added < requested {
-            self.send_hot_add(now, requested, added, start + u64::from(asked));
-            return;
         } else {
-            HotAddResult::Success
+            return (got, None);
         };
-        self.events.push_back(VspEvent::HotAddComplete {
-            requested,
-            added,
-            result: outcome,
-        });
+        (got, Some(outcome))
     }
 
     fn on_hot_remove_response(
@@ -1488,7 +1574,7 @@ struct Work {
 impl Work {
     fn for_ranges(ranges: usize) -> Self {
         Work {
-            left: WORK_PER_MESSAGE + WORK_PER_RANGE * ranges as u64,
+            left: Vsp::work_budget(ranges),
             #[cfg(test)]
             spent: 0,
         }

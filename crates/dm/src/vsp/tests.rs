@@ -2071,3 +2071,83 @@ fn guest_caused_log_lines_are_rate_limited() {
     assert_eq!(l.allow(t + LogLimit::WINDOW), Some(2));
     assert_eq!(l.allow(t + LogLimit::WINDOW), Some(0));
 }
+
+/// An unballoon or hot-add answered after its timeout: the guest did the work, so the
+/// answer is a late completion, not a protocol violation; a second answer is one.
+#[test]
+fn late_unballoon_and_hot_add_responses_are_late_completions() {
+    let mut h = Host::linux();
+    balloon_these(&mut h, &[(0x1000, 7)]);
+    h.vsp.unballoon(h.now, 7).unwrap();
+    h.sent();
+    h.wait(secs(30));
+    h.events();
+    h.recv(&msg(5, Body::UnballoonResponse));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::Unballoon { pages: 7 }
+        }]
+    );
+    h.recv(&msg(5, Body::UnballoonResponse));
+    assert!(matches!(
+        &h.violations()[..],
+        [Violation::Unexpected {
+            ty: MessageType::UNBALLOON_RESPONSE,
+            ..
+        }]
+    ));
+
+    // A hot-add of two chunks whose first answer comes late: the pages count, the second
+    // chunk is not sent, and hot-add is open again since the guest has finished.
+    let mut h = Host::ready(
+        VspConfig {
+            max_hot_add_pages: 32_768,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS,
+    );
+    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.sent();
+    h.wait(secs(120));
+    h.events();
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x120000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    h.recv(&hot_add_response(32_768, 1));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested: 65_536,
+                added: 32_768
+            }
+        }]
+    );
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.hot_add(h.now, 0x108000, 32_768), Ok(32_768));
+    h.recv(&hot_add_response(32_768, 1));
+    h.events();
+    // A late answer that reports a failure keeps hot-add off, as an answer in time would.
+    h.vsp.hot_add(h.now, 0x110000, 32_768).unwrap();
+    h.wait(secs(120));
+    h.events();
+    h.recv(&hot_add_response(0, 1));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested: 32_768,
+                added: 0
+            }
+        }]
+    );
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x110000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    h.recv(&hot_add_response(0, 1));
+    assert_eq!(h.violations().len(), 1);
+}
