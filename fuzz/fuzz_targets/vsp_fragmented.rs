@@ -188,6 +188,8 @@ fuzz_target!(|data: &[u8]| {
         }
         while vsp.poll_event().is_some() {}
         while vsp.poll_transmit().is_some() {}
-        assert_eq!(vsp.ballooned(), &model);
+        assert_eq!(vsp.ballooned().len(), model.len());
     }
+    // The whole set once, at the end: per step it would cost more than the messages.
+    assert_eq!(vsp.ballooned(), &model);
 });
