@@ -36,9 +36,16 @@
 //! - **Returned pages** are checked against the ballooned set first (a page already given is
 //!   dropped silently, within a message or across messages) and then against the guest's
 //!   p2m ([`GuestOwnership`]); a run the guest does not own is rejected and reported as a
-//!   [`Violation::ForeignPages`], and never counted. Pages beyond the request are accepted:
-//!   the guest has already taken them offline, and refusing them would waste them, not
-//!   protect anything.
+//!   [`Violation::ForeignPages`] (a count and the first [`MAX_REPORTED_RUNS`] runs), and
+//!   never counted. Pages beyond the request are accepted: the guest has already taken
+//!   them offline, and refusing them would waste them, not protect anything.
+//! - **Work per message.** Everything one guest message makes the host do — set lookups,
+//!   ownership checks, insertions, the runs kept for reports — is paid from a budget
+//!   linear in its ranges ([`Vsp::work_budget`]): each range is one ordered walk of the
+//!   ballooned set, and what the budget leaves unwalked or unchecked is rejected, never
+//!   counted. An honest message needs well under it; a guest that ballooned every other
+//!   page and then names `[0, 2^24)` 510 times gets no more work than the budget. Log
+//!   lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
 //! - **Hot-removed pages** (2.0) join the ballooned set, since Hyper-V gives hot-removed
 //!   memory back with unballoon requests.
 //! - **Unballoon** takes pages off the ballooned set when it is requested and returns them,
@@ -64,7 +71,11 @@
 //!   so a long but progressing answer is not cut off, while one that only repeats itself
 //!   is. A hot-add that times out turns hot-add off until reset: the guest may still be
 //!   adding, and the protocol forbids a second request before the first is answered. A
-//!   reply handed in by the same call that passes its deadline is still taken.
+//!   reply handed in by the same call that passes its deadline is still taken. A reply
+//!   after the timeout is the guest's late completion, not a violation: balloon pages are
+//!   still taken for one more timeout; an unballoon or hot-add answer is reported as
+//!   [`VspEvent::LateReply`] (an unballoon's until the next unballoon starts, a hot-add's
+//!   until reset), and a late hot-add answer sets the hot-add gate as a timely one would.
 //! - **Bad guest messages** change nothing and get no reply: malformed ones, unknown types,
 //!   `DM_ERROR` and messages that do not fit the state each give a
 //!   [`VspEvent::ProtocolViolation`]. Status reports are taken in every open state, even
