@@ -1500,11 +1500,7 @@ impl Vsp {
     /// spend host CPU and fill the host's log.
     fn violation(&mut self, now: Duration, what: Violation) {
         if let Some(suppressed) = self.guest_log.allow(now) {
-            tracing::warn!(
-                ?what,
-                suppressed,
-                "DM guest broke the protocol; message dropped"
-            );
+            tracing::warn!(?what, suppressed, "DM guest broke the protocol");
         }
         self.events.push_back(VspEvent::ProtocolViolation { what });
     }
