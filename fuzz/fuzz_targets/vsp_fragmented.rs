@@ -42,11 +42,17 @@ impl Input<'_> {
     fn range(&mut self) -> PageRange {
         let (start, count) = match self.u8() % 4 {
             // Long, over the fragmented part.
-            0 => (u64::from(self.u16()) << 2, self.u32() & PageRange::MAX_PAGE_CNT),
+            0 => (
+                u64::from(self.u16()) << 2,
+                self.u32() & PageRange::MAX_PAGE_CNT,
+            ),
             // The whole 2^24 from near 0.
             1 => (u64::from(self.u8()), PageRange::MAX_PAGE_CNT),
             // Short, near guest RAM.
-            2 => (u64::from(self.u32()) % 0x150000, u32::from(self.u16() % 1024)),
+            2 => (
+                u64::from(self.u32()) % 0x150000,
+                u32::from(self.u16() % 1024),
+            ),
             // Anywhere, any length.
             _ => (
                 u64::from(self.u32()) << 8 & PageRange::MAX_START_PAGE,
@@ -74,44 +80,49 @@ fn bases() -> &'static [(Vsp, PageSet)] {
     static BASES: OnceLock<Vec<(Vsp, PageSet)>> = OnceLock::new();
     BASES.get_or_init(|| {
         // One large set, and smaller ones that cost less to copy per input.
-        [(0u64, 1u32, 2u64, 1u64 << 16), (1, 2, 3, 16_000), (7, 1, 5, 8_000), (0, 3, 4, 4_096)]
-            .into_iter()
-            .map(|(first, len, stride, runs)| {
-                let now = Duration::from_secs(50);
-                let mut vsp = Vsp::new(VspConfig::default());
-                let _ = vsp.channel_opened(Duration::ZERO);
-                vsp.receive(
-                    Duration::ZERO,
-                    &encode(Body::VersionRequest {
-                        version: Version::V2_0,
-                        is_last_attempt: false,
-                    }),
-                    &ram,
-                );
-                vsp.receive(
-                    Duration::ZERO,
-                    &encode(Body::CapabilitiesReport {
-                        caps: Caps::from_u64(0x5f),
-                        min_page_cnt: 0,
-                        max_page_number: u64::MAX,
-                    }),
-                    &ram,
-                );
-                vsp.tick(now);
-                vsp.balloon(now, 1 << 30).expect("balloon starts");
-                let ranges: Vec<PageRange> = (0..runs)
-                    .filter_map(|i| PageRange::try_new(first + i * stride, len))
-                    .collect();
-                for c in ranges.chunks(MAX_RANGES_PER_MESSAGE) {
-                    vsp.receive(now, &balloon_response(true, c), &ram);
-                }
-                while vsp.poll_event().is_some() {}
-                while vsp.poll_transmit().is_some() {}
-                let model = vsp.ballooned().clone();
-                assert_eq!(model.run_count() as u64, runs);
-                (vsp, model)
-            })
-            .collect()
+        [
+            (0u64, 1u32, 2u64, 1u64 << 16),
+            (1, 2, 3, 16_000),
+            (7, 1, 5, 8_000),
+            (0, 3, 4, 4_096),
+        ]
+        .into_iter()
+        .map(|(first, len, stride, runs)| {
+            let now = Duration::from_secs(50);
+            let mut vsp = Vsp::new(VspConfig::default());
+            let _ = vsp.channel_opened(Duration::ZERO);
+            vsp.receive(
+                Duration::ZERO,
+                &encode(Body::VersionRequest {
+                    version: Version::V2_0,
+                    is_last_attempt: false,
+                }),
+                &ram,
+            );
+            vsp.receive(
+                Duration::ZERO,
+                &encode(Body::CapabilitiesReport {
+                    caps: Caps::from_u64(0x5f),
+                    min_page_cnt: 0,
+                    max_page_number: u64::MAX,
+                }),
+                &ram,
+            );
+            vsp.tick(now);
+            vsp.balloon(now, 1 << 30).expect("balloon starts");
+            let ranges: Vec<PageRange> = (0..runs)
+                .filter_map(|i| PageRange::try_new(first + i * stride, len))
+                .collect();
+            for c in ranges.chunks(MAX_RANGES_PER_MESSAGE) {
+                vsp.receive(now, &balloon_response(true, c), &ram);
+            }
+            while vsp.poll_event().is_some() {}
+            while vsp.poll_transmit().is_some() {}
+            let model = vsp.ballooned().clone();
+            assert_eq!(model.run_count() as u64, runs);
+            (vsp, model)
+        })
+        .collect()
     })
 }
 
@@ -160,7 +171,10 @@ fuzz_target!(|data: &[u8]| {
                     match e {
                         VspEvent::PagesReturned(rs) => {
                             for (s, c) in rs {
-                                assert!(c > 0 && ram(s, c), "counted a page the guest does not own");
+                                assert!(
+                                    c > 0 && ram(s, c),
+                                    "counted a page the guest does not own"
+                                );
                                 assert!(!model.intersects(s, c), "counted a page twice");
                                 model.insert(s, c);
                                 accepted += c;
@@ -189,7 +203,10 @@ fuzz_target!(|data: &[u8]| {
                 let pages = u64::from(input.u32());
                 if let Ok(runs) = vsp.unballoon(now, pages) {
                     for (s, n) in runs {
-                        assert!(model.contains_all(s, n), "unballooned a page never ballooned");
+                        assert!(
+                            model.contains_all(s, n),
+                            "unballooned a page never ballooned"
+                        );
                         model.remove(s, n);
                     }
                 }

@@ -275,7 +275,7 @@ impl GuestMemoryModel for SimGuest {
         if len == 0 || blocks.start % b != 0 || len % b != 0 || blocks.end > PFN_LIMIT {
             return Err(HotAddError::Failed);
         }
-        if blocks.start < self.boot_pages || self.added.count_in(blocks.start, len) != 0 {
+        if blocks.start < self.boot_pages || self.added.intersects(blocks.start, len) {
             return Err(HotAddError::Exists);
         }
         let on = online.start.max(blocks.start)..online.end.min(blocks.end);
