@@ -1435,7 +1435,7 @@ impl Vsp {
         let mut accepted = Vec::new();
         let mut foreign = Rejected::default();
         let mut owned = Vec::new();
-        let mut gaps = Vec::new();
+        let mut gaps = Vec::with_capacity(WALK_CHUNK);
         let mut new = 0;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
@@ -1444,39 +1444,41 @@ impl Vsp {
             foreign.add(start + inside, count - inside);
             // One ordered walk of the ballooned set over the range: a lookup, then one
             // step per run met. The gaps between runs are the new pages; the runs are
-            // repeats, dropped silently. What the budget leaves unwalked is rejected.
-            if !work.spend(LOOKUP_COST) {
-                foreign.add(start, inside);
-                continue;
-            }
-            gaps.clear();
-            let mut walked = start;
-            let mut cut = false;
-            for (s, n) in self.ballooned.gaps_in(start, inside) {
-                if !work.spend(1) {
-                    cut = true;
+            // repeats, dropped silently. The walk goes [`WALK_CHUNK`] gaps at a time, each
+            // batch checked before the next is walked, so walking cannot eat the budget
+            // the checks need; what the budget leaves unwalked is rejected.
+            let end = start + inside;
+            let mut at = start;
+            while at < end {
+                if !work.spend(LOOKUP_COST) {
+                    foreign.add(at, end - at);
                     break;
                 }
-                gaps.push((s, n));
-                walked = s + n;
-            }
-            if cut {
-                foreign.add(walked, start + inside - walked);
-            }
-            for &(at, n) in &gaps {
-                // QEMU takes a returned range page by page; bisecting keeps the owned
-                // part of a range that straddles the end of guest RAM, within the
-                // budget, so a wholly foreign range cannot cost millions of checks.
-                owned.clear();
-                owned_pieces(guest, at, n, &mut work, &mut owned, &mut foreign);
-                for &(s, n) in &owned {
-                    // Paid for, though the budget may be spent: the pages were checked.
-                    let runs = self.ballooned.run_count();
-                    new += self.ballooned.insert(s, n);
-                    let absorbed = (runs + 1).saturating_sub(self.ballooned.run_count());
-                    work.charge(INSERT_COST + MERGE_COST * absorbed as u64);
-                    accepted.push((s, n));
+                gaps.clear();
+                let mut resume = end;
+                for (s, n) in self.ballooned.gaps_in(at, end - at) {
+                    if gaps.len() == WALK_CHUNK || !work.spend(1) {
+                        resume = s;
+                        break;
+                    }
+                    gaps.push((s, n));
                 }
+                for &(gs, gn) in &gaps {
+                    // QEMU takes a returned range page by page; bisecting keeps the owned
+                    // part of a range that straddles the end of guest RAM, within the
+                    // budget, so a wholly foreign range cannot cost millions of checks.
+                    owned.clear();
+                    owned_pieces(guest, gs, gn, &mut work, &mut owned, &mut foreign);
+                    for &(s, n) in &owned {
+                        // Paid for, though the budget may be spent: the pages were checked.
+                        let runs = self.ballooned.run_count();
+                        new += self.ballooned.insert(s, n);
+                        let absorbed = (runs + 1).saturating_sub(self.ballooned.run_count());
+                        work.charge(INSERT_COST + MERGE_COST * absorbed as u64);
+                        accepted.push((s, n));
+                    }
+                }
+                at = resume;
             }
         }
         #[cfg(test)]
@@ -1557,6 +1559,9 @@ const WORK_PER_RANGE: u64 = LOOKUP_COST + 1 + 1 + INSERT_COST + 2 * MERGE_COST;
 /// Units the lookup that starts a walk of the ballooned set costs (two descents of the
 /// tree), against one for each step of the walk.
 const LOOKUP_COST: u64 = 2;
+
+/// Gaps of the ballooned set walked before they are checked and the walk resumes.
+const WALK_CHUNK: usize = 64;
 
 /// Units an insertion into the ballooned set costs when it touches no run: a lookup and
 /// a map insertion.
