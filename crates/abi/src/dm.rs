@@ -151,16 +151,23 @@ impl Version {
         (self.0 >> 16) as u16
     }
 
-    /// The minor version: the whole low 16 bits (the C macro masks with 0xff, which
-    /// matters for no version in use).
+    /// `DYNMEM_MINOR_VERSION(version)`: the low 8 bits, as the header's macro masks
+    /// (`& 0xff`). Bits 15:8 belong to no field; they stay in the wire value, which is
+    /// what is compared and sent (Linux's `hv_balloon.c` uses the macros only to print
+    /// the version), so no version in use reads differently.
     pub const fn minor(self) -> u16 {
-        self.0 as u16
+        (self.0 & 0xff) as u16
     }
 }
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major(), self.minor())
+        write!(f, "{}.{}", self.major(), self.minor())?;
+        // Bits the macros drop are shown raw, so two different versions never print alike.
+        if self.0 & 0xff00 != 0 {
+            write!(f, " ({:#010x})", self.0)?;
+        }
+        Ok(())
     }
 }
 

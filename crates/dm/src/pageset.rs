@@ -22,6 +22,11 @@ impl PageSet {
         self.len
     }
 
+    /// Runs (maximal ranges) in the set.
+    pub fn run_count(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// True if empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -32,29 +37,60 @@ impl PageSet {
         self.ranges.iter().map(|(&s, &e)| (s, e - s))
     }
 
-    /// Pages of `[start, start + count)` in the set.
-    pub fn count_in(&self, start: u64, count: u64) -> u64 {
+    /// The set's runs inside `[start, start + count)`, clipped to it, in order, as
+    /// `(start, count)`.
+    ///
+    /// One ordered walk: a lookup for the run that may reach into `start`, then one step
+    /// per run, so taking the first `k` runs costs `O(log n + k)` however long the window
+    /// is — what a guest or a host naming 2^24 pages in one range may cost.
+    pub fn runs_in(&self, start: u64, count: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let end = start.saturating_add(count);
-        let mut n = 0;
-        // The range that may begin before `start` and reach into it, then all after.
-        let first = self
+        probe::visit();
+        let before = self
             .ranges
-            .range(..=start)
+            .range(..start)
             .next_back()
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
-        for (&s, &e) in self.ranges.range(first..end) {
-            let (a, b) = (s.max(start), e.min(end));
-            if a < b {
-                n += b - a;
+            .filter(move |&(_, &e)| e > start && start < end)
+            .map(move |(_, &e)| (start, e.min(end) - start));
+        let after = self
+            .ranges
+            .range(start..end)
+            .map(move |(&s, &e)| (s, e.min(end) - s));
+        before.into_iter().chain(after).inspect(|_| probe::visit())
+    }
+
+    /// The runs of `[start, start + count)` not in the set, in order, as
+    /// `(start, count)`: the same walk as [`runs_in`](Self::runs_in), one step per gap.
+    pub fn gaps_in(&self, start: u64, count: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let end = start.saturating_add(count);
+        let mut runs = self.runs_in(start, count);
+        let mut at = start;
+        std::iter::from_fn(move || {
+            while at < end {
+                let (s, n) = runs.next().unwrap_or((end, 0));
+                let gap = (at, s - at);
+                at = s + n;
+                if gap.1 > 0 {
+                    return Some(gap);
+                }
             }
-        }
-        n
+            None
+        })
+    }
+
+    /// True if any page of `[start, start + count)` is in the set: one lookup.
+    pub fn intersects(&self, start: u64, count: u64) -> bool {
+        self.runs_in(start, count).next().is_some()
+    }
+
+    /// Pages of `[start, start + count)` in the set. Walks every run in the window.
+    pub fn count_in(&self, start: u64, count: u64) -> u64 {
+        self.runs_in(start, count).map(|(_, n)| n).sum()
     }
 
     /// True if every page of `[start, start + count)` is in the set.
     pub fn contains_all(&self, start: u64, count: u64) -> bool {
-        self.count_in(start, count) == count
+        self.gaps_in(start, count).next().is_none()
     }
 
     /// Adds `[start, start + count)`; returns how many pages were not already there.
@@ -129,6 +165,28 @@ impl PageSet {
     }
 }
 
+/// Counts set lookups and steps in test builds, so that tests can bound the work a
+/// message causes without timing it.
+pub(crate) mod probe {
+    #[cfg(test)]
+    std::thread_local! {
+        static VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// One lookup or one step of a walk.
+    #[inline(always)]
+    pub(crate) fn visit() {
+        #[cfg(test)]
+        VISITS.with(|v| v.set(v.get() + 1));
+    }
+
+    /// Lookups and steps on this thread so far.
+    #[cfg(test)]
+    pub(crate) fn visits() -> u64 {
+        VISITS.with(|v| v.get())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +227,17 @@ mod tests {
                 prop_assert_eq!(s.len(), m.len() as u64);
                 let flat: BTreeSet<u64> = s.ranges().flat_map(|(a, n)| a..a + n).collect();
                 prop_assert_eq!(&flat, &m);
+                // The walks agree with the model over a window.
+                let (ws, wn) = (start / 2, count * 3);
+                let inside: Vec<u64> = s.runs_in(ws, wn).flat_map(|(a, n)| a..a + n).collect();
+                let outside: Vec<u64> = s.gaps_in(ws, wn).flat_map(|(a, n)| a..a + n).collect();
+                let want_in: Vec<u64> = (ws..ws + wn).filter(|p| m.contains(p)).collect();
+                let want_out: Vec<u64> = (ws..ws + wn).filter(|p| !m.contains(p)).collect();
+                prop_assert_eq!(&inside, &want_in);
+                prop_assert_eq!(&outside, &want_out);
+                prop_assert_eq!(s.count_in(ws, wn), want_in.len() as u64);
+                prop_assert_eq!(s.intersects(ws, wn), !want_in.is_empty());
+                prop_assert_eq!(s.contains_all(ws, wn), want_out.is_empty());
                 let rs: Vec<_> = s.ranges().collect();
                 for w in rs.windows(2) {
                     prop_assert!(w[0].0 + w[0].1 < w[1].0, "disjoint and not touching");

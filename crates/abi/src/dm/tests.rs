@@ -852,3 +852,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn minor_version_masks_with_0xff_as_the_header_does() {
+    // DYNMEM_MINOR_VERSION(v) is `v & 0xff`: bits 15:8 are not part of the minor.
+    let v = Version(0x0002_0103);
+    assert_eq!((v.major(), v.minor()), (2, 3));
+    assert_eq!(Version::new(1, 0x1ff).minor(), 0xff);
+    // The wire value is untouched: every bit goes out and is compared as sent.
+    assert_eq!(v.as_bytes(), &[0x03, 0x01, 0x02, 0x00]);
+    assert_ne!(v, Version::new(2, 3));
+    assert_eq!(std::format!("{}", Version::V0_3), "0.3");
+    assert_eq!(std::format!("{v}"), "2.3 (0x00020103)");
+}

@@ -68,27 +68,16 @@ pub trait GuestMemoryModel {
 /// Appends to `out` the maximal runs of `[start, start + count)` whose pages are all in
 /// `set` (`inside`) or all outside it (`!inside`), in order.
 ///
-/// Bisects with `count_in`, so the cost grows with the number of runs, not with `count`:
-/// a host may name 16 M pages in one range.
+/// One ordered walk of the set from `start`: a lookup, then one step per run of the set
+/// inside the window, so the cost grows with the runs found, not with `count` (a host may
+/// name 16 M pages in one range) — and every caller frees or fills the runs it finds, so
+/// asking again for the same window finds one.
 pub(crate) fn runs(set: &PageSet, start: u64, count: u64, inside: bool, out: &mut Vec<(u64, u64)>) {
-    if count == 0 {
-        return;
+    if inside {
+        out.extend(set.runs_in(start, count));
+    } else {
+        out.extend(set.gaps_in(start, count));
     }
-    let c = set.count_in(start, count);
-    let hit = if inside { c } else { count - c };
-    if hit == 0 {
-        return;
-    }
-    if hit == count {
-        match out.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => out.push((start, count)),
-        }
-        return;
-    }
-    let half = count / 2;
-    runs(set, start, half, inside, out);
-    runs(set, start + half, count - half, inside, out);
 }
 
 /// The default memory block size: 128 MiB, what x86 Linux uses below 64 GiB.
@@ -286,7 +275,7 @@ impl GuestMemoryModel for SimGuest {
         if len == 0 || blocks.start % b != 0 || len % b != 0 || blocks.end > PFN_LIMIT {
             return Err(HotAddError::Failed);
         }
-        if blocks.start < self.boot_pages || self.added.count_in(blocks.start, len) != 0 {
+        if blocks.start < self.boot_pages || self.added.intersects(blocks.start, len) {
             return Err(HotAddError::Exists);
         }
         let on = online.start.max(blocks.start)..online.end.min(blocks.end);

@@ -707,8 +707,7 @@ impl Vsc {
             .and_then(|_| PageRange::try_new(start, n as u32));
         match range {
             Some(r)
-                if self.ballooned.count_in(start, n) == 0
-                    && self.in_flight.count_in(start, n) == 0 =>
+                if !self.ballooned.intersects(start, n) && !self.in_flight.intersects(start, n) =>
             {
                 Some(r)
             }
@@ -805,6 +804,7 @@ impl Vsc {
         model: &mut dyn GuestMemoryModel,
     ) {
         let mut owned = Vec::new();
+        let mut refused = 0;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             owned.clear();
@@ -817,16 +817,18 @@ impl Vsc {
             }
             self.unballoon_freed += freed;
             if freed < count {
-                tracing::debug!(
-                    "dm vsc: host returned {} pages at {start:#x} it was never given",
-                    count - freed
-                );
+                refused += count - freed;
                 self.unballoon_refused += count - freed;
                 self.violation(Violation::NotBallooned {
                     start,
                     pages: count - freed,
                 });
             }
+        }
+        if refused > 0 {
+            // One line per message, not per range: a host naming 510 foreign ranges a
+            // message must not turn each into a log line.
+            tracing::debug!("dm vsc: host returned {refused} pages it was never given");
         }
         if more_pages {
             return;

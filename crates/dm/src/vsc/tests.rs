@@ -1533,3 +1533,43 @@ proptest! {
         prop_assert_eq!(g.foreign_frees(), 0);
     }
 }
+
+/// A hostile host against a fragmented balloon: the guest ballooned every other page of
+/// 2 GiB (262,144 one-page runs), and the host asks for `[0, 2^24)` back 510 times in one
+/// message. The set lookups and steps it costs are counted, not timed: one ordered walk
+/// per range, so at most a few per run freed (work the host was owed) and per range.
+#[test]
+fn a_hostile_unballoon_costs_work_linear_in_the_runs_it_frees() {
+    const RAM: u64 = 1 << 19;
+    let mut g = SimGuest::new(RAM, 0);
+    for p in (0..RAM).step_by(2) {
+        g.vacate(p, 1);
+    }
+    let config = VscConfig {
+        balloon_floor: Some(0),
+        ..VscConfig::default()
+    };
+    let mut vsc = connected(config, &mut g);
+    vsc.receive(secs(1), &balloon_request((RAM / 2) as u32), &mut g);
+    drain(&mut vsc);
+    events(&mut vsc);
+    assert_eq!(vsc.ballooned().len(), RAM / 2);
+    let runs = vsc.ballooned().ranges().count() as u64;
+    assert_eq!(runs, RAM / 2);
+
+    let whole = vec![(0u64, PageRange::MAX_PAGE_CNT); MAX_RANGES_PER_MESSAGE];
+    let visits0 = crate::pageset::probe::visits();
+    vsc.receive(secs(2), &unballoon_request(false, &whole), &mut g);
+    let visits = crate::pageset::probe::visits() - visits0;
+    // The model's own books (SimGuest's sets) count too: a few steps per run freed.
+    let bound = 8 * runs + 8 * MAX_RANGES_PER_MESSAGE as u64;
+    assert!(
+        visits <= bound,
+        "{visits} set lookups and steps for {runs} runs"
+    );
+    assert!(vsc.ballooned().is_empty());
+    assert_eq!(g.available_pages(), RAM / 2);
+    assert_eq!(g.foreign_frees(), 0);
+    let ev = events(&mut vsc);
+    assert!(ev.len() <= MAX_RANGES_PER_MESSAGE + 1);
+}

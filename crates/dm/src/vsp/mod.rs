@@ -36,9 +36,16 @@
 //! - **Returned pages** are checked against the ballooned set first (a page already given is
 //!   dropped silently, within a message or across messages) and then against the guest's
 //!   p2m ([`GuestOwnership`]); a run the guest does not own is rejected and reported as a
-//!   [`Violation::ForeignPages`], and never counted. Pages beyond the request are accepted:
-//!   the guest has already taken them offline, and refusing them would waste them, not
-//!   protect anything.
+//!   [`Violation::ForeignPages`] (a count and the first [`MAX_REPORTED_RUNS`] runs), and
+//!   never counted. Pages beyond the request are accepted: the guest has already taken
+//!   them offline, and refusing them would waste them, not protect anything.
+//! - **Work per message.** Everything one guest message makes the host do — set lookups,
+//!   ownership checks, insertions, the runs kept for reports — is paid from a budget
+//!   linear in its ranges ([`Vsp::work_budget`]): each range is one ordered walk of the
+//!   ballooned set, and what the budget leaves unwalked or unchecked is rejected, never
+//!   counted. An honest message needs well under it; a guest that ballooned every other
+//!   page and then names `[0, 2^24)` 510 times gets no more work than the budget. Log
+//!   lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
 //! - **Hot-removed pages** (2.0) join the ballooned set, since Hyper-V gives hot-removed
 //!   memory back with unballoon requests.
 //! - **Unballoon** takes pages off the ballooned set when it is requested and returns them,
@@ -64,7 +71,11 @@
 //!   so a long but progressing answer is not cut off, while one that only repeats itself
 //!   is. A hot-add that times out turns hot-add off until reset: the guest may still be
 //!   adding, and the protocol forbids a second request before the first is answered. A
-//!   reply handed in by the same call that passes its deadline is still taken.
+//!   reply handed in by the same call that passes its deadline is still taken. A reply
+//!   after the timeout is the guest's late completion, not a violation: balloon pages are
+//!   still taken for one more timeout; an unballoon or hot-add answer is reported as
+//!   [`VspEvent::LateReply`] (an unballoon's until the next unballoon starts, a hot-add's
+//!   until reset), and a late hot-add answer sets the hot-add gate as a timely one would.
 //! - **Bad guest messages** change nothing and get no reply: malformed ones, unknown types,
 //!   `DM_ERROR` and messages that do not fit the state each give a
 //!   [`VspEvent::ProtocolViolation`]. Status reports are taken in every open state, even
@@ -314,8 +325,15 @@ pub enum Violation {
         /// The host's state when it came.
         state: VspState,
     },
-    /// Pages the guest gave up that are not its own, as `(start_pfn, count)`: rejected.
-    ForeignPages(Vec<(u64, u64)>),
+    /// Pages of one message the guest gave up that are not its own, or that were left
+    /// unchecked when the message's work budget ran out: rejected, never counted.
+    ForeignPages {
+        /// How many pages in all.
+        pages: u64,
+        /// The first of their runs, as `(start_pfn, count)`, in the order met; at most
+        /// [`MAX_REPORTED_RUNS`], however many runs the message named.
+        runs: Vec<(u64, u64)>,
+    },
     /// A hot-add response claimed more pages than were asked for; clamped.
     HotAddOverReport {
         /// Pages asked for.
@@ -392,6 +410,14 @@ pub enum VspEvent {
     /// A reply did not come in time; the operation is over.
     TransactionTimedOut {
         /// Which operation, and how far it got.
+        what: Transaction,
+    },
+    /// The reply to an unballoon or a hot-add came after the operation had timed out:
+    /// the guest did the work, late (a 4 GiB hot-add that nobody onlines takes Linux
+    /// minutes). A late balloon answer is [`VspEvent::PagesReturned`] instead.
+    LateReply {
+        /// The operation with what the reply brought: for a hot-add, `added` counts the
+        /// late chunk.
         what: Transaction,
     },
     /// The guest broke the protocol; the message was dropped.
@@ -563,8 +589,9 @@ impl Pending {
     }
 }
 
-/// The Dynamic Memory host endpoint of one guest.
-#[derive(Debug)]
+/// The Dynamic Memory host endpoint of one guest. `Clone` gives a snapshot: both copies
+/// go on independently (for tests, benchmarks and checkpoints).
+#[derive(Debug, Clone)]
 pub struct Vsp {
     config: VspConfig,
     phase: Phase,
@@ -579,6 +606,17 @@ pub struct Vsp {
     /// After a balloon timed out: until when its late responses are still taken in (the
     /// guest took those pages offline; dropping them would strand them on both sides).
     late_balloon_until: Option<Duration>,
+    /// After an unballoon timed out: its pages, until its response comes or another
+    /// unballoon starts.
+    late_unballoon: Option<u64>,
+    /// After a hot-add timed out: `(requested, added, asked)`, until its response comes
+    /// or the channel resets (no other hot-add can start before either).
+    late_hot_add: Option<(u64, u64, u32)>,
+    /// Limits the log lines a guest can cause.
+    guest_log: LogLimit,
+    /// Work units the guest's messages have cost, for tests.
+    #[cfg(test)]
+    work_spent: u64,
 }
 
 /// Messages the host keeps queued for a guest that does not read them; beyond this,
@@ -604,6 +642,11 @@ impl Vsp {
             tx: VecDeque::new(),
             events: VecDeque::new(),
             late_balloon_until: None,
+            late_unballoon: None,
+            late_hot_add: None,
+            guest_log: LogLimit::default(),
+            #[cfg(test)]
+            work_spent: 0,
         }
     }
 
@@ -632,6 +675,8 @@ impl Vsp {
         self.phase = Phase::Closed;
         self.pending = None;
         self.late_balloon_until = None;
+        self.late_unballoon = None;
+        self.late_hot_add = None;
         self.trans_id = 0;
         self.hot_add_gate = HotAddGate::Open;
         self.last_status = None;
@@ -644,17 +689,17 @@ impl Vsp {
     /// A DM message from the guest: the payload of one VMBus in-band packet.
     pub fn receive(&mut self, now: Duration, payload: &[u8], guest: &dyn GuestOwnership) {
         if self.phase == Phase::Closed {
-            tracing::debug!(
-                len = payload.len(),
-                "DM message with no open channel, dropped"
-            );
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::debug!(
+                    len = payload.len(),
+                    suppressed,
+                    "DM message with no open channel, dropped"
+                );
+            }
         } else {
             match Message::parse(payload) {
                 Ok(msg) => self.dispatch(now, msg, guest),
-                Err(e) => {
-                    tracing::debug!(error = %e, "malformed DM message dropped");
-                    self.violation(Violation::Malformed(e));
-                }
+                Err(e) => self.violation(now, Violation::Malformed(e)),
             }
         }
         self.advance(now);
@@ -707,6 +752,8 @@ impl Vsp {
         if pages == 0 {
             return Err(VspError::NothingToDo);
         }
+        // From here an unballoon response answers this request.
+        self.late_unballoon = None;
         let runs = self
             .ballooned
             // At most 2 GiB per range, as QEMU sends: Linux frees unballooned pages in its
@@ -773,7 +820,7 @@ impl Vsp {
         {
             return Err(VspError::OutOfRange);
         }
-        if self.ballooned.count_in(start_pfn, pages) != 0 {
+        if self.ballooned.intersects(start_pfn, pages) {
             return Err(VspError::OverlapsBallooned);
         }
         self.hot_add_gate = HotAddGate::Open;
@@ -904,6 +951,15 @@ impl Vsp {
         self.last_status
     }
 
+    /// The most units of work one guest message naming `ranges` page ranges can cause:
+    /// each set lookup, step of a set walk, ownership check and insertion into the
+    /// ballooned set is at least one. Linear in the message's size, whatever the ranges
+    /// name and however fragmented the ballooned set is; an honest message (every range
+    /// new and wholly the guest's) needs at most `10 * ranges`.
+    pub const fn work_budget(ranges: usize) -> u64 {
+        WORK_PER_MESSAGE + WORK_PER_RANGE * ranges as u64
+    }
+
     /// The transaction id the next host transaction will carry.
     pub fn next_trans_id(&self) -> u32 {
         self.trans_id
@@ -941,8 +997,18 @@ impl Vsp {
             }
             self.pending = None;
             self.trans_id = self.trans_id.wrapping_add(1);
-            if matches!(p.op, Op::HotAdd { .. }) {
-                self.hot_add_gate = HotAddGate::Disabled;
+            match p.op {
+                Op::HotAdd {
+                    requested,
+                    added,
+                    asked,
+                    ..
+                } => {
+                    self.hot_add_gate = HotAddGate::Disabled;
+                    self.late_hot_add = Some((requested, added, asked));
+                }
+                Op::Unballoon { pages } => self.late_unballoon = Some(pages),
+                _ => {}
             }
             if matches!(p.op, Op::Balloon { .. }) {
                 self.late_balloon_until = Some(now.saturating_add(self.config.reply_timeout));
@@ -976,7 +1042,7 @@ impl Vsp {
                 version,
                 is_last_attempt,
             } if self.phase == Phase::Version => {
-                self.on_version(msg.trans_id, version, is_last_attempt)
+                self.on_version(now, msg.trans_id, version, is_last_attempt)
             }
             Body::CapabilitiesReport { caps, .. } if state == VspState::Caps => {
                 self.on_caps(now, msg.trans_id, caps)
@@ -988,7 +1054,7 @@ impl Vsp {
                 if state == VspState::Idle && self.late_balloon_until.is_some() =>
             {
                 // The rest of a balloon that timed out: still the guest's pages given up.
-                let (accepted, _) = self.accept_pages(ranges, guest);
+                let (accepted, _) = self.accept_pages(now, ranges, guest);
                 if !accepted.is_empty() {
                     self.events.push_back(VspEvent::PagesReturned(accepted));
                 }
@@ -997,8 +1063,18 @@ impl Vsp {
                 }
             }
             Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
+            Body::UnballoonResponse if self.late_unballoon.is_some() => {
+                if let Some(pages) = self.late_unballoon.take() {
+                    self.events.push_back(VspEvent::LateReply {
+                        what: Transaction::Unballoon { pages },
+                    });
+                }
+            }
             Body::HotAddResponse { page_count, result } if state == VspState::HotAdd => {
                 self.on_hot_add_response(now, page_count, result)
+            }
+            Body::HotAddResponse { page_count, result } if self.late_hot_add.is_some() => {
+                self.on_late_hot_add_response(now, page_count, result)
             }
             Body::HotRemoveResponse {
                 result,
@@ -1009,8 +1085,7 @@ impl Vsp {
             }
             _ => {
                 let ty = msg.message_type();
-                tracing::debug!(%ty, ?state, "unexpected DM message dropped");
-                self.violation(Violation::Unexpected { ty, state });
+                self.violation(now, Violation::Unexpected { ty, state });
             }
         }
     }
@@ -1026,19 +1101,24 @@ impl Vsp {
         });
     }
 
-    fn on_version(&mut self, trans_id: u32, version: Version, last_attempt: bool) {
+    fn on_version(&mut self, now: Duration, trans_id: u32, version: Version, last_attempt: bool) {
         let accepted = self.config.versions.accepts(version);
-        self.send_reply(Message::new(
-            trans_id,
-            Body::VersionResponse {
-                is_accepted: accepted,
-            },
-        ));
+        self.send_reply(
+            now,
+            Message::new(
+                trans_id,
+                Body::VersionResponse {
+                    is_accepted: accepted,
+                },
+            ),
+        );
         if accepted {
             self.phase = Phase::Caps { version };
             self.events.push_back(VspEvent::Negotiated(version));
         } else {
-            tracing::info!(%version, last_attempt, "DM version rejected");
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::info!(%version, last_attempt, suppressed, "DM version rejected");
+            }
             self.events.push_back(VspEvent::VersionRejected {
                 version,
                 last_attempt,
@@ -1051,14 +1131,17 @@ impl Vsp {
             return;
         };
         let v2 = version == Version::V2_0;
-        self.send_reply(Message::new(
-            trans_id,
-            Body::CapabilitiesResponse {
-                is_accepted: true,
-                hot_remove: v2 && self.config.hot_remove,
-                suppress_pressure_reports: v2 && !self.config.status_reports,
-            },
-        ));
+        self.send_reply(
+            now,
+            Message::new(
+                trans_id,
+                Body::CapabilitiesResponse {
+                    is_accepted: true,
+                    hot_remove: v2 && self.config.hot_remove,
+                    suppress_pressure_reports: v2 && !self.config.status_reports,
+                },
+            ),
+        );
         self.events.push_back(VspEvent::CapabilitiesReported(caps));
         let until = now.saturating_add(self.config.post_caps_wait);
         self.phase = Phase::Wait {
@@ -1094,7 +1177,7 @@ impl Vsp {
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) {
-        let (accepted, new) = self.accept_pages(ranges, guest);
+        let (accepted, new) = self.accept_pages(now, ranges, guest);
         let Some(Pending {
             op:
                 Op::Balloon {
@@ -1209,14 +1292,61 @@ impl Vsp {
             return;
         };
         self.trans_id = self.trans_id.wrapping_add(1);
+        let (got, outcome) = self.judge_hot_add(now, page_count, result, asked);
+        let added = added + u64::from(got);
+        let result = match outcome {
+            Some(r) => r,
+            None if added < requested => {
+                self.send_hot_add(now, requested, added, start + u64::from(asked));
+                return;
+            }
+            None => HotAddResult::Success,
+        };
+        self.events.push_back(VspEvent::HotAddComplete {
+            requested,
+            added,
+            result,
+        });
+    }
+
+    /// The answer to a hot-add that timed out. The guest is done with it, so the gate the
+    /// timeout closed follows the answer as if it had come in time; the chunks not yet
+    /// sent are not sent (the operation is over).
+    fn on_late_hot_add_response(&mut self, now: Duration, page_count: u32, result: u32) {
+        let Some((requested, added, asked)) = self.late_hot_add.take() else {
+            return;
+        };
+        let (got, outcome) = self.judge_hot_add(now, page_count, result, asked);
+        if outcome.is_none() {
+            self.hot_add_gate = HotAddGate::Open;
+        }
+        self.events.push_back(VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested,
+                added: added + u64::from(got),
+            },
+        });
+    }
+
+    /// Pages a hot-add response brings (clamped to `asked`) and how the operation ends,
+    /// `None` if the chunk was added in full; sets the hot-add gate accordingly.
+    fn judge_hot_add(
+        &mut self,
+        now: Duration,
+        page_count: u32,
+        result: u32,
+        asked: u32,
+    ) -> (u32, Option<HotAddResult>) {
         if page_count > asked {
-            self.violation(Violation::HotAddOverReport {
-                requested: asked,
-                reported: page_count,
-            });
+            self.violation(
+                now,
+                Violation::HotAddOverReport {
+                    requested: asked,
+                    reported: page_count,
+                },
+            );
         }
         let got = page_count.min(asked);
-        let added = added + u64::from(got);
         let outcome = if result == 0 && got == 0 {
             let retry_at = match self.config.hot_add_transient {
                 HotAddTransient::RetryAfter(d) => Some(now.saturating_add(d)),
@@ -1225,7 +1355,7 @@ impl Vsp {
             self.hot_add_gate = retry_at.map_or(HotAddGate::Disabled, HotAddGate::RetryAt);
             HotAddResult::Transient { retry_at }
         } else if result == 0 {
-            self.violation(Violation::HotAddFailedWithPages { page_count });
+            self.violation(now, Violation::HotAddFailedWithPages { page_count });
             self.hot_add_gate = HotAddGate::Disabled;
             HotAddResult::Barrier
         } else if got == 0 {
@@ -1234,17 +1364,10 @@ impl Vsp {
         } else if got < asked {
             self.hot_add_gate = HotAddGate::Disabled;
             HotAddResult::Barrier
-        } else if added < requested {
-            self.send_hot_add(now, requested, added, start + u64::from(asked));
-            return;
         } else {
-            HotAddResult::Success
+            return (got, None);
         };
-        self.events.push_back(VspEvent::HotAddComplete {
-            requested,
-            added,
-            result: outcome,
-        });
+        (got, Some(outcome))
     }
 
     fn on_hot_remove_response(
@@ -1255,7 +1378,7 @@ impl Vsp {
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) {
-        let (accepted, new) = self.accept_pages(ranges, guest);
+        let (accepted, new) = self.accept_pages(now, ranges, guest);
         let Some(Pending {
             op: Op::HotRemove { requested, removed },
             deadline,
@@ -1295,46 +1418,92 @@ impl Vsp {
 
     /// Adds the pages of `ranges` that are new and the guest's own to the ballooned set;
     /// returns them and their count, and reports the foreign ones.
+    ///
+    /// All the work one message causes — set lookups, ownership checks, insertions, the
+    /// runs kept for the report — is paid from one [`Work`] budget linear in the number
+    /// of ranges, whatever the ranges name or the set looks like: each range is one
+    /// ordered walk of the ballooned set from its start, one lookup per run met, and what
+    /// is left when the budget runs out is rejected unchecked. An honest message (each
+    /// range new and wholly the guest's) spends a small part of it.
     fn accept_pages(
         &mut self,
+        now: Duration,
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) -> (Vec<(u64, u64)>, u64) {
+        let mut work = Work::for_ranges(ranges.len());
         let mut accepted = Vec::new();
-        let mut foreign = Vec::new();
+        let mut foreign = Rejected::default();
+        let mut owned = Vec::new();
+        let mut gaps = Vec::with_capacity(WALK_CHUNK);
         let mut new = 0;
-        // One budget for the whole message: a message of 510 hostile ranges must cost no
-        // more than one.
-        let mut budget = MAX_OWNERSHIP_CHECKS;
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             // A page past the 40-bit PFN space could never be named in an unballoon request.
             let inside = count.min(PFN_LIMIT - start);
-            if inside < count {
-                foreign.push((start + inside, count - inside));
-            }
-            let mut pieces = Vec::new();
-            new_pieces(&self.ballooned, start, inside, &mut pieces);
-            for (s, n) in pieces {
-                // QEMU takes a returned range page by page; bisecting keeps the owned part
-                // of a range that straddles the end of guest RAM, within a bounded number
-                // of ownership checks so a wholly foreign range cannot cost millions.
-                let mut owned = Vec::new();
-                owned_pieces(guest, s, n, &mut budget, &mut owned, &mut foreign);
-                for (s, n) in owned {
-                    new += self.ballooned.insert(s, n);
-                    accepted.push((s, n));
+            foreign.add(start + inside, count - inside);
+            // One ordered walk of the ballooned set over the range: a lookup, then one
+            // step per run met. The gaps between runs are the new pages; the runs are
+            // repeats, dropped silently. The walk goes [`WALK_CHUNK`] gaps at a time, each
+            // batch checked before the next is walked, so walking cannot eat the budget
+            // the checks need; what the budget leaves unwalked is rejected.
+            let end = start + inside;
+            let mut at = start;
+            while at < end {
+                if !work.spend(LOOKUP_COST) {
+                    foreign.add(at, end - at);
+                    break;
                 }
+                gaps.clear();
+                let mut resume = end;
+                for (s, n) in self.ballooned.gaps_in(at, end - at) {
+                    if gaps.len() == WALK_CHUNK || !work.spend(1) {
+                        resume = s;
+                        break;
+                    }
+                    gaps.push((s, n));
+                }
+                for &(gs, gn) in &gaps {
+                    // QEMU takes a returned range page by page; bisecting keeps the owned
+                    // part of a range that straddles the end of guest RAM, within the
+                    // budget, so a wholly foreign range cannot cost millions of checks.
+                    owned.clear();
+                    owned_pieces(guest, gs, gn, &mut work, &mut owned, &mut foreign);
+                    for &(s, n) in &owned {
+                        // Paid for, though the budget may be spent: the pages were checked.
+                        let runs = self.ballooned.run_count();
+                        new += self.ballooned.insert(s, n);
+                        let absorbed = (runs + 1).saturating_sub(self.ballooned.run_count());
+                        work.charge(INSERT_COST + MERGE_COST * absorbed as u64);
+                        accepted.push((s, n));
+                    }
+                }
+                at = resume;
             }
         }
-        if !foreign.is_empty() {
-            tracing::warn!(?foreign, "guest gave up pages it does not own");
-            self.violation(Violation::ForeignPages(foreign));
+        #[cfg(test)]
+        {
+            self.work_spent += work.spent;
+        }
+        if foreign.pages > 0 {
+            self.violation(
+                now,
+                Violation::ForeignPages {
+                    pages: foreign.pages,
+                    runs: foreign.runs,
+                },
+            );
         }
         (accepted, new)
     }
 
-    fn violation(&mut self, what: Violation) {
+    /// Reports a guest's breach to the owner, and to the log within [`LogLimit`]: every
+    /// message a guest sends could be one, and formatting each would be the guest's way to
+    /// spend host CPU and fill the host's log.
+    fn violation(&mut self, now: Duration, what: Violation) {
+        if let Some(suppressed) = self.guest_log.allow(now) {
+            tracing::warn!(?what, suppressed, "DM guest broke the protocol");
+        }
         self.events.push_back(VspEvent::ProtocolViolation { what });
     }
 
@@ -1342,9 +1511,11 @@ impl Vsp {
     /// may send requests without ever reading its ring; beyond [`MAX_QUEUED`] queued
     /// messages its replies are dropped rather than queued without bound. Host requests
     /// (bounded by one transaction at a time) always go through [`send`](Self::send).
-    fn send_reply(&mut self, msg: Message<'_>) {
+    fn send_reply(&mut self, now: Duration, msg: Message<'_>) {
         if self.tx.len() >= MAX_QUEUED {
-            tracing::warn!(ty = %msg.message_type(), "guest is not reading its ring: DM reply dropped");
+            if let Some(suppressed) = self.guest_log.allow(now) {
+                tracing::warn!(ty = %msg.message_type(), suppressed, "guest is not reading its ring: DM reply dropped");
+            }
             return;
         }
         self.send(msg);
@@ -1374,18 +1545,133 @@ impl Vsp {
 /// One past the largest PFN a page range can start at.
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 
-/// Ownership checks allowed per guest message. An honest message costs one check per
-/// range (each range is wholly the guest's); a range with foreign pages in it costs up to
-/// its length when short (Linux's are 2 MiB or 4 KiB), or a few binary searches when
-/// long. What is not sorted when the budget runs out is counted as foreign.
-const MAX_OWNERSHIP_CHECKS: u32 = 1 << 14;
+/// Units of work a guest message may cause, for the message: enough to sort one range
+/// page by page ([`PAGEWISE`]) several times over, or to find the holes of a range that
+/// straddles holes in guest RAM.
+const WORK_PER_MESSAGE: u64 = 4096;
+
+/// Units of work a guest message may cause, per range it names: what an honest range
+/// (new and wholly the guest's) costs at most — the lookup ([`LOOKUP_COST`]), one step,
+/// one ownership check, and an insertion ([`INSERT_COST`]) that absorbs the runs on both
+/// sides ([`MERGE_COST`] each) — so an honest message never reaches the budget.
+const WORK_PER_RANGE: u64 = LOOKUP_COST + 1 + 1 + INSERT_COST + 2 * MERGE_COST;
+
+/// Units the lookup that starts a walk of the ballooned set costs (two descents of the
+/// tree), against one for each step of the walk.
+const LOOKUP_COST: u64 = 2;
+
+/// Gaps of the ballooned set walked before they are checked and the walk resumes.
+const WALK_CHUNK: usize = 64;
+
+/// Units an insertion into the ballooned set costs when it touches no run: a lookup and
+/// a map insertion.
+const INSERT_COST: u64 = 2;
+
+/// Units more for each run an insertion absorbs (a lookup and a map removal): a guest
+/// filling the gaps between its ballooned pages pays for the merging it causes.
+const MERGE_COST: u64 = 2;
+
+/// Runs kept in a [`Violation::ForeignPages`] report; the rest are only counted.
+pub const MAX_REPORTED_RUNS: usize = 8;
+
+/// What one guest message may still spend: a set lookup or step, an ownership check,
+/// an insertion, each paid before it is done.
+#[derive(Debug)]
+struct Work {
+    left: u64,
+    #[cfg(test)]
+    spent: u64,
+}
+
+impl Work {
+    fn for_ranges(ranges: usize) -> Self {
+        Work {
+            left: Vsp::work_budget(ranges),
+            #[cfg(test)]
+            spent: 0,
+        }
+    }
+
+    /// Takes `n` units if there are that many left.
+    fn spend(&mut self, n: u64) -> bool {
+        let Some(left) = self.left.checked_sub(n) else {
+            return false;
+        };
+        self.left = left;
+        #[cfg(test)]
+        {
+            self.spent += n;
+        }
+        true
+    }
+
+    /// Takes `n` units, or what is left: for work that must finish once begun.
+    fn charge(&mut self, n: u64) {
+        #[cfg(test)]
+        {
+            self.spent += n;
+        }
+        self.left = self.left.saturating_sub(n);
+    }
+}
+
+/// The pages of one message rejected: a count, and the first runs for the report, so a
+/// message naming billions of foreign pages in 510 ranges costs 510 additions.
+#[derive(Debug, Default)]
+struct Rejected {
+    pages: u64,
+    runs: Vec<(u64, u64)>,
+}
+
+impl Rejected {
+    fn add(&mut self, start: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.pages += count;
+        let full = self.runs.len() >= MAX_REPORTED_RUNS;
+        match self.runs.last_mut() {
+            Some((s, n)) if *s + *n == start => *n += count,
+            _ if !full => self.runs.push((start, count)),
+            _ => {}
+        }
+    }
+}
+
+/// Guest-caused log lines: at most [`LogLimit::BURST`] per [`LogLimit::WINDOW`], the
+/// rest counted and the count given with the next line that is written.
+#[derive(Debug, Clone, Default)]
+struct LogLimit {
+    window_start: Duration,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const BURST: u32 = 8;
+
+    /// `Some(lines suppressed since the last one)` if a line may be written now.
+    fn allow(&mut self, now: Duration) -> Option<u64> {
+        if now.saturating_sub(self.window_start) >= Self::WINDOW || now < self.window_start {
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        if self.in_window >= Self::BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 /// Runs up to this many pages (2 MiB, Linux's largest balloon unit) are sorted page by
 /// page.
 const PAGEWISE: u64 = 512;
 
-/// Sorts `[start, start + count)` into the pages the guest owns and the rest, with at
-/// most `budget` calls of `owns`.
+/// Sorts `[start, start + count)` into the pages the guest owns and the rest, one unit
+/// of `work` per call of `owns`; what is left unsorted when it runs out is rejected.
 ///
 /// `owns(s, n)` answers only "all of it". A short run is checked page by page. A long
 /// run starting with an owned page is cut at the end of its longest owned prefix
@@ -1395,17 +1681,16 @@ fn owned_pieces(
     guest: &dyn GuestOwnership,
     start: u64,
     count: u64,
-    budget: &mut u32,
+    budget: &mut Work,
     owned: &mut Vec<(u64, u64)>,
-    foreign: &mut Vec<(u64, u64)>,
+    foreign: &mut Rejected,
 ) {
     let push = |v: &mut Vec<(u64, u64)>, s: u64, c: u64| match v.last_mut() {
         Some((ps, pc)) if *ps + *pc == s => *pc += c,
         _ => v.push((s, c)),
     };
-    let owns = |s: u64, n: u64, budget: &mut u32| -> Option<bool> {
-        *budget = budget.checked_sub(1)?;
-        Some(guest.owns(s, n))
+    let owns = |s: u64, n: u64, budget: &mut Work| -> Option<bool> {
+        budget.spend(1).then(|| guest.owns(s, n))
     };
     let (mut s, end) = (start, start + count);
     while s < end {
@@ -1417,17 +1702,21 @@ fn owned_pieces(
             }
             Some(false) => {}
             None => {
-                push(foreign, s, n);
+                foreign.add(s, n);
                 return;
             }
+        }
+        if n == 1 {
+            foreign.add(s, 1);
+            return;
         }
         if n <= PAGEWISE {
             for p in s..end {
                 match owns(p, 1, budget) {
                     Some(true) => push(owned, p, 1),
-                    Some(false) => push(foreign, p, 1),
+                    Some(false) => foreign.add(p, 1),
                     None => {
-                        push(foreign, p, end - p);
+                        foreign.add(p, end - p);
                         return;
                     }
                 }
@@ -1436,7 +1725,7 @@ fn owned_pieces(
         }
         match owns(s, 1, budget) {
             None => {
-                push(foreign, s, n);
+                foreign.add(s, n);
                 return;
             }
             Some(true) => {
@@ -1476,29 +1765,6 @@ fn owned_pieces(
                 push(owned, s + hi, n - hi);
                 return;
             }
-        }
-    }
-}
-
-/// Appends the runs of `[start, start + count)` that are not in `set`.
-///
-/// Runs wholly in or wholly out of the set are answered by one lookup; only a run that
-/// straddles a boundary — a guest repeating part of what it gave — is halved, so the cost
-/// grows with the boundaries inside the run times log2 of its length (at most 24).
-fn new_pieces(set: &PageSet, start: u64, count: u64, out: &mut Vec<(u64, u64)>) {
-    if count == 0 {
-        return;
-    }
-    match set.count_in(start, count) {
-        0 => match out.last_mut() {
-            Some((s, n)) if *s + *n == start => *n += count,
-            _ => out.push((start, count)),
-        },
-        c if c == count => {}
-        _ => {
-            let half = count / 2;
-            new_pieces(set, start, half, out);
-            new_pieces(set, start + half, count - half, out);
         }
     }
 }

@@ -441,7 +441,10 @@ fn t12_duplicate_and_foreign_pages() {
         (0x12545, 256)
     ])));
     assert!(events.contains(&VspEvent::ProtocolViolation {
-        what: Violation::ForeignPages(vec![(LOW_END + 0x100, 16)])
+        what: Violation::ForeignPages {
+            pages: 16,
+            runs: vec![(LOW_END + 0x100, 16)]
+        }
     }));
     assert!(events.contains(&VspEvent::BalloonComplete {
         requested: 4096,
@@ -1189,11 +1192,14 @@ fn checklist_09_returned_pages_checked() {
     let events = h.events();
     // The owned half of the straddling range is kept, the rest reported.
     assert!(events.contains(&VspEvent::ProtocolViolation {
-        what: Violation::ForeignPages(vec![
-            (LOW_END, 16),
-            (PageRange::MAX_START_PAGE + 1, 1),
-            (PageRange::MAX_START_PAGE, 1),
-        ])
+        what: Violation::ForeignPages {
+            pages: 18,
+            runs: vec![
+                (LOW_END, 16),
+                (PageRange::MAX_START_PAGE + 1, 1),
+                (PageRange::MAX_START_PAGE, 1),
+            ]
+        }
     }));
     assert!(events.contains(&VspEvent::PagesReturned(vec![
         (LOW_END - 16, 16),
@@ -1626,7 +1632,10 @@ fn hot_remove_pages_join_ballooned() {
         events,
         vec![
             VspEvent::ProtocolViolation {
-                what: Violation::ForeignPages(vec![(LOW_END, 1)])
+                what: Violation::ForeignPages {
+                    pages: 1,
+                    runs: vec![(LOW_END, 1)]
+                }
             },
             VspEvent::HotRemoved(vec![(0x8000, 512)]),
             VspEvent::HotRemoved(vec![(0x9000, 512)]),
@@ -1855,7 +1864,7 @@ fn a_range_straddling_the_end_of_ram_keeps_its_owned_part() {
     );
     assert!(h.events().iter().any(|e| matches!(
         e,
-        VspEvent::ProtocolViolation { what: Violation::ForeignPages(f) } if f == &vec![(0x1000, 0x10)]
+        VspEvent::ProtocolViolation { what: Violation::ForeignPages { pages: 0x10, runs } } if runs == &vec![(0x1000, 0x10)]
     )));
     // A wholly foreign range costs a bounded number of checks.
     let mut h = Host::linux();
@@ -1892,4 +1901,256 @@ fn owned_pages_are_kept_wherever_the_holes_are() {
         assert_eq!(h.vsp.ballooned().len(), want, "range {start:#x}+{count:#x}");
         assert!(h.vsp.ballooned().ranges().all(|(s, n)| ram(s, n)));
     }
+}
+
+/// Guest RAM for the hostile-message tests: 2 GiB from page 0.
+const HOSTILE_RAM: u64 = 1 << 19;
+
+/// A host whose guest ballooned every other page of [`HOSTILE_RAM`]: 262,144 one-page
+/// ranges, given in answer to a one-page request (pages beyond the request are taken).
+fn every_other_page_ballooned() -> Host {
+    let mut h = Host::linux();
+    h.vsp.balloon(h.now, 1).unwrap();
+    h.sent();
+    let pages: Vec<(u64, u32)> = (0..HOSTILE_RAM).step_by(2).map(|p| (p, 1)).collect();
+    let chunks: Vec<_> = pages.chunks(MAX_RANGES_PER_MESSAGE).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        let m = balloon_response(1, i + 1 != chunks.len(), c);
+        h.vsp.receive(h.now, &m, &(0..HOSTILE_RAM));
+    }
+    assert_eq!(h.vsp.ballooned().len(), HOSTILE_RAM / 2);
+    assert_eq!(h.vsp.ballooned().ranges().count() as u64, HOSTILE_RAM / 2);
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    h.events();
+    h
+}
+
+/// The attack of issue "one message burns minutes of host CPU": every other page
+/// ballooned, then one balloon response of 510 ranges, each `[0, 2^24)`. The work it
+/// causes — set lookups and steps, ownership checks, runs reported — is counted, not
+/// timed, and must stay linear in the message's size.
+#[test]
+fn a_hostile_balloon_message_costs_work_linear_in_its_size() {
+    let mut h = every_other_page_ballooned();
+    h.vsp.balloon(h.now, 1).unwrap();
+    h.sent();
+    let whole = vec![(0u64, PageRange::MAX_PAGE_CNT); MAX_RANGES_PER_MESSAGE];
+    let m = balloon_response(2, false, &whole);
+    assert!(m.len() <= MAX_MESSAGE_SIZE);
+    // Generous: 32 units of work per range and 4096 for the message.
+    let bound = 32 * (MAX_RANGES_PER_MESSAGE as u64 + 128);
+    let visits0 = crate::pageset::probe::visits();
+    let visits = || crate::pageset::probe::visits() - visits0;
+    let checks = std::cell::Cell::new(0u64);
+    let oracle = |s: u64, n: u64| {
+        checks.set(checks.get() + 1);
+        // Fail at once rather than after minutes of work.
+        assert!(
+            visits() <= bound,
+            "{} set lookups and steps so far",
+            visits()
+        );
+        assert!(
+            checks.get() <= bound,
+            "{} ownership checks so far",
+            checks.get()
+        );
+        (0..HOSTILE_RAM).owns(s, n)
+    };
+    let work0 = h.vsp.work_spent;
+    h.vsp.receive(h.now, &m, &oracle);
+    let work = h.vsp.work_spent - work0;
+    assert!(work <= bound, "{work} units of work");
+    assert!(visits() <= bound, "{} set lookups and steps", visits());
+    assert!(checks.get() <= bound, "{} ownership checks", checks.get());
+    let events = h.events();
+    let runs: usize = events
+        .iter()
+        .map(|e| match e {
+            VspEvent::PagesReturned(r) => r.len(),
+            VspEvent::ProtocolViolation {
+                what: Violation::ForeignPages { runs, .. },
+            } => runs.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(runs as u64 <= bound, "{runs} runs reported");
+    let Some(VspEvent::ProtocolViolation {
+        what: Violation::ForeignPages { pages, runs },
+    }) = events
+        .iter()
+        .find(|e| matches!(e, VspEvent::ProtocolViolation { .. }))
+    else {
+        panic!("the pages past guest RAM are reported");
+    };
+    assert!(runs.len() <= MAX_REPORTED_RUNS);
+    assert!(*pages >= (1 << 24) - HOSTILE_RAM);
+    // Still right: only the guest's pages, none twice.
+    let back: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            VspEvent::PagesReturned(r) => Some(r.iter().map(|&(_, n)| n).sum::<u64>()),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(h.vsp.ballooned().len(), HOSTILE_RAM / 2 + back);
+    // The budget is shared between walking and checking: the gaps walked are the
+    // guest's, and a good part of them is taken, not all rejected unchecked.
+    assert!(back >= 1000, "{back} pages taken");
+    assert!(h.vsp.ballooned().len() <= HOSTILE_RAM);
+    assert!(
+        h.vsp
+            .ballooned()
+            .ranges()
+            .all(|(s, n)| s + n <= HOSTILE_RAM)
+    );
+}
+
+/// The same attack where the gaps are not the guest's either: every gap costs an
+/// ownership check that fails, and the report stays a count and a few runs.
+#[test]
+fn a_hostile_message_of_foreign_gaps_is_bounded_too() {
+    let mut h = every_other_page_ballooned();
+    h.vsp.balloon(h.now, 1).unwrap();
+    h.sent();
+    let whole = vec![(0u64, PageRange::MAX_PAGE_CNT); MAX_RANGES_PER_MESSAGE];
+    let bound = 32 * (MAX_RANGES_PER_MESSAGE as u64 + 128);
+    let checks = std::cell::Cell::new(0u64);
+    let even_only = |s: u64, n: u64| {
+        checks.set(checks.get() + 1);
+        n == 1 && s % 2 == 0 && s < HOSTILE_RAM
+    };
+    let visits0 = crate::pageset::probe::visits();
+    h.vsp
+        .receive(h.now, &balloon_response(2, false, &whole), &even_only);
+    let visits = crate::pageset::probe::visits() - visits0;
+    assert!(visits <= bound, "{visits} set lookups and steps");
+    assert!(checks.get() <= bound, "{} ownership checks", checks.get());
+    assert_eq!(h.vsp.ballooned().len(), HOSTILE_RAM / 2);
+    let v = h.violations();
+    let [Violation::ForeignPages { pages, runs }] = &v[..] else {
+        panic!("one report: {v:?}");
+    };
+    assert!(runs.len() <= MAX_REPORTED_RUNS);
+    assert!(*pages > 0);
+}
+
+/// An honest 510-range message over the same fragmented set is taken whole, for a small
+/// part of the budget.
+#[test]
+fn an_honest_message_over_a_fragmented_set_is_taken_whole() {
+    let mut h = every_other_page_ballooned();
+    h.vsp.balloon(h.now, 1 << 20).unwrap();
+    h.sent();
+    let above = HOSTILE_RAM;
+    let blocks: Vec<(u64, u32)> = (0..MAX_RANGES_PER_MESSAGE as u64)
+        .map(|i| (above + i * 512, 512))
+        .collect();
+    let ram = 0..(above + 512 * MAX_RANGES_PER_MESSAGE as u64);
+    let work0 = h.vsp.work_spent;
+    h.vsp
+        .receive(h.now, &balloon_response(2, true, &blocks), &ram);
+    let work = h.vsp.work_spent - work0;
+    assert_eq!(
+        h.vsp.ballooned().len(),
+        HOSTILE_RAM / 2 + 512 * MAX_RANGES_PER_MESSAGE as u64
+    );
+    assert!(h.violations().is_empty());
+    // Each range: a lookup, a step, a check, an insertion absorbing the block before.
+    let per_range = LOOKUP_COST + 1 + 1 + INSERT_COST + MERGE_COST;
+    assert_eq!(work, per_range * MAX_RANGES_PER_MESSAGE as u64 - MERGE_COST);
+    assert!(work < Work::for_ranges(MAX_RANGES_PER_MESSAGE).left);
+}
+
+#[test]
+fn guest_caused_log_lines_are_rate_limited() {
+    let mut l = LogLimit::default();
+    let t = secs(100);
+    for _ in 0..LogLimit::BURST {
+        assert_eq!(l.allow(t), Some(0));
+    }
+    assert_eq!(l.allow(t), None);
+    assert_eq!(l.allow(t + secs(1)), None);
+    assert_eq!(l.allow(t + LogLimit::WINDOW), Some(2));
+    assert_eq!(l.allow(t + LogLimit::WINDOW), Some(0));
+}
+
+/// An unballoon or hot-add answered after its timeout: the guest did the work, so the
+/// answer is a late completion, not a protocol violation; a second answer is one.
+#[test]
+fn late_unballoon_and_hot_add_responses_are_late_completions() {
+    let mut h = Host::linux();
+    balloon_these(&mut h, &[(0x1000, 7)]);
+    h.vsp.unballoon(h.now, 7).unwrap();
+    h.sent();
+    h.wait(secs(30));
+    h.events();
+    h.recv(&msg(5, Body::UnballoonResponse));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::Unballoon { pages: 7 }
+        }]
+    );
+    h.recv(&msg(5, Body::UnballoonResponse));
+    assert!(matches!(
+        &h.violations()[..],
+        [Violation::Unexpected {
+            ty: MessageType::UNBALLOON_RESPONSE,
+            ..
+        }]
+    ));
+
+    // A hot-add of two chunks whose first answer comes late: the pages count, the second
+    // chunk is not sent, and hot-add is open again since the guest has finished.
+    let mut h = Host::ready(
+        VspConfig {
+            max_hot_add_pages: 32_768,
+            ..VspConfig::default()
+        },
+        Version::V2_0,
+        LINUX_CAPS,
+    );
+    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.sent();
+    h.wait(secs(120));
+    h.events();
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x120000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    h.recv(&hot_add_response(32_768, 1));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested: 65_536,
+                added: 32_768
+            }
+        }]
+    );
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.hot_add(h.now, 0x108000, 32_768), Ok(32_768));
+    h.recv(&hot_add_response(32_768, 1));
+    h.events();
+    // A late answer that reports a failure keeps hot-add off, as an answer in time would.
+    h.vsp.hot_add(h.now, 0x110000, 32_768).unwrap();
+    h.wait(secs(120));
+    h.events();
+    h.recv(&hot_add_response(0, 1));
+    assert_eq!(
+        h.events(),
+        vec![VspEvent::LateReply {
+            what: Transaction::HotAdd {
+                requested: 32_768,
+                added: 0
+            }
+        }]
+    );
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x110000, 32_768),
+        Err(VspError::HotAddDisabled)
+    );
+    h.recv(&hot_add_response(0, 1));
+    assert_eq!(h.violations().len(), 1);
 }
