@@ -153,6 +153,10 @@ fuzz_target!(|data: &[u8]| {
     hv.populate(b, 0, 4).unwrap();
     hv.set_guest_physical_limit(a, 1 << 20).unwrap();
     hv.set_p2m_budget(a, Some(64 << 10)).unwrap();
+    // The PV guest too: its exchange outputs must respect both (`check` catches a page
+    // mapped past the limit).
+    hv.set_guest_physical_limit(b, 4096).unwrap();
+    hv.set_p2m_budget(b, Some(32 << 10)).unwrap();
     hv.take_effects();
     let domid = |id| hv.partition(id).unwrap().domid;
     let doms = [ROOT_DOMID, domid(a), domid(b), DomId(0x7000)];

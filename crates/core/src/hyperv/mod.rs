@@ -771,6 +771,7 @@ impl Hypervisor {
                 // The gfn may since have gone past the caller's guest-physical limit or
                 // p2m budget: then the frame goes back to the host as well.
                 if self.part(caller).p2m.get(gfn).is_none()
+                    && self.room(caller) > 0
                     && self.guest_space_ok(caller, gfn, 1).is_ok()
                 {
                     self.map(caller, gfn, mfn);

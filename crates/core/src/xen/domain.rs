@@ -36,6 +36,9 @@ pub struct XenDomain {
     /// Hypervisor frames of this domain (shared info, grant frames) mapped in its p2m:
     /// they are in the p2m but not in `tot_pages`.
     pub(crate) special_mapped: u64,
+    /// Hypervisor pages of a nested parent's child that were topped up from the host
+    /// heap: they go back to the heap, not to the pool, when released.
+    pub(crate) heap_topped: u64,
 }
 
 impl Default for XenDomain {
@@ -50,6 +53,7 @@ impl Default for XenDomain {
             grant_shared: Vec::new(),
             grant_status: Vec::new(),
             special_mapped: 0,
+            heap_topped: 0,
         }
     }
 }
@@ -275,12 +279,9 @@ impl Hypervisor {
     /// What `XEN_SYSCTL_physinfo` and `XEN_SYSCTL_numainfo` report about host memory.
     pub fn host_info(&self) -> HostInfo {
         let nodes: Vec<NodeInfo> = (0..self.node_count())
-            .map(|n| {
-                let r = self.frames.node_range(n);
-                NodeInfo {
-                    total_pages: u64::from(r.end - r.start),
-                    free_pages: self.frames.free_frames(n),
-                }
+            .map(|n| NodeInfo {
+                total_pages: u64::from(self.config.node_frames[n as usize]),
+                free_pages: self.frames.free_frames(n),
             })
             .collect();
         HostInfo {

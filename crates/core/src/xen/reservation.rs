@@ -612,7 +612,9 @@ impl Hypervisor {
             for (k, f) in (0..out_pages).zip(m..) {
                 let g = gfn.wrapping_add(k);
                 // Translated outputs were checked free above.
-                if translated || (g < GFN_LIMIT && self.part(t).p2m.get(g).is_none()) {
+                if translated
+                    || (self.part(t).p2m.get(g).is_none() && self.guest_space_ok(t, g, 1).is_ok())
+                {
                     self.map(t, g, f);
                 } else {
                     // Xen would record the same gpfn for two frames (or one beyond

@@ -60,9 +60,13 @@ impl Hypervisor {
             if claimed.saturating_add(short) > self.frames.total_free() {
                 return None;
             }
+            let nested = slot != Self::ROOT_SLOT && self.part(slot).parent != Some(crate::ROOT_ID);
             for _ in 0..short {
                 let m = self.heap_alloc(sel, 0, crate::frame::NO_FRAME)?;
                 self.pool_deposit(slot, m);
+                if nested {
+                    self.part_mut(slot).xen.heap_topped += 1;
+                }
             }
         }
         let mut out = Vec::new();
@@ -238,7 +242,14 @@ impl Hypervisor {
         let node = self.frames.node_of(m) as usize;
         self.part_mut(slot).pools[node].in_use -= 1;
         self.frames.set(m, FrameState::Hypervisor, 0, 0);
-        self.pool_deposit(slot, m);
+        let x = &mut self.part_mut(slot).xen;
+        if x.heap_topped > 0 {
+            // No depositor has an origin for it: back to the host heap.
+            x.heap_topped -= 1;
+            self.heap_free(m, 0);
+        } else {
+            self.pool_deposit(slot, m);
+        }
     }
 
     /// Gives every hypervisor page of `slot` back to its pool as available, unmapping
