@@ -36,16 +36,23 @@
 //! - **Returned pages** are checked against the ballooned set first (a page already given is
 //!   dropped silently, within a message or across messages) and then against the guest's
 //!   p2m ([`GuestOwnership`]); a run the guest does not own is rejected and reported as a
-//!   [`Violation::ForeignPages`] (a count and the first [`MAX_REPORTED_RUNS`] runs), and
-//!   never counted. Pages beyond the request are accepted: the guest has already taken
+//!   [`Violation::ForeignPages`] (the pages found foreign, apart from those the work budget
+//!   left unchecked, and the first [`MAX_REPORTED_RUNS`] runs), and never counted. Pages beyond the request are accepted: the guest has already taken
 //!   them offline, and refusing them would waste them, not protect anything.
-//! - **Work per message.** Everything one guest message makes the host do — set lookups,
-//!   ownership checks, insertions, the runs kept for reports — is paid from a budget
-//!   linear in its ranges ([`Vsp::work_budget`]): each range is one ordered walk of the
-//!   ballooned set, and what the budget leaves unwalked or unchecked is rejected, never
-//!   counted. An honest message needs well under it; a guest that ballooned every other
-//!   page and then names `[0, 2^24)` 510 times gets no more work than the budget. Log
-//!   lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
+//! - **Work per ring byte.** Everything a guest message makes the host do — set lookups,
+//!   ownership checks, insertions, the runs kept for reports — is paid from a work credit
+//!   that each message fills in proportion to its size ([`Vsp::work_budget`]: 18 units per
+//!   range and 64 per message), holding at most one full message's worth
+//!   ([`MAX_WORK_CREDIT`]). A constant per message would let a guest multiply the host's
+//!   work per ring byte by sending many one-range messages; with the credit, 85 one-range
+//!   messages (the ring bytes of one 4 KiB message) cost no more than about one full
+//!   message's budget. Each range is one ordered walk of the ballooned set; an ownership
+//!   check of `n` pages costs `1 + (n - 1) / 512` units ([`GuestOwnership::owns`]); what
+//!   the credit leaves unwalked or unchecked is rejected, never counted. An honest
+//!   message (ranges new, wholly the guest's, as Linux sends them, at most 512 pages)
+//!   needs at most 10 units per range and is never cut short; a guest that ballooned every
+//!   other page and then names `[0, 2^24)` 510 times gets no more work than the credit.
+//!   Log lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
 //! - **Hot-removed pages** (2.0) join the ballooned set, since Hyper-V gives hot-removed
 //!   memory back with unballoon requests.
 //! - **Unballoon** takes pages off the ballooned set when it is requested and returns them,
@@ -72,10 +79,15 @@
 //!   is. A hot-add that times out turns hot-add off until reset: the guest may still be
 //!   adding, and the protocol forbids a second request before the first is answered. A
 //!   reply handed in by the same call that passes its deadline is still taken. A reply
-//!   after the timeout is the guest's late completion, not a violation: balloon pages are
-//!   still taken for one more timeout; an unballoon or hot-add answer is reported as
-//!   [`VspEvent::LateReply`] (an unballoon's until the next unballoon starts, a hot-add's
-//!   until reset), and a late hot-add answer sets the hot-add gate as a timely one would.
+//!   after the timeout is the guest's late completion, not a violation: balloon and
+//!   hot-remove pages are still taken for one more timeout (no other operation starts
+//!   meanwhile, so their final message cannot end the next one), a late hot-remove's
+//!   final message giving a [`VspEvent::LateReply`]; an unballoon or hot-add answer is
+//!   reported as [`VspEvent::LateReply`] (a hot-add's until reset), and a late hot-add
+//!   answer sets the hot-add gate as a timely one would. Timed-out unballoons are kept in
+//!   order, at most [`MAX_LATE_UNBALLOONS`]: the guest answers in order, so an unballoon
+//!   response while one is kept is the oldest's, even while a retry is pending, and the
+//!   retry's own answer then completes it.
 //! - **Bad guest messages** change nothing and get no reply: malformed ones, unknown types,
 //!   `DM_ERROR` and messages that do not fit the state each give a
 //!   [`VspEvent::ProtocolViolation`]. Status reports are taken in every open state, even
@@ -434,12 +446,14 @@ pub enum VspEvent {
         /// Which operation, and how far it got.
         what: Transaction,
     },
-    /// The reply to an unballoon or a hot-add came after the operation had timed out:
-    /// the guest did the work, late (a 4 GiB hot-add that nobody onlines takes Linux
-    /// minutes). A late balloon answer is [`VspEvent::PagesReturned`] instead.
+    /// The reply to an unballoon or a hot-add, or the final message of a hot-remove, came
+    /// after the operation had timed out: the guest did the work, late (a 4 GiB hot-add
+    /// that nobody onlines takes Linux minutes). A late hot-remove's pages come as
+    /// [`VspEvent::HotRemoved`] first; a late balloon answer is
+    /// [`VspEvent::PagesReturned`] only.
     LateReply {
         /// The operation with what the reply brought: for a hot-add, `added` counts the
-        /// late chunk.
+        /// late chunk; for a hot-remove, `removed` counts every page accepted.
         what: Transaction,
     },
     /// The guest broke the protocol; the message was dropped.

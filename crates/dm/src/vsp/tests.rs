@@ -1260,7 +1260,8 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     let all = |_: u64, _: u64| true;
     let blocks: Vec<(u64, u32)> = (0..(1u64 << 15) + 1).map(|i| (i * 512, 512)).collect();
     for chunk in blocks.chunks(MAX_RANGES_PER_MESSAGE) {
-        h.vsp.receive(h.now, &balloon_response(1, true, chunk), &all);
+        h.vsp
+            .receive(h.now, &balloon_response(1, true, chunk), &all);
     }
     h.vsp.receive(h.now, &balloon_response(1, false, &[]), &all);
     assert!(h.violations().is_empty());
@@ -1988,11 +1989,12 @@ fn a_hostile_balloon_message_costs_work_linear_in_its_size() {
         .sum();
     assert!(runs as u64 <= bound, "{runs} runs reported");
     let Some(VspEvent::ProtocolViolation {
-        what: Violation::ForeignPages {
-            pages,
-            unchecked,
-            runs,
-        },
+        what:
+            Violation::ForeignPages {
+                pages,
+                unchecked,
+                runs,
+            },
     }) = events
         .iter()
         .find(|e| matches!(e, VspEvent::ProtocolViolation { .. }))
@@ -2304,4 +2306,126 @@ fn late_unballoon_answer_after_a_retry_leaves_the_retry_pending() {
                 .any(|e| matches!(e, VspEvent::ProtocolViolation { .. })),
         "{ev:?}"
     );
+}
+
+/// Pages the budget left unexamined are reported as unchecked, not as foreign: here every
+/// page named is guest RAM, half of it already ballooned, and none was found foreign.
+#[test]
+fn pages_left_unchecked_are_not_counted_as_foreign() {
+    let mut h = every_other_page_ballooned();
+    h.vsp.balloon(h.now, 1).unwrap();
+    h.sent();
+    let whole = vec![(0u64, HOSTILE_RAM as u32); MAX_RANGES_PER_MESSAGE];
+    h.vsp.receive(
+        h.now,
+        &balloon_response(2, false, &whole),
+        &(0..HOSTILE_RAM),
+    );
+    let v = h.violations();
+    let [
+        Violation::ForeignPages {
+            pages,
+            unchecked,
+            runs,
+        },
+    ] = &v[..]
+    else {
+        panic!("one report: {v:?}");
+    };
+    assert_eq!(*pages, 0, "nothing named is foreign");
+    assert!(*unchecked > 0 && *unchecked <= MAX_RANGES_PER_MESSAGE as u64 * HOSTILE_RAM);
+    assert!(!runs.is_empty() && runs.len() <= MAX_REPORTED_RUNS);
+}
+
+/// Timed-out unballoons are remembered in order, at most [`MAX_LATE_UNBALLOONS`]: the
+/// oldest beyond that is given up with a report, and the late answers that come are
+/// matched oldest first.
+#[test]
+fn late_unballoons_are_matched_in_order_and_bounded() {
+    let mut h = Host::linux();
+    let n = MAX_LATE_UNBALLOONS as u64 + 1;
+    balloon_these(&mut h, &[(0x1000, 1024)]);
+    for pages in 1..=n {
+        h.vsp.unballoon(h.now, pages).unwrap();
+        h.sent();
+        h.wait(secs(30));
+    }
+    let ev = h.events();
+    assert!(
+        ev.contains(&VspEvent::ProtocolViolation {
+            what: Violation::UnansweredUnballoon { pages: 1 }
+        }),
+        "{ev:?}"
+    );
+    for pages in 2..=n {
+        h.recv(&msg(9, Body::UnballoonResponse));
+        assert_eq!(
+            h.events(),
+            vec![VspEvent::LateReply {
+                what: Transaction::Unballoon { pages }
+            }]
+        );
+    }
+    h.recv(&msg(9, Body::UnballoonResponse));
+    assert_eq!(h.violations().len(), 1);
+    // A reset forgets them.
+    h.vsp.unballoon(h.now, 1).unwrap();
+    h.wait(secs(30));
+    h.vsp.channel_closed(h.now);
+    assert!(h.vsp.late_unballoon.is_empty());
+}
+
+/// A late hot-remove in several messages: each brings its pages, the final one ends it
+/// with a late completion; meanwhile no other operation starts, and the window closes
+/// after one more timeout.
+#[test]
+fn a_late_hot_remove_in_several_messages_completes_late() {
+    let config = VspConfig {
+        hot_remove: true,
+        ..VspConfig::default()
+    };
+    let resp = |more_pages: bool, rs: &[(u64, u32)]| {
+        msg(
+            1,
+            Body::HotRemoveResponse {
+                result: 0,
+                more_pages,
+                ranges: &ranges(rs),
+            },
+        )
+    };
+    let mut h = Host::ready(config.clone(), Version::V2_0, LINUX_CAPS | 1 << 6);
+    h.vsp.hot_remove(h.now, 0, 1024, 0).unwrap();
+    h.sent();
+    h.recv(&resp(true, &[(0x8000, 256)]));
+    h.wait(secs(30));
+    h.events();
+    assert_eq!(h.vsp.balloon(h.now, 1), Err(VspError::Busy));
+    assert_eq!(h.vsp.next_deadline(), Some(h.now + secs(30)));
+    h.recv(&resp(true, &[(0x9000, 512)]));
+    h.recv(&resp(false, &[(0xA000, 256)]));
+    assert_eq!(
+        h.events(),
+        vec![
+            VspEvent::HotRemoved(vec![(0x9000, 512)]),
+            VspEvent::HotRemoved(vec![(0xA000, 256)]),
+            VspEvent::LateReply {
+                what: Transaction::HotRemove {
+                    requested: 1024,
+                    removed: 1024
+                }
+            },
+        ]
+    );
+    assert_eq!(h.vsp.ballooned().len(), 1024);
+    assert_eq!(h.vsp.next_deadline(), None);
+    h.recv(&resp(false, &[(0xB000, 1)]));
+    assert_eq!(h.violations().len(), 1);
+    // Unanswered, the window closes after one more timeout and the host is free again.
+    let mut h = Host::ready(config, Version::V2_0, LINUX_CAPS | 1 << 6);
+    h.vsp.hot_remove(h.now, 0, 8, 0).unwrap();
+    h.wait(secs(30));
+    h.wait(secs(30));
+    assert_eq!(h.vsp.next_deadline(), None);
+    h.vsp.balloon(h.now, 1).unwrap();
 }
