@@ -333,7 +333,8 @@ pub enum HotAddResult {
     },
 }
 
-/// A way the guest broke the protocol. Each was dropped with no reply and no state change.
+/// A way the guest broke the protocol. Each was dropped with no reply and no state change,
+/// except [`Violation::UnansweredUnballoon`], which the host reports when it stops waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
     /// The bytes are not a DM message (too short, a lying count, an unknown type...).
