@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ballast_abi::dm::{Body, Caps, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version};
 use ballast_dm::PageSet;
-use ballast_dm::vsp::{MAX_REPORTED_RUNS, Violation, Vsp, VspConfig, VspEvent};
+use ballast_dm::vsp::{MAX_REPORTED_RUNS, MAX_WORK_CREDIT, Violation, Vsp, VspConfig, VspEvent};
 use libfuzzer_sys::fuzz_target;
 
 /// Guest RAM: 3 GiB, a 1 GiB hole, 1 GiB above 4 GiB.
@@ -160,10 +160,16 @@ fuzz_target!(|data: &[u8]| {
                     ram(s, c)
                 };
                 let m = balloon_response(op & 0x80 != 0, &ranges);
+                // All the message may spend: the guest's credit plus its own budget,
+                // never more than one full message's.
+                let allowed = vsp
+                    .work_credit()
+                    .saturating_add(Vsp::work_budget(n))
+                    .min(MAX_WORK_CREDIT);
                 vsp.receive(now, &m, &oracle);
                 assert!(
-                    checks.get() <= Vsp::work_budget(n),
-                    "{} ownership checks for {n} ranges",
+                    checks.get() <= allowed,
+                    "{} ownership checks for {n} ranges, {allowed} units allowed",
                     checks.get()
                 );
                 let (mut accepted, mut rejected) = (0, 0);
@@ -181,10 +187,15 @@ fuzz_target!(|data: &[u8]| {
                             }
                         }
                         VspEvent::ProtocolViolation {
-                            what: Violation::ForeignPages { pages, runs },
+                            what:
+                                Violation::ForeignPages {
+                                    pages,
+                                    unchecked,
+                                    runs,
+                                },
                         } => {
-                            assert!(pages > 0 && runs.len() <= MAX_REPORTED_RUNS);
-                            assert!(runs.iter().map(|r| r.1).sum::<u64>() <= pages);
+                            assert!(pages + unchecked > 0 && runs.len() <= MAX_REPORTED_RUNS);
+                            assert!(runs.iter().map(|r| r.1).sum::<u64>() <= pages + unchecked);
                             rejected += pages;
                         }
                         _ => {}

@@ -96,7 +96,10 @@ impl SharedRegion {
     ///
     /// The fd must be a shmem memfd (as `memfd_create` without `MFD_HUGETLB` makes, with or
     /// without `MFD_ALLOW_SEALING`), `offset` a multiple of 4096, and the span must lie
-    /// inside the file as it is now. No seal is required and none is added.
+    /// inside the file as it is now. No seal is required and none is added. A file on a
+    /// size-limited tmpfs (`/dev/shm` is mounted with `size=`) is refused: it is told
+    /// apart from a memfd by `fstatfs` reporting blocks, which the unlimited internal
+    /// mount of memfds does not.
     ///
     /// # Why this is safe without a seal
     ///
@@ -118,8 +121,11 @@ impl SharedRegion {
     ///
     /// Holes are not shrinking: a page the host discarded (`fallocate(PUNCH_HOLE)`, say
     /// because the guest ballooned its own ring pages) reads as zeros and faults in a fresh
-    /// page on the next write. That holds for shmem only; on hugetlbfs a refault with the
-    /// pool empty is a `SIGBUS` the guest could provoke, so hugetlbfs is refused.
+    /// page on the next write. That holds for shmem without a size limit only: on
+    /// hugetlbfs a refault with the pool empty, and on a size-limited tmpfs one with the
+    /// filesystem full, is a `SIGBUS` the guest could provoke, so both are refused. (A
+    /// memfd's pages are still charged to its memory cgroup; a refault over that limit
+    /// reclaims or OOM-kills as any allocation does, never `SIGBUS`.)
     pub fn guest_ram(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Self, BackingError> {
         check_shmem(fd)?;
         if offset % GFN_SIZE != 0 {
@@ -140,7 +146,8 @@ impl SharedRegion {
             _ => return Err(out_of_range),
         }
         let offset = usize::try_from(offset).map_err(|_| out_of_range)?;
-        // A shmem file that is no memfd (a VMM's file under /dev/shm) has no seals to ask.
+        // A shmem file that is no memfd (on a tmpfs mounted without a size limit) has no
+        // seals to ask.
         let sealed = rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK));
         let fd = rustix::io::fcntl_dupfd_cloexec(fd, 0)
             .map_err(|e| BackingError::Syscall("fcntl(F_DUPFD_CLOEXEC)", e))?;
@@ -305,17 +312,28 @@ impl SharedRegion {
     }
 }
 
-/// Only a shmem memfd: hugetlbfs could fault with SIGBUS when its pool runs dry, and would
-/// round the mapping's length.
+/// Only shmem with no size limit, as memfds have: hugetlbfs could fault with SIGBUS when
+/// its pool runs dry, and would round the mapping's length; a tmpfs mounted with `size=`
+/// (`/dev/shm`, a file a VMM put there) answers the refault of a punched-out page with
+/// ENOSPC once it is full, which the kernel turns into SIGBUS too (`shmem_fault` in
+/// Linux's mm/shmem.c). The internal mount memfds live on has no limit, and statfs then
+/// reports zero blocks (`shmem_statfs` fills the block counts only when `max_blocks` is
+/// set).
 fn check_shmem(fd: BorrowedFd<'_>) -> Result<(), BackingError> {
     let fs = rustix::fs::fstatfs(fd).map_err(|e| BackingError::Syscall("fstatfs", e))?;
-    if fs.f_type as i64 != TMPFS_MAGIC {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between libcs
+    if !shmem_without_size_limit(fs.f_type as i64, fs.f_blocks as u64) {
         return Err(BackingError::Syscall(
             "fstatfs (not a shmem memfd)",
             Errno::INVAL,
         ));
     }
     Ok(())
+}
+
+/// True for statfs values of a shmem mount without a size limit.
+fn shmem_without_size_limit(f_type: i64, f_blocks: u64) -> bool {
+    f_type == TMPFS_MAGIC && f_blocks == 0
 }
 
 fn file_size(fd: BorrowedFd<'_>) -> Result<u64, BackingError> {
@@ -503,6 +521,46 @@ mod tests {
                 .size_is_sealed()
         );
         assert!(sealed.size_is_sealed());
+    }
+
+    /// A file on a tmpfs mounted with `size=` (as `/dev/shm` is) would turn a refault of
+    /// a punched hole on a full filesystem into `SIGBUS`: refused. A memfd's internal
+    /// mount has no size limit and reports no blocks.
+    #[test]
+    fn guest_ram_refuses_a_size_limited_tmpfs() {
+        let ram = guest_ram_memfd(8192);
+        let fs = rustix::fs::fstatfs(&ram).unwrap();
+        assert_eq!(fs.f_type as i64, TMPFS_MAGIC);
+        assert_eq!(fs.f_blocks, 0, "a memfd's mount is unlimited");
+        assert!(shmem_without_size_limit(
+            fs.f_type as i64,
+            fs.f_blocks as u64
+        ));
+        assert!(!shmem_without_size_limit(TMPFS_MAGIC, 1));
+        assert!(!shmem_without_size_limit(0x9584_58f6, 0)); // hugetlbfs
+        let path = std::path::Path::new("/dev/shm")
+            .join(format!("ballast-guest-ram-{}", std::process::id()));
+        let Ok(file) = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        else {
+            return; // no /dev/shm here: the predicate above is the test
+        };
+        let _ = std::fs::remove_file(&path);
+        file.set_len(8192).unwrap();
+        let limited = rustix::fs::fstatfs(&file).unwrap();
+        if limited.f_type as i64 != TMPFS_MAGIC || limited.f_blocks == 0 {
+            return; // /dev/shm is no size-limited tmpfs here
+        }
+        assert_eq!(
+            SharedRegion::guest_ram(file.as_fd(), 0, 4096).err(),
+            Some(BackingError::Syscall(
+                "fstatfs (not a shmem memfd)",
+                Errno::INVAL
+            ))
+        );
     }
 
     #[test]

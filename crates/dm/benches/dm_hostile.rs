@@ -9,6 +9,11 @@
 //! 510 new 2 MiB blocks of guest RAM, over the same fragmented set. Each sample sends
 //! [`MESSAGES`] messages of one kind to a fresh copy of the host.
 //!
+//! A last row compares by ring bytes rather than messages: hostile one-range messages,
+//! each `[0, 2^24)`, as many as fill the ring bytes of one honest message (payload plus
+//! the 16-byte VMBus descriptor and 8-byte trailer: 85 of them), against that one honest
+//! message; figures are per 4 KiB of ring bytes.
+//!
 //! Run: `cargo bench -p ballast-dm --bench dm_hostile`
 //!
 //! Prints, per hostile kind: µs per message with min/median/max, beside the honest
@@ -122,4 +127,33 @@ fn main() {
         );
         report_spread(name, "us/msg", bad, "honest 510 x 2 MiB", good);
     }
+
+    // Per ring byte: small messages must not buy more work per byte than large ones.
+    let one = response(&[(0, PageRange::MAX_PAGE_CNT)]);
+    let ring = |m: &[u8]| m.len() as u64 + 24;
+    let per_honest = ring(&honest[0]) / ring(&one);
+    let (bad, good) = interleaved_ab(
+        SAMPLES,
+        MESSAGES * 1000,
+        || base.clone(),
+        |v| {
+            for _ in 0..MESSAGES * per_honest {
+                v.receive(now, &one, &GUEST);
+                while black_box(v.poll_event()).is_some() {}
+            }
+        },
+        |v| {
+            for m in &honest {
+                v.receive(now, m, &GUEST);
+                while black_box(v.poll_event()).is_some() {}
+            }
+        },
+    );
+    report_spread(
+        &format!("hostile, {per_honest} one-range msgs / 4 KiB"),
+        "us/4KiB",
+        bad,
+        "honest 510 x 2 MiB",
+        good,
+    );
 }

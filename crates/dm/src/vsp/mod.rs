@@ -36,16 +36,23 @@
 //! - **Returned pages** are checked against the ballooned set first (a page already given is
 //!   dropped silently, within a message or across messages) and then against the guest's
 //!   p2m ([`GuestOwnership`]); a run the guest does not own is rejected and reported as a
-//!   [`Violation::ForeignPages`] (a count and the first [`MAX_REPORTED_RUNS`] runs), and
-//!   never counted. Pages beyond the request are accepted: the guest has already taken
+//!   [`Violation::ForeignPages`] (the pages found foreign, apart from those the work budget
+//!   left unchecked, and the first [`MAX_REPORTED_RUNS`] runs), and never counted. Pages beyond the request are accepted: the guest has already taken
 //!   them offline, and refusing them would waste them, not protect anything.
-//! - **Work per message.** Everything one guest message makes the host do — set lookups,
-//!   ownership checks, insertions, the runs kept for reports — is paid from a budget
-//!   linear in its ranges ([`Vsp::work_budget`]): each range is one ordered walk of the
-//!   ballooned set, and what the budget leaves unwalked or unchecked is rejected, never
-//!   counted. An honest message needs well under it; a guest that ballooned every other
-//!   page and then names `[0, 2^24)` 510 times gets no more work than the budget. Log
-//!   lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
+//! - **Work per ring byte.** Everything a guest message makes the host do — set lookups,
+//!   ownership checks, insertions, the runs kept for reports — is paid from a work credit
+//!   that each message fills in proportion to its size ([`Vsp::work_budget`]: 18 units per
+//!   range and 64 per message), holding at most one full message's worth
+//!   ([`MAX_WORK_CREDIT`]). A constant per message would let a guest multiply the host's
+//!   work per ring byte by sending many one-range messages; with the credit, 85 one-range
+//!   messages (the ring bytes of one 4 KiB message) cost no more than about one full
+//!   message's budget. Each range is one ordered walk of the ballooned set; an ownership
+//!   check of `n` pages costs `1 + (n - 1) / 512` units ([`GuestOwnership::owns`]); what
+//!   the credit leaves unwalked or unchecked is rejected, never counted. An honest
+//!   message (ranges new, wholly the guest's, as Linux sends them, at most 512 pages)
+//!   needs at most 10 units per range and is never cut short; a guest that ballooned every
+//!   other page and then names `[0, 2^24)` 510 times gets no more work than the credit.
+//!   Log lines a guest can cause are rate-limited (8 per 10 s, the rest counted).
 //! - **Hot-removed pages** (2.0) join the ballooned set, since Hyper-V gives hot-removed
 //!   memory back with unballoon requests.
 //! - **Unballoon** takes pages off the ballooned set when it is requested and returns them,
@@ -72,10 +79,15 @@
 //!   is. A hot-add that times out turns hot-add off until reset: the guest may still be
 //!   adding, and the protocol forbids a second request before the first is answered. A
 //!   reply handed in by the same call that passes its deadline is still taken. A reply
-//!   after the timeout is the guest's late completion, not a violation: balloon pages are
-//!   still taken for one more timeout; an unballoon or hot-add answer is reported as
-//!   [`VspEvent::LateReply`] (an unballoon's until the next unballoon starts, a hot-add's
-//!   until reset), and a late hot-add answer sets the hot-add gate as a timely one would.
+//!   after the timeout is the guest's late completion, not a violation: balloon and
+//!   hot-remove pages are still taken for one more timeout (no other operation starts
+//!   meanwhile, so their final message cannot end the next one), a late hot-remove's
+//!   final message giving a [`VspEvent::LateReply`]; an unballoon or hot-add answer is
+//!   reported as [`VspEvent::LateReply`] (a hot-add's until reset), and a late hot-add
+//!   answer sets the hot-add gate as a timely one would. Timed-out unballoons are kept in
+//!   order, at most [`MAX_LATE_UNBALLOONS`]: the guest answers in order, so an unballoon
+//!   response while one is kept is the oldest's, even while a retry is pending, and the
+//!   retry's own answer then completes it.
 //! - **Bad guest messages** change nothing and get no reply: malformed ones, unknown types,
 //!   `DM_ERROR` and messages that do not fit the state each give a
 //!   [`VspEvent::ProtocolViolation`]. Status reports are taken in every open state, even
@@ -110,6 +122,14 @@ pub use ballast_abi::vmbus::HV_DM_GUID as CLASS_ID;
 /// Asked about every run of pages a guest claims to give up, before the run is counted.
 pub trait GuestOwnership {
     /// True if every page of `[start_pfn, start_pfn + count)` belongs to the guest.
+    ///
+    /// Must cost O(log n) in the size of the p2m whatever `count` is: a range query
+    /// (one lookup of the run holding `start_pfn`, or of the first hole at or after it),
+    /// never a walk page by page. The host charges a guest message `1 + (count - 1) / 512`
+    /// units of its work budget per call (one for any range of up to 512 pages, Linux's
+    /// largest balloon unit), so even an implementation linear in `count / 512` stays
+    /// within the budget, but one linear in `count` would let a guest name 2^24 pages per
+    /// unit of budget.
     fn owns(&self, start_pfn: u64, count: u64) -> bool;
 }
 
@@ -313,7 +333,8 @@ pub enum HotAddResult {
     },
 }
 
-/// A way the guest broke the protocol. Each was dropped with no reply and no state change.
+/// A way the guest broke the protocol. Each was dropped with no reply and no state change,
+/// except [`Violation::UnansweredUnballoon`], which the host reports when it stops waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
     /// The bytes are not a DM message (too short, a lying count, an unknown type...).
@@ -328,11 +349,25 @@ pub enum Violation {
     /// Pages of one message the guest gave up that are not its own, or that were left
     /// unchecked when the message's work budget ran out: rejected, never counted.
     ForeignPages {
-        /// How many pages in all.
+        /// Pages found not to be the guest's: the ownership check failed, or they lie past
+        /// the 40-bit page number space. Each counted once per range naming it.
         pages: u64,
-        /// The first of their runs, as `(start_pfn, count)`, in the order met; at most
-        /// [`MAX_REPORTED_RUNS`], however many runs the message named.
+        /// Pages the message named that the work budget left unexamined: neither walked
+        /// against the ballooned set nor checked. They may include pages already ballooned
+        /// and pages another range of the message also named, so this is what was not
+        /// looked at, not what was foreign.
+        unchecked: u64,
+        /// The first of the runs rejected (foreign or unchecked), as `(start_pfn, count)`,
+        /// in the order met; at most [`MAX_REPORTED_RUNS`], however many runs the message
+        /// named.
         runs: Vec<(u64, u64)>,
+    },
+    /// An unballoon timed out and stayed unanswered while [`MAX_LATE_UNBALLOONS`] later
+    /// ones timed out too: its answer is no longer waited for (the next answer is taken
+    /// as the next one's).
+    UnansweredUnballoon {
+        /// Pages it gave back.
+        pages: u64,
     },
     /// A hot-add response claimed more pages than were asked for; clamped.
     HotAddOverReport {
@@ -412,12 +447,14 @@ pub enum VspEvent {
         /// Which operation, and how far it got.
         what: Transaction,
     },
-    /// The reply to an unballoon or a hot-add came after the operation had timed out:
-    /// the guest did the work, late (a 4 GiB hot-add that nobody onlines takes Linux
-    /// minutes). A late balloon answer is [`VspEvent::PagesReturned`] instead.
+    /// The reply to an unballoon or a hot-add, or the final message of a hot-remove, came
+    /// after the operation had timed out: the guest did the work, late (a 4 GiB hot-add
+    /// that nobody onlines takes Linux minutes). A late hot-remove's pages come as
+    /// [`VspEvent::HotRemoved`] first; a late balloon answer is
+    /// [`VspEvent::PagesReturned`] only.
     LateReply {
         /// The operation with what the reply brought: for a hot-add, `added` counts the
-        /// late chunk.
+        /// late chunk; for a hot-remove, `removed` counts every page accepted.
         what: Transaction,
     },
     /// The guest broke the protocol; the message was dropped.
@@ -606,18 +643,39 @@ pub struct Vsp {
     /// After a balloon timed out: until when its late responses are still taken in (the
     /// guest took those pages offline; dropping them would strand them on both sides).
     late_balloon_until: Option<Duration>,
-    /// After an unballoon timed out: its pages, until its response comes or another
-    /// unballoon starts.
-    late_unballoon: Option<u64>,
+    /// Unballoons that timed out and are still unanswered, oldest first: their pages. The
+    /// guest answers in order (Linux handles one request at a time from its channel
+    /// callback), so an unballoon response while this is not empty is the oldest's, even
+    /// while a newer unballoon is pending. At most [`MAX_LATE_UNBALLOONS`].
+    late_unballoon: VecDeque<u64>,
+    /// After a hot-remove timed out: what it had got, and until when its late responses
+    /// are still taken in (the guest removed those pages; dropping them would strand them).
+    late_hot_remove: Option<LateHotRemove>,
     /// After a hot-add timed out: `(requested, added, asked)`, until its response comes
     /// or the channel resets (no other hot-add can start before either).
     late_hot_add: Option<(u64, u64, u32)>,
     /// Limits the log lines a guest can cause.
     guest_log: LogLimit,
+    /// Work units the guest's messages may still spend: each message adds
+    /// [`Vsp::work_budget`] of its ranges, up to [`MAX_WORK_CREDIT`], and what it does is
+    /// paid from here. Kept across channel resets: it belongs to the guest.
+    work_credit: u64,
     /// Work units the guest's messages have cost, for tests.
     #[cfg(test)]
     work_spent: u64,
 }
+
+/// A hot-remove that timed out, still taking its late responses.
+#[derive(Debug, Clone, Copy)]
+struct LateHotRemove {
+    requested: u32,
+    removed: u64,
+    until: Duration,
+}
+
+/// Timed-out unballoons whose answers are still waited for; beyond this, the oldest is
+/// given up ([`Violation::UnansweredUnballoon`]).
+pub const MAX_LATE_UNBALLOONS: usize = 8;
 
 /// Messages the host keeps queued for a guest that does not read them; beyond this,
 /// replies are dropped rather than grown without bound.
@@ -642,9 +700,11 @@ impl Vsp {
             tx: VecDeque::new(),
             events: VecDeque::new(),
             late_balloon_until: None,
-            late_unballoon: None,
+            late_unballoon: VecDeque::new(),
+            late_hot_remove: None,
             late_hot_add: None,
             guest_log: LogLimit::default(),
+            work_credit: MAX_WORK_CREDIT,
             #[cfg(test)]
             work_spent: 0,
         }
@@ -675,7 +735,8 @@ impl Vsp {
         self.phase = Phase::Closed;
         self.pending = None;
         self.late_balloon_until = None;
-        self.late_unballoon = None;
+        self.late_unballoon.clear();
+        self.late_hot_remove = None;
         self.late_hot_add = None;
         self.trans_id = 0;
         self.hot_add_gate = HotAddGate::Open;
@@ -752,8 +813,6 @@ impl Vsp {
         if pages == 0 {
             return Err(VspError::NothingToDo);
         }
-        // From here an unballoon response answers this request.
-        self.late_unballoon = None;
         let runs = self
             .ballooned
             // At most 2 GiB per range, as QEMU sends: Linux frees unballooned pages in its
@@ -901,7 +960,10 @@ impl Vsp {
         match (self.phase, self.pending) {
             (Phase::Wait { until, .. }, _) => Some(until),
             (_, Some(p)) => Some(p.deadline),
-            _ => self.late_balloon_until,
+            _ => match (self.late_balloon_until, self.late_hot_remove) {
+                (Some(a), Some(b)) => Some(a.min(b.until)),
+                (a, b) => a.or(b.map(|l| l.until)),
+            },
         }
     }
 
@@ -951,13 +1013,26 @@ impl Vsp {
         self.last_status
     }
 
-    /// The most units of work one guest message naming `ranges` page ranges can cause:
-    /// each set lookup, step of a set walk, ownership check and insertion into the
-    /// ballooned set is at least one. Linear in the message's size, whatever the ranges
-    /// name and however fragmented the ballooned set is; an honest message (every range
-    /// new and wholly the guest's) needs at most `10 * ranges`.
+    /// The units of work one guest message naming `ranges` page ranges adds to the
+    /// guest's work credit, from which all it makes the host do is paid: each set lookup,
+    /// step of a set walk and insertion into the ballooned set is at least one, an
+    /// ownership check of `n` pages `1 + (n - 1) / 512`. Proportional to the message's
+    /// size (18 units per 8-byte range and 64 per message), whatever the ranges name and
+    /// however fragmented the ballooned set is. An honest message (every range new and
+    /// wholly the guest's) costs at most `10 * ranges`, so it always gets all it needs
+    /// even from an empty credit. Unspent credit carries over up to [`MAX_WORK_CREDIT`]
+    /// (one full message's budget), so one message can never cause more than that, and a
+    /// stream of messages never more than their budgets plus that once: the work is
+    /// bounded per ring byte, not per message.
     pub const fn work_budget(ranges: usize) -> u64 {
         WORK_PER_MESSAGE + WORK_PER_RANGE * ranges as u64
+    }
+
+    /// The guest's work credit now: at most this plus [`work_budget`](Self::work_budget)
+    /// of its ranges (and never more than [`MAX_WORK_CREDIT`]) is what its next message
+    /// can make the host do.
+    pub fn work_credit(&self) -> u64 {
+        self.work_credit
     }
 
     /// The transaction id the next host transaction will carry.
@@ -969,8 +1044,13 @@ impl Vsp {
         match self.phase {
             Phase::Closed | Phase::Version | Phase::Caps { .. } => Err(VspError::NotConnected),
             Phase::Wait { until, .. } => Err(VspError::NotReady { until }),
-            // A late balloon's final message would otherwise end the next operation.
-            Phase::Ready { .. } if self.pending.is_some() || self.late_balloon_until.is_some() => {
+            // A late balloon's or hot-remove's final message would otherwise end the next
+            // operation.
+            Phase::Ready { .. }
+                if self.pending.is_some()
+                    || self.late_balloon_until.is_some()
+                    || self.late_hot_remove.is_some() =>
+            {
                 Err(VspError::Busy)
             }
             Phase::Ready { caps, .. } => Ok(caps),
@@ -980,6 +1060,9 @@ impl Vsp {
     fn advance(&mut self, now: Duration) {
         if self.late_balloon_until.is_some_and(|until| now >= until) {
             self.late_balloon_until = None;
+        }
+        if self.late_hot_remove.is_some_and(|l| now >= l.until) {
+            self.late_hot_remove = None;
         }
         if let Phase::Wait {
             version,
@@ -1007,8 +1090,22 @@ impl Vsp {
                     self.hot_add_gate = HotAddGate::Disabled;
                     self.late_hot_add = Some((requested, added, asked));
                 }
-                Op::Unballoon { pages } => self.late_unballoon = Some(pages),
-                _ => {}
+                Op::Unballoon { pages } => {
+                    self.late_unballoon.push_back(pages);
+                    if self.late_unballoon.len() > MAX_LATE_UNBALLOONS {
+                        if let Some(pages) = self.late_unballoon.pop_front() {
+                            self.violation(now, Violation::UnansweredUnballoon { pages });
+                        }
+                    }
+                }
+                Op::HotRemove { requested, removed } => {
+                    self.late_hot_remove = Some(LateHotRemove {
+                        requested,
+                        removed,
+                        until: now.saturating_add(self.config.reply_timeout),
+                    });
+                }
+                Op::Balloon { .. } => {}
             }
             if matches!(p.op, Op::Balloon { .. }) {
                 self.late_balloon_until = Some(now.saturating_add(self.config.reply_timeout));
@@ -1062,14 +1159,16 @@ impl Vsp {
                     self.late_balloon_until = None;
                 }
             }
-            Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
-            Body::UnballoonResponse if self.late_unballoon.is_some() => {
-                if let Some(pages) = self.late_unballoon.take() {
+            // In order: the oldest timed-out unballoon's answer comes before a newer one's,
+            // so it leaves the pending one pending.
+            Body::UnballoonResponse if !self.late_unballoon.is_empty() => {
+                if let Some(pages) = self.late_unballoon.pop_front() {
                     self.events.push_back(VspEvent::LateReply {
                         what: Transaction::Unballoon { pages },
                     });
                 }
             }
+            Body::UnballoonResponse if state == VspState::Unballoon => self.on_unballoon_response(),
             Body::HotAddResponse { page_count, result } if state == VspState::HotAdd => {
                 self.on_hot_add_response(now, page_count, result)
             }
@@ -1082,6 +1181,11 @@ impl Vsp {
                 ranges,
             } if state == VspState::HotRemove => {
                 self.on_hot_remove_response(now, result, more_pages, ranges, guest)
+            }
+            Body::HotRemoveResponse {
+                more_pages, ranges, ..
+            } if state == VspState::Idle && self.late_hot_remove.is_some() => {
+                self.on_late_hot_remove_response(now, more_pages, ranges, guest)
             }
             _ => {
                 let ty = msg.message_type();
@@ -1416,6 +1520,31 @@ impl Vsp {
         });
     }
 
+    /// The rest of a hot-remove that timed out: still pages the guest removed.
+    fn on_late_hot_remove_response(
+        &mut self,
+        now: Duration,
+        more_pages: bool,
+        ranges: &[PageRange],
+        guest: &dyn GuestOwnership,
+    ) {
+        let (accepted, new) = self.accept_pages(now, ranges, guest);
+        if !accepted.is_empty() {
+            self.events.push_back(VspEvent::HotRemoved(accepted));
+        }
+        let Some(late) = self.late_hot_remove.as_mut() else {
+            return;
+        };
+        late.removed += new;
+        if !more_pages {
+            let (requested, removed) = (late.requested, late.removed);
+            self.late_hot_remove = None;
+            self.events.push_back(VspEvent::LateReply {
+                what: Transaction::HotRemove { requested, removed },
+            });
+        }
+    }
+
     /// Adds the pages of `ranges` that are new and the guest's own to the ballooned set;
     /// returns them and their count, and reports the foreign ones.
     ///
@@ -1431,7 +1560,11 @@ impl Vsp {
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
     ) -> (Vec<(u64, u64)>, u64) {
-        let mut work = Work::for_ranges(ranges.len());
+        let mut work = Work::from_credit(
+            self.work_credit
+                .saturating_add(Self::work_budget(ranges.len()))
+                .min(MAX_WORK_CREDIT),
+        );
         let mut accepted = Vec::new();
         let mut foreign = Rejected::default();
         let mut owned = Vec::new();
@@ -1451,7 +1584,8 @@ impl Vsp {
             let mut at = start;
             while at < end {
                 if !work.spend(LOOKUP_COST) {
-                    foreign.add(at, end - at);
+                    // Not walked: may hold ballooned pages, so not counted as foreign.
+                    foreign.skip(at, end - at);
                     break;
                 }
                 gaps.clear();
@@ -1481,15 +1615,17 @@ impl Vsp {
                 at = resume;
             }
         }
+        self.work_credit = work.left;
         #[cfg(test)]
         {
             self.work_spent += work.spent;
         }
-        if foreign.pages > 0 {
+        if foreign.pages > 0 || foreign.unchecked > 0 {
             self.violation(
                 now,
                 Violation::ForeignPages {
                     pages: foreign.pages,
+                    unchecked: foreign.unchecked,
                     runs: foreign.runs,
                 },
             );
@@ -1545,16 +1681,25 @@ impl Vsp {
 /// One past the largest PFN a page range can start at.
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
 
-/// Units of work a guest message may cause, for the message: enough to sort one range
-/// page by page ([`PAGEWISE`]) several times over, or to find the holes of a range that
-/// straddles holes in guest RAM.
-const WORK_PER_MESSAGE: u64 = 4096;
+/// Units of work a guest message adds to the credit, for the message: small, since a
+/// one-range message is 24 bytes of payload; a per-message constant much larger than the
+/// per-range one would let a guest multiply its work by sending many small messages.
+const WORK_PER_MESSAGE: u64 = 64;
 
-/// Units of work a guest message may cause, per range it names: what an honest range
-/// (new and wholly the guest's) costs at most — the lookup ([`LOOKUP_COST`]), one step,
-/// one ownership check, and an insertion ([`INSERT_COST`]) that absorbs the runs on both
-/// sides ([`MERGE_COST`] each) — so an honest message never reaches the budget.
-const WORK_PER_RANGE: u64 = LOOKUP_COST + 1 + 1 + INSERT_COST + 2 * MERGE_COST;
+/// What an honest range (new and wholly the guest's) costs at most — the lookup
+/// ([`LOOKUP_COST`]), one step, one ownership check, and an insertion ([`INSERT_COST`])
+/// that absorbs the runs on both sides ([`MERGE_COST`] each).
+const HONEST_RANGE_COST: u64 = LOOKUP_COST + 1 + 1 + INSERT_COST + 2 * MERGE_COST;
+
+/// Units of work a guest message adds to the credit per range it names: an honest
+/// range's cost, so an honest message never reaches the budget, plus room to bisect a
+/// range that straddles the end of guest RAM (about `log2` of its size in checks).
+const WORK_PER_RANGE: u64 = HONEST_RANGE_COST + 8;
+
+/// The most work credit a guest can hold: one full message's budget. Bounds what any
+/// one message can cause, and what unspent credit from cheap messages can add to a
+/// stream of expensive ones.
+pub const MAX_WORK_CREDIT: u64 = Vsp::work_budget(MAX_RANGES_PER_MESSAGE);
 
 /// Units the lookup that starts a walk of the ballooned set costs (two descents of the
 /// tree), against one for each step of the walk.
@@ -1584,9 +1729,14 @@ struct Work {
 }
 
 impl Work {
+    #[cfg(test)]
     fn for_ranges(ranges: usize) -> Self {
+        Self::from_credit(Vsp::work_budget(ranges))
+    }
+
+    fn from_credit(left: u64) -> Self {
         Work {
-            left: Vsp::work_budget(ranges),
+            left,
             #[cfg(test)]
             spent: 0,
         }
@@ -1615,20 +1765,34 @@ impl Work {
     }
 }
 
-/// The pages of one message rejected: a count, and the first runs for the report, so a
+/// The pages of one message rejected: counts, and the first runs for the report, so a
 /// message naming billions of foreign pages in 510 ranges costs 510 additions.
 #[derive(Debug, Default)]
 struct Rejected {
+    /// Found foreign.
     pages: u64,
+    /// Left unexamined when the budget ran out.
+    unchecked: u64,
     runs: Vec<(u64, u64)>,
 }
 
 impl Rejected {
+    /// Pages found not to be the guest's.
     fn add(&mut self, start: u64, count: u64) {
+        self.pages += count;
+        self.run(start, count);
+    }
+
+    /// Pages the budget left unexamined.
+    fn skip(&mut self, start: u64, count: u64) {
+        self.unchecked += count;
+        self.run(start, count);
+    }
+
+    fn run(&mut self, start: u64, count: u64) {
         if count == 0 {
             return;
         }
-        self.pages += count;
         let full = self.runs.len() >= MAX_REPORTED_RUNS;
         match self.runs.last_mut() {
             Some((s, n)) if *s + *n == start => *n += count,
@@ -1670,8 +1834,10 @@ impl LogLimit {
 /// page.
 const PAGEWISE: u64 = 512;
 
-/// Sorts `[start, start + count)` into the pages the guest owns and the rest, one unit
-/// of `work` per call of `owns`; what is left unsorted when it runs out is rejected.
+/// Sorts `[start, start + count)` into the pages the guest owns and the rest, paying
+/// `1 + (n - 1) / 512` units of `work` per call of `owns` naming `n` pages (an owner's
+/// check may grow with the pages it names); what is left unsorted when it runs out is
+/// rejected unchecked.
 ///
 /// `owns(s, n)` answers only "all of it". A short run is checked page by page. A long
 /// run starting with an owned page is cut at the end of its longest owned prefix
@@ -1690,7 +1856,9 @@ fn owned_pieces(
         _ => v.push((s, c)),
     };
     let owns = |s: u64, n: u64, budget: &mut Work| -> Option<bool> {
-        budget.spend(1).then(|| guest.owns(s, n))
+        budget
+            .spend(1 + n.saturating_sub(1) / PAGEWISE)
+            .then(|| guest.owns(s, n))
     };
     let (mut s, end) = (start, start + count);
     while s < end {
@@ -1702,7 +1870,7 @@ fn owned_pieces(
             }
             Some(false) => {}
             None => {
-                foreign.add(s, n);
+                foreign.skip(s, n);
                 return;
             }
         }
@@ -1716,7 +1884,7 @@ fn owned_pieces(
                     Some(true) => push(owned, p, 1),
                     Some(false) => foreign.add(p, 1),
                     None => {
-                        foreign.add(p, end - p);
+                        foreign.skip(p, end - p);
                         return;
                     }
                 }
@@ -1725,7 +1893,7 @@ fn owned_pieces(
         }
         match owns(s, 1, budget) {
             None => {
-                foreign.add(s, n);
+                foreign.skip(s, n);
                 return;
             }
             Some(true) => {
