@@ -125,10 +125,7 @@ fn frames_outside_ram_are_absent_and_never_handed_out() {
     // And they all come back.
     hv.release(
         g,
-        &[ballast_core::GfnRange {
-            start: 0,
-            count: free,
-        }],
+        &[ballast_core::GfnRange::new(0, free).unwrap()],
     )
     .unwrap();
     hv.check().unwrap();
