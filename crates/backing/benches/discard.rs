@@ -69,7 +69,10 @@ fn case(name: &str, m: &PartitionMemory, ranges: &[GfnRange]) {
     let unmerged = rate(m, ranges, || raw_per_range(m, ranges));
     // The limit: one punch over the whole span (holes in the span cost nothing extra).
     let limit = rate(m, ranges, || {
-        raw_per_range(m, &[GfnRange::new(span_start, span_end - span_start).unwrap()]);
+        raw_per_range(
+            m,
+            &[GfnRange::new(span_start, span_end - span_start).unwrap()],
+        );
     });
     let syscalls = m.discard(ranges).unwrap().syscalls;
     println!("{name} ({} ranges in, {syscalls} syscalls):", ranges.len());

@@ -547,7 +547,12 @@ mod tests {
         // Reading a hole through the file does not make it resident.
         assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * PAGE_BYTES);
         // Beyond the guest space: ignored, not an error.
-        assert_eq!(m.discard(&[GfnRange::new(1 << 30, 4).unwrap()]).unwrap().syscalls, 0);
+        assert_eq!(
+            m.discard(&[GfnRange::new(1 << 30, 4).unwrap()])
+                .unwrap()
+                .syscalls,
+            0
+        );
     }
 
     #[test]
@@ -598,20 +603,29 @@ mod tests {
     #[test]
     fn audit_finds_planted_violations() {
         let m = PartitionMemory::new("a", 4 * MIB, 4 * MIB, PageSize::Base).unwrap();
-        let mapped = [GfnRange::new(0, 100).unwrap(), GfnRange::new(200, 50).unwrap()];
+        let mapped = [
+            GfnRange::new(0, 100).unwrap(),
+            GfnRange::new(200, 50).unwrap(),
+        ];
         touch(&m, (0..100).chain(200..250));
         let clean = m.audit(&mapped).unwrap();
         assert!(clean.violations.is_empty(), "{clean:?}");
         assert_eq!(
             clean.resident,
-            vec![GfnRange::new(0, 100).unwrap(), GfnRange::new(200, 50).unwrap()]
+            vec![
+                GfnRange::new(0, 100).unwrap(),
+                GfnRange::new(200, 50).unwrap()
+            ]
         );
         // A guest touches pages it does not own.
         touch(&m, [150, 151, 900]);
         let report = m.audit(&mapped).unwrap();
         assert_eq!(
             report.violations,
-            vec![GfnRange::new(150, 2).unwrap(), GfnRange::new(900, 1).unwrap()]
+            vec![
+                GfnRange::new(150, 2).unwrap(),
+                GfnRange::new(900, 1).unwrap()
+            ]
         );
         assert_eq!(report.violating_gfns(), 3);
         let before = m.resident_bytes().unwrap();
@@ -645,7 +659,10 @@ mod tests {
         assert_eq!(m.resident_bytes().unwrap(), 6 * MIB);
         // One whole huge page and a 4 KiB piece of another.
         let stats = m
-            .discard(&[GfnRange::new(0, 512).unwrap(), GfnRange::new(513, 1).unwrap()])
+            .discard(&[
+                GfnRange::new(0, 512).unwrap(),
+                GfnRange::new(513, 1).unwrap(),
+            ])
             .unwrap();
         assert_eq!(stats.bytes_released, 2 * MIB);
         assert_eq!(stats.bytes_zeroed, 4096);

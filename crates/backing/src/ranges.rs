@@ -131,8 +131,8 @@ pub fn subtract(have: &[GfnRange], keep: &[GfnRange]) -> Vec<GfnRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use ballast_abi::types::GFN_LIMIT;
+    use proptest::prelude::*;
     use std::collections::BTreeSet;
 
     fn r(start: u64, count: u64) -> GfnRange {
@@ -145,22 +145,8 @@ mod tests {
 
     #[test]
     fn merges_neighbours_and_overlaps() {
-        let mut v = vec![
-            r(10, 2),
-            r(0, 4),
-            r(4, 1),
-            r(11, 5),
-            r(30, 0),
-            r(20, 1),
-        ];
-        assert_eq!(
-            merge(&mut v),
-            &[
-                r(0, 5),
-                r(10, 6),
-                r(20, 1)
-            ]
-        );
+        let mut v = vec![r(10, 2), r(0, 4), r(4, 1), r(11, 5), r(30, 0), r(20, 1)];
+        assert_eq!(merge(&mut v), &[r(0, 5), r(10, 6), r(20, 1)]);
     }
 
     #[test]
@@ -174,19 +160,10 @@ mod tests {
     #[test]
     fn subtracts() {
         let have = [r(0, 10), r(20, 10)];
-        let keep = [
-            r(2, 3),
-            r(8, 14),
-            r(25, 1),
-        ];
+        let keep = [r(2, 3), r(8, 14), r(25, 1)];
         assert_eq!(
             subtract(&have, &keep),
-            vec![
-                r(0, 2),
-                r(5, 3),
-                r(22, 3),
-                r(26, 4)
-            ]
+            vec![r(0, 2), r(5, 3), r(22, 3), r(26, 4)]
         );
     }
 

@@ -690,7 +690,7 @@ impl Hypervisor {
         id: PartitionId,
         gfn_limit: u64,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if gfn_limit > GFN_LIMIT {
             return Err(MemoryError::GfnOutOfRange(gfn_limit));
         }
@@ -713,7 +713,7 @@ impl Hypervisor {
         id: PartitionId,
         bytes: Option<u64>,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).p2m_budget = bytes;
         Ok(())
     }
@@ -732,7 +732,7 @@ impl Hypervisor {
         id: PartitionId,
         passthrough: bool,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).passthrough = passthrough;
         Ok(())
     }
@@ -746,7 +746,7 @@ impl Hypervisor {
     /// core has no page contents to sweep, so it answers [`MemoryError::PodCacheEmpty`]
     /// and the VMM should stop the guest.
     pub fn pod_demand_populate(&mut self, id: PartitionId, gfn: u64) -> Result<Mfn, MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if !self.part(slot).p2m.is_pod(gfn) {
             return Err(MemoryError::NotPod(gfn));
         }
@@ -765,7 +765,7 @@ impl Hypervisor {
     /// partition's guest-physical limit and their p2m tables within its budget, as for the
     /// guest's own calls. A PoD entry in the range is replaced. All or nothing.
     pub fn populate(&mut self, id: PartitionId, start: u64, count: u64) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(MemoryError::Root);
         }
@@ -802,7 +802,7 @@ impl Hypervisor {
     /// heap: the host's way to take RAM back (a balloon). Every range is checked before
     /// any is touched: an unmapped gfn refuses the whole call.
     pub fn release(&mut self, id: PartitionId, ranges: &[GfnRange]) -> Result<u64, MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(MemoryError::Root);
         }
@@ -856,7 +856,7 @@ impl Hypervisor {
     /// frames it was charged in its parent's pool are released, and its ids become
     /// invalid. A partition with children must lose them first.
     pub fn destroy_partition(&mut self, id: PartitionId) -> Result<(), DestroyError> {
-        let slot = self.slot_of(id).ok_or(DestroyError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(DestroyError::Root);
         }
@@ -898,7 +898,7 @@ impl Hypervisor {
     /// Sets Xen `max_pages` of partition `id` (`XEN_DOMCTL_max_mem`); it may go below
     /// `tot_pages`, after which only frees succeed.
     pub fn set_max_pages(&mut self, id: PartitionId, max_pages: u32) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).max_pages = max_pages;
         Ok(())
     }

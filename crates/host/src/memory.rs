@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use ballast_backing::{AuditReport, Backing, BackingError, PageSize};
 use ballast_core::{
-    Config, ConfigError, Effect, GfnRange, GfnRangeError, Hypervisor, MemoryError,
-    NoSuchPartition, PartitionId,
+    Config, ConfigError, Effect, GfnRange, GfnRangeError, Hypervisor, MemoryError, NoSuchPartition,
+    PartitionId,
 };
 use thiserror::Error;
 

@@ -167,15 +167,10 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .iter()
         .map(|(_, m)| m)
         .collect();
-    host.run(|hv| {
-        hv.release(
-            a,
-            &[CoreRange::new(0, 256).unwrap()],
-        )
-    })
-    .unwrap()
-    .0
-    .unwrap();
+    host.run(|hv| hv.release(a, &[CoreRange::new(0, 256).unwrap()]))
+        .unwrap()
+        .0
+        .unwrap();
     host.run(|hv| hv.populate(b, 0, 256)).unwrap().0.unwrap();
     let mut b_frames: Vec<u32> = host
         .hv()
@@ -201,22 +196,20 @@ fn audit_finds_a_guest_touching_memory_it_gave_up() {
     let a = guest(&mut host, 1024);
     host.run(|hv| hv.populate(a, 0, 512)).unwrap().0.unwrap();
     touch(&host, a, 0..512);
-    host.run(|hv| {
-        hv.release(
-            a,
-            &[CoreRange::new(100, 50).unwrap()],
-        )
-    })
-    .unwrap()
-    .0
-    .unwrap();
+    host.run(|hv| hv.release(a, &[CoreRange::new(100, 50).unwrap()]))
+        .unwrap()
+        .0
+        .unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());
     // The guest writes to a ballooned page and to one never given to it.
     touch(&host, a, [120, 700]);
     let report = host.audit(a, false).unwrap();
     assert_eq!(
         report.violations,
-        vec![GfnRange::new(120, 1).unwrap(), GfnRange::new(700, 1).unwrap()]
+        vec![
+            GfnRange::new(120, 1).unwrap(),
+            GfnRange::new(700, 1).unwrap()
+        ]
     );
     host.audit(a, true).unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());

@@ -470,9 +470,7 @@ impl Hypervisor {
         id: PartitionId,
         translated: bool,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self
-            .slot_of(id)
-            .ok_or(crate::MemoryError::NoPartition(crate::NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
         self.part_mut(slot).translated = translated;
         Ok(())
     }
@@ -485,9 +483,7 @@ impl Hypervisor {
         id: PartitionId,
         max_pfn: u64,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self
-            .slot_of(id)
-            .ok_or(crate::MemoryError::NoPartition(crate::NoSuchPartition(id)))?;
+        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
         self.part_mut(slot).xen.max_pfn = max_pfn;
         Ok(())
     }
