@@ -40,7 +40,7 @@ impl PageSize {
     /// Bytes per page.
     pub const fn bytes(self) -> u64 {
         match self {
-            PageSize::Base => 4096,
+            PageSize::Base => PAGE_BYTES,
             PageSize::Huge2M => 2 << 20,
         }
     }
