@@ -3,9 +3,9 @@
 //!
 //! The module is called `types` rather than `mem` because it holds identities (a Hyper-V
 //! partition, a Xen domain) and the one "no such partition" error as well as guest memory
-//! ranges. It sits in the bottom crate so that the core, the backing, the Dynamic Memory
-//! endpoints and the host all name the same things with the same types and no crate has
-//! to translate between two spellings of a gfn range.
+//! ranges. It sits in the bottom crate so that the crates above it (the core, the backing,
+//! the host) name the same things with the same types and no crate translates between
+//! two spellings of a gfn range or a partition.
 //!
 //! # Gfns and ranges
 //! A [`Gfn`] is a plain `u64` (a type alias): gfns are indices into p2m tables, bitmaps
