@@ -746,6 +746,7 @@ pub struct Message<'a> {
 
 /// Why bytes are not a Dynamic Memory message. Each variant names the message and field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Fewer bytes than a `dm_header`.
     #[error("{len} bytes are too few for the 8-byte dm_header")]
@@ -823,6 +824,7 @@ pub enum DecodeError {
 
 /// Why a message cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The output buffer is too small.
     #[error("{ty}: needs {needed} bytes, the buffer has {available}")]

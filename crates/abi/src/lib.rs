@@ -10,6 +10,7 @@
 //! | [`hv`] | Hyper-V partition memory-pool and lifecycle hypercalls | seeds 000, 001, 004; reference `hv-pool.md` §1-3, §6 |
 //! | [`xen`] | Xen `memory_op` (XENMEM_*) | seed 002; reference `xen-memop.md` §2-3 (x86_64 layouts) |
 //! | [`dm`] | Hyper-V Dynamic Memory messages | seed 003 (`hv-balloon` protocol header); reference `dm-protocol.md` §3 |
+//! | [`types`] | the shared vocabulary: partition and domain ids, gfns, checked gfn ranges, "no such partition" | ballast's own |
 //! | [`vmbus`] | VMBus packet descriptors and ring control pages | Linux `drivers/hv/ring_buffer.c`; reference `dm-protocol.md` §2 |
 //!
 //! # Conventions
@@ -87,6 +88,7 @@ compile_error!(
 
 pub mod dm;
 pub mod hv;
+pub mod types;
 pub mod vmbus;
 pub mod xen;
 

@@ -232,6 +232,7 @@ impl PacketDescriptor {
 
 /// Why bytes are not a VMBus packet. Each variant names the descriptor field at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PacketError {
     /// Fewer than [`DESCRIPTOR_LEN`] bytes.
     #[error("{available} bytes cannot hold a {DESCRIPTOR_LEN}-byte packet descriptor")]
@@ -345,6 +346,7 @@ impl<'a> Packet<'a> {
 
 /// Why a packet cannot be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The payload does not fit in a packet whose length is a 16-bit count of 8-byte units.
     #[error(
@@ -535,6 +537,7 @@ pub struct RingFeatureBits {
 /// Why ring indices or sizes cannot be used. Indices come from shared memory the peer can
 /// write, so these are expected at run time, not programming errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RingError {
     /// The data area size is zero or not a multiple of 8.
     #[error("ring data size {data_size} is zero or not a multiple of {PACKET_ALIGN}")]
@@ -788,6 +791,7 @@ pub const HV_DM_GUID: Guid = Guid::from_fields(
 
 /// Why text is not a GUID in `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GuidParseError {
     /// Not 36 bytes long.
     #[error("GUID text is {len} bytes long, expected 36")]

@@ -254,6 +254,7 @@ pub struct MemoryOpCmd {
 
 /// Why a [`MemoryOpCmd`] has no command word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
 pub enum CmdEncodeError {
     /// The sub-op number does not fit below [`MEMOP_EXTENT_SHIFT`]; it would spill into
     /// the start extent.

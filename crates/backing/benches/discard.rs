@@ -23,8 +23,8 @@ fn fill(m: &PartitionMemory, ranges: &[GfnRange]) {
         rustix::fs::fallocate(
             m.fd(),
             FallocateFlags::empty(),
-            r.start * 4096,
-            r.count * 4096,
+            r.byte_offset(),
+            r.byte_len(),
         )
         .unwrap();
     }
@@ -32,7 +32,7 @@ fn fill(m: &PartitionMemory, ranges: &[GfnRange]) {
 
 /// Median GiB/s of `release` over SAMPLES runs, each after filling `ranges` again.
 fn rate(m: &PartitionMemory, ranges: &[GfnRange], mut release: impl FnMut()) -> f64 {
-    let bytes: u64 = ranges.iter().map(|r| r.count * 4096).sum();
+    let bytes: u64 = ranges.iter().map(|r| r.byte_len()).sum();
     let mut v: Vec<f64> = (0..SAMPLES)
         .map(|_| {
             fill(m, ranges);
@@ -53,15 +53,15 @@ fn raw_per_range(m: &PartitionMemory, ranges: &[GfnRange]) {
         rustix::fs::fallocate(
             m.fd(),
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            r.start * 4096,
-            r.count * 4096,
+            r.byte_offset(),
+            r.byte_len(),
         )
         .unwrap();
     }
 }
 
 fn case(name: &str, m: &PartitionMemory, ranges: &[GfnRange]) {
-    let span_start = ranges.iter().map(|r| r.start).min().unwrap();
+    let span_start = ranges.iter().map(|r| r.start()).min().unwrap();
     let span_end = ranges.iter().map(|r| r.end()).max().unwrap();
     let ours = rate(m, ranges, || {
         m.discard(ranges).unwrap();
@@ -69,7 +69,10 @@ fn case(name: &str, m: &PartitionMemory, ranges: &[GfnRange]) {
     let unmerged = rate(m, ranges, || raw_per_range(m, ranges));
     // The limit: one punch over the whole span (holes in the span cost nothing extra).
     let limit = rate(m, ranges, || {
-        raw_per_range(m, &[GfnRange::new(span_start, span_end - span_start)]);
+        raw_per_range(
+            m,
+            &[GfnRange::new(span_start, span_end - span_start).unwrap()],
+        );
     });
     let syscalls = m.discard(ranges).unwrap().syscalls;
     println!("{name} ({} ranges in, {syscalls} syscalls):", ranges.len());
@@ -86,26 +89,26 @@ fn main() {
 
     // (a) 2 MiB ranges covering 1 GiB, in the order a guest hands them back (shuffled).
     let mut a: Vec<GfnRange> = (0..PAGES / 512)
-        .map(|i| GfnRange::new(i * 512, 512))
+        .map(|i| GfnRange::new(i * 512, 512).unwrap())
         .collect();
     rng.shuffle(&mut a);
     case("(a) 1 GiB as 2 MiB ranges, shuffled", &m, &a);
 
     // (a') 2 MiB ranges with a 2 MiB gap between each: nothing to merge.
     let gapped: Vec<GfnRange> = (0..PAGES / 512)
-        .map(|i| GfnRange::new(i * 1024, 512))
+        .map(|i| GfnRange::new(i * 1024, 512).unwrap())
         .collect();
     case("(a') 1 GiB as 2 MiB ranges with gaps", &m, &gapped);
 
     // (b) every 4 KiB page of 1 GiB, scattered at random.
-    let mut b: Vec<GfnRange> = (0..PAGES).map(|g| GfnRange::new(g, 1)).collect();
+    let mut b: Vec<GfnRange> = (0..PAGES).map(|g| GfnRange::new(g, 1).unwrap()).collect();
     rng.shuffle(&mut b);
     case("(b) 1 GiB as 4 KiB pages, random order", &m, &b);
 
     // (b') half the 4 KiB pages of 2 GiB, chosen at random: some neighbours, many gaps.
     let mut half: Vec<GfnRange> = (0..2 * PAGES)
         .filter(|_| rng.next_u64() & 1 == 0)
-        .map(|g| GfnRange::new(g, 1))
+        .map(|g| GfnRange::new(g, 1).unwrap())
         .collect();
     rng.shuffle(&mut half);
     case("(b') ~1 GiB as random 4 KiB pages of 2 GiB", &m, &half);

@@ -11,7 +11,9 @@
 //! what is resident (`SEEK_DATA` / `SEEK_HOLE`) with what the partition's p2m maps,
 //! catching a guest that touches memory it does not own.
 //!
-//! The crate stands alone: it takes gfn ranges as plain data. `reference/anchors.md` §0
+//! The crate knows nothing of the hypervisor core: it takes gfn ranges and partition ids
+//! in the shared vocabulary of `ballast-abi` ([`ballast_abi::types`]), its only ballast
+//! dependency. `reference/anchors.md` §0
 //! and §3.2 give the primitives and their measured costs.
 //!
 //! Deliberate limits:
@@ -26,6 +28,7 @@
 
 use std::collections::BTreeMap;
 
+use ballast_abi::types::{NoSuchPartition, PartitionId};
 use rustix::io::Errno;
 use thiserror::Error;
 
@@ -37,11 +40,9 @@ pub use memory::{AuditReport, DiscardStats, PageSize, PartitionMemory};
 pub use ranges::GfnRange;
 pub use shared::SharedRegion;
 
-/// Bytes per gfn.
-pub const GFN_SIZE: u64 = 4096;
-
 /// Why guest memory could not be set up or used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum BackingError {
     /// A syscall failed.
     #[error("{0} failed: {1}")]
@@ -81,17 +82,17 @@ pub enum BackingError {
     #[error("residency audit needs SEEK_DATA/SEEK_HOLE, which hugetlbfs does not implement")]
     AuditUnsupported,
     /// No memory is registered for this partition.
-    #[error("no guest memory for partition {0}")]
-    NoPartition(u64),
+    #[error(transparent)]
+    NoPartition(#[from] NoSuchPartition),
     /// Memory is already registered for this partition.
     #[error("partition {0} already has guest memory")]
-    Exists(u64),
+    Exists(PartitionId),
 }
 
 /// The guest memory of every partition, keyed by partition id.
 #[derive(Debug, Default)]
 pub struct Backing {
-    partitions: BTreeMap<u64, PartitionMemory>,
+    partitions: BTreeMap<PartitionId, PartitionMemory>,
 }
 
 impl Backing {
@@ -103,7 +104,7 @@ impl Backing {
     /// Creates guest memory for `partition`: `size` bytes now, growable to `max_size`.
     pub fn create(
         &mut self,
-        partition: u64,
+        partition: PartitionId,
         size: u64,
         max_size: u64,
         page_size: PageSize,
@@ -121,17 +122,23 @@ impl Backing {
     }
 
     /// Drops a partition's memory (closing the memfd frees all of it).
-    pub fn remove(&mut self, partition: u64) -> Option<PartitionMemory> {
+    pub fn remove(&mut self, partition: PartitionId) -> Option<PartitionMemory> {
         self.partitions.remove(&partition)
     }
 
     /// A partition's memory.
-    pub fn get(&self, partition: u64) -> Option<&PartitionMemory> {
+    pub fn get(&self, partition: PartitionId) -> Option<&PartitionMemory> {
         self.partitions.get(&partition)
     }
 
+    /// A partition's memory, or [`BackingError::NoPartition`].
+    pub fn memory(&self, partition: PartitionId) -> Result<&PartitionMemory, BackingError> {
+        self.get(partition)
+            .ok_or(BackingError::NoPartition(NoSuchPartition(partition)))
+    }
+
     /// A partition's memory, mutably (to grow it).
-    pub fn get_mut(&mut self, partition: u64) -> Option<&mut PartitionMemory> {
+    pub fn get_mut(&mut self, partition: PartitionId) -> Option<&mut PartitionMemory> {
         self.partitions.get_mut(&partition)
     }
 
@@ -139,7 +146,7 @@ impl Backing {
     /// error: nothing of it is resident (the root partition, typically, has none).
     pub fn discard(
         &self,
-        partition: u64,
+        partition: PartitionId,
         ranges: &[GfnRange],
     ) -> Result<DiscardStats, BackingError> {
         match self.partitions.get(&partition) {
@@ -152,7 +159,7 @@ impl Backing {
     }
 
     /// Resident bytes of each partition, and in total.
-    pub fn resident_bytes(&self) -> Result<(BTreeMap<u64, u64>, u64), BackingError> {
+    pub fn resident_bytes(&self) -> Result<(BTreeMap<PartitionId, u64>, u64), BackingError> {
         let mut per = BTreeMap::new();
         let mut total = 0;
         for (&id, m) in &self.partitions {
@@ -164,7 +171,7 @@ impl Backing {
     }
 
     /// Partition ids with memory, in order.
-    pub fn partitions(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
         self.partitions.keys().copied()
     }
 }

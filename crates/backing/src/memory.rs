@@ -15,8 +15,15 @@ use rustix::fs::{FallocateFlags, MemfdFlags, SeekFrom};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+use ballast_abi::PAGE_SHIFT;
+use ballast_abi::types::{GFN_LIMIT, PAGE_BYTES, gfn_to_bytes};
+
+use crate::BackingError;
 use crate::ranges::{GfnRange, merge, subtract};
-use crate::{BackingError, GFN_SIZE};
+
+/// The largest guest space: every gfn is below `GFN_LIMIT`, so no byte of a partition's
+/// memory lies at or beyond 2^52, and every gfn range of it converts to bytes exactly.
+const MAX_GUEST_BYTES: u64 = GFN_LIMIT << PAGE_SHIFT;
 
 /// The page size the memfd is backed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -33,14 +40,14 @@ impl PageSize {
     /// Bytes per page.
     pub const fn bytes(self) -> u64 {
         match self {
-            PageSize::Base => 4096,
+            PageSize::Base => PAGE_BYTES,
             PageSize::Huge2M => 2 << 20,
         }
     }
 
     /// Gfns per page.
     pub const fn gfns(self) -> u64 {
-        self.bytes() / GFN_SIZE
+        self.bytes() / PAGE_BYTES
     }
 }
 
@@ -71,7 +78,7 @@ pub struct AuditReport {
 impl AuditReport {
     /// Gfns in violation.
     pub fn violating_gfns(&self) -> u64 {
-        self.violations.iter().map(|r| r.count).sum()
+        self.violations.iter().map(|r| r.count()).sum()
     }
 }
 
@@ -109,7 +116,8 @@ fn check_multiple(what: &'static str, value: u64, page: PageSize) -> Result<(), 
 
 impl PartitionMemory {
     /// A memfd named `name` of `size` bytes, in a reservation of `max_size` bytes of
-    /// address space. Both must be multiples of the page size.
+    /// address space. Both must be multiples of the page size, and `max_size` at most
+    /// 2^52 (the gfn limit's bytes: larger guest spaces have gfns no range can name).
     pub fn new(
         name: &str,
         size: u64,
@@ -120,6 +128,12 @@ impl PartitionMemory {
         check_multiple("max_size", max_size, page_size)?;
         if size > max_size {
             return Err(BackingError::TooLarge { size, max_size });
+        }
+        if max_size > MAX_GUEST_BYTES {
+            return Err(BackingError::TooLarge {
+                size: max_size,
+                max_size: MAX_GUEST_BYTES,
+            });
         }
         let reserved = usize::try_from(max_size)
             .ok()
@@ -233,7 +247,7 @@ impl PartitionMemory {
 
     /// Gfns of guest physical space.
     pub fn gfns(&self) -> u64 {
-        self.size / GFN_SIZE
+        self.size / PAGE_BYTES
     }
 
     /// The page size.
@@ -334,13 +348,28 @@ impl PartitionMemory {
     /// space). A source that reads as zero is not written but the destination punched, so
     /// it reads zero without becoming resident.
     pub fn copy_page(&self, from: u64, to: u64) -> Result<(), BackingError> {
-        let mut page = vec![0u8; GFN_SIZE as usize];
-        self.read(from.saturating_mul(GFN_SIZE), &mut page)?;
+        let mut page = vec![0u8; PAGE_BYTES as usize];
+        self.read(self.page_offset(from)?, &mut page)?;
         if page.iter().any(|&b| b != 0) {
-            self.write(to.saturating_mul(GFN_SIZE), &page)
+            self.write(self.page_offset(to)?, &page)
         } else {
-            self.discard(&[GfnRange::new(to, 1)]).map(|_| ())
+            match GfnRange::page(to) {
+                Ok(r) => self.discard(&[r]).map(|_| ()),
+                // Beyond every guest space: nothing there to punch, as `discard` ignores
+                // gfns beyond the space.
+                Err(_) => Ok(()),
+            }
         }
+    }
+
+    /// The byte offset of page `gfn`, or `OutOfRange` (with the offset saturated) if no
+    /// guest space reaches it.
+    pub fn page_offset(&self, gfn: u64) -> Result<u64, BackingError> {
+        gfn_to_bytes(gfn).ok_or(BackingError::OutOfRange {
+            offset: gfn.saturating_mul(PAGE_BYTES),
+            len: PAGE_BYTES,
+            size: self.size,
+        })
     }
 
     /// Releases the memory behind the given gfn ranges back to the host kernel, so they
@@ -372,30 +401,29 @@ impl PartitionMemory {
         let limit = self.gfns();
         let per_page = self.page_size.gfns();
         for r in merge(ranges).iter() {
-            let start = r.start.min(limit);
-            let end = r.end().min(limit);
-            if start >= end {
+            let r = r.clamp_end(limit);
+            if r.is_empty() {
                 continue;
             }
-            self.punch(start, end - start)?;
+            self.punch(r)?;
             stats.syscalls += 1;
-            // Whole pages inside [start, end) are freed; partial pages at either edge are
+            // Whole pages inside the range are freed; partial pages at either edge are
             // only zeroed.
-            let inner_start = start.div_ceil(per_page) * per_page;
-            let inner_end = (end / per_page) * per_page;
-            let released = inner_end.saturating_sub(inner_start);
-            stats.bytes_released += released * GFN_SIZE;
-            stats.bytes_zeroed += (end - start - released) * GFN_SIZE;
+            let inner_start = r.start().div_ceil(per_page) * per_page;
+            let inner_end = (r.end() / per_page) * per_page;
+            let released = GfnRange::from_bounds(inner_start, inner_end).unwrap_or_default();
+            stats.bytes_released += released.byte_len();
+            stats.bytes_zeroed += r.byte_len() - released.byte_len();
         }
         Ok(stats)
     }
 
-    fn punch(&self, gfn: u64, count: u64) -> Result<(), BackingError> {
+    fn punch(&self, r: GfnRange) -> Result<(), BackingError> {
         rustix::fs::fallocate(
             &self.fd,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            gfn * GFN_SIZE,
-            count * GFN_SIZE,
+            r.byte_offset(),
+            r.byte_len(),
         )
         .map_err(|e| BackingError::Syscall("fallocate(PUNCH_HOLE)", e))
     }
@@ -423,9 +451,12 @@ impl PartitionMemory {
             let hole = rustix::fs::seek(&self.fd, SeekFrom::Hole(data))
                 .map_err(|e| BackingError::Syscall("lseek(SEEK_HOLE)", e))?
                 .min(self.size);
-            let (s, e) = (data / GFN_SIZE, hole.div_ceil(GFN_SIZE));
+            let (s, e) = (data / PAGE_BYTES, hole.div_ceil(PAGE_BYTES));
+            // `hole <= size <= MAX_GUEST_BYTES`, so the range is within the gfn limit.
             if e > s {
-                out.push(GfnRange::new(s, e - s));
+                if let Ok(r) = GfnRange::from_bounds(s, e) {
+                    out.push(r);
+                }
             }
             pos = hole.max(data + 1);
         }
@@ -478,13 +509,13 @@ mod tests {
 
     fn touch(m: &PartitionMemory, gfns: impl IntoIterator<Item = u64>) {
         for g in gfns {
-            m.write(g * GFN_SIZE, &pattern(g)).unwrap();
+            m.write(g * PAGE_BYTES, &pattern(g)).unwrap();
         }
     }
 
     fn read_page(m: &PartitionMemory, gfn: u64) -> Vec<u8> {
         let mut b = vec![0xEE; 4096];
-        m.read(gfn * GFN_SIZE, &mut b).unwrap();
+        m.read(gfn * PAGE_BYTES, &mut b).unwrap();
         b
     }
 
@@ -498,25 +529,30 @@ mod tests {
         // Pages given in scattered order, with overlaps, merge into two punches.
         let ranges: Vec<GfnRange> = (0..256u64)
             .rev()
-            .map(|g| GfnRange::new(g, 1))
+            .map(|g| GfnRange::new(g, 1).unwrap())
             .chain([
-                GfnRange::new(512, 256),
-                GfnRange::new(600, 10),
-                GfnRange::new(100, 5),
+                GfnRange::new(512, 256).unwrap(),
+                GfnRange::new(600, 10).unwrap(),
+                GfnRange::new(100, 5).unwrap(),
             ])
             .collect();
         let stats = m.discard(&ranges).unwrap();
         assert_eq!(stats.syscalls, 2);
         assert_eq!(stats.ranges_in, 259);
-        assert_eq!(stats.bytes_released, 512 * GFN_SIZE);
-        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * GFN_SIZE);
+        assert_eq!(stats.bytes_released, 512 * PAGE_BYTES);
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * PAGE_BYTES);
         assert_eq!(read_page(&m, 5), vec![0; 4096]);
         assert_eq!(read_page(&m, 600), vec![0; 4096]);
         assert_eq!(read_page(&m, 256), pattern(256));
         // Reading a hole through the file does not make it resident.
-        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * GFN_SIZE);
+        assert_eq!(m.resident_bytes().unwrap(), 4 * MIB - 512 * PAGE_BYTES);
         // Beyond the guest space: ignored, not an error.
-        assert_eq!(m.discard(&[GfnRange::new(1 << 30, 4)]).unwrap().syscalls, 0);
+        assert_eq!(
+            m.discard(&[GfnRange::new(1 << 30, 4).unwrap()])
+                .unwrap()
+                .syscalls,
+            0
+        );
     }
 
     #[test]
@@ -567,25 +603,34 @@ mod tests {
     #[test]
     fn audit_finds_planted_violations() {
         let m = PartitionMemory::new("a", 4 * MIB, 4 * MIB, PageSize::Base).unwrap();
-        let mapped = [GfnRange::new(0, 100), GfnRange::new(200, 50)];
+        let mapped = [
+            GfnRange::new(0, 100).unwrap(),
+            GfnRange::new(200, 50).unwrap(),
+        ];
         touch(&m, (0..100).chain(200..250));
         let clean = m.audit(&mapped).unwrap();
         assert!(clean.violations.is_empty(), "{clean:?}");
         assert_eq!(
             clean.resident,
-            vec![GfnRange::new(0, 100), GfnRange::new(200, 50)]
+            vec![
+                GfnRange::new(0, 100).unwrap(),
+                GfnRange::new(200, 50).unwrap()
+            ]
         );
         // A guest touches pages it does not own.
         touch(&m, [150, 151, 900]);
         let report = m.audit(&mapped).unwrap();
         assert_eq!(
             report.violations,
-            vec![GfnRange::new(150, 2), GfnRange::new(900, 1)]
+            vec![
+                GfnRange::new(150, 2).unwrap(),
+                GfnRange::new(900, 1).unwrap()
+            ]
         );
         assert_eq!(report.violating_gfns(), 3);
         let before = m.resident_bytes().unwrap();
         m.audit_and_repair(&mapped).unwrap();
-        assert_eq!(m.resident_bytes().unwrap(), before - 3 * GFN_SIZE);
+        assert_eq!(m.resident_bytes().unwrap(), before - 3 * PAGE_BYTES);
         assert!(m.audit(&mapped).unwrap().violations.is_empty());
         assert_eq!(read_page(&m, 150), vec![0; 4096]);
         assert_eq!(read_page(&m, 50), pattern(50));
@@ -614,7 +659,10 @@ mod tests {
         assert_eq!(m.resident_bytes().unwrap(), 6 * MIB);
         // One whole huge page and a 4 KiB piece of another.
         let stats = m
-            .discard(&[GfnRange::new(0, 512), GfnRange::new(513, 1)])
+            .discard(&[
+                GfnRange::new(0, 512).unwrap(),
+                GfnRange::new(513, 1).unwrap(),
+            ])
             .unwrap();
         assert_eq!(stats.bytes_released, 2 * MIB);
         assert_eq!(stats.bytes_zeroed, 4096);

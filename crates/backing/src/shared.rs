@@ -26,7 +26,9 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::{BackingError, GFN_SIZE};
+use ballast_abi::types::PAGE_BYTES;
+
+use crate::BackingError;
 
 const WORD: usize = size_of::<AtomicU32>();
 
@@ -128,11 +130,11 @@ impl SharedRegion {
     /// reclaims or OOM-kills as any allocation does, never `SIGBUS`.)
     pub fn guest_ram(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Self, BackingError> {
         check_shmem(fd)?;
-        if offset % GFN_SIZE != 0 {
+        if offset % PAGE_BYTES != 0 {
             return Err(BackingError::Unaligned {
                 what: "guest RAM offset",
                 value: offset,
-                page_bytes: GFN_SIZE,
+                page_bytes: PAGE_BYTES,
             });
         }
         let size = file_size(fd)?;
@@ -629,19 +631,19 @@ mod tests {
     fn a_partitions_memory_is_guest_ram_with_its_size_sealed() {
         let pm =
             crate::PartitionMemory::new("pm", 1 << 20, 4 << 20, crate::PageSize::Base).unwrap();
-        let r = SharedRegion::guest_ram(pm.fd(), 16 * GFN_SIZE, 8192).unwrap();
+        let r = SharedRegion::guest_ram(pm.fd(), 16 * PAGE_BYTES, 8192).unwrap();
         assert!(r.size_is_sealed());
         r.write(100, b"ring bytes").unwrap();
         let mut out = [0u8; 10];
-        pm.read(16 * GFN_SIZE + 100, &mut out).unwrap();
+        pm.read(16 * PAGE_BYTES + 100, &mut out).unwrap();
         assert_eq!(&out, b"ring bytes");
-        pm.write(17 * GFN_SIZE, &[5; 4]).unwrap();
+        pm.write(17 * PAGE_BYTES, &[5; 4]).unwrap();
         assert_eq!(
             r.atomic_u32(4096).unwrap().load(Ordering::Acquire),
             0x0505_0505
         );
         // A discarded page reads zero through the region too.
-        pm.discard(&[crate::GfnRange::new(17, 1)]).unwrap();
+        pm.discard(&[crate::GfnRange::new(17, 1).unwrap()]).unwrap();
         assert_eq!(r.atomic_u32(4096).unwrap().load(Ordering::Acquire), 0);
     }
 

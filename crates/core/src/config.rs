@@ -344,6 +344,7 @@ impl Config {
 
 /// A configuration ballast cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Between 1 and 64 nodes (the web TLFS's proximity domain ids 0-63).
     #[error("{0} NUMA nodes configured; between 1 and 64 are supported")]

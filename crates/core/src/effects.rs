@@ -5,26 +5,14 @@
 //! discard of that gfn; the host applies discards to the partition's backing memory, so a
 //! gfn mapped again later reads zero, whichever frame backs it.
 
-use crate::PartitionId;
+use crate::{Gfn, PartitionId};
 
-/// A run of guest frame numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GfnRange {
-    /// First gfn.
-    pub start: u64,
-    /// Number of gfns.
-    pub count: u64,
-}
-
-impl GfnRange {
-    /// One past the last gfn.
-    pub const fn end(&self) -> u64 {
-        self.start + self.count
-    }
-}
+/// The one gfn range type of ballast (checked: it never passes the gfn limit).
+pub use ballast_abi::types::GfnRange;
 
 /// An action the host must carry out for the core.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Effect {
     /// The gfns left the partition's guest physical space: release their backing bytes.
     Discard {
@@ -41,17 +29,17 @@ pub enum Effect {
         /// Whose guest space.
         partition: PartitionId,
         /// The page's old gfn.
-        from: u64,
+        from: Gfn,
         /// Its new gfn.
-        to: u64,
+        to: Gfn,
     },
 }
 
 impl Effect {
     /// True if this is a discard of `gfn` in `partition`'s guest space.
-    pub fn discards(&self, partition: PartitionId, gfn: u64) -> bool {
+    pub fn discards(&self, partition: PartitionId, gfn: Gfn) -> bool {
         matches!(self, Effect::Discard { partition: p, range }
-            if *p == partition && range.start <= gfn && gfn < range.end())
+            if *p == partition && range.contains(gfn))
     }
 }
 
@@ -63,34 +51,34 @@ pub struct Effects {
 }
 
 impl Effects {
-    /// Records that `gfn` left `partition`'s guest space.
+    /// Records that `count` gfns from `gfn` left `partition`'s guest space.
+    ///
+    /// # Panics
+    /// If the gfns pass the gfn limit. The core never asks that: it discards only gfns it
+    /// had mapped (its p2m refuses gfns from the limit up) and root frames (32-bit mfns).
     #[inline]
-    pub fn discard(&mut self, partition: PartitionId, gfn: u64, count: u64) {
+    pub fn discard(&mut self, partition: PartitionId, gfn: Gfn, count: u64) {
+        let new = GfnRange::new(gfn, count)
+            .expect("the core discards only gfns below the gfn limit (p2m and mfn ranges)");
         if let Some(Effect::Discard {
             partition: p,
             range,
         }) = self.queue.last_mut()
         {
-            if *p == partition {
-                if range.end() == gfn {
-                    range.count += count;
-                    return;
-                }
-                if gfn + count == range.start {
-                    range.start = gfn;
-                    range.count += count;
-                    return;
-                }
+            // Neighbours merge into their hull, which is their union since they touch.
+            if *p == partition && (range.end() == new.start() || new.end() == range.start()) {
+                *range = range.hull(&new);
+                return;
             }
         }
         self.queue.push(Effect::Discard {
             partition,
-            range: GfnRange { start: gfn, count },
+            range: new,
         });
     }
 
     /// Records that the page at `from` moved to `to` in `partition`'s guest space.
-    pub fn moved(&mut self, partition: PartitionId, from: u64, to: u64) {
+    pub fn moved(&mut self, partition: PartitionId, from: Gfn, to: Gfn) {
         self.queue.push(Effect::Move {
             partition,
             from,
@@ -131,21 +119,15 @@ mod tests {
             vec![
                 Effect::Discard {
                     partition: PartitionId(3),
-                    range: GfnRange { start: 8, count: 5 }
+                    range: GfnRange::new(8, 5).unwrap()
                 },
                 Effect::Discard {
                     partition: PartitionId(4),
-                    range: GfnRange {
-                        start: 13,
-                        count: 1
-                    }
+                    range: GfnRange::new(13, 1).unwrap()
                 },
                 Effect::Discard {
                     partition: PartitionId(3),
-                    range: GfnRange {
-                        start: 20,
-                        count: 2
-                    }
+                    range: GfnRange::new(20, 2).unwrap()
                 },
             ]
         );

@@ -11,18 +11,18 @@ use ballast_abi::hv::{HvPartitionPrivilegeMask, HvProximityDomainInfo};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
-use crate::effects::{Effect, Effects, GfnRange};
+use crate::effects::{Effect, Effects};
 use crate::frame::{FrameState, Frames, NO_FRAME, NodeSel};
 use crate::p2m::{GFN_LIMIT, P2m};
 use crate::partition::{NodePool, Partition, PartitionState};
-use crate::{DomId, Mfn, PartitionId};
+use crate::{DomId, GfnRange, Mfn, NoSuchPartition, PartitionId};
 
 /// The root partition's Hyper-V id.
 pub const ROOT_ID: PartitionId = PartitionId(1);
 /// The root partition's Xen domid (the control domain).
 pub const ROOT_DOMID: DomId = DomId(0);
-/// Xen's `DOMID_FIRST_RESERVED`: ordinary domids are below it.
-pub const DOMID_FIRST_RESERVED: u16 = 0x7FF0;
+/// Xen's `DOMID_FIRST_RESERVED`: ordinary domids are below it (defined once, in the ABI).
+pub use ballast_abi::xen::DOMID_FIRST_RESERVED;
 
 /// A broken invariant, found by [`Hypervisor::check`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -31,6 +31,7 @@ pub struct InvariantViolation(pub String);
 
 /// Why a partition could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum CreateError {
     /// The partition limit is reached.
     #[error("the limit of {0} partitions is reached")]
@@ -42,8 +43,8 @@ pub enum CreateError {
     #[error("the partition tree would exceed its depth limit")]
     TooDeep,
     /// No such parent.
-    #[error("no partition {0:?}")]
-    NoParent(PartitionId),
+    #[error(transparent)]
+    NoParent(NoSuchPartition),
     /// The chosen Xen domid is taken (`XEN_DOMCTL_createdomain`: -EEXIST).
     #[error("domid {0:?} is in use")]
     DomidInUse(DomId),
@@ -61,10 +62,11 @@ pub enum CreateError {
 
 /// Why memory could not be put into or taken out of a guest's space by the host API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum MemoryError {
     /// No such partition.
-    #[error("no partition {0:?}")]
-    NoPartition(PartitionId),
+    #[error(transparent)]
+    NoPartition(#[from] NoSuchPartition),
     /// A gfn at or beyond the partition's guest-physical limit (the size of its backing
     /// memory, at most 2^40).
     #[error("gfn {0:#x} is beyond the partition's guest physical space")]
@@ -113,10 +115,11 @@ pub(crate) enum SpaceError {
 
 /// Why a partition could not be destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum DestroyError {
     /// No such partition.
-    #[error("no partition {0:?}")]
-    NoPartition(PartitionId),
+    #[error(transparent)]
+    NoPartition(#[from] NoSuchPartition),
     /// The root cannot be destroyed.
     #[error("the root partition cannot be destroyed")]
     Root,
@@ -687,7 +690,7 @@ impl Hypervisor {
         id: PartitionId,
         gfn_limit: u64,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if gfn_limit > GFN_LIMIT {
             return Err(MemoryError::GfnOutOfRange(gfn_limit));
         }
@@ -710,7 +713,7 @@ impl Hypervisor {
         id: PartitionId,
         bytes: Option<u64>,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).p2m_budget = bytes;
         Ok(())
     }
@@ -729,7 +732,7 @@ impl Hypervisor {
         id: PartitionId,
         passthrough: bool,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).passthrough = passthrough;
         Ok(())
     }
@@ -743,7 +746,7 @@ impl Hypervisor {
     /// core has no page contents to sweep, so it answers [`MemoryError::PodCacheEmpty`]
     /// and the VMM should stop the guest.
     pub fn pod_demand_populate(&mut self, id: PartitionId, gfn: u64) -> Result<Mfn, MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if !self.part(slot).p2m.is_pod(gfn) {
             return Err(MemoryError::NotPod(gfn));
         }
@@ -762,7 +765,7 @@ impl Hypervisor {
     /// partition's guest-physical limit and their p2m tables within its budget, as for the
     /// guest's own calls. A PoD entry in the range is replaced. All or nothing.
     pub fn populate(&mut self, id: PartitionId, start: u64, count: u64) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(MemoryError::Root);
         }
@@ -799,26 +802,25 @@ impl Hypervisor {
     /// heap: the host's way to take RAM back (a balloon). Every range is checked before
     /// any is touched: an unmapped gfn refuses the whole call.
     pub fn release(&mut self, id: PartitionId, ranges: &[GfnRange]) -> Result<u64, MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(MemoryError::Root);
         }
+        // Every range ends at or below GFN_LIMIT: `GfnRange` cannot be built otherwise.
         for r in ranges {
-            let end = r.start.checked_add(r.count).filter(|&e| e <= GFN_LIMIT);
-            end.ok_or(MemoryError::GfnOutOfRange(r.start))?;
             let ram = |g| {
                 self.part(slot)
                     .p2m
                     .get(g)
                     .is_some_and(|m| self.frames.state(m) == FrameState::Mapped)
             };
-            if let Some(g) = (r.start..r.end()).find(|&g| !ram(g)) {
+            if let Some(g) = r.iter().find(|&g| !ram(g)) {
                 return Err(MemoryError::NotMapped(g));
             }
         }
         let mut released = 0;
         for r in ranges {
-            for gfn in r.start..r.end() {
+            for gfn in r.iter() {
                 // A gfn listed twice is released once.
                 if let Some(m) = self.unmap(slot, gfn) {
                     self.heap_free(m, 0);
@@ -854,7 +856,7 @@ impl Hypervisor {
     /// frames it was charged in its parent's pool are released, and its ids become
     /// invalid. A partition with children must lose them first.
     pub fn destroy_partition(&mut self, id: PartitionId) -> Result<(), DestroyError> {
-        let slot = self.slot_of(id).ok_or(DestroyError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         if slot == Self::ROOT_SLOT {
             return Err(DestroyError::Root);
         }
@@ -896,7 +898,7 @@ impl Hypervisor {
     /// Sets Xen `max_pages` of partition `id` (`XEN_DOMCTL_max_mem`); it may go below
     /// `tot_pages`, after which only frees succeed.
     pub fn set_max_pages(&mut self, id: PartitionId, max_pages: u32) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
         self.part_mut(slot).max_pages = max_pages;
         Ok(())
     }

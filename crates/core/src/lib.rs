@@ -29,7 +29,7 @@ pub mod xen;
 pub use config::{
     Config, ConfigError, Costs, Limits, MemoryKind, MemoryRange, P2mBudget, XenConfig,
 };
-pub use effects::{Effect, GfnRange};
+pub use effects::Effect;
 pub use frame::NodeSel;
 pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};
 pub use hypervisor::{
@@ -41,10 +41,6 @@ pub use xen::{MemoryOpResult, StopReason};
 /// A machine frame number (4 KiB frames; ballast manages up to 2^32 - 1 of them).
 pub type Mfn = u32;
 
-/// A Hyper-V partition id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionId(pub u64);
-
-/// A Xen domain id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DomId(pub u16);
+// The vocabulary every crate shares lives in ballast-abi; re-exported so the core's
+// callers can name it from here.
+pub use ballast_abi::types::{DomId, Gfn, GfnRange, GfnRangeError, NoSuchPartition, PartitionId};

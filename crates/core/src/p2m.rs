@@ -18,8 +18,8 @@
 use crate::Mfn;
 use crate::frame::NO_FRAME;
 
-/// Gfns are below this.
-pub const GFN_LIMIT: u64 = 1 << 40;
+/// Gfns are below this (2^40: the vocabulary's limit, which the tree's 40 bits match).
+pub use ballast_abi::types::GFN_LIMIT;
 
 /// The entry value of a populate-on-demand gfn. Never a frame: the frame table holds at
 /// most 2^32 - 2 frames, so MFNs stop below `NO_FRAME - 1`.

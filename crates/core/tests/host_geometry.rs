@@ -123,14 +123,8 @@ fn frames_outside_ram_are_absent_and_never_handed_out() {
     let p = hv.partition(g).unwrap();
     assert!(p.p2m.iter().all(|(_, mfn)| is_ram(mfn.into())));
     // And they all come back.
-    hv.release(
-        g,
-        &[ballast_core::GfnRange {
-            start: 0,
-            count: free,
-        }],
-    )
-    .unwrap();
+    hv.release(g, &[ballast_core::GfnRange::new(0, free).unwrap()])
+        .unwrap();
     hv.check().unwrap();
     assert_eq!(hv.frames().total_free(), RAM_FRAMES);
 }

@@ -389,7 +389,7 @@ fn case_11_deposit_three_pages() {
         // Out of R's identity map: the page left the heap and R's view of it was discarded.
         assert_eq!(hv.frames().state(p as u32), FrameState::PoolAvailable);
         let discarded = hv.effects().iter().any(|e| {
-            matches!(e, Effect::Discard { partition, range } if *partition == R && range.start <= p && p < range.end())
+            matches!(e, Effect::Discard { partition, range } if *partition == R && range.start() <= p && p < range.end())
         });
         assert!(discarded, "no discard of root page {p}");
     }

@@ -336,7 +336,7 @@ impl World {
                 if release {
                     let ranges: Vec<GfnRange> = (g as u64..g as u64 + n as u64)
                         .filter(|&x| self.hv.partition(t).is_some_and(|p| p.p2m.get(x).is_some()))
-                        .map(|x| GfnRange { start: x, count: 1 })
+                        .map(|x| GfnRange::new(x, 1).unwrap())
                         .collect();
                     if t != ROOT_ID {
                         self.hv.release(t, &ranges).unwrap();
@@ -438,7 +438,7 @@ proptest! {
             let mut discarded: BTreeMap<PartitionId, BTreeSet<u64>> = BTreeMap::new();
             for e in w.hv.take_effects() {
                 if let Effect::Discard { partition, range } = e {
-                    discarded.entry(partition).or_default().extend(range.start..range.end());
+                    discarded.entry(partition).or_default().extend(range.start()..range.end());
                 }
             }
             // A gfn that left, or now holds another frame, must have been discarded:

@@ -2,14 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use ballast_backing::{AuditReport, Backing, BackingError, GfnRange, PageSize};
+use ballast_backing::{AuditReport, Backing, BackingError, PageSize};
 use ballast_core::{
-    Config, ConfigError, Effect, GfnRange as CoreRange, Hypervisor, MemoryError, PartitionId,
+    Config, ConfigError, Effect, GfnRange, GfnRangeError, Hypervisor, MemoryError, NoSuchPartition,
+    PartitionId,
 };
 use thiserror::Error;
 
 /// What went wrong between the core and real memory.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum HostError {
     /// The hypervisor configuration is unusable.
     #[error(transparent)]
@@ -18,8 +20,11 @@ pub enum HostError {
     #[error(transparent)]
     Backing(#[from] BackingError),
     /// No such partition in the core.
-    #[error("no partition {0:?}")]
-    NoPartition(PartitionId),
+    #[error(transparent)]
+    NoPartition(#[from] NoSuchPartition),
+    /// A gfn count whose pages pass the gfn limit (2^40 gfns, 2^52 bytes).
+    #[error(transparent)]
+    GfnRange(#[from] GfnRangeError),
     /// The core refused a change to a partition's guest space.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -102,17 +107,20 @@ impl MemoryHost {
         page_size: PageSize,
     ) -> Result<(), HostError> {
         if self.hv.partition(id).is_none() {
-            return Err(HostError::NoPartition(id));
+            return Err(NoSuchPartition(id).into());
         }
         let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit);
         self.hv.set_guest_physical_limit(id, gfns)?;
-        if let Err(e) = self
-            .backing
-            .create(id.0, gfns * 4096, max_gfns * 4096, page_size)
-        {
+        let created = (|| -> Result<(), HostError> {
+            let size = GfnRange::new(0, gfns)?.byte_len();
+            let max_size = GfnRange::new(0, max_gfns)?.byte_len();
+            self.backing.create(id, size, max_size, page_size)?;
+            Ok(())
+        })();
+        if let Err(e) = created {
             // Keep the core as it was: it must not believe in memory that is not there.
             let _ = self.hv.set_guest_physical_limit(id, before);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -122,9 +130,9 @@ impl MemoryHost {
     pub fn grow_memory(&mut self, id: PartitionId, gfns: u64) -> Result<(), HostError> {
         let mem = self
             .backing
-            .get_mut(id.0)
-            .ok_or(BackingError::NoPartition(id.0))?;
-        mem.grow(gfns * 4096)?;
+            .get_mut(id)
+            .ok_or(BackingError::NoPartition(NoSuchPartition(id)))?;
+        mem.grow(GfnRange::new(0, gfns)?.byte_len())?;
         let size = mem.gfns();
         self.hv.set_guest_physical_limit(id, size)?;
         Ok(())
@@ -167,14 +175,12 @@ impl MemoryHost {
             },
             failures: Vec::new(),
         };
-        let mut per: BTreeMap<u64, Vec<GfnRange>> = BTreeMap::new();
+        let mut per: BTreeMap<PartitionId, Vec<GfnRange>> = BTreeMap::new();
         for e in effects {
             match e {
                 Effect::Discard { partition, range } => {
-                    report.stats.gfns += range.count;
-                    per.entry(partition.0)
-                        .or_default()
-                        .push(GfnRange::new(range.start, range.count));
+                    report.stats.gfns += range.count();
+                    per.entry(partition).or_default().push(range);
                 }
                 Effect::Move {
                     partition,
@@ -182,19 +188,24 @@ impl MemoryHost {
                     to,
                 } => {
                     self.flush(&mut per, &mut report);
-                    if let Some(mem) = self.backing.get(partition.0) {
+                    if let Some(mem) = self.backing.get(partition) {
                         if let Err(error) = mem.copy_page(from, to) {
                             report.failures.push(EffectFailure { effect: e, error });
                         }
                     }
                 }
+                // `Effect` is non-exhaustive for embedders; this host ships with the core
+                // and applies every effect it records. Dropping one silently could leave
+                // a guest's old bytes readable, so an effect added to the core without
+                // being applied here fails loudly (the tests of this crate reach it).
+                other => unreachable!("ballast-host does not apply {other:?}"),
             }
         }
         self.flush(&mut per, &mut report);
         report
     }
 
-    fn flush(&self, per: &mut BTreeMap<u64, Vec<GfnRange>>, report: &mut ApplyReport) {
+    fn flush(&self, per: &mut BTreeMap<PartitionId, Vec<GfnRange>>, report: &mut ApplyReport) {
         for (id, ranges) in std::mem::take(per) {
             match self.backing.discard(id, &ranges) {
                 Ok(s) => report.stats.syscalls += s.syscalls,
@@ -204,11 +215,8 @@ impl MemoryHost {
                             Ok(s) => report.stats.syscalls += s.syscalls,
                             Err(error) => report.failures.push(EffectFailure {
                                 effect: Effect::Discard {
-                                    partition: PartitionId(id),
-                                    range: CoreRange {
-                                        start: r.start,
-                                        count: r.count,
-                                    },
+                                    partition: id,
+                                    range: r,
                                 },
                                 error,
                             }),
@@ -221,21 +229,19 @@ impl MemoryHost {
 
     /// The gfn ranges partition `id`'s p2m maps.
     pub fn mapped_ranges(&self, id: PartitionId) -> Result<Vec<GfnRange>, HostError> {
-        let p = self.hv.partition(id).ok_or(HostError::NoPartition(id))?;
+        let p = self.hv.partition(id).ok_or(NoSuchPartition(id))?;
+        // The p2m holds gfns below the gfn limit only, so every run is a valid range.
         Ok(p.p2m
             .ranges()
             .into_iter()
             .map(|(s, c)| GfnRange::new(s, c))
-            .collect())
+            .collect::<Result<_, _>>()?)
     }
 
     /// Audits partition `id`'s memfd against its p2m; with `repair`, discards what it finds.
     pub fn audit(&self, id: PartitionId, repair: bool) -> Result<AuditReport, HostError> {
         let mapped = self.mapped_ranges(id)?;
-        let mem = self
-            .backing
-            .get(id.0)
-            .ok_or(BackingError::NoPartition(id.0))?;
+        let mem = self.backing.memory(id)?;
         Ok(if repair {
             mem.audit_and_repair(&mapped)?
         } else {
@@ -245,33 +251,23 @@ impl MemoryHost {
 
     /// Resident bytes of partition `id`'s memfd.
     pub fn resident_bytes(&self, id: PartitionId) -> Result<u64, HostError> {
-        Ok(self
-            .backing
-            .get(id.0)
-            .ok_or(BackingError::NoPartition(id.0))?
-            .resident_bytes()?)
+        Ok(self.backing.memory(id)?.resident_bytes()?)
     }
 
     /// Writes guest bytes of partition `id` at `gfn` (as the guest would).
     pub fn write_guest(&self, id: PartitionId, gfn: u64, bytes: &[u8]) -> Result<(), HostError> {
-        Ok(self
-            .backing
-            .get(id.0)
-            .ok_or(BackingError::NoPartition(id.0))?
-            .write(gfn * 4096, bytes)?)
+        let mem = self.backing.memory(id)?;
+        Ok(mem.write(mem.page_offset(gfn)?, bytes)?)
     }
 
     /// Reads guest bytes of partition `id` at `gfn`.
     pub fn read_guest(&self, id: PartitionId, gfn: u64, buf: &mut [u8]) -> Result<(), HostError> {
-        Ok(self
-            .backing
-            .get(id.0)
-            .ok_or(BackingError::NoPartition(id.0))?
-            .read(gfn * 4096, buf)?)
+        let mem = self.backing.memory(id)?;
+        Ok(mem.read(mem.page_offset(gfn)?, buf)?)
     }
 
     /// Drops partition `id`'s memfd (after the core destroyed the partition).
     pub fn detach_memory(&mut self, id: PartitionId) {
-        self.backing.remove(id.0);
+        self.backing.remove(id);
     }
 }

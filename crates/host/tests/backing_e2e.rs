@@ -48,10 +48,7 @@ fn balloon_release_drops_resident_and_reads_zero() {
     touch(&host, a, 0..2048);
     assert_eq!(host.resident_bytes(a).unwrap(), 2048 * PAGE as u64);
 
-    let ranges = [CoreRange {
-        start: 0,
-        count: 1024,
-    }];
+    let ranges = [CoreRange::new(0, 1024).unwrap()];
     let (released, stats) = host.run(|hv| hv.release(a, &ranges)).unwrap();
     assert_eq!(released.unwrap(), 1024);
     assert_eq!(stats.gfns, 1024);
@@ -170,18 +167,10 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .iter()
         .map(|(_, m)| m)
         .collect();
-    host.run(|hv| {
-        hv.release(
-            a,
-            &[CoreRange {
-                start: 0,
-                count: 256,
-            }],
-        )
-    })
-    .unwrap()
-    .0
-    .unwrap();
+    host.run(|hv| hv.release(a, &[CoreRange::new(0, 256).unwrap()]))
+        .unwrap()
+        .0
+        .unwrap();
     host.run(|hv| hv.populate(b, 0, 256)).unwrap().0.unwrap();
     let mut b_frames: Vec<u32> = host
         .hv()
@@ -207,25 +196,20 @@ fn audit_finds_a_guest_touching_memory_it_gave_up() {
     let a = guest(&mut host, 1024);
     host.run(|hv| hv.populate(a, 0, 512)).unwrap().0.unwrap();
     touch(&host, a, 0..512);
-    host.run(|hv| {
-        hv.release(
-            a,
-            &[CoreRange {
-                start: 100,
-                count: 50,
-            }],
-        )
-    })
-    .unwrap()
-    .0
-    .unwrap();
+    host.run(|hv| hv.release(a, &[CoreRange::new(100, 50).unwrap()]))
+        .unwrap()
+        .0
+        .unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());
     // The guest writes to a ballooned page and to one never given to it.
     touch(&host, a, [120, 700]);
     let report = host.audit(a, false).unwrap();
     assert_eq!(
         report.violations,
-        vec![GfnRange::new(120, 1), GfnRange::new(700, 1)]
+        vec![
+            GfnRange::new(120, 1).unwrap(),
+            GfnRange::new(700, 1).unwrap()
+        ]
     );
     host.audit(a, true).unwrap();
     assert!(host.audit(a, false).unwrap().violations.is_empty());
@@ -254,7 +238,7 @@ fn stress_random_map_and_release_keeps_memory_exact() {
         } else {
             let ranges: Vec<CoreRange> = mapped
                 .iter()
-                .map(|&g| CoreRange { start: g, count: 1 })
+                .map(|&g| CoreRange::new(g, 1).unwrap())
                 .collect();
             host.run(|hv| hv.release(id, &ranges)).unwrap().0.unwrap();
         }
@@ -347,7 +331,7 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
         ..Default::default()
     };
     mem.bytes[..24].copy_from_slice(x.as_bytes());
-    let ranges = [CoreRange { start: 0, count: 2 }];
+    let ranges = [CoreRange::new(0, 2).unwrap()];
     let failed = host
         .run(|hv| {
             let moved = hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem);
@@ -378,7 +362,7 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
     assert_eq!(page(&host, a, 0), vec![0; PAGE]);
     // The next operation starts clean.
     let (r, stats) = host
-        .run(|hv| hv.release(a, &[CoreRange { start: 3, count: 1 }]))
+        .run(|hv| hv.release(a, &[CoreRange::new(3, 1).unwrap()]))
         .unwrap();
     assert_eq!((r.unwrap(), stats.gfns), (1, 1));
     assert_eq!(host.resident_bytes(a).unwrap(), 0);

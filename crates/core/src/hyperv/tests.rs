@@ -501,10 +501,7 @@ fn nested_parent_deposits_its_own_gfns_and_gets_them_back() {
         hv.take_effects(),
         vec![crate::Effect::Discard {
             partition: c,
-            range: crate::GfnRange {
-                start: 0x100,
-                count: 2
-            }
+            range: crate::GfnRange::new(0x100, 2).unwrap()
         }]
     );
     // The root cannot reach a grandchild's pool.

@@ -205,11 +205,12 @@ pub const MAX_GRANT_FRAMES: u32 = 64;
 /// Resource frames handled between preemption points (Xen's batch of 32).
 const RESOURCE_BATCH: u64 = 32;
 
-const PAGE_SHIFT: u32 = 12;
+use ballast_abi::PAGE_SHIFT;
 
 /// Why `increase_reservation`, `decrease_reservation` or `populate_physmap` did fewer
 /// extents than asked. Xen reports all of these as the same short count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The argument struct or a list entry could not be read or written, or the list's
     /// range is not accessible.
@@ -469,9 +470,7 @@ impl Hypervisor {
         id: PartitionId,
         translated: bool,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self
-            .slot_of(id)
-            .ok_or(crate::MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
         self.part_mut(slot).translated = translated;
         Ok(())
     }
@@ -484,9 +483,7 @@ impl Hypervisor {
         id: PartitionId,
         max_pfn: u64,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self
-            .slot_of(id)
-            .ok_or(crate::MemoryError::NoPartition(id))?;
+        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
         self.part_mut(slot).xen.max_pfn = max_pfn;
         Ok(())
     }

@@ -20,7 +20,7 @@ use crate::frame::NO_FRAME;
 use crate::hypervisor::Hypervisor;
 
 const E820_SIZE: u64 = size_of::<E820Entry>() as u64;
-const PAGE_SIZE: u64 = 4096;
+use ballast_abi::types::PAGE_BYTES as PAGE_SIZE;
 
 impl Hypervisor {
     /// current_reservation, maximum_reservation and maximum_gpfn.
