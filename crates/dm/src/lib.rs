@@ -1,14 +1,15 @@
-//! Hyper-V Dynamic Memory, both sides, over VMBus rings.
+//! Hyper-V Dynamic Memory, both sides, as pure state machines.
 //!
 //! - [`vsp`]: the host side (the VSP), as Hyper-V and QEMU's hv-balloon play it: version
 //!   negotiation, capabilities, status reports, balloon, unballoon, hot-add, hot-remove,
 //!   one transaction at a time, a timeout on every awaited reply.
 //! - [`vsc`]: the guest side (the VSC), as Linux's `hv_balloon` plays it.
-//! - [`ring`]: the transport: VMBus ring buffers in shared memory with eventfd doorbells,
-//!   across processes, or in-process for the simulator and tests; a ring lies in one span
-//!   of a memfd or over a GPADL's scattered pages of guest RAM the VMM already has.
-//! - [`session`]: drivers that pump either machine over a ring, with an optional [`Tap`](session::Tap)
-//!   on the bytes each way.
+//! - [`pageset`]: the sets of guest pages each side keeps.
+//!
+//! The transport is not here: `ballast-vmbus` holds the VMBus rings, the doorbells, the
+//! channel setup and the sessions that pump these machines over a ring, as quinn holds
+//! the sockets for quinn-proto. This crate makes no syscall; an embedder with its own
+//! VMBus (OpenVMM, for one) links only this crate.
 //!
 //! Both endpoints are sans-IO state machines: they take events (a received message, a
 //! timer, a request from the host) with the current time, and return messages to send and
@@ -22,8 +23,6 @@
 #![forbid(unsafe_code)]
 
 pub mod pageset;
-pub mod ring;
-pub mod session;
 pub mod vsc;
 pub mod vsp;
 

@@ -28,7 +28,7 @@
 //! - **The end of a session is final.** A ring error other than `Full` (the peer
 //!   corrupted the ring, or a message cannot fit it), a failed doorbell, or the owner's
 //!   [`close`](HostSession::close) ends it. The host side then resets the VSP
-//!   ([`Vsp::channel_closed`], which reports [`VspEvent::Reset`](crate::vsp::VspEvent::Reset)):
+//!   ([`Vsp::channel_closed`], which reports [`VspEvent::Reset`](ballast_dm::vsp::VspEvent::Reset)):
 //!   a new channel is a new connection. The guest side resets the VSC, whose balloon
 //!   pages still queued go back to the guest OS. Every later call returns
 //!   [`SessionError::Ended`].
@@ -55,8 +55,8 @@ use ballast_abi::dm::MessageType;
 use ballast_abi::vmbus::{DESCRIPTOR_LEN, PACKET_TRAILER_LEN, PacketType};
 
 use crate::ring::{Channel, RingError};
-use crate::vsc::{GuestMemoryModel, Vsc};
-use crate::vsp::{GuestOwnership, Vsp};
+use ballast_dm::vsc::{GuestMemoryModel, Vsc};
+use ballast_dm::vsp::{GuestOwnership, Vsp};
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -666,10 +666,10 @@ mod tests {
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
-    use crate::PageSet;
+    use ballast_dm::PageSet;
     use crate::ring::DEFAULT_DATA_SIZE;
-    use crate::vsc::{SimGuest, VscConfig};
-    use crate::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
+    use ballast_dm::vsc::{SimGuest, VscConfig};
+    use ballast_dm::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
 
     /// 1 GiB of boot RAM, 768 MiB free.
     const TOTAL: u64 = 262_144;
@@ -1139,7 +1139,7 @@ mod tests {
             );
             guest
                 .run_until(clock, clock() + Duration::from_secs(20), |s| {
-                    matches!(s.vsc.state(), crate::vsc::VscState::Connected { .. })
+                    matches!(s.vsc.state(), ballast_dm::vsc::VscState::Connected { .. })
                         && s.unsent().is_none()
                 })
                 .unwrap()

@@ -248,7 +248,7 @@ impl RingBuffer {
     /// ```
     /// use std::os::fd::AsFd;
     /// use std::sync::Arc;
-    /// use ballast_dm::ring::{
+    /// use ballast_vmbus::ring::{
     ///     Channel, Doorbell, InProcessDoorbell, Reader, RingBuffer, SharedRegion, Writer,
     /// };
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
