@@ -23,7 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub mod pageset;
+mod queue;
 pub mod vsc;
 pub mod vsp;
 
 pub use pageset::PageSet;
+pub use queue::EVENT_CAP;

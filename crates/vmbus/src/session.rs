@@ -51,7 +51,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use ballast_abi::dm::MessageType;
+use ballast_abi::dm::{MAX_MESSAGE_SIZE, MessageType};
 use ballast_abi::vmbus::{DESCRIPTOR_LEN, PACKET_TRAILER_LEN, PacketType};
 
 use crate::ring::{Channel, RingError};
@@ -273,7 +273,11 @@ const MIN_PACKET_RING_LEN: usize = DESCRIPTOR_LEN + PACKET_TRAILER_LEN;
 struct Link {
     channel: Channel,
     buf: Vec<u8>,
-    held: Option<Vec<u8>>,
+    /// The message being sent: filled by the machine's `poll_transmit`, reused for every
+    /// message, so sending allocates nothing.
+    out: Box<[u8; MAX_MESSAGE_SIZE]>,
+    /// `out[..n]` holds a message the ring had no room for.
+    held: Option<usize>,
     next_packet_id: u64,
     ended: bool,
     tap: TapSlot,
@@ -284,6 +288,7 @@ impl Link {
         Self {
             channel,
             buf: Vec::new(),
+            out: Box::new([0; MAX_MESSAGE_SIZE]),
             held: None,
             next_packet_id: 0,
             ended: false,
@@ -315,25 +320,26 @@ impl Link {
     /// the messages sent and whether one is held.
     fn flush(
         &mut self,
-        mut next: impl FnMut() -> Option<Vec<u8>>,
+        mut next: impl FnMut(&mut [u8; MAX_MESSAGE_SIZE]) -> Option<usize>,
     ) -> Result<(usize, bool), RingError> {
         let mut sent = 0;
         loop {
-            let Some(msg) = self.held.take().or_else(&mut next) else {
+            let Some(len) = self.held.take().or_else(|| next(&mut self.out)) else {
                 return Ok((sent, false));
             };
-            match self.channel.try_send(&msg, self.next_packet_id) {
+            let msg = &self.out[..len];
+            match self.channel.try_send(msg, self.next_packet_id) {
                 Ok(()) => {
-                    self.tap.see(Direction::Sent, &msg);
+                    self.tap.see(Direction::Sent, msg);
                     self.next_packet_id = self.next_packet_id.wrapping_add(1);
                     sent += 1;
                 }
                 Err(RingError::Full) => {
-                    self.held = Some(msg);
+                    self.held = Some(len);
                     return Ok((sent, true));
                 }
                 Err(e) => {
-                    self.held = Some(msg);
+                    self.held = Some(len);
                     return Err(e);
                 }
             }
@@ -359,9 +365,9 @@ impl Link {
         }
     }
 
-    /// Ends the session; returns the message held back for a full ring, which never
-    /// reached the peer.
-    fn end(&mut self, why: Option<&SessionError>) -> Option<Vec<u8>> {
+    /// Ends the session; returns the length of the message held back for a full ring
+    /// (in `out`), which never reached the peer.
+    fn end(&mut self, why: Option<&SessionError>) -> Option<usize> {
         if let Some(e) = why {
             tracing::warn!(error = %e, "DM session ended");
         }
@@ -450,7 +456,7 @@ impl<G: GuestOwnership> HostSession<G> {
             .link
             .receive(|payload| vsp.receive(now, payload, guest))?;
         vsp.tick(now);
-        let (sent, blocked) = self.link.flush(|| vsp.poll_transmit())?;
+        let (sent, blocked) = self.link.flush(|buf| vsp.poll_transmit(buf))?;
         Ok(Progress {
             received,
             sent,
@@ -501,7 +507,7 @@ impl<G: GuestOwnership> HostSession<G> {
 
     /// The message waiting for room in the ring, if any.
     pub fn unsent(&self) -> Option<&[u8]> {
-        self.link.held.as_deref()
+        self.link.held.map(|n| &self.link.out[..n])
     }
 
     /// The channel, e.g. for its doorbell.
@@ -575,7 +581,7 @@ impl<M: GuestMemoryModel> GuestSession<M> {
             .link
             .receive(|payload| vsc.receive(now, payload, model))?;
         vsc.tick(now, model);
-        let (sent, blocked) = self.link.flush(|| vsc.poll_transmit())?;
+        let (sent, blocked) = self.link.flush(|buf| vsc.poll_transmit(buf))?;
         Ok(Progress {
             received,
             sent,
@@ -606,11 +612,11 @@ impl<M: GuestMemoryModel> GuestSession<M> {
         }
     }
 
-    fn reset(&mut self, now: Duration, unsent: Option<Vec<u8>>) {
+    fn reset(&mut self, now: Duration, unsent: Option<usize>) {
         // A balloon response held for a full ring never reached the host: its pages are
         // the guest's again.
-        if let Some(m) = unsent {
-            self.vsc.take_back(&m);
+        if let Some(n) = unsent {
+            self.vsc.take_back(&self.link.out[..n]);
         }
         self.vsc.reset();
         // The VSC gives withdrawn pages back at its next tick; there will be no other.
@@ -625,7 +631,7 @@ impl<M: GuestMemoryModel> GuestSession<M> {
     /// The message waiting for room in the ring, if any. Its balloon pages already count
     /// in [`Vsc::ballooned`] but have not reached the host.
     pub fn unsent(&self) -> Option<&[u8]> {
-        self.link.held.as_deref()
+        self.link.held.map(|n| &self.link.out[..n])
     }
 
     /// The channel, e.g. for its doorbell.

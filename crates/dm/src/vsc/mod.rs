@@ -49,7 +49,6 @@ mod guest;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use ballast_abi::dm::{
@@ -60,6 +59,7 @@ use ballast_abi::dm::{
 pub use guest::{DEFAULT_BLOCK_PAGES, GuestMemoryModel, HotAddError, SimGuest};
 
 use crate::pageset::PageSet;
+use crate::queue::{EventQueue, TxQueue};
 
 /// The ring size per direction the VSC is meant to be opened with: Linux's
 /// `VMBUS_RING_SIZE(16 KiB)` data area, room for three full 4 KiB balloon responses.
@@ -267,13 +267,14 @@ pub enum VscEvent {
     },
     /// A host message was not acted on.
     ProtocolViolation(Violation),
-}
-
-/// A message waiting to be sent, with the balloon pages it reports.
-#[derive(Debug, Clone)]
-struct Outgoing {
-    bytes: Vec<u8>,
-    pages: Vec<PageRange>,
+    /// [`VscEvent::ProtocolViolation`]s counted rather than queued, because the owner
+    /// left more than [`EVENT_CAP`](crate::EVENT_CAP) events undrained. Events
+    /// with accounting (ballooned, unballooned, hot-added, withdrawn pages) are always
+    /// queued.
+    Coalesced {
+        /// Violations not queued.
+        violations: u64,
+    },
 }
 
 /// A hot-add region (Linux's `hv_hotadd_state`): `[start, end)` reserved for hot-add,
@@ -298,8 +299,10 @@ pub struct Vsc {
     status_skip: u32,
     /// The last transaction id used; never reset, as Linux's is a module-wide counter.
     trans_id: u32,
-    tx: VecDeque<Outgoing>,
-    events: VecDeque<VscEvent>,
+    /// Balloon responses among these report the pages of `in_flight` they carry; the
+    /// pages move to `ballooned` when the message is taken.
+    tx: TxQueue,
+    events: EventQueue<VscEvent>,
     /// Pages reported to the host: in messages already handed to the transport.
     ballooned: PageSet,
     /// Pages taken for the balloon whose message is still queued. The host cannot know
@@ -329,8 +332,8 @@ impl Vsc {
             next_status: None,
             status_skip: 0,
             trans_id: 0,
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
+            tx: TxQueue::default(),
+            events: EventQueue::default(),
             ballooned: PageSet::new(),
             in_flight: PageSet::new(),
             withdrawn: PageSet::new(),
@@ -439,18 +442,27 @@ impl Vsc {
         }
     }
 
-    /// The next DM message to send, as bytes, oldest first.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let out = self.tx.pop_front()?;
-        for r in &out.pages {
-            let n = u64::from(r.page_cnt());
-            self.in_flight.remove(r.start_page(), n);
-            self.ballooned.insert(r.start_page(), n);
+    /// The next DM message to send, oldest first: copied into the front of `buf`;
+    /// returns its length. Nothing is allocated per message.
+    pub fn poll_transmit(&mut self, buf: &mut [u8; MAX_MESSAGE_SIZE]) -> Option<usize> {
+        let len = self.tx.pop(buf)?;
+        // The queue holds only messages this side encoded, so they parse.
+        if let Ok(Message {
+            body: Body::BalloonResponse { ranges, .. },
+            ..
+        }) = Message::parse(&buf[..len])
+        {
+            for r in ranges {
+                let n = u64::from(r.page_cnt());
+                self.in_flight.remove(r.start_page(), n);
+                self.ballooned.insert(r.start_page(), n);
+            }
         }
-        Some(out.bytes)
+        Some(len)
     }
 
-    /// The next event, oldest first.
+    /// The next event, oldest first. The queue is bounded: an owner that does not drain
+    /// it loses no accounting, only host-caused noise, counted in [`VscEvent::Coalesced`].
     pub fn poll_event(&mut self) -> Option<VscEvent> {
         self.events.pop_front()
     }
@@ -574,15 +586,8 @@ impl Vsc {
     fn send(&mut self, body: Body<'_>) -> bool {
         self.trans_id = self.trans_id.wrapping_add(1);
         let msg = Message::new(self.trans_id, body);
-        match msg.to_bytes() {
-            Ok(bytes) => {
-                let pages = match body {
-                    Body::BalloonResponse { ranges, .. } => ranges.to_vec(),
-                    _ => Vec::new(),
-                };
-                self.tx.push_back(Outgoing { bytes, pages });
-                true
-            }
+        match self.tx.push(&msg) {
+            Ok(()) => true,
             Err(e) => {
                 tracing::error!("dm vsc: cannot encode {}: {e}", msg.message_type());
                 false

@@ -24,7 +24,13 @@ fn secs(s: u64) -> Duration {
 }
 
 fn drain(vsc: &mut Vsc) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| vsc.poll_transmit()).collect()
+    std::iter::from_fn(|| poll(vsc)).collect()
+}
+
+/// The next message, in a vector of its own.
+fn poll(vsc: &mut Vsc) -> Option<Vec<u8>> {
+    let mut buf = [0u8; MAX_MESSAGE_SIZE];
+    vsc.poll_transmit(&mut buf).map(|n| buf[..n].to_vec())
 }
 
 fn events(vsc: &mut Vsc) -> Vec<VscEvent> {
@@ -988,7 +994,7 @@ fn checklist_05_a_full_ring_drains_one_message_at_a_time() {
     assert_eq!(vsc.pending_transmit(), 4);
     assert_eq!(vsc.in_flight().len(), 2000);
     assert!(vsc.ballooned().is_empty(), "nothing reached the host yet");
-    let first = vsc.poll_transmit().unwrap();
+    let first = poll(&mut vsc).unwrap();
     assert_eq!(vsc.ballooned().len(), 510);
     assert_eq!(vsc.in_flight().len(), 1490);
     // The host cannot know queued pages; an unballoon naming them is refused.
@@ -1290,7 +1296,7 @@ fn reset_gives_back_pages_of_balloon_responses_never_sent() {
     let mut vsc = connected(config, &mut g);
     vsc.receive(secs(1), &balloon_request(1500), &mut g);
     events(&mut vsc);
-    vsc.poll_transmit().unwrap();
+    poll(&mut vsc).unwrap();
     vsc.reset();
     assert_eq!(vsc.ballooned().len(), 510);
     assert!(vsc.in_flight().is_empty());
@@ -1484,7 +1490,7 @@ proptest! {
                 }
                 Op::Transmit(n) => {
                     for _ in 0..n {
-                        match vsc.poll_transmit() {
+                        match poll(&mut vsc) {
                             Some(m) => host.take(&m)?,
                             None => break,
                         }
@@ -1524,7 +1530,7 @@ proptest! {
             let overlap = vsc.in_flight().ranges().map(|(s, n)| vsc.ballooned().count_in(s, n)).sum::<u64>();
             prop_assert_eq!(overlap, 0);
         }
-        while let Some(m) = vsc.poll_transmit() {
+        while let Some(m) = poll(&mut vsc) {
             host.take(&m)?;
         }
         vsc.tick(now, &mut g);

@@ -119,7 +119,8 @@ impl Host {
     }
 
     fn sent(&mut self) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| self.vsp.poll_transmit()).collect()
+        let mut buf = [0u8; MAX_MESSAGE_SIZE];
+        std::iter::from_fn(|| self.vsp.poll_transmit(&mut buf).map(|n| buf[..n].to_vec())).collect()
     }
 
     fn events(&mut self) -> Vec<VspEvent> {
@@ -1807,7 +1808,9 @@ proptest! {
             }
             prop_assert_eq!(vsp.ballooned(), &model);
             let caps = vsp.caps();
-            while let Some(bytes) = vsp.poll_transmit() {
+            let mut buf = [0u8; MAX_MESSAGE_SIZE];
+            while let Some(n) = vsp.poll_transmit(&mut buf) {
+                let bytes = &buf[..n];
                 prop_assert!(bytes.len() <= MAX_MESSAGE_SIZE);
                 let m = Message::parse(&bytes).expect("host output decodes");
                 match m.body {
