@@ -672,7 +672,7 @@ mod tests {
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
-    use ballast_dm::PageSet;
+    use ballast_dm::{EVENT_CAP, PageSet};
     use crate::ring::DEFAULT_DATA_SIZE;
     use ballast_dm::vsc::{SimGuest, VscConfig};
     use ballast_dm::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
@@ -739,6 +739,53 @@ mod tests {
             }
         }
         set
+    }
+
+    /// Writes malformed DM messages into the guest's outgoing ring until it is full.
+    fn flood(guest: &mut GuestSession<SimGuest>) -> u64 {
+        let mut written = 0;
+        loop {
+            match guest.link.channel.try_send(&[0xff; 3], guest.link.next_packet_id) {
+                Ok(()) => written += 1,
+                Err(RingError::Full) => return written,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_guest_flooding_the_ring_with_violations_cannot_grow_the_host_queue() {
+        let (mut host, mut guest) = connected(SimGuest::new(TOTAL, TOTAL / 2));
+        let now = Duration::from_secs(1);
+        host.vsp.balloon(now, 1000).unwrap();
+        host.pump(now).unwrap();
+        // Each pass takes a ring's worth of malformed packets; the owner never drains.
+        let mut written = 0;
+        for round in 0..40 {
+            if round == 20 {
+                // The balloon response lands amid the flood.
+                guest.pump(now).unwrap();
+            }
+            written += flood(&mut guest);
+            while host.pump(now).unwrap().more {}
+        }
+        assert!(written > 10 * EVENT_CAP as u64, "{written}");
+        let events: Vec<VspEvent> = std::iter::from_fn(|| host.vsp.poll_event()).collect();
+        assert!(events.len() <= EVENT_CAP + 16, "{} events", events.len());
+        let violations: u64 = events
+            .iter()
+            .map(|e| match e {
+                VspEvent::ProtocolViolation { .. } => 1,
+                VspEvent::Coalesced { violations, .. } => *violations,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(violations, written);
+        assert!(events.contains(&VspEvent::BalloonComplete {
+            requested: 1000,
+            returned: 1000
+        }));
+        assert_eq!(host.vsp.ballooned().len(), 1000);
     }
 
     #[test]
