@@ -17,7 +17,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ballast_abi::dm::{Body, Caps, MAX_MESSAGE_SIZE, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version};
+use ballast_abi::dm::{
+    Body, Caps, MAX_MESSAGE_SIZE, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version,
+};
 use ballast_benchkit::{interleaved_ab, report_spread};
 use ballast_dm::vsp::{GuestOwnership, Vsp, VspConfig, VspState};
 

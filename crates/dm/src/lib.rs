@@ -16,9 +16,11 @@
 //! events for their owner. No sockets, threads or clocks live inside them, so every path
 //! is tested deterministically and fuzzed.
 //!
-//! Follows seed 003 and reference `dm-protocol.md`, with the choices of DESIGN.md
-//! "Decisions: Dynamic Memory"; where a side deviates from what QEMU or Linux does, its
-//! module says so.
+//! Follows the Dynamic Memory protocol header (QEMU `include/hw/hyperv/dynmem-proto.h`,
+//! taken from Linux `drivers/hv/hv_balloon.c`), as Linux 6.1's `hv_balloon.c` plays the
+//! guest and QEMU's `hw/hyperv/hv-balloon.c` the host. ARCHITECTURE.md ("Decisions, and
+//! where each is enforced") lists ballast's own choices; where a side deviates from QEMU
+//! or Linux, its module says so.
 
 #![forbid(unsafe_code)]
 

@@ -139,7 +139,11 @@ impl<E: Coalesce> EventQueue<E> {
             self.events.push_back(event);
             return;
         }
-        if self.events.back_mut().is_some_and(|last| last.absorb(&event)) {
+        if self
+            .events
+            .back_mut()
+            .is_some_and(|last| last.absorb(&event))
+        {
             return;
         }
         // Beyond the cap, a run of noise costs one entry; accounting events are kept.
@@ -239,7 +243,10 @@ mod tests {
             }
             assert_eq!(q.len(), 15);
             for i in 5..20 {
-                assert_eq!(q.front().unwrap(), &msg(round * 100 + i).to_bytes().unwrap()[..]);
+                assert_eq!(
+                    q.front().unwrap(),
+                    &msg(round * 100 + i).to_bytes().unwrap()[..]
+                );
                 let n = q.pop(&mut buf).unwrap();
                 assert_eq!(&buf[..n], &msg(round * 100 + i).to_bytes().unwrap()[..]);
             }

@@ -34,13 +34,13 @@ use std::time::{Duration, Instant};
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use ballast_abi::vmbus::FEAT_PENDING_SEND_SZ;
 use ballast_benchkit::{median_ns_per, report};
+use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
+use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
 use ballast_vmbus::ring::{
     Channel, ChannelSetup, DEFAULT_DATA_SIZE, Doorbell, InProcessDoorbell, Reader, RingBuffer,
     RingError, SharedRegion, Writer,
 };
 use ballast_vmbus::session::{GuestSession, HostSession};
-use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
-use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
 
 /// Set in the guest process to its role: `session` or `baseline`.
 const ROLE_ENV: &str = "BALLAST_DM_BENCH_CHILD";

@@ -672,10 +672,10 @@ mod tests {
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
-    use ballast_dm::{EVENT_CAP, PageSet};
     use crate::ring::DEFAULT_DATA_SIZE;
     use ballast_dm::vsc::{SimGuest, VscConfig};
     use ballast_dm::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
+    use ballast_dm::{EVENT_CAP, PageSet};
 
     /// 1 GiB of boot RAM, 768 MiB free.
     const TOTAL: u64 = 262_144;
@@ -745,7 +745,11 @@ mod tests {
     fn flood(guest: &mut GuestSession<SimGuest>) -> u64 {
         let mut written = 0;
         loop {
-            match guest.link.channel.try_send(&[0xff; 3], guest.link.next_packet_id) {
+            match guest
+                .link
+                .channel
+                .try_send(&[0xff; 3], guest.link.next_packet_id)
+            {
                 Ok(()) => written += 1,
                 Err(RingError::Full) => return written,
                 Err(e) => panic!("{e}"),

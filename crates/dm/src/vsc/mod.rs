@@ -6,7 +6,7 @@
 //! full ring can drain them gradually) and events ([`Vsc::poll_event`]). The guest OS is
 //! behind [`GuestMemoryModel`]; [`SimGuest`] is a deterministic one.
 //!
-//! What it does, as Linux does (reference `dm-protocol.md` §4, §6, checklist §12.2):
+//! What it does, as Linux 6.1's `drivers/hv/hv_balloon.c` does:
 //! - offers 2.0, then 1.0, then 0.3 with `is_last_attempt` on the last (or 2.0 alone, as
 //!   the newest Linux), one 5 s wait covering the whole negotiation as in Linux 6.1, then
 //!   reports its capabilities and waits 5 s for the answer;
@@ -19,7 +19,7 @@
 //! - gives back on unballoon only pages it ballooned, and answers once, after the
 //!   `more_pages = 0` message;
 //! - hot-adds whole memory blocks, telling the two request forms apart by `hdr.size`, and
-//!   answers `{page_count, result}` with the meaning of §4.7;
+//!   answers `{page_count, result}` with the meaning Linux's `hot_add_req` comment gives;
 //! - records `INFO_TYPE_MAX_PAGE_CNT` when `data_size` is 8; ignores unknown types;
 //! - takes one transaction id from a single counter for every message it sends, and
 //!   never looks at the host's.
@@ -29,7 +29,8 @@
 //!   dropped with a [`Violation`] event. Linux reads whatever is in its zeroed buffer, so a
 //!   2-byte `06 00` becomes "balloon 0 pages"; a host sending such bytes is broken either
 //!   way, and acting on invented fields is worse than not answering.
-//! - Unballooned ranges are checked against what was ballooned (T15); Linux frees blindly.
+//! - Unballooned ranges are checked against what was ballooned (test case t15); Linux
+//!   frees blindly.
 //! - Requests before the capabilities are accepted, and version or capabilities responses
 //!   after, are dropped; Linux acts on some of them (a late version reject makes it offer
 //!   1.0 again).
@@ -74,8 +75,8 @@ pub const MAX_RECEIVE_PACKET: usize = 2 * MAX_MESSAGE_SIZE;
 const LARGE_ORDER: u32 = 9;
 
 /// The balloon floor Linux keeps, in pages, for a guest managing `total_pages` pages
-/// (`compute_balloon_floor`, reference §4.5 step 1): a continuous piecewise-linear
-/// function, e.g. 232 MiB at 1 GiB, 488 MiB at 4 GiB, 1000 MiB at 16 GiB.
+/// (`compute_balloon_floor` in Linux `drivers/hv/hv_balloon.c`): a continuous
+/// piecewise-linear function, e.g. 232 MiB at 1 GiB, 488 MiB at 4 GiB, 1000 MiB at 16 GiB.
 pub const fn compute_balloon_floor(total_pages: u64) -> u64 {
     const fn mib(n: u64) -> u64 {
         n * 256
@@ -870,8 +871,9 @@ impl Vsc {
         });
     }
 
-    /// `(page_count, result)` per §4.7: pages newly backed, result 1 if any; 0 pages with
-    /// result 1 when hot-add is off for good; 0 pages with result 0 for "try later".
+    /// `(page_count, result)` as Linux's `hot_add_req` answers: pages newly backed, result
+    /// 1 if any; 0 pages with result 1 when hot-add is off for good; 0 pages with result 0
+    /// for "try later".
     fn do_hot_add(
         &mut self,
         range: PageRange,

@@ -1,6 +1,8 @@
-//! Tests: the guest cases of reference §13 (`tNN_…`, with its hex where it gives some),
-//! one or more per item of the §12.2 checklist not covered by those (`checklist_NN_…`),
-//! and a property test over arbitrary host traffic.
+//! Tests: ballast's numbered guest cases (`tNN_…`, each what Linux's
+//! `drivers/hv/hv_balloon.c` does with a host message, with the message's bytes where they
+//! matter), one or more per item of ballast's guest checklist not covered by those
+//! (`checklist_NN_…`: what a VSC must do, as Linux does it), and a property test over
+//! arbitrary host traffic.
 
 use super::*;
 use ballast_abi::dm::InfoType;
@@ -619,7 +621,7 @@ fn t24_dm_error_and_unknown_types_are_ignored_and_the_next_message_served() {
     assert_eq!(balloon_ranges(&out[0]).1.len(), 1);
 }
 
-// ---- §12.2 checklist ------------------------------------------------------------------
+// ---- guest checklist ------------------------------------------------------------------
 
 #[test]
 fn checklist_01_transport_sizes_hold_a_full_message() {

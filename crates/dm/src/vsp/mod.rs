@@ -8,7 +8,7 @@
 //!
 //! # Decisions
 //!
-//! Where Hyper-V and QEMU's hv-balloon (reference `dm-protocol.md`) leave a choice:
+//! Where Hyper-V and QEMU's hv-balloon (`hw/hyperv/hv-balloon.c`) leave a choice:
 //!
 //! - **Versions.** 2.0, 1.0 and 0.3, each switchable ([`AcceptedVersions`]); every other
 //!   value is rejected. QEMU accepts any number in `[0x3, 0x20000]`, so 0.4 or 1.5 would pass

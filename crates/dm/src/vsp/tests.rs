@@ -1,5 +1,8 @@
-//! The host cases of `dm-protocol.md` §13 (`tNN_`), the host checklist of §12.1
-//! (`checklist_NN_`), and a property test over arbitrary guest bytes and host requests.
+//! ballast's numbered host cases (`tNN_`, each a guest message as Linux's
+//! `drivers/hv/hv_balloon.c` or a broken guest sends it, and what QEMU's
+//! `hw/hyperv/hv-balloon.c` or ballast's decisions make of it), ballast's host checklist
+//! (`checklist_NN_`: what a VSP must do), and a property test over arbitrary guest bytes and
+//! host requests.
 
 use super::*;
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
