@@ -21,7 +21,10 @@ use ballast_abi::dm::{EncodeError, MAX_MESSAGE_SIZE, Message};
 use crate::vsc::VscEvent;
 use crate::vsp::VspEvent;
 
-/// Events queued before peer-caused noise is coalesced ([`EventQueue`]).
+/// Events an endpoint ([`Vsp`](crate::vsp::Vsp), [`Vsc`](crate::vsc::Vsc)) queues before
+/// it coalesces the peer's noise: beyond this many undrained events, protocol violations
+/// (and the VSP's status reports) are counted in one `Coalesced` event, while events that
+/// carry accounting are always queued, so an owner that drains late loses no page.
 pub const EVENT_CAP: usize = 1024;
 
 /// Bytes of the length in front of each queued message.

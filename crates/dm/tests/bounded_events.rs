@@ -45,7 +45,7 @@ impl Pair {
     }
 
     /// Messages to the guest until neither side has any to send.
-    fn to_guest(&mut self) -> bool {
+    fn deliver_to_guest(&mut self) -> bool {
         let mut moved = false;
         while let Some(n) = self.vsp.poll_transmit(&mut self.buf) {
             self.vsc.receive(self.now, &self.buf[..n], &mut self.guest);
@@ -54,7 +54,7 @@ impl Pair {
         moved
     }
 
-    fn to_host(&mut self) -> bool {
+    fn deliver_to_host(&mut self) -> bool {
         let mut moved = false;
         while let Some(n) = self.vsc.poll_transmit(&mut self.buf) {
             self.vsp.receive(self.now, &self.buf[..n], &owns);
@@ -64,7 +64,7 @@ impl Pair {
     }
 
     fn settle(&mut self) {
-        while self.to_guest() | self.to_host() {}
+        while self.deliver_to_guest() | self.deliver_to_host() {}
     }
 }
 
@@ -73,7 +73,7 @@ fn a_guest_flooding_violations_cannot_grow_the_host_queue_or_hide_its_pages() {
     let mut p = Pair::connected();
     p.vsp.balloon(p.now, 2000).unwrap();
     // The guest answers, but the host takes its answer only in the middle of the flood.
-    p.to_guest();
+    p.deliver_to_guest();
     const FLOOD: u64 = 20_000;
     for _ in 0..FLOOD / 2 {
         p.vsp.receive(p.now, &[0xff; 3], &owns);

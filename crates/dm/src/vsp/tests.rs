@@ -1815,7 +1815,7 @@ proptest! {
             while let Some(n) = vsp.poll_transmit(&mut buf) {
                 let bytes = &buf[..n];
                 prop_assert!(bytes.len() <= MAX_MESSAGE_SIZE);
-                let m = Message::parse(&bytes).expect("host output decodes");
+                let m = Message::parse(bytes).expect("host output decodes");
                 match m.body {
                     Body::BalloonRequest { num_pages } => {
                         prop_assert!((1..=MAX_BALLOON_REQUEST_PAGES).contains(&num_pages));
