@@ -45,7 +45,9 @@ impl TxQueue {
     pub(crate) fn push(&mut self, msg: &Message<'_>) -> Result<(), EncodeError> {
         self.compact();
         let at = self.bytes.len();
-        self.bytes.resize(at + LEN_BYTES + MAX_MESSAGE_SIZE, 0);
+        // Room for exactly this message (`write` refuses one over MAX_MESSAGE_SIZE).
+        let room = msg.encoded_len().min(MAX_MESSAGE_SIZE);
+        self.bytes.resize(at + LEN_BYTES + room, 0);
         match msg.write(&mut self.bytes[at + LEN_BYTES..]) {
             Ok(n) => {
                 // n <= MAX_MESSAGE_SIZE <= u16::MAX, asserted above.
