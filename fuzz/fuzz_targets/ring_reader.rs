@@ -16,7 +16,7 @@ use ballast_abi::vmbus::{
     FEATURE_BITS_OFFSET, INTERRUPT_MASK_OFFSET, PENDING_SEND_SZ_OFFSET, READ_INDEX_OFFSET,
     RING_CONTROL_SIZE, WRITE_INDEX_OFFSET,
 };
-use ballast_dm::ring::{RING_PAGE_SIZE, Reader, RingBuffer, RingError, SharedRegion, Writer};
+use ballast_vmbus::ring::{RING_PAGE_SIZE, Reader, RingBuffer, RingError, SharedRegion, Writer};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_DATA: usize = 16 * 1024;

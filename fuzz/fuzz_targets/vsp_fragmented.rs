@@ -117,7 +117,7 @@ fn bases() -> &'static [(Vsp, PageSet)] {
                 vsp.receive(now, &balloon_response(true, c), &ram);
             }
             while vsp.poll_event().is_some() {}
-            while vsp.poll_transmit().is_some() {}
+            while vsp.poll_transmit(&mut [0; ballast_abi::dm::MAX_MESSAGE_SIZE]).is_some() {}
             let model = vsp.ballooned().clone();
             assert_eq!(model.run_count() as u64, runs);
             (vsp, model)
@@ -224,7 +224,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while vsp.poll_event().is_some() {}
-        while vsp.poll_transmit().is_some() {}
+        while vsp.poll_transmit(&mut [0; ballast_abi::dm::MAX_MESSAGE_SIZE]).is_some() {}
         assert_eq!(vsp.ballooned().len(), model.len());
     }
     // The whole set once, at the end: per step it would cost more than the messages.

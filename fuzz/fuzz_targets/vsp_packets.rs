@@ -276,9 +276,11 @@ fuzz_target!(|data: &[u8]| {
         }
         assert_eq!(vsp.ballooned(), &model);
         let caps = vsp.caps();
-        while let Some(bytes) = vsp.poll_transmit() {
+        let mut buf = [0u8; MAX_MESSAGE_SIZE];
+        while let Some(n) = vsp.poll_transmit(&mut buf) {
+            let bytes = &buf[..n];
             assert!(bytes.len() <= MAX_MESSAGE_SIZE);
-            let m = Message::parse(&bytes).expect("host output decodes");
+            let m = Message::parse(bytes).expect("host output decodes");
             match m.body {
                 Body::BalloonRequest { num_pages } => {
                     assert!(num_pages > 0 && num_pages <= MAX_BALLOON_REQUEST_PAGES);

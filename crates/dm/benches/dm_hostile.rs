@@ -22,7 +22,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ballast_abi::dm::{Body, Caps, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version};
+use ballast_abi::dm::{
+    Body, Caps, MAX_MESSAGE_SIZE, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version,
+};
 use ballast_benchkit::{interleaved_ab, report_spread};
 use ballast_dm::vsp::{GuestOwnership, Vsp, VspConfig, VspState};
 
@@ -78,7 +80,7 @@ fn fragmented() -> Vsp {
         vsp.receive(now, &response(c), &GUEST);
     }
     while vsp.poll_event().is_some() {}
-    while vsp.poll_transmit().is_some() {}
+    while vsp.poll_transmit(&mut [0; MAX_MESSAGE_SIZE]).is_some() {}
     assert_eq!(vsp.ballooned().len(), RAM / 2);
     assert_eq!(vsp.state(), VspState::Balloon);
     vsp

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
 use ballast_dm::vsp::{Vsp, VspConfig};
 use proptest::prelude::*;
@@ -82,11 +83,12 @@ impl World {
 
     /// Moves what each side wants to send onto its link, through the fault plan.
     fn collect(&mut self) {
-        while let Some(m) = self.vsp.poll_transmit() {
-            self.push(true, m);
+        let mut buf = [0u8; MAX_MESSAGE_SIZE];
+        while let Some(n) = self.vsp.poll_transmit(&mut buf) {
+            self.push(true, buf[..n].to_vec());
         }
-        while let Some(m) = self.vsc.poll_transmit() {
-            self.push(false, m);
+        while let Some(n) = self.vsc.poll_transmit(&mut buf) {
+            self.push(false, buf[..n].to_vec());
         }
     }
 

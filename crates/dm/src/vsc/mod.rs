@@ -6,7 +6,7 @@
 //! full ring can drain them gradually) and events ([`Vsc::poll_event`]). The guest OS is
 //! behind [`GuestMemoryModel`]; [`SimGuest`] is a deterministic one.
 //!
-//! What it does, as Linux does (reference `dm-protocol.md` §4, §6, checklist §12.2):
+//! What it does, as Linux 6.1's `drivers/hv/hv_balloon.c` does:
 //! - offers 2.0, then 1.0, then 0.3 with `is_last_attempt` on the last (or 2.0 alone, as
 //!   the newest Linux), one 5 s wait covering the whole negotiation as in Linux 6.1, then
 //!   reports its capabilities and waits 5 s for the answer;
@@ -19,7 +19,7 @@
 //! - gives back on unballoon only pages it ballooned, and answers once, after the
 //!   `more_pages = 0` message;
 //! - hot-adds whole memory blocks, telling the two request forms apart by `hdr.size`, and
-//!   answers `{page_count, result}` with the meaning of §4.7;
+//!   answers `{page_count, result}` with the meaning Linux's `hot_add_req` comment gives;
 //! - records `INFO_TYPE_MAX_PAGE_CNT` when `data_size` is 8; ignores unknown types;
 //! - takes one transaction id from a single counter for every message it sends, and
 //!   never looks at the host's.
@@ -29,7 +29,8 @@
 //!   dropped with a [`Violation`] event. Linux reads whatever is in its zeroed buffer, so a
 //!   2-byte `06 00` becomes "balloon 0 pages"; a host sending such bytes is broken either
 //!   way, and acting on invented fields is worse than not answering.
-//! - Unballooned ranges are checked against what was ballooned (T15); Linux frees blindly.
+//! - Unballooned ranges are checked against what was ballooned (test case t15); Linux
+//!   frees blindly.
 //! - Requests before the capabilities are accepted, and version or capabilities responses
 //!   after, are dropped; Linux acts on some of them (a late version reject makes it offer
 //!   1.0 again).
@@ -49,7 +50,6 @@ mod guest;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use ballast_abi::dm::{
@@ -60,6 +60,7 @@ use ballast_abi::dm::{
 pub use guest::{DEFAULT_BLOCK_PAGES, GuestMemoryModel, HotAddError, SimGuest};
 
 use crate::pageset::PageSet;
+use crate::queue::{EventQueue, TxQueue};
 
 /// The ring size per direction the VSC is meant to be opened with: Linux's
 /// `VMBUS_RING_SIZE(16 KiB)` data area, room for three full 4 KiB balloon responses.
@@ -74,8 +75,8 @@ pub const MAX_RECEIVE_PACKET: usize = 2 * MAX_MESSAGE_SIZE;
 const LARGE_ORDER: u32 = 9;
 
 /// The balloon floor Linux keeps, in pages, for a guest managing `total_pages` pages
-/// (`compute_balloon_floor`, reference §4.5 step 1): a continuous piecewise-linear
-/// function, e.g. 232 MiB at 1 GiB, 488 MiB at 4 GiB, 1000 MiB at 16 GiB.
+/// (`compute_balloon_floor` in Linux `drivers/hv/hv_balloon.c`): a continuous
+/// piecewise-linear function, e.g. 232 MiB at 1 GiB, 488 MiB at 4 GiB, 1000 MiB at 16 GiB.
 pub const fn compute_balloon_floor(total_pages: u64) -> u64 {
     const fn mib(n: u64) -> u64 {
         n * 256
@@ -267,13 +268,14 @@ pub enum VscEvent {
     },
     /// A host message was not acted on.
     ProtocolViolation(Violation),
-}
-
-/// A message waiting to be sent, with the balloon pages it reports.
-#[derive(Debug, Clone)]
-struct Outgoing {
-    bytes: Vec<u8>,
-    pages: Vec<PageRange>,
+    /// [`VscEvent::ProtocolViolation`]s counted rather than queued, because the owner
+    /// left more than [`EVENT_CAP`](crate::EVENT_CAP) events undrained. Events
+    /// with accounting (ballooned, unballooned, hot-added, withdrawn pages) are always
+    /// queued.
+    Coalesced {
+        /// Violations not queued.
+        violations: u64,
+    },
 }
 
 /// A hot-add region (Linux's `hv_hotadd_state`): `[start, end)` reserved for hot-add,
@@ -298,8 +300,10 @@ pub struct Vsc {
     status_skip: u32,
     /// The last transaction id used; never reset, as Linux's is a module-wide counter.
     trans_id: u32,
-    tx: VecDeque<Outgoing>,
-    events: VecDeque<VscEvent>,
+    /// Balloon responses among these report the pages of `in_flight` they carry; the
+    /// pages move to `ballooned` when the message is taken.
+    tx: TxQueue,
+    events: EventQueue<VscEvent>,
     /// Pages reported to the host: in messages already handed to the transport.
     ballooned: PageSet,
     /// Pages taken for the balloon whose message is still queued. The host cannot know
@@ -329,8 +333,8 @@ impl Vsc {
             next_status: None,
             status_skip: 0,
             trans_id: 0,
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
+            tx: TxQueue::default(),
+            events: EventQueue::default(),
             ballooned: PageSet::new(),
             in_flight: PageSet::new(),
             withdrawn: PageSet::new(),
@@ -439,18 +443,27 @@ impl Vsc {
         }
     }
 
-    /// The next DM message to send, as bytes, oldest first.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let out = self.tx.pop_front()?;
-        for r in &out.pages {
-            let n = u64::from(r.page_cnt());
-            self.in_flight.remove(r.start_page(), n);
-            self.ballooned.insert(r.start_page(), n);
+    /// The next DM message to send, oldest first: copied into the front of `buf`;
+    /// returns its length. Nothing is allocated per message.
+    pub fn poll_transmit(&mut self, buf: &mut [u8; MAX_MESSAGE_SIZE]) -> Option<usize> {
+        let len = self.tx.pop(buf)?;
+        // The queue holds only messages this side encoded, so they parse.
+        if let Ok(Message {
+            body: Body::BalloonResponse { ranges, .. },
+            ..
+        }) = Message::parse(&buf[..len])
+        {
+            for r in ranges {
+                let n = u64::from(r.page_cnt());
+                self.in_flight.remove(r.start_page(), n);
+                self.ballooned.insert(r.start_page(), n);
+            }
         }
-        Some(out.bytes)
+        Some(len)
     }
 
-    /// The next event, oldest first.
+    /// The next event, oldest first. The queue is bounded: an owner that does not drain
+    /// it loses no accounting, only host-caused noise, counted in [`VscEvent::Coalesced`].
     pub fn poll_event(&mut self) -> Option<VscEvent> {
         self.events.pop_front()
     }
@@ -574,15 +587,8 @@ impl Vsc {
     fn send(&mut self, body: Body<'_>) -> bool {
         self.trans_id = self.trans_id.wrapping_add(1);
         let msg = Message::new(self.trans_id, body);
-        match msg.to_bytes() {
-            Ok(bytes) => {
-                let pages = match body {
-                    Body::BalloonResponse { ranges, .. } => ranges.to_vec(),
-                    _ => Vec::new(),
-                };
-                self.tx.push_back(Outgoing { bytes, pages });
-                true
-            }
+        match self.tx.push(&msg) {
+            Ok(()) => true,
             Err(e) => {
                 tracing::error!("dm vsc: cannot encode {}: {e}", msg.message_type());
                 false
@@ -865,8 +871,9 @@ impl Vsc {
         });
     }
 
-    /// `(page_count, result)` per §4.7: pages newly backed, result 1 if any; 0 pages with
-    /// result 1 when hot-add is off for good; 0 pages with result 0 for "try later".
+    /// `(page_count, result)` as Linux's `hot_add_req` answers: pages newly backed, result
+    /// 1 if any; 0 pages with result 1 when hot-add is off for good; 0 pages with result 0
+    /// for "try later".
     fn do_hot_add(
         &mut self,
         range: PageRange,

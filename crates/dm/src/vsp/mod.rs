@@ -8,7 +8,7 @@
 //!
 //! # Decisions
 //!
-//! Where Hyper-V and QEMU's hv-balloon (reference `dm-protocol.md`) leave a choice:
+//! Where Hyper-V and QEMU's hv-balloon (`hw/hyperv/hv-balloon.c`) leave a choice:
 //!
 //! - **Versions.** 2.0, 1.0 and 0.3, each switchable ([`AcceptedVersions`]); every other
 //!   value is rejected. QEMU accepts any number in `[0x3, 0x20000]`, so 0.4 or 1.5 would pass
@@ -109,10 +109,12 @@ use std::time::Duration;
 
 use ballast_abi::dm::{
     Body, Caps, DM_REMOVE_QOS_MASK, DecodeError, InfoType, MAX_BALLOON_REQUEST_PAGES,
-    MAX_RANGES_PER_MESSAGE, Message, MessageType, PageRange, StatusReport, Version,
+    MAX_MESSAGE_SIZE, MAX_RANGES_PER_MESSAGE, Message, MessageType, PageRange, StatusReport,
+    Version,
 };
 
 use crate::PageSet;
+use crate::queue::{EventQueue, TxQueue};
 
 /// The channel's class id, the only channel a VSP offers.
 pub use ballast_abi::vmbus::HV_DM_GUID as CLASS_ID;
@@ -464,6 +466,16 @@ pub enum VspEvent {
     },
     /// The channel closed: per-connection state is gone.
     Reset,
+    /// Events the guest caused, counted rather than queued because the owner left more
+    /// than [`EVENT_CAP`](crate::EVENT_CAP) events undrained. Only events without
+    /// accounting are counted this way (the latest status report stays in
+    /// [`Vsp::last_status`]); pages returned, completions and resets are always queued.
+    Coalesced {
+        /// [`VspEvent::ProtocolViolation`]s not queued.
+        violations: u64,
+        /// [`VspEvent::StatusReport`]s not queued.
+        status_reports: u64,
+    },
 }
 
 /// Why a host call was refused. A refused call changes nothing.
@@ -638,8 +650,8 @@ pub struct Vsp {
     ballooned: PageSet,
     last_status: Option<StatusReport>,
     reported_state: VspState,
-    tx: VecDeque<Vec<u8>>,
-    events: VecDeque<VspEvent>,
+    tx: TxQueue,
+    events: EventQueue<VspEvent>,
     /// After a balloon timed out: until when its late responses are still taken in (the
     /// guest took those pages offline; dropping them would strand them on both sides).
     late_balloon_until: Option<Duration>,
@@ -697,8 +709,8 @@ impl Vsp {
             ballooned: PageSet::new(),
             last_status: None,
             reported_state: VspState::Closed,
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
+            tx: TxQueue::default(),
+            events: EventQueue::default(),
             late_balloon_until: None,
             late_unballoon: VecDeque::new(),
             late_hot_remove: None,
@@ -944,12 +956,14 @@ impl Vsp {
         Ok(())
     }
 
-    /// The next DM message to send, as the payload of one VMBus in-band packet.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.tx.pop_front()
+    /// The next DM message to send, as the payload of one VMBus in-band packet: copied
+    /// into the front of `buf`; returns its length. Nothing is allocated per message.
+    pub fn poll_transmit(&mut self, buf: &mut [u8; MAX_MESSAGE_SIZE]) -> Option<usize> {
+        self.tx.pop(buf)
     }
 
-    /// The next event.
+    /// The next event. The queue is bounded: an owner that does not drain it loses no
+    /// accounting, only guest-caused noise, counted in [`VspEvent::Coalesced`].
     pub fn poll_event(&mut self) -> Option<VspEvent> {
         self.events.pop_front()
     }
@@ -1658,8 +1672,8 @@ impl Vsp {
     }
 
     fn send(&mut self, msg: Message<'_>) {
-        match msg.to_bytes() {
-            Ok(bytes) => self.tx.push_back(bytes),
+        match self.tx.push(&msg) {
+            Ok(()) => {}
             // Every message is built here within the 4 KiB limit; reaching this is a bug.
             Err(e) => {
                 debug_assert!(false, "a host DM message failed to encode: {e}");

@@ -1,5 +1,8 @@
-//! The host cases of `dm-protocol.md` §13 (`tNN_`), the host checklist of §12.1
-//! (`checklist_NN_`), and a property test over arbitrary guest bytes and host requests.
+//! ballast's numbered host cases (`tNN_`, each a guest message as Linux's
+//! `drivers/hv/hv_balloon.c` or a broken guest sends it, and what QEMU's
+//! `hw/hyperv/hv-balloon.c` or ballast's decisions make of it), ballast's host checklist
+//! (`checklist_NN_`: what a VSP must do), and a property test over arbitrary guest bytes and
+//! host requests.
 
 use super::*;
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
@@ -119,7 +122,8 @@ impl Host {
     }
 
     fn sent(&mut self) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| self.vsp.poll_transmit()).collect()
+        let mut buf = [0u8; MAX_MESSAGE_SIZE];
+        std::iter::from_fn(|| self.vsp.poll_transmit(&mut buf).map(|n| buf[..n].to_vec())).collect()
     }
 
     fn events(&mut self) -> Vec<VspEvent> {
@@ -1820,9 +1824,11 @@ proptest! {
             }
             prop_assert_eq!(vsp.ballooned(), &model);
             let caps = vsp.caps();
-            while let Some(bytes) = vsp.poll_transmit() {
+            let mut buf = [0u8; MAX_MESSAGE_SIZE];
+            while let Some(n) = vsp.poll_transmit(&mut buf) {
+                let bytes = &buf[..n];
                 prop_assert!(bytes.len() <= MAX_MESSAGE_SIZE);
-                let m = Message::parse(&bytes).expect("host output decodes");
+                let m = Message::parse(bytes).expect("host output decodes");
                 match m.body {
                     Body::BalloonRequest { num_pages } => {
                         prop_assert!((1..=MAX_BALLOON_REQUEST_PAGES).contains(&num_pages));

@@ -245,6 +245,35 @@ fn page_lists_are_checked() {
 }
 
 #[test]
+fn repeated_pages_are_rejected_within_a_ring_and_across_a_pair() {
+    let ram = guest_ram(8);
+    let region = view(&ram, 8);
+    for (pages, offset) in [
+        (vec![0, 0], 0),
+        (vec![3 * PAGE, PAGE, 3 * PAGE], 3 * PAGE),
+        (vec![0, PAGE, 2 * PAGE, PAGE], PAGE),
+    ] {
+        assert_eq!(
+            RingMemory::pages(Arc::clone(&region), &pages).err(),
+            Some(RingError::RepeatedPage { offset }),
+            "{pages:?}"
+        );
+    }
+    // Each ring alone is fine; the two share a page.
+    for pages in [
+        [0, PAGE, 2 * PAGE, 0],
+        [0, PAGE, PAGE, 3 * PAGE],
+        [0, 5 * PAGE, 2 * PAGE, 5 * PAGE],
+    ] {
+        assert!(matches!(
+            RingBuffer::gpadl_pair(&region, &pages, 2).err(),
+            Some(RingError::RepeatedPage { .. })
+        ));
+    }
+    assert!(RingBuffer::gpadl_pair(&region, &[0, 5 * PAGE, 2 * PAGE, 7 * PAGE], 2).is_ok());
+}
+
+#[test]
 fn data_area_accesses_stay_inside_it() {
     let ram = guest_ram(4);
     let region = view(&ram, 4);

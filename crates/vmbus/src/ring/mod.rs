@@ -124,6 +124,12 @@ pub enum RingError {
         /// Most pages a ring may have.
         max: usize,
     },
+    /// A page appears twice in a ring's page list, or in both rings of a GPADL pair.
+    #[error("ring page at {offset:#x} appears more than once in the page list")]
+    RepeatedPage {
+        /// The repeated page's offset in the region.
+        offset: u64,
+    },
     /// A copy through the shared region failed.
     #[error("shared region: {0}")]
     Region(BackingError),
@@ -243,12 +249,16 @@ impl RingBuffer {
     /// (`downstream_ringbuffer_pageoffset` of `struct vmbus_channel_open_channel`, Linux
     /// `include/linux/hyperv.h`). Returns (guest to host, host to guest).
     ///
+    /// No page may repeat, within a ring or across the two ([`RingError::RepeatedPage`]):
+    /// the host reads one ring and writes the other, often from different threads, and a
+    /// shared page would make those accesses race (see [`RingMemory::pages`]).
+    ///
     /// The host's end of a DM channel over a guest's GPADL in the VMM's guest RAM:
     ///
     /// ```
     /// use std::os::fd::AsFd;
     /// use std::sync::Arc;
-    /// use ballast_dm::ring::{
+    /// use ballast_vmbus::ring::{
     ///     Channel, Doorbell, InProcessDoorbell, Reader, RingBuffer, SharedRegion, Writer,
     /// };
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -283,10 +293,13 @@ impl RingBuffer {
         downstream_page_offset: usize,
     ) -> Result<(Self, Self), RingError> {
         let (outbound, inbound) = pages.split_at(downstream_page_offset.min(pages.len()));
-        Ok((
+        let rings = (
             Self::over_pages(Arc::clone(region), outbound)?,
             Self::over_pages(Arc::clone(region), inbound)?,
-        ))
+        );
+        // Each half's length is bounded now, so the whole list is too.
+        memory::distinct_pages(pages)?;
+        Ok(rings)
     }
 
     /// Resets the control page to an empty ring with these `feature_bits` (Linux's

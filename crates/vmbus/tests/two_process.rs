@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use ballast_abi::dm::{Body, Message, Version};
 use ballast_dm::PageSet;
-use ballast_dm::ring::{Channel, ChannelSetup, DEFAULT_DATA_SIZE};
-use ballast_dm::session::{GuestSession, HostSession};
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig, VscEvent};
 use ballast_dm::vsp::{HotAddResult, Transaction, Vsp, VspConfig, VspEvent, VspState};
+use ballast_vmbus::ring::{Channel, ChannelSetup, DEFAULT_DATA_SIZE};
+use ballast_vmbus::session::{GuestSession, HostSession};
 
 /// Set in the guest process to the role it plays.
 const CHILD_ENV: &str = "BALLAST_DM_TWO_PROCESS_CHILD";

@@ -22,6 +22,18 @@ use super::{MAX_DATA_SIZE, MIN_DATA_SIZE, RingError};
 /// Bytes per page of a page list: VMBus's `HV_HYP_PAGE_SIZE`, whatever the host's page.
 pub const RING_PAGE_SIZE: usize = RING_CONTROL_SIZE;
 
+/// Rejects a page list that names one page twice. Sorts a copy, so it costs
+/// O(n log n) in the list's length, which the callers bound (at most two rings' worth of
+/// pages).
+pub(super) fn distinct_pages(pages: &[u64]) -> Result<(), RingError> {
+    let mut sorted = pages.to_vec();
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(RingError::RepeatedPage { offset: w[0] }),
+        None => Ok(()),
+    }
+}
+
 /// Where the data area lies.
 #[derive(Debug, Clone)]
 enum Data {
@@ -84,8 +96,11 @@ impl RingMemory {
     /// be a multiple of [`RING_PAGE_SIZE`] with its whole page inside the region; there
     /// must be at least one data page and at most [`MAX_DATA_SIZE`] bytes of them.
     ///
-    /// Pages may repeat (a guest may alias its own pages): that corrupts only this ring's
-    /// contents, which the ring ends check like any other bytes the peer writes.
+    /// No page may appear twice ([`RingError::RepeatedPage`]). A repeat would not reach
+    /// outside the ring, but it would make two ring positions one address: the reader's
+    /// byte loads and the writer's word stores (or the control page's words and the data
+    /// bytes) would then race on it from two threads at different sizes, which Rust's
+    /// memory model leaves undefined. Distinct page-aligned offsets are disjoint pages.
     pub fn pages(region: Arc<SharedRegion>, pages: &[u64]) -> Result<Self, RingError> {
         const MAX_PAGES: usize = MAX_DATA_SIZE as usize / RING_PAGE_SIZE + 1;
         if !(2..=MAX_PAGES).contains(&pages.len()) {
@@ -108,6 +123,7 @@ impl RingMemory {
                 _ => return Err(bad),
             }
         }
+        distinct_pages(pages)?;
         let control = offsets.remove(0);
         // At most MAX_DATA_SIZE, checked above.
         let data_size = (offsets.len() * RING_PAGE_SIZE) as u32;

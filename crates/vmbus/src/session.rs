@@ -28,7 +28,7 @@
 //! - **The end of a session is final.** A ring error other than `Full` (the peer
 //!   corrupted the ring, or a message cannot fit it), a failed doorbell, or the owner's
 //!   [`close`](HostSession::close) ends it. The host side then resets the VSP
-//!   ([`Vsp::channel_closed`], which reports [`VspEvent::Reset`](crate::vsp::VspEvent::Reset)):
+//!   ([`Vsp::channel_closed`], which reports [`VspEvent::Reset`](ballast_dm::vsp::VspEvent::Reset)):
 //!   a new channel is a new connection. The guest side resets the VSC, whose balloon
 //!   pages still queued go back to the guest OS. Every later call returns
 //!   [`SessionError::Ended`].
@@ -51,12 +51,12 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use ballast_abi::dm::MessageType;
+use ballast_abi::dm::{MAX_MESSAGE_SIZE, MessageType};
 use ballast_abi::vmbus::{DESCRIPTOR_LEN, PACKET_TRAILER_LEN, PacketType};
 
 use crate::ring::{Channel, RingError};
-use crate::vsc::{GuestMemoryModel, Vsc};
-use crate::vsp::{GuestOwnership, Vsp};
+use ballast_dm::vsc::{GuestMemoryModel, Vsc};
+use ballast_dm::vsp::{GuestOwnership, Vsp};
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -273,7 +273,11 @@ const MIN_PACKET_RING_LEN: usize = DESCRIPTOR_LEN + PACKET_TRAILER_LEN;
 struct Link {
     channel: Channel,
     buf: Vec<u8>,
-    held: Option<Vec<u8>>,
+    /// The message being sent: filled by the machine's `poll_transmit`, reused for every
+    /// message, so sending allocates nothing.
+    out: Box<[u8; MAX_MESSAGE_SIZE]>,
+    /// `out[..n]` holds a message the ring had no room for.
+    held: Option<usize>,
     next_packet_id: u64,
     ended: bool,
     tap: TapSlot,
@@ -284,6 +288,7 @@ impl Link {
         Self {
             channel,
             buf: Vec::new(),
+            out: Box::new([0; MAX_MESSAGE_SIZE]),
             held: None,
             next_packet_id: 0,
             ended: false,
@@ -315,25 +320,26 @@ impl Link {
     /// the messages sent and whether one is held.
     fn flush(
         &mut self,
-        mut next: impl FnMut() -> Option<Vec<u8>>,
+        mut next: impl FnMut(&mut [u8; MAX_MESSAGE_SIZE]) -> Option<usize>,
     ) -> Result<(usize, bool), RingError> {
         let mut sent = 0;
         loop {
-            let Some(msg) = self.held.take().or_else(&mut next) else {
+            let Some(len) = self.held.take().or_else(|| next(&mut self.out)) else {
                 return Ok((sent, false));
             };
-            match self.channel.try_send(&msg, self.next_packet_id) {
+            let msg = &self.out[..len];
+            match self.channel.try_send(msg, self.next_packet_id) {
                 Ok(()) => {
-                    self.tap.see(Direction::Sent, &msg);
+                    self.tap.see(Direction::Sent, msg);
                     self.next_packet_id = self.next_packet_id.wrapping_add(1);
                     sent += 1;
                 }
                 Err(RingError::Full) => {
-                    self.held = Some(msg);
+                    self.held = Some(len);
                     return Ok((sent, true));
                 }
                 Err(e) => {
-                    self.held = Some(msg);
+                    self.held = Some(len);
                     return Err(e);
                 }
             }
@@ -359,9 +365,9 @@ impl Link {
         }
     }
 
-    /// Ends the session; returns the message held back for a full ring, which never
-    /// reached the peer.
-    fn end(&mut self, why: Option<&SessionError>) -> Option<Vec<u8>> {
+    /// Ends the session; returns the length of the message held back for a full ring
+    /// (in `out`), which never reached the peer.
+    fn end(&mut self, why: Option<&SessionError>) -> Option<usize> {
         if let Some(e) = why {
             tracing::warn!(error = %e, "DM session ended");
         }
@@ -450,7 +456,7 @@ impl<G: GuestOwnership> HostSession<G> {
             .link
             .receive(|payload| vsp.receive(now, payload, guest))?;
         vsp.tick(now);
-        let (sent, blocked) = self.link.flush(|| vsp.poll_transmit())?;
+        let (sent, blocked) = self.link.flush(|buf| vsp.poll_transmit(buf))?;
         Ok(Progress {
             received,
             sent,
@@ -501,7 +507,7 @@ impl<G: GuestOwnership> HostSession<G> {
 
     /// The message waiting for room in the ring, if any.
     pub fn unsent(&self) -> Option<&[u8]> {
-        self.link.held.as_deref()
+        self.link.held.map(|n| &self.link.out[..n])
     }
 
     /// The channel, e.g. for its doorbell.
@@ -575,7 +581,7 @@ impl<M: GuestMemoryModel> GuestSession<M> {
             .link
             .receive(|payload| vsc.receive(now, payload, model))?;
         vsc.tick(now, model);
-        let (sent, blocked) = self.link.flush(|| vsc.poll_transmit())?;
+        let (sent, blocked) = self.link.flush(|buf| vsc.poll_transmit(buf))?;
         Ok(Progress {
             received,
             sent,
@@ -606,11 +612,11 @@ impl<M: GuestMemoryModel> GuestSession<M> {
         }
     }
 
-    fn reset(&mut self, now: Duration, unsent: Option<Vec<u8>>) {
+    fn reset(&mut self, now: Duration, unsent: Option<usize>) {
         // A balloon response held for a full ring never reached the host: its pages are
         // the guest's again.
-        if let Some(m) = unsent {
-            self.vsc.take_back(&m);
+        if let Some(n) = unsent {
+            self.vsc.take_back(&self.link.out[..n]);
         }
         self.vsc.reset();
         // The VSC gives withdrawn pages back at its next tick; there will be no other.
@@ -625,7 +631,7 @@ impl<M: GuestMemoryModel> GuestSession<M> {
     /// The message waiting for room in the ring, if any. Its balloon pages already count
     /// in [`Vsc::ballooned`] but have not reached the host.
     pub fn unsent(&self) -> Option<&[u8]> {
-        self.link.held.as_deref()
+        self.link.held.map(|n| &self.link.out[..n])
     }
 
     /// The channel, e.g. for its doorbell.
@@ -666,10 +672,10 @@ mod tests {
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
-    use crate::PageSet;
     use crate::ring::DEFAULT_DATA_SIZE;
-    use crate::vsc::{SimGuest, VscConfig};
-    use crate::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
+    use ballast_dm::vsc::{SimGuest, VscConfig};
+    use ballast_dm::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
+    use ballast_dm::{EVENT_CAP, PageSet};
 
     /// 1 GiB of boot RAM, 768 MiB free.
     const TOTAL: u64 = 262_144;
@@ -733,6 +739,57 @@ mod tests {
             }
         }
         set
+    }
+
+    /// Writes malformed DM messages into the guest's outgoing ring until it is full.
+    fn flood(guest: &mut GuestSession<SimGuest>) -> u64 {
+        let mut written = 0;
+        loop {
+            match guest
+                .link
+                .channel
+                .try_send(&[0xff; 3], guest.link.next_packet_id)
+            {
+                Ok(()) => written += 1,
+                Err(RingError::Full) => return written,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_guest_flooding_the_ring_with_violations_cannot_grow_the_host_queue() {
+        let (mut host, mut guest) = connected(SimGuest::new(TOTAL, TOTAL / 2));
+        let now = Duration::from_secs(1);
+        host.vsp.balloon(now, 1000).unwrap();
+        host.pump(now).unwrap();
+        // Each pass takes a ring's worth of malformed packets; the owner never drains.
+        let mut written = 0;
+        for round in 0..40 {
+            if round == 20 {
+                // The balloon response lands amid the flood.
+                guest.pump(now).unwrap();
+            }
+            written += flood(&mut guest);
+            while host.pump(now).unwrap().more {}
+        }
+        assert!(written > 10 * EVENT_CAP as u64, "{written}");
+        let events: Vec<VspEvent> = std::iter::from_fn(|| host.vsp.poll_event()).collect();
+        assert!(events.len() <= EVENT_CAP + 16, "{} events", events.len());
+        let violations: u64 = events
+            .iter()
+            .map(|e| match e {
+                VspEvent::ProtocolViolation { .. } => 1,
+                VspEvent::Coalesced { violations, .. } => *violations,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(violations, written);
+        assert!(events.contains(&VspEvent::BalloonComplete {
+            requested: 1000,
+            returned: 1000
+        }));
+        assert_eq!(host.vsp.ballooned().len(), 1000);
     }
 
     #[test]
@@ -1139,7 +1196,7 @@ mod tests {
             );
             guest
                 .run_until(clock, clock() + Duration::from_secs(20), |s| {
-                    matches!(s.vsc.state(), crate::vsc::VscState::Connected { .. })
+                    matches!(s.vsc.state(), ballast_dm::vsc::VscState::Connected { .. })
                         && s.unsent().is_none()
                 })
                 .unwrap()

@@ -31,15 +31,16 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use ballast_abi::vmbus::FEAT_PENDING_SEND_SZ;
 use ballast_benchkit::{median_ns_per, report};
-use ballast_dm::ring::{
+use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
+use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
+use ballast_vmbus::ring::{
     Channel, ChannelSetup, DEFAULT_DATA_SIZE, Doorbell, InProcessDoorbell, Reader, RingBuffer,
     RingError, SharedRegion, Writer,
 };
-use ballast_dm::session::{GuestSession, HostSession};
-use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
-use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
+use ballast_vmbus::session::{GuestSession, HostSession};
 
 /// Set in the guest process to its role: `session` or `baseline`.
 const ROLE_ENV: &str = "BALLAST_DM_BENCH_CHILD";
@@ -152,11 +153,16 @@ impl Direct {
     fn exchange(&mut self, seen: &mut dyn FnMut(bool, Vec<Vec<u8>>)) -> usize {
         let mut moved = 0;
         loop {
-            let to_guest: Vec<_> = std::iter::from_fn(|| self.vsp.poll_transmit()).collect();
+            let mut buf = [0u8; MAX_MESSAGE_SIZE];
+            let to_guest: Vec<_> =
+                std::iter::from_fn(|| self.vsp.poll_transmit(&mut buf).map(|n| buf[..n].to_vec()))
+                    .collect();
             for m in &to_guest {
                 self.vsc.receive(Self::T, m, &mut self.model);
             }
-            let to_host: Vec<_> = std::iter::from_fn(|| self.vsc.poll_transmit()).collect();
+            let to_host: Vec<_> =
+                std::iter::from_fn(|| self.vsc.poll_transmit(&mut buf).map(|n| buf[..n].to_vec()))
+                    .collect();
             for m in &to_host {
                 self.vsp.receive(Self::T, m, &Self::OWNS);
             }
