@@ -269,8 +269,8 @@ fuzz_target!(|data: &[u8]| {
         let mut cmd = cmd;
         for _ in 0..4096 {
             let r = match budget {
-                Some(b) => hv.memory_op_preemptible(caller, cmd, ARG, &mut mem, b),
-                None => hv.memory_op(caller, cmd, ARG, &mut mem),
+                Some(b) => hv.memory_op(caller, cmd, ARG, &mut mem, b),
+                None => hv.memory_op_to_completion(caller, cmd, ARG, &mut mem),
             };
             if let Err(e) = hv.check() {
                 panic!("{e} after cmd {cmd:#x} from {caller:?}: {r:?}");

@@ -35,7 +35,7 @@ fn populate(hv: &mut Hypervisor, mem: &mut FlatMemory, u: DomId, gfns: &[u64]) -
     }
     mem.write(ARG, res(LIST, gfns.len() as u64, 0).as_bytes())
         .unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::POPULATE_PHYSMAP), ARG, mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::POPULATE_PHYSMAP), ARG, mem);
     r.ret
 }
 
@@ -60,7 +60,7 @@ fn pv_exchange_output_is_mapped_past_the_guest_physical_limit() {
         nr_exchanged: 0,
     };
     mem.write(ARG, x.as_bytes()).unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
     assert_eq!(r.ret, 0);
     let p = hv.partition(id).unwrap();
     assert!(
@@ -98,7 +98,7 @@ fn pv_exchange_outputs_are_not_charged_to_the_p2m_budget() {
         nr_exchanged: 0,
     };
     mem.write(ARG, x.as_bytes()).unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
     let (budget, used) = hv.p2m_usage(id).unwrap();
     assert!(
         used <= budget,
@@ -244,7 +244,7 @@ fn nested_withdraw_returns_a_host_mfn_for_a_special_page_topped_up_from_the_heap
     };
     mem.write(ARG, x.as_bytes()).unwrap();
     assert_eq!(
-        hv.memory_op(gd, cmd(MemoryOp::ADD_TO_PHYSMAP), ARG, &mut mem)
+        hv.memory_op_to_completion(gd, cmd(MemoryOp::ADD_TO_PHYSMAP), ARG, &mut mem)
             .ret,
         0
     );

@@ -209,7 +209,7 @@ fn machine_memory_map_reports_the_configured_map() {
         buffer: LIST,
     };
     mem.write(ARG, map.as_bytes()).unwrap();
-    let r = hv.memory_op(
+    let r = hv.memory_op_to_completion(
         ROOT_DOMID,
         MemoryOp::MACHINE_MEMORY_MAP.0 as u64,
         ARG,
@@ -238,7 +238,8 @@ fn machine_memory_map_reports_the_configured_map() {
         );
     }
     // Xen's maximum_ram_page: one past the highest RAM frame.
-    let r = hv.memory_op(ROOT_DOMID, MemoryOp::MAXIMUM_RAM_PAGE.0 as u64, 0, &mut mem);
+    let r =
+        hv.memory_op_to_completion(ROOT_DOMID, MemoryOp::MAXIMUM_RAM_PAGE.0 as u64, 0, &mut mem);
     assert_eq!(r.ret, 0x1400);
 }
 
@@ -271,7 +272,7 @@ fn xen_populate_takes_ram_only() {
         };
         mem.write(ARG, r.as_bytes()).unwrap();
         let ret = hv
-            .memory_op(domid, MemoryOp::POPULATE_PHYSMAP.0 as u64, ARG, &mut mem)
+            .memory_op_to_completion(domid, MemoryOp::POPULATE_PHYSMAP.0 as u64, ARG, &mut mem)
             .ret;
         let mfns: Vec<u64> = (0..ret.max(0) as u64)
             .map(|i| mem.read_u64(LIST + 8 * i).unwrap())

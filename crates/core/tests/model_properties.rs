@@ -138,7 +138,9 @@ impl World {
             let at = (LIST - ARG) as usize + 8 * i;
             mem.bytes[at..at + 8].copy_from_slice(&g.to_le_bytes());
         }
-        self.hv.memory_op(caller, cmd, ARG, &mut mem).ret
+        self.hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut mem)
+            .ret
     }
 
     fn apply(&mut self, op: &Op) {
@@ -308,9 +310,9 @@ impl World {
                     mem.bytes[b..b + 8]
                         .copy_from_slice(&(1000 + base as u64 + i as u64).to_le_bytes());
                 }
-                let _ = self
-                    .hv
-                    .memory_op(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
+                let _ =
+                    self.hv
+                        .memory_op_to_completion(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
             }
             Op::Remove { c, t, g } => {
                 let (c, t) = (pick(c), pick(t));
@@ -327,9 +329,12 @@ impl World {
                     ..Default::default()
                 };
                 mem.bytes[..16].copy_from_slice(r.as_bytes());
-                let _ =
-                    self.hv
-                        .memory_op(cd, MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64, ARG, &mut mem);
+                let _ = self.hv.memory_op_to_completion(
+                    cd,
+                    MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64,
+                    ARG,
+                    &mut mem,
+                );
             }
             Op::Host { t, g, n, release } => {
                 let t = pick(t);
@@ -371,7 +376,9 @@ impl World {
                 } else {
                     MemoryOp::GET_POD_TARGET
                 };
-                let r = self.hv.memory_op(cd, op.0 as u64, ARG, &mut mem);
+                let r = self
+                    .hv
+                    .memory_op_to_completion(cd, op.0 as u64, ARG, &mut mem);
                 if r.ret == 0 {
                     let back = XenPodTarget::read_from_bytes(&mem.bytes[..40]).unwrap();
                     let p = self.hv.partition(t).unwrap();
@@ -515,7 +522,7 @@ fn acquire_resource_needs_an_active_partition() {
     };
     mem.bytes[..32].copy_from_slice(r.as_bytes());
     let ret = hv
-        .memory_op(DomId(0), MemoryOp::ACQUIRE_RESOURCE.0 as u64, ARG, &mut mem)
+        .memory_op_to_completion(DomId(0), MemoryOp::ACQUIRE_RESOURCE.0 as u64, ARG, &mut mem)
         .ret;
     assert_eq!(ret, -(ballast_core::xen::errno::EINVAL));
     hv.withdraw_all(ROOT_ID, c).unwrap();

@@ -88,7 +88,9 @@ impl Env {
     }
 
     fn raw(&mut self, caller: DomId, cmd: u64, arg: u64) -> MemoryOpResult {
-        let r = self.hv.memory_op(caller, cmd, arg, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, arg, &mut self.mem);
         self.hv.check().unwrap();
         assert_eq!(r.continuation, None, "memory_op runs to completion");
         r
@@ -2253,8 +2255,8 @@ fn run(
 ) -> MemoryOpResult {
     for _ in 0..100_000 {
         let r = match budget {
-            Some(b) => hv.memory_op_preemptible(caller, cmd, ARG, mem, b),
-            None => hv.memory_op(caller, cmd, ARG, mem),
+            Some(b) => hv.memory_op(caller, cmd, ARG, mem, b),
+            None => hv.memory_op_to_completion(caller, cmd, ARG, mem),
         };
         if checked {
             hv.check().unwrap();

@@ -54,7 +54,9 @@ impl Env {
         arg: &A,
     ) -> MemoryOpResult {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
-        let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut self.mem);
         self.hv.check().unwrap();
         r
     }
@@ -517,7 +519,7 @@ fn set_pod_target_is_preemptible() {
     let mut calls = 0;
     loop {
         calls += 1;
-        let r = e.hv.memory_op_preemptible(C, c, ARG, &mut e.mem, 256);
+        let r = e.hv.memory_op(C, c, ARG, &mut e.mem, 256);
         e.hv.check().unwrap();
         match r.continuation {
             Some(next) => c = next,

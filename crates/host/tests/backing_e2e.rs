@@ -149,7 +149,7 @@ fn memory_op(host: &mut MemoryHost, domid: DomId, op: MemoryOp, gfns: &[u64]) ->
     };
     mem.bytes[..32].copy_from_slice(res.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, op.0 as u64, 0x10000, &mut mem))
+        .run(|hv| hv.memory_op_to_completion(domid, op.0 as u64, 0x10000, &mut mem))
         .unwrap();
     r.ret
 }
@@ -293,7 +293,9 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     };
     mem.bytes[..24].copy_from_slice(x.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .run(|hv| {
+            hv.memory_op_to_completion(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem)
+        })
         .unwrap();
     assert_eq!(r.ret, 0);
     assert_eq!(
@@ -310,7 +312,9 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     };
     mem.bytes[..24].copy_from_slice(x.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .run(|hv| {
+            hv.memory_op_to_completion(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem)
+        })
         .unwrap();
     assert_eq!(r.ret, 0);
     assert_eq!(page(&host, a, 5), pattern(a, 3));
@@ -350,7 +354,12 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
     let ranges = [CoreRange { start: 0, count: 2 }];
     let failed = host
         .run(|hv| {
-            let moved = hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem);
+            let moved = hv.memory_op_to_completion(
+                domid,
+                MemoryOp::ADD_TO_PHYSMAP.0 as u64,
+                0x10000,
+                &mut mem,
+            );
             let released = hv.release(a, &ranges);
             (moved, released)
         })

@@ -42,7 +42,9 @@ fn populate(host: &mut MemoryHost, u: DomId, gfns: &[u64]) -> i64 {
     };
     mem.write(ARG, r.as_bytes()).unwrap();
     let cmd = u64::from(MemoryOp::POPULATE_PHYSMAP.0);
-    let (out, _) = host.run(|hv| hv.memory_op(u, cmd, ARG, &mut mem)).unwrap();
+    let (out, _) = host
+        .run(|hv| hv.memory_op_to_completion(u, cmd, ARG, &mut mem))
+        .unwrap();
     out.ret
 }
 
@@ -62,7 +64,7 @@ fn move_gmfn(
     };
     mem.write(ARG, x.as_bytes()).unwrap();
     let cmd = u64::from(MemoryOp::ADD_TO_PHYSMAP.0);
-    host.run(|hv| hv.memory_op(u, cmd, ARG, &mut mem).ret)
+    host.run(|hv| hv.memory_op_to_completion(u, cmd, ARG, &mut mem).ret)
         .map(|(ret, _)| ret)
 }
 

@@ -9,8 +9,8 @@
 //! ([`errno`]). Why a reservation call stopped short is kept in [`MemoryOpResult::stop`]
 //! for tests and logs, while the ABI value stays a count.
 //!
-//! Calls run to completion. [`Hypervisor::memory_op_preemptible`] bounds the work of one
-//! call instead and returns a continuation (the command word to re-issue with the same
+//! [`Hypervisor::memory_op`] bounds the work of one call by a budget and returns a
+//! continuation (the command word to re-issue with the same
 //! argument) where Xen would preempt: between extents, exchange chunks, gmfn_range pages,
 //! batch items and resource frames.
 //!
@@ -102,9 +102,9 @@
 //!   never written. increase/populate naming the root stop with `Denied`; exchange on it
 //!   answers `-EPERM`, add_to_physmap `-EACCES` (it is a PV domain). A decrease finds
 //!   nothing mapped.
-//! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
-//!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
-//!   cannot hold the host for long (Xen preempts the same calls).
+//! - [`Hypervisor::memory_op_to_completion`] runs every call to completion; a VMM exposing
+//!   the interface to guests uses [`Hypervisor::memory_op`] with a budget, so one
+//!   hypercall cannot hold the host for long (Xen preempts the same calls).
 //! - Populate-on-demand is modelled page by page: a guest access backs one 4 KiB PoD entry
 //!   (Xen backs a whole 2 MiB or 1 GiB PoD superpage from a cache superpage when it can),
 //!   the cache is filled with single frames, decrease does not reclaim zeroed superpages
@@ -274,7 +274,7 @@ pub struct MemoryOpResult {
     /// value, or a negated [`errno`]. 0 while [`continuation`](Self::continuation) is set.
     pub ret: i64,
     /// Work remains: re-issue this command word with the same argument. Only
-    /// [`Hypervisor::memory_op_preemptible`] produces one.
+    /// [`Hypervisor::memory_op`] produces one.
     pub continuation: Option<u64>,
     /// Why a reservation sub-op returned fewer than `nr_extents`; `None` when it completed,
     /// when it continues, and for every other sub-op.
@@ -408,28 +408,21 @@ pub(crate) fn elem(base: u64, i: u64, size: u64) -> u64 {
 impl Hypervisor {
     /// Serves one Xen `memory_op` hypercall from domain `caller`: `cmd` is the command
     /// word (`op | start_extent << 6`), `arg` the guest address of the sub-op's argument,
-    /// `mem` the caller's memory. Runs to completion, so
-    /// [`continuation`](MemoryOpResult::continuation) is always `None`.
+    /// `mem` the caller's memory, `budget` the work allowed in this call. Once about
+    /// `budget` pages (or batch items) are done and more remain, the call stops where Xen
+    /// would preempt and returns the command word to re-issue with the same `arg`. Each
+    /// call does at least one unit of work, so re-issuing always terminates. Exchange
+    /// keeps its progress in the guest's `nr_exchanged`, so its continuation is the same
+    /// command word.
+    ///
+    /// This is the entry point for a guest-facing VMM: a guest cannot make one call take
+    /// unbounded time. [`memory_op_to_completion`](Self::memory_op_to_completion) is the
+    /// unbounded form, for trusted callers and tests.
     ///
     /// Total: any command, address and memory contents give a result, never a panic.
     /// A caller that is not a live domain gets `-ESRCH` (a count of `start_extent` for the
     /// reservation sub-ops).
     pub fn memory_op(
-        &mut self,
-        caller: DomId,
-        cmd: u64,
-        arg: u64,
-        mem: &mut dyn GuestMemory,
-    ) -> MemoryOpResult {
-        self.memory_op_preemptible(caller, cmd, arg, mem, u64::MAX)
-    }
-
-    /// [`memory_op`](Self::memory_op) with a work budget: once about `budget` pages (or
-    /// batch items) are done and more remain, the call stops where Xen would preempt and
-    /// returns the command word to re-issue with the same `arg`. Each call does at least
-    /// one unit of work, so re-issuing always terminates. Exchange keeps its progress in
-    /// the guest's `nr_exchanged`, so its continuation is the same command word.
-    pub fn memory_op_preemptible(
         &mut self,
         caller: DomId,
         cmd: u64,
@@ -459,6 +452,20 @@ impl Hypervisor {
         let result = self.xen_dispatch(&mut call);
         self.xen_sweep_unassigned(&mut call);
         result
+    }
+
+    /// [`memory_op`](Self::memory_op) without a budget: runs to completion, so
+    /// [`continuation`](MemoryOpResult::continuation) is always `None`. For trusted
+    /// callers (a toolstack acting for dom0, tests); a guest can make it do work in
+    /// proportion to the extents it names.
+    pub fn memory_op_to_completion(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        arg: u64,
+        mem: &mut dyn GuestMemory,
+    ) -> MemoryOpResult {
+        self.memory_op(caller, cmd, arg, mem, u64::MAX)
     }
 
     /// Makes partition `id` translated (HVM/PVH, the default) or PV for the Xen interface.

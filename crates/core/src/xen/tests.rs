@@ -64,7 +64,9 @@ impl T {
         arg: &A,
     ) -> MemoryOpResult {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
-        let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut self.mem);
         self.hv.check().unwrap();
         r
     }
@@ -79,9 +81,7 @@ impl T {
     ) -> (MemoryOpResult, usize) {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
         for calls in 1..10_000 {
-            let r = self
-                .hv
-                .memory_op_preemptible(caller, cmd, ARG, &mut self.mem, budget);
+            let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem, budget);
             self.hv.check().unwrap();
             match r.continuation {
                 Some(next) => cmd = next,
@@ -335,7 +335,7 @@ fn a_failed_write_back_undoes_its_extent() {
     let r = res(LIST, 4, 1, MemFlags::NONE, DOMID_SELF);
     mem.inner.write(ARG, r.as_bytes()).unwrap();
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::INCREASE_RESERVATION, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::INCREASE_RESERVATION, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!((out.ret, out.stop), (2, Some(StopReason::Fault)));
     assert_eq!(t.p(pv).tot_pages(), 4);
@@ -348,7 +348,7 @@ fn a_failed_write_back_undoes_its_extent() {
     let r = res(LIST, 3, 0, MemFlags::NONE, DOMID_SELF);
     mem.inner.write(ARG, r.as_bytes()).unwrap();
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::POPULATE_PHYSMAP, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::POPULATE_PHYSMAP, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!((out.ret, out.stop), (1, Some(StopReason::Fault)));
     assert!(t.p(pv).p2m.get(0x10).is_some() && t.p(pv).p2m.get(0x20).is_none());
@@ -380,7 +380,7 @@ fn a_pv_exchange_whose_write_back_fails_changes_nothing() {
     // happen (and nr_exchanged cannot be written back either).
     mem.writes_left = 0;
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::EXCHANGE, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::EXCHANGE, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!(out.ret, -EFAULT);
     assert_eq!(t.hv.frames.total_free(), free);
@@ -733,7 +733,7 @@ proptest! {
         t.mem.write(ARG, &arg).unwrap();
         let callers = [C, a, b, DomId(0x7000)];
         let word = op | start.wrapping_shl(MEMOP_EXTENT_SHIFT);
-        let _ = t.hv.memory_op(callers[caller as usize], word, ARG, &mut t.mem);
+        let _ = t.hv.memory_op_to_completion(callers[caller as usize], word, ARG, &mut t.mem);
         prop_assert!(t.hv.check().is_ok(), "{:?}", t.hv.check());
     }
 }
