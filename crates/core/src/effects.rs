@@ -58,14 +58,14 @@ impl Effect {
 /// Effects in the order they happened, with consecutive discards of neighbouring gfns of
 /// one partition merged into one range.
 #[derive(Debug, Clone, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     queue: Vec<Effect>,
 }
 
 impl Effects {
     /// Records that `gfn` left `partition`'s guest space.
     #[inline]
-    pub fn discard(&mut self, partition: PartitionId, gfn: u64, count: u64) {
+    pub(crate) fn discard(&mut self, partition: PartitionId, gfn: u64, count: u64) {
         if let Some(Effect::Discard {
             partition: p,
             range,
@@ -90,7 +90,7 @@ impl Effects {
     }
 
     /// Records that the page at `from` moved to `to` in `partition`'s guest space.
-    pub fn moved(&mut self, partition: PartitionId, from: u64, to: u64) {
+    pub(crate) fn moved(&mut self, partition: PartitionId, from: u64, to: u64) {
         self.queue.push(Effect::Move {
             partition,
             from,
@@ -99,18 +99,13 @@ impl Effects {
     }
 
     /// Takes every recorded effect, oldest first.
-    pub fn take(&mut self) -> Vec<Effect> {
+    pub(crate) fn take(&mut self) -> Vec<Effect> {
         core::mem::take(&mut self.queue)
     }
 
     /// The recorded effects, oldest first.
-    pub fn pending(&self) -> &[Effect] {
+    pub(crate) fn pending(&self) -> &[Effect] {
         &self.queue
-    }
-
-    /// Forgets every recorded effect.
-    pub fn clear(&mut self) {
-        self.queue.clear();
     }
 }
 
