@@ -168,7 +168,7 @@ fn xen_benches(base: f64) {
     let guest = hv
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
         .unwrap();
-    let domid = hv.partition(guest).unwrap().domid;
+    let domid = hv.partition(guest).unwrap().domid();
     let mut mem = FlatMemory::new(0x10000, 0x2000);
     let res = XenMemoryReservation {
         extent_start: 0x11000,

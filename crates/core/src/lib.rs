@@ -24,6 +24,7 @@ pub mod hyperv;
 pub mod hypervisor;
 pub mod p2m;
 pub mod partition;
+mod state;
 pub mod xen;
 
 pub use config::{
@@ -35,7 +36,8 @@ pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};
 pub use hypervisor::{
     CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
 };
-pub use partition::{Partition, PartitionState, Vp, VpRunState};
+pub use partition::{NodePool, Partition, PartitionState, Vp, VpRunState};
+pub use state::XenState;
 pub use xen::{MemoryOpResult, StopReason};
 
 /// A machine frame number (4 KiB frames; ballast manages up to 2^32 - 1 of them).

@@ -121,7 +121,7 @@ fn frames_outside_ram_are_absent_and_never_handed_out() {
     assert_eq!(hv.frames().total_free(), 0);
     assert!(hv.populate(g, free, 1).is_err(), "holes are not memory");
     let p = hv.partition(g).unwrap();
-    assert!(p.p2m.iter().all(|(_, mfn)| is_ram(mfn.into())));
+    assert!(p.p2m().iter().all(|(_, mfn)| is_ram(mfn.into())));
     // And they all come back.
     hv.release(
         g,
@@ -254,7 +254,7 @@ fn xen_populate_takes_ram_only() {
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
         .unwrap();
     hv.set_translated(g, false).unwrap();
-    let domid = hv.partition(g).unwrap().domid;
+    let domid = hv.partition(g).unwrap().domid();
     const ARG: u64 = 0x10_0000;
     const LIST: u64 = ARG + 0x1000;
     let mut mem = FlatMemory::new(ARG, 0x1000 + 8 * 0x1000);

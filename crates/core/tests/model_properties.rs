@@ -242,8 +242,8 @@ impl World {
             } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -281,7 +281,7 @@ impl World {
             }
             Op::Exchange { c, base, n } => {
                 let c = pick(c);
-                let Some(cd) = self.hv.partition(c).map(|p| p.domid) else {
+                let Some(cd) = self.hv.partition(c).map(|p| p.domid()) else {
                     return;
                 };
                 let mut mem = FlatMemory::new(ARG, 0x3_0000);
@@ -317,8 +317,8 @@ impl World {
             Op::Remove { c, t, g } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -340,7 +340,11 @@ impl World {
                 let t = pick(t);
                 if release {
                     let ranges: Vec<GfnRange> = (g as u64..g as u64 + n as u64)
-                        .filter(|&x| self.hv.partition(t).is_some_and(|p| p.p2m.get(x).is_some()))
+                        .filter(|&x| {
+                            self.hv
+                                .partition(t)
+                                .is_some_and(|p| p.p2m().get(x).is_some())
+                        })
                         .map(|x| GfnRange { start: x, count: 1 })
                         .collect();
                     if t != ROOT_ID {
@@ -359,8 +363,8 @@ impl World {
             Op::PodTarget { c, t, target, set } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -384,13 +388,16 @@ impl World {
                     let p = self.hv.partition(t).unwrap();
                     assert_eq!(
                         (back.tot_pages, back.pod_cache_pages, back.pod_entries),
-                        (p.tot_pages(), p.pod_cache, p.pod_entries())
+                        (p.tot_pages(), p.xen().pod_cache, p.pod_entries())
                     );
                 }
             }
             Op::Demand { t, g } => {
                 let t = pick(t);
-                let is_pod = self.hv.partition(t).is_some_and(|p| p.p2m.is_pod(g.into()));
+                let is_pod = self
+                    .hv
+                    .partition(t)
+                    .is_some_and(|p| p.p2m().is_pod(g.into()));
                 let r = self.hv.pod_demand_populate(t, g.into());
                 assert_eq!(
                     is_pod,
@@ -410,7 +417,7 @@ impl World {
 
 fn mapped(hv: &Hypervisor) -> BTreeMap<PartitionId, BTreeMap<u64, u32>> {
     hv.partitions()
-        .map(|p| (p.id, p.p2m.iter().collect()))
+        .map(|p| (p.id(), p.p2m().iter().collect()))
         .collect()
 }
 
@@ -490,7 +497,7 @@ fn the_root_p2m_is_never_written() {
         &[1, 2, 3, 4],
     );
     assert_eq!(ret, 0);
-    assert_eq!(w.hv.partition(ROOT_ID).unwrap().p2m.mapped(), 0);
+    assert_eq!(w.hv.partition(ROOT_ID).unwrap().p2m().mapped(), 0);
     w.hv.check().unwrap();
 }
 
@@ -511,7 +518,7 @@ fn acquire_resource_needs_an_active_partition() {
     })
     .unwrap();
     hv.finalize_partition(ROOT_ID, c).unwrap();
-    let domid = hv.partition(c).unwrap().domid;
+    let domid = hv.partition(c).unwrap().domid();
     let mut mem = FlatMemory::new(ARG, 0x3_0000);
     let r = XenMemAcquireResource {
         domid: domid.0,

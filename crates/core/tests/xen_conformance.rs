@@ -52,7 +52,7 @@ fn env() -> Env {
 fn env_with(config: Config) -> Env {
     let mut hv = Hypervisor::new(config).unwrap();
     let u_id = hv.create_guest(1024, HvProximityDomainInfo::ANY).unwrap();
-    let u = hv.partition(u_id).unwrap().domid;
+    let u = hv.partition(u_id).unwrap().domid();
     Env {
         hv,
         mem: FlatMemory::new(BASE, MEM_LEN),
@@ -131,15 +131,19 @@ impl Env {
     }
 
     fn max(&self, d: DomId) -> u32 {
-        self.hv.partition_by_domid(d).unwrap().max_pages
+        self.hv.partition_by_domid(d).unwrap().xen().max_pages
     }
 
     fn claim(&self, d: DomId) -> u32 {
-        self.hv.partition_by_domid(d).unwrap().outstanding_claim
+        self.hv
+            .partition_by_domid(d)
+            .unwrap()
+            .xen()
+            .outstanding_claim
     }
 
     fn at(&self, d: DomId, gfn: u64) -> Option<u32> {
-        self.hv.partition_by_domid(d).unwrap().p2m.get(gfn)
+        self.hv.partition_by_domid(d).unwrap().p2m().get(gfn)
     }
 
     fn free(&self) -> u64 {
@@ -152,7 +156,7 @@ impl Env {
             .create_guest(max_pages, HvProximityDomainInfo::ANY)
             .unwrap();
         self.hv.set_translated(id, translated).unwrap();
-        self.hv.partition(id).unwrap().domid
+        self.hv.partition(id).unwrap().domid()
     }
 }
 
@@ -530,7 +534,7 @@ fn case_24_increase_on_a_translated_guest_assigns_without_mapping() {
         (3, None)
     );
     assert_eq!(e.tot(u), 3);
-    assert_eq!(e.hv.partition_by_domid(u).unwrap().p2m.mapped(), 0);
+    assert_eq!(e.hv.partition_by_domid(u).unwrap().p2m().mapped(), 0);
     // With a list, a translated guest gets nothing written either.
     e.set_list(LIST, &[7, 7]);
     let r = res(LIST, 2, 0, MemFlags::NONE, DOMID_SELF);
@@ -1124,7 +1128,11 @@ fn case_50_memory_maps() {
     };
     assert_eq!(e.op(C, cmd(MemoryOp::SET_MEMORY_MAP, 0), &f).ret, 0);
     assert_eq!(
-        e.hv.partition_by_domid(u).unwrap().memory_map.as_deref(),
+        e.hv.partition_by_domid(u)
+            .unwrap()
+            .xen()
+            .memory_map
+            .as_deref(),
         Some(&set[..])
     );
     let map = XenMemoryMap {
@@ -1150,7 +1158,11 @@ fn case_50_memory_maps() {
         -EINVAL
     );
     assert_eq!(
-        e.hv.partition_by_domid(u).unwrap().memory_map.as_deref(),
+        e.hv.partition_by_domid(u)
+            .unwrap()
+            .xen()
+            .memory_map
+            .as_deref(),
         Some(&set[..])
     );
 
@@ -1456,7 +1468,7 @@ fn libxc_pv_maximum_gpfn_is_the_arch_max_pfn() {
     let (p, _) = pv_guest_with_pages(&mut e, 16);
     let op = cmd(MemoryOp::MAXIMUM_GPFN, 0);
     assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0, "max_pfn 0 reads as 0");
-    let id = e.hv.partition_by_domid(p).unwrap().id;
+    let id = e.hv.partition_by_domid(p).unwrap().id();
     e.hv.set_pv_max_pfn(id, 0x1000).unwrap();
     assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0xfff);
     assert_eq!(e.op(C, op, &dom(p.0)).ret, 0xfff);
@@ -1605,7 +1617,7 @@ fn toolstack_domains_device_models_and_info() {
         ..DomainConfig::default()
     };
     let hvm = e.hv.create_domain(&cfg(42, true)).unwrap();
-    assert_eq!(e.hv.partition(hvm).unwrap().domid, DomId(42));
+    assert_eq!(e.hv.partition(hvm).unwrap().domid(), DomId(42));
     assert_eq!(
         e.hv.create_domain(&cfg(42, true)),
         Err(CreateError::DomidInUse(DomId(42)))
@@ -1630,7 +1642,7 @@ fn toolstack_domains_device_models_and_info() {
     let v1 = e.hv.create_domain(&v1).unwrap();
     assert_eq!(e.hv.xen_grant_set_version(v1, 2), Err(ENOSYS));
     assert_eq!(e.hv.xen_grant_set_version(v1, 1), Ok(1));
-    assert_eq!(e.hv.partition(v1).unwrap().xen.max_grant_frames, 64);
+    assert_eq!(e.hv.partition(v1).unwrap().xen().max_grant_frames, 64);
     let stub = e.hv.create_domain(&cfg(43, false)).unwrap();
     let (d42, d43) = (DomId(42), DomId(43));
 
@@ -1681,7 +1693,7 @@ fn toolstack_domains_device_models_and_info() {
     let stub_info = e.hv.domain_info(d43).unwrap();
     assert_eq!((stub_info.flags, stub_info.target), (0, Some(d42)));
     // A PV domain's shared-info page exists from creation and is named by its MFN.
-    let si = e.hv.partition(stub).unwrap().xen.shared_info.unwrap();
+    let si = e.hv.partition(stub).unwrap().xen().shared_info.unwrap();
     assert_eq!(stub_info.shared_info_frame, u64::from(si));
     assert_eq!(e.hv.frames().state(si), FrameState::Special);
     assert_eq!(e.hv.domain_info(DomId(44)), None);
@@ -1700,7 +1712,7 @@ fn toolstack_domains_device_models_and_info() {
     e.hv.check().unwrap();
     assert_eq!(e.hv.domain_info(d43).unwrap().target, None);
     let again = e.hv.create_domain(&cfg(42, true)).unwrap();
-    assert_eq!(e.hv.partition(again).unwrap().domid, d42);
+    assert_eq!(e.hv.partition(again).unwrap().domid(), d42);
     assert_eq!(
         e.populate(d43, 42, &[0x10], 0).ret,
         0,
@@ -1798,7 +1810,7 @@ fn hvm_guest_maps_its_shared_info_page() {
     };
     assert_eq!(e.op(u, cmd(MemoryOp::REMOVE_FROM_PHYSMAP, 0), &x).ret, 0);
     assert_eq!(e.at(u, 0x40), None);
-    assert_eq!(e.hv.partition(id).unwrap().xen.shared_info, Some(m));
+    assert_eq!(e.hv.partition(id).unwrap().xen().shared_info, Some(m));
     assert_eq!(
         e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 1, 0x40, 0))
             .ret,
@@ -1828,16 +1840,16 @@ fn hvm_guest_maps_its_grant_frames() {
             ..DomainConfig::default()
         })
         .unwrap();
-    let g = e.hv.partition(hvm).unwrap().domid;
+    let g = e.hv.partition(hvm).unwrap().domid();
     let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
     let gnt = |idx, gpfn| xatp(DOMID_SELF, MapSpace::GRANT_TABLE, idx, gpfn, 0);
     for i in 0..4 {
         assert_eq!(e.op(g, op, &gnt(i, 0xf0000 + i)).ret, 0, "frame {i}");
     }
     let p = e.hv.partition(hvm).unwrap();
-    assert_eq!(p.xen.grant_shared.len(), 4);
+    assert_eq!(p.xen().grant_shared.len(), 4);
     for i in 0..4 {
-        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen.grant_shared[i as usize]));
+        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen().grant_shared[i as usize]));
     }
     assert_eq!(e.tot(g), 0);
     // Version 1 has no status frames: the bit stays in the index, which is too big.
@@ -1845,9 +1857,9 @@ fn hvm_guest_maps_its_grant_frames() {
     assert_eq!(e.op(g, op, &gnt(status, 0xf1000)).ret, -EINVAL);
     // Past max_grant_frames: -EINVAL, nothing grown; the last frame grows it to the limit.
     assert_eq!(e.op(g, op, &gnt(16, 0xf1000)).ret, -EINVAL);
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 4);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_shared.len(), 4);
     assert_eq!(e.op(g, op, &gnt(15, 0xf000f)).ret, 0);
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 16);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_shared.len(), 16);
     // The device model's acquire_resource sees the very same frames.
     assert_eq!(
         e.op(
@@ -1858,7 +1870,7 @@ fn hvm_guest_maps_its_grant_frames() {
         .ret,
         0
     );
-    let shared = e.hv.partition(hvm).unwrap().xen.grant_shared.clone();
+    let shared = e.hv.partition(hvm).unwrap().xen().grant_shared.clone();
     assert_eq!(
         e.list(LIST, 4),
         shared[..4]
@@ -1870,9 +1882,9 @@ fn hvm_guest_maps_its_grant_frames() {
     // per frame); mapped with the status bit.
     assert_eq!(e.hv.xen_grant_set_version(hvm, 3), Err(EINVAL));
     assert_eq!(e.hv.xen_grant_set_version(hvm, 2), Ok(2));
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_status.len(), 2);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_status.len(), 2);
     assert_eq!(e.op(g, op, &gnt(status | 1, 0xf2001)).ret, 0);
-    let st = e.hv.partition(hvm).unwrap().xen.grant_status.clone();
+    let st = e.hv.partition(hvm).unwrap().xen().grant_status.clone();
     assert_eq!(e.at(g, 0xf2001), Some(st[1]));
     assert_eq!(e.op(g, op, &gnt(status | 2, 0xf2002)).ret, -EINVAL);
     let sres = XenMemAcquireResource {
@@ -1978,8 +1990,8 @@ fn world() -> World {
     hv.xen_grant_set_version(a, 2).unwrap();
     let doms = [
         ROOT_DOMID,
-        hv.partition(a).unwrap().domid,
-        hv.partition(b).unwrap().domid,
+        hv.partition(a).unwrap().domid(),
+        hv.partition(b).unwrap().domid(),
     ];
     hv.populate(a, 0, 16).unwrap();
     hv.populate(b, 0, 16).unwrap();
@@ -2183,7 +2195,7 @@ impl World {
                     .hv
                     .partition_by_domid(self.doms[1 + s.extra as usize % 2])
                     .unwrap()
-                    .id;
+                    .id();
                 self.hv
                     .set_max_pages(id, (s.extra >> 8) as u32 % 320)
                     .unwrap();
@@ -2200,13 +2212,13 @@ const WINDOW: u64 = 256;
 /// The p2m inside the window, checked to be all of it.
 fn p2m_window(p: &ballast_core::Partition) -> BTreeMap<u64, u32> {
     let map: BTreeMap<u64, u32> = (0..WINDOW)
-        .filter_map(|g| p.p2m.get(g).map(|m| (g, m)))
+        .filter_map(|g| p.p2m().get(g).map(|m| (g, m)))
         .collect();
     assert_eq!(
         map.len() as u64,
-        p.p2m.mapped(),
+        p.p2m().mapped(),
         "{:?} maps gfns beyond the window",
-        p.id
+        p.id()
     );
     map
 }
@@ -2214,7 +2226,7 @@ fn p2m_window(p: &ballast_core::Partition) -> BTreeMap<u64, u32> {
 type Snapshot = (Vec<(PartitionId, BTreeMap<u64, u32>)>, Vec<bool>);
 
 fn snapshot(hv: &Hypervisor) -> Snapshot {
-    let p2ms = hv.partitions().map(|p| (p.id, p2m_window(p))).collect();
+    let p2ms = hv.partitions().map(|p| (p.id(), p2m_window(p))).collect();
     let frames = hv.frames();
     let free = (0..frames.len())
         .map(|m| frames.state(m) == FrameState::Free)
@@ -2226,7 +2238,7 @@ fn snapshot(hv: &Hypervisor) -> Snapshot {
 /// root's identity map), has a discard.
 fn discards_cover(before: &Snapshot, hv: &Hypervisor, effects: &[Effect]) -> Result<(), String> {
     for (id, map) in &before.0 {
-        let now = hv.partition(*id).map(|p| &p.p2m);
+        let now = hv.partition(*id).map(|p| p.p2m());
         for (&g, &m) in map {
             if now.and_then(|p| p.get(g)) != Some(m) && !discarded(effects, *id, g) {
                 return Err(format!("{id:?} gfn {g:#x} left without a discard"));
@@ -2275,10 +2287,10 @@ fn observable(hv: &Hypervisor) -> Observable {
     hv.partitions()
         .map(|p| {
             (
-                p.id,
+                p.id(),
                 p.tot_pages(),
-                p.max_pages,
-                p.outstanding_claim,
+                p.xen().max_pages,
+                p.xen().outstanding_claim,
                 p2m_window(p),
             )
         })

@@ -104,7 +104,7 @@ impl MemoryHost {
         if self.hv.partition(id).is_none() {
             return Err(HostError::NoPartition(id));
         }
-        let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit);
+        let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit());
         self.hv.set_guest_physical_limit(id, gfns)?;
         if let Err(e) = self
             .backing
@@ -222,7 +222,7 @@ impl MemoryHost {
     /// The gfn ranges partition `id`'s p2m maps.
     pub fn mapped_ranges(&self, id: PartitionId) -> Result<Vec<GfnRange>, HostError> {
         let p = self.hv.partition(id).ok_or(HostError::NoPartition(id))?;
-        Ok(p.p2m
+        Ok(p.p2m()
             .ranges()
             .into_iter()
             .map(|(s, c)| GfnRange::new(s, c))

@@ -114,7 +114,7 @@ fn withdrawn_pages_come_back_zeroed() {
 fn decrease_reservation_releases_memory() {
     let mut host = MemoryHost::new(Config::single_node(1 << 13)).unwrap();
     let a = guest(&mut host, 1024);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     let gfns: Vec<u64> = (0..512).collect();
     let r = memory_op(&mut host, domid, MemoryOp::POPULATE_PHYSMAP, &gfns);
     assert_eq!(r, 512);
@@ -166,7 +166,7 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .hv()
         .partition(a)
         .unwrap()
-        .p2m
+        .p2m()
         .iter()
         .map(|(_, m)| m)
         .collect();
@@ -187,7 +187,7 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .hv()
         .partition(b)
         .unwrap()
-        .p2m
+        .p2m()
         .iter()
         .map(|(_, m)| m)
         .collect();
@@ -242,7 +242,7 @@ fn stress_random_map_and_release_keeps_memory_exact() {
         let start = rng.next_u64() % 2000;
         let count = 1 + rng.next_u64() % 48;
         let mapped: Vec<u64> = (start..start + count)
-            .filter(|&g| host.hv().partition(id).unwrap().p2m.get(g).is_some())
+            .filter(|&g| host.hv().partition(id).unwrap().p2m().get(g).is_some())
             .collect();
         if rng.next_u64() % 2 == 0 {
             // Back the unmapped part and let the guest touch it.
@@ -266,7 +266,7 @@ fn stress_random_map_and_release_keeps_memory_exact() {
     for &id in &ids {
         let report = host.audit(id, false).unwrap();
         assert!(report.violations.is_empty(), "{id:?}: {report:?}");
-        let mapped = host.hv().partition(id).unwrap().p2m.mapped();
+        let mapped = host.hv().partition(id).unwrap().p2m().mapped();
         assert_eq!(
             host.resident_bytes(id).unwrap(),
             mapped * PAGE as u64,
@@ -280,7 +280,7 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
     let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
     let a = guest(&mut host, 256);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     host.run(|hv| hv.populate(a, 0, 8)).unwrap().0.unwrap();
     touch(&host, a, 0..8);
     let mut mem = FlatMemory::new(0x10000, 64);
@@ -328,7 +328,7 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
     use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
     let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
     let a = guest(&mut host, 256);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     host.run(|hv| hv.populate(a, 0, 4)).unwrap().0.unwrap();
     // A deliberately small memfd behind the core's mappings: whatever limit the core
     // keeps, a page move past this memfd's end fails on the host side.

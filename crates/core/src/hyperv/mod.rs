@@ -112,8 +112,6 @@
 //!     header naming another VTL, or with RsvdZ bytes set, is INVALID_PARAMETER. Reserved
 //!     bits of a value, and bits beyond the register's size, are INVALID_PARAMETER.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use ballast_abi::hv::{
     CallClass, Control, CreatePartitionInput, CreateVpInput, DecodeOptions, HV_ANY_VP,
     HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE,
@@ -153,17 +151,6 @@ pub const CREATE_PARTITION_FLAGS_DEFINED: u64 = 1
 
 /// The most elements one rep call carries (the 12-bit rep count field).
 const MAX_REPS: usize = Control::MAX_REP_COUNT as usize;
-
-/// Hypervisor state that only the Hyper-V calls use.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HvState {
-    /// Root pages in use for another purpose (the OBJECT_IN_USE hook).
-    locked: BTreeSet<Mfn>,
-    /// Per partition id, the gfns a non-root parent deposited into its pool and has not
-    /// withdrawn yet: a pool frame does not remember where it came from, and a withdraw
-    /// must return pages at GPAs that were deposited.
-    origins: BTreeMap<u64, Vec<u64>>,
-}
 
 /// The status of a parameter list `mem` cannot access: beyond the GPA space it is
 /// INVALID_ALIGNMENT (the TLFS's common status codes); inside it, a failed access is
@@ -566,7 +553,7 @@ impl Hypervisor {
         let p = self.part_mut(t);
         let vps = core::mem::take(&mut p.vps);
         let init = core::mem::take(&mut p.init_charged);
-        let grant = core::mem::take(&mut p.grant_charged);
+        let grant = core::mem::take(&mut p.xen.grant_charged);
         for vp in vps.values() {
             self.pool_release(t, &vp.charged);
         }
@@ -576,7 +563,7 @@ impl Hypervisor {
         self.part_mut(t).state = PartitionState::Finalized;
         // A finalized partition allocates nothing more: its Xen claim would only hold
         // memory back from everyone else until delete.
-        self.part_mut(t).outstanding_claim = 0;
+        self.part_mut(t).xen.outstanding_claim = 0;
         Ok(())
     }
 

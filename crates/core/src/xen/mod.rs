@@ -193,7 +193,7 @@ pub mod errno {
 
 use errno::*;
 
-pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf};
+pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, dominf};
 
 /// Largest `nr_extents` whose count still fits a continuation (`UINT_MAX >> 6`).
 pub const MAX_NR_EXTENTS: u64 = (u32::MAX >> MEMOP_EXTENT_SHIFT) as u64;
@@ -479,7 +479,7 @@ impl Hypervisor {
         let slot = self
             .slot_of(id)
             .ok_or(crate::MemoryError::NoPartition(id))?;
-        self.part_mut(slot).translated = translated;
+        self.part_mut(slot).xen.translated = translated;
         Ok(())
     }
 
@@ -502,7 +502,7 @@ impl Hypervisor {
     /// `outstanding_claims`).
     pub fn outstanding_claims(&self) -> u64 {
         self.partitions()
-            .map(|p| u64::from(p.outstanding_claim))
+            .map(|p| u64::from(p.xen.outstanding_claim))
             .sum()
     }
 
@@ -510,7 +510,7 @@ impl Hypervisor {
         use MemoryOp as M;
         // Xen 4.17's hvm_memory_op refuses these to an HVM (or PVH) caller before
         // do_memory_op sees the command word, whatever its start extent.
-        if self.part(c.caller).translated
+        if self.part(c.caller).xen.translated
             && matches!(c.op, M::MACHINE_MEMORY_MAP | M::MACHPHYS_MAPPING)
         {
             return MemoryOpResult::err(ENOSYS);
@@ -608,7 +608,7 @@ impl Hypervisor {
     pub(crate) fn xen_max_order(&self, caller: u32) -> u32 {
         let x = &self.config.xen;
         let mut order = x.max_order_domu;
-        if self.part(caller).passthrough {
+        if self.part(caller).xen.passthrough {
             order = order.max(x.max_order_ptdom);
         }
         if caller == Self::ROOT_SLOT {
@@ -700,7 +700,7 @@ impl Hypervisor {
         node: Option<NodeSel>,
         limit: Mfn,
     ) -> Placement {
-        let own = u64::from(self.part(target).outstanding_claim);
+        let own = u64::from(self.part(target).xen.outstanding_claim);
         Placement {
             sel: node.unwrap_or_else(|| home_sel(self.part(target).home)),
             limit,
@@ -733,7 +733,7 @@ impl Hypervisor {
         if pages > self.room(target) || new_tot.is_none() {
             return Err(StopReason::MaxPages);
         }
-        let own = u64::from(p.outstanding_claim);
+        let own = u64::from(p.xen.outstanding_claim);
         let claimed = place.other_claims.saturating_add(own);
         let free = self.frames.total_free();
         if claimed.saturating_add(pages) > free && own < pages {
@@ -765,9 +765,9 @@ impl Hypervisor {
     /// Uses up the target's claim for pages just assigned to it.
     pub(crate) fn xen_charge_claim(&mut self, target: u32, pages: u64) {
         let p = self.part_mut(target);
-        let used = u64::from(p.outstanding_claim).min(pages);
+        let used = u64::from(p.xen.outstanding_claim).min(pages);
         // `used` is at most the u32 claim.
-        p.outstanding_claim -= used as u32;
+        p.xen.outstanding_claim -= used as u32;
     }
 
     /// The pages of the extent of 2^`order` at `base` as the target names them: gfns for a
@@ -781,7 +781,7 @@ impl Hypervisor {
     ) -> Result<Vec<(Option<u64>, Mfn)>, StopReason> {
         let pages = 1u64 << order;
         let p = self.part(target);
-        if p.translated {
+        if p.xen.translated {
             let end = base
                 .checked_add(pages)
                 .filter(|&e| e <= crate::p2m::GFN_LIMIT)
@@ -837,7 +837,7 @@ impl Hypervisor {
                 // the end of the call, rather than walk the list once per page.
                 let link = self.frames.link(mfn);
                 self.frames.set(mfn, FrameState::Hypervisor, 0, link);
-                self.part_mut(target).assigned -= 1;
+                self.part_mut(target).xen.assigned -= 1;
                 if !c.unassigned.contains(&target) {
                     c.unassigned.push(target);
                 }
@@ -849,7 +849,7 @@ impl Hypervisor {
     /// heap.
     fn xen_sweep_unassigned(&mut self, c: &mut Call<'_>) {
         for slot in core::mem::take(&mut c.unassigned) {
-            let mut m = self.part(slot).assigned_head;
+            let mut m = self.part(slot).xen.assigned_head;
             let (mut head, mut tail) = (NO_FRAME, NO_FRAME);
             let mut freed = Vec::new();
             while m != NO_FRAME {
@@ -869,7 +869,7 @@ impl Hypervisor {
             if tail != NO_FRAME {
                 self.frames.set_link(tail, u64::from(NO_FRAME));
             }
-            self.part_mut(slot).assigned_head = head;
+            self.part_mut(slot).xen.assigned_head = head;
             for m in freed {
                 self.frames.set(m, FrameState::Hypervisor, 0, 0);
                 self.heap_free(m, 0);

@@ -12,7 +12,7 @@ const INVALID_GFN: u64 = u64::MAX;
 impl Hypervisor {
     /// `xatp_permission_check` and the translated-target check before it.
     fn xen_xatp_permission(&self, caller: u32, target: u32, space: MapSpace) -> Result<(), i64> {
-        if !self.part(target).translated {
+        if !self.part(target).xen.translated {
             return Err(EACCES);
         }
         // dev_mmio is for the hardware domain mapping itself.
@@ -197,7 +197,7 @@ impl Hypervisor {
     pub(super) fn xen_remove_from_physmap(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let x = c.read::<XenRemoveFromPhysmap>(c.arg).ok_or(EFAULT)?;
         let t = self.xen_lookup(c.caller, x.domid).ok_or(ESRCH)?;
-        if !self.part(t).translated {
+        if !self.part(t).xen.translated {
             return Err(EACCES);
         }
         if !self.xen_xsm(c.caller, t, Xsm::Target) {

@@ -95,7 +95,7 @@ impl Hypervisor {
         }
         let order = r.extent_order;
         let pages = 1u64 << order;
-        let report = list != 0 && !self.part(target).translated;
+        let report = list != 0 && !self.part(target).xen.translated;
         while *done < r.nr_extents {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
@@ -140,14 +140,14 @@ impl Hypervisor {
                 return Err(Halt::Preempt);
             }
             let base = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
-            if self.part(target).translated && self.part(target).pod_entries() > 0 {
+            if self.part(target).xen.translated && self.part(target).pod_entries() > 0 {
                 self.xen_decrease_pod(c, target, base, r.extent_order)?;
                 *done += 1;
                 continue;
             }
             // The balloon's case, one 4 KiB page of a translated guest, without building
             // the extent's page list.
-            if r.extent_order == 0 && self.part(target).translated {
+            if r.extent_order == 0 && self.part(target).xen.translated {
                 if base >= GFN_LIMIT {
                     return Err(StopReason::BadGfn.into());
                 }
@@ -205,7 +205,7 @@ impl Hypervisor {
                 continue;
             };
             let p = self.part(target);
-            if !dying && p.pod_entries() > p.pod_cache {
+            if !dying && p.pod_entries() > p.xen.pod_cache {
                 self.pod_cache_add(target, m);
             } else {
                 self.heap_free(m, 0);
@@ -218,7 +218,7 @@ impl Hypervisor {
     /// Gives cache frames beyond the PoD entries back to the heap: a cache larger than
     /// the entries it backs holds memory nobody can use.
     pub(super) fn xen_pod_trim_cache(&mut self, target: u32) {
-        while self.part(target).pod_cache > self.part(target).pod_entries() {
+        while self.part(target).xen.pod_cache > self.part(target).pod_entries() {
             let Some(m) = self.pod_cache_take(target) else {
                 break;
             };
@@ -250,7 +250,7 @@ impl Hypervisor {
         }
         let order = r.extent_order;
         let pages = 1u64 << order;
-        let pv = !self.part(target).translated;
+        let pv = !self.part(target).xen.translated;
         if order == 0 && !pv && !pod {
             return self.xen_populate_pages(c, target, r, place, done);
         }
@@ -304,7 +304,7 @@ impl Hypervisor {
     /// devices, beyond the guest-physical limit or the p2m budget, and if any page of the
     /// extent is a frame (Xen -EBUSY); PoD entries already there are counted once.
     fn xen_mark_pod(&mut self, target: u32, gfn: u64, pages: u64) -> Result<(), Halt> {
-        if self.part(target).passthrough {
+        if self.part(target).xen.passthrough {
             return Err(StopReason::PopulateOnDemand.into());
         }
         // A Hyper-V Finalized partition has no guest space left to mark.
@@ -351,7 +351,7 @@ impl Hypervisor {
         let dying = self.xen_dying(target);
         // Nothing else allocates or frees while the call runs: count locally.
         let p = self.part(target);
-        let mut room = u64::from(p.max_pages).saturating_sub(p.tot_pages());
+        let mut room = u64::from(p.xen.max_pages).saturating_sub(p.tot_pages());
         let mut free = self.frames.total_free();
         let limit = p.gfn_limit;
         let budget = self.p2m_budget_of(target);
@@ -376,7 +376,7 @@ impl Hypervisor {
                 }
                 return Err(StopReason::MaxPages.into());
             }
-            let own = u64::from(self.part(target).outstanding_claim);
+            let own = u64::from(self.part(target).xen.outstanding_claim);
             if own == 0 && place.other_claims.saturating_add(1) > free {
                 if self.part(target).p2m.get(gfn).is_some() {
                     return Err(StopReason::AlreadyMapped.into());
@@ -412,7 +412,7 @@ impl Hypervisor {
             self.effects.discard(crate::ROOT_ID, u64::from(m), 1);
             self.frames.set(m, FrameState::Mapped, target, gfn);
             if own > 0 {
-                self.part_mut(target).outstanding_claim -= 1;
+                self.part_mut(target).xen.outstanding_claim -= 1;
             }
             room -= 1;
             free -= 1;
@@ -536,7 +536,7 @@ impl Hypervisor {
 
         let out_pages = 1u64 << o.extent_order;
         let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
-        let translated = self.part(t).translated;
+        let translated = self.part(t).xen.translated;
         let mut outs = Vec::new();
         let limit = self.part(t).gfn_limit;
         let mut tables = 0u64;
@@ -574,7 +574,7 @@ impl Hypervisor {
             return Err(ENOMEM);
         }
 
-        let own = u64::from(self.part(t).outstanding_claim);
+        let own = u64::from(self.part(t).xen.outstanding_claim);
         let mut blocks: Vec<Mfn> = Vec::with_capacity(outs.len());
         for _ in &outs {
             match self.xen_alloc_unowned(o.extent_order, &ex.place, own) {
@@ -643,11 +643,14 @@ impl Hypervisor {
         }
         let pages = r.nr_extents;
         if pages == 0 {
-            self.part_mut(t).outstanding_claim = 0;
+            self.part_mut(t).xen.outstanding_claim = 0;
             return Ok(0);
         }
         let p = self.part(t);
-        if p.outstanding_claim != 0 || pages <= p.tot_pages() || pages > u64::from(p.max_pages) {
+        if p.xen.outstanding_claim != 0
+            || pages <= p.tot_pages()
+            || pages > u64::from(p.xen.max_pages)
+        {
             return Err(EINVAL);
         }
         // Claims are measured against what the domain already has.
@@ -660,7 +663,7 @@ impl Hypervisor {
             return Err(ENOMEM);
         }
         // At most max_pages, a u32.
-        self.part_mut(t).outstanding_claim = claim as u32;
+        self.part_mut(t).xen.outstanding_claim = claim as u32;
         Ok(0)
     }
 }

@@ -190,7 +190,7 @@ fn parents_act_on_children_and_nobody_else_does() {
         )
         .unwrap();
     t.hv.part_mut(child_slot).state = PartitionState::Active;
-    t.hv.part_mut(child_slot).max_pages = 256;
+    t.hv.part_mut(child_slot).xen.max_pages = 256;
     let child = t.hv.part(child_slot).domid;
 
     assert_eq!(t.populate(parent, child.0, &[1, 2], 0).ret, 2);
@@ -275,7 +275,7 @@ fn pv_guests_free_assigned_frames_by_mfn() {
     let out = t.call(pv, cmd(MemoryOp::DECREASE_RESERVATION, 0), &r);
     assert_eq!((out.ret, out.stop), (4, Some(StopReason::NotMapped)));
     let p = t.p(pv);
-    assert_eq!((p.assigned, p.p2m.mapped(), p.tot_pages()), (3, 0, 3));
+    assert_eq!((p.xen.assigned, p.p2m.mapped(), p.tot_pages()), (3, 0, 3));
     for m in victims {
         assert_eq!(t.hv.frames.state(m as Mfn), FrameState::Free);
     }
@@ -291,7 +291,7 @@ fn translated_guests_cannot_free_by_mfn() {
     let u = t.guest(64, true);
     let r = res(0, 2, 0, MemFlags::NONE, DOMID_SELF);
     assert_eq!(t.call(u, cmd(MemoryOp::INCREASE_RESERVATION, 0), &r).ret, 2);
-    let some_assigned = t.hv.part(t.slot(u)).assigned_head;
+    let some_assigned = t.hv.part(t.slot(u)).xen.assigned_head;
     t.list(LIST, &[u64::from(some_assigned)]);
     let r = res(LIST, 1, 0, MemFlags::NONE, DOMID_SELF);
     let out = t.call(u, cmd(MemoryOp::DECREASE_RESERVATION, 0), &r);
@@ -449,7 +449,7 @@ fn claims_of_others_hold_memory_back() {
     // The claimant's own claim covers it.
     let out = t.populate(a, DOMID_SELF, &gfns, 0);
     assert_eq!((out.ret, out.stop), (8, None));
-    assert_eq!(u64::from(t.p(a).outstanding_claim), free - 4 - 8);
+    assert_eq!(u64::from(t.p(a).xen.outstanding_claim), free - 4 - 8);
     // A claim is released with its domain.
     let id = t.p(a).id;
     t.hv.destroy_partition(id).unwrap();
@@ -484,7 +484,7 @@ fn max_pages_and_the_32_bit_counters() {
     assert_eq!(out.stop, Some(StopReason::NoMemory));
     let s = t.slot(u);
     let place = t.hv.xen_placement(s, None, crate::frame::NO_FRAME);
-    t.hv.part_mut(s).max_pages = 0;
+    t.hv.part_mut(s).xen.max_pages = 0;
     assert_eq!(
         t.hv.xen_alloc_extent(s, 0, &place),
         Err(StopReason::MaxPages)
@@ -679,7 +679,7 @@ fn sub_ops_without_a_model_answer_plainly() {
     let out = t.call(C, cmd(MemoryOp::POPULATE_PHYSMAP, 0), &r);
     assert_eq!((out.ret, out.stop), (1, None));
     assert_eq!(t.call(C, set, &target(10)).ret, 0);
-    assert_eq!((t.p(u).pod_entries(), t.p(u).pod_cache), (1, 10));
+    assert_eq!((t.p(u).pod_entries(), t.p(u).xen.pod_cache), (1, 10));
 }
 
 #[test]
