@@ -350,6 +350,10 @@ pub(crate) struct Call<'a> {
     work: u64,
     /// Partitions whose assigned list holds frames this call took out of service.
     unassigned: Vec<u32>,
+    /// Whether the order-0 populate and decrease of a translated guest take their fast
+    /// paths. Always true outside tests; the differential test turns it off to compare
+    /// the fast paths with the general one.
+    pub(crate) fast_paths: bool,
 }
 
 impl Call<'_> {
@@ -430,6 +434,33 @@ impl Hypervisor {
         mem: &mut dyn GuestMemory,
         budget: u64,
     ) -> MemoryOpResult {
+        self.memory_op_with(caller, cmd, arg, mem, budget, true)
+    }
+
+    /// [`memory_op`](Self::memory_op) with the order-0 fast paths of populate and
+    /// decrease turned off: every extent takes the general path. For the differential
+    /// test that holds the two paths to the same answers.
+    #[cfg(test)]
+    pub(crate) fn memory_op_general_path(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        arg: u64,
+        mem: &mut dyn GuestMemory,
+        budget: u64,
+    ) -> MemoryOpResult {
+        self.memory_op_with(caller, cmd, arg, mem, budget, false)
+    }
+
+    fn memory_op_with(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        arg: u64,
+        mem: &mut dyn GuestMemory,
+        budget: u64,
+        fast_paths: bool,
+    ) -> MemoryOpResult {
         let MemoryOpCmd { op, start_extent } = MemoryOpCmd::decode(cmd);
         let Some(caller) = self.slot_of_domid(caller) else {
             return if is_reservation(op) {
@@ -448,6 +479,7 @@ impl Hypervisor {
             budget: budget.max(1),
             work: 0,
             unassigned: Vec::new(),
+            fast_paths,
         };
         let result = self.xen_dispatch(&mut call);
         self.xen_sweep_unassigned(&mut call);
@@ -721,6 +753,19 @@ impl Hypervisor {
         order: u32,
         place: &Placement,
     ) -> Result<Mfn, StopReason> {
+        self.xen_alloc_extent_ok(target, order, place)?;
+        self.heap_alloc(place.sel, order, place.limit)
+            .ok_or(StopReason::NoMemory)
+    }
+
+    /// The checks of [`xen_alloc_extent`](Self::xen_alloc_extent) before it takes a
+    /// block from the heap, in Xen's order (`assign_pages`: dying, `max_pages`, claims).
+    pub(crate) fn xen_alloc_extent_ok(
+        &self,
+        target: u32,
+        order: u32,
+        place: &Placement,
+    ) -> Result<(), StopReason> {
         let pages = 1u64 << order;
         if self.xen_dying(target) {
             return Err(StopReason::Dying);
@@ -743,8 +788,7 @@ impl Hypervisor {
                 StopReason::Claim
             });
         }
-        self.heap_alloc(place.sel, order, place.limit)
-            .ok_or(StopReason::NoMemory)
+        Ok(())
     }
 
     /// An allocation owned by nobody yet (exchange outputs): no `max_pages`, and no claim

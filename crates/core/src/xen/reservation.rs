@@ -147,7 +147,7 @@ impl Hypervisor {
             }
             // The balloon's case, one 4 KiB page of a translated guest, without building
             // the extent's page list.
-            if r.extent_order == 0 && self.part(target).xen.translated {
+            if c.fast_paths && r.extent_order == 0 && self.part(target).xen.translated {
                 if base >= GFN_LIMIT {
                     return Err(StopReason::BadGfn.into());
                 }
@@ -251,7 +251,7 @@ impl Hypervisor {
         let order = r.extent_order;
         let pages = 1u64 << order;
         let pv = !self.part(target).xen.translated;
-        if order == 0 && !pv && !pod {
+        if c.fast_paths && order == 0 && !pv && !pod {
             return self.xen_populate_pages(c, target, r, place, done);
         }
         while *done < r.nr_extents {
@@ -283,6 +283,9 @@ impl Hypervisor {
             if (gfn..end).any(|g| p2m.get(g).is_some()) {
                 return Err(StopReason::AlreadyMapped.into());
             }
+            // Xen allocates the extent (dying, max_pages, claims) before it inserts it in
+            // the p2m, where the tables may run out: the same order as the fast path.
+            self.xen_alloc_extent_ok(target, order, place)?;
             self.xen_space_ok(target, gfn, pages)?;
             let m = self.xen_alloc_extent(target, order, place)?;
             if pv && !c.write_u64(at, u64::from(m)) {

@@ -795,3 +795,215 @@ fn grant_status_frame_arithmetic_is_xens() {
     assert_eq!(t.hv.xen_grant_status_frame(s, 8), Err(EINVAL));
     t.hv.check().unwrap();
 }
+
+/// One order-0 reservation call of the differential test below.
+#[derive(Debug, Clone)]
+struct ResCall {
+    /// Decrease (true) or populate.
+    decrease: bool,
+    /// The guest names itself (true) or the control domain names it.
+    by_self: bool,
+    gfns: Vec<u64>,
+    /// Work budget per call; continuations are re-issued until done.
+    budget: u64,
+}
+
+fn res_call() -> impl Strategy<Value = ResCall> {
+    let gfn = prop_oneof![
+        8 => 0u64..48,
+        1 => Just(crate::p2m::GFN_LIMIT - 1),
+        1 => Just(crate::p2m::GFN_LIMIT),
+        1 => Just(u64::MAX),
+        1 => 0x100u64..0x102,
+    ];
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(gfn, 0..12),
+        prop_oneof![Just(u64::MAX), 1u64..6],
+    )
+        .prop_map(|(decrease, by_self, gfns, budget)| ResCall {
+            decrease,
+            by_self,
+            gfns,
+            budget,
+        })
+}
+
+/// A model set up for the differential test: a translated guest (with, as drawn, a
+/// shared-info page in its p2m, a claim, a guest-physical limit, a tight p2m budget, a
+/// dying state) beside a second domain holding a claim of its own.
+#[derive(Debug, Clone)]
+struct Scene {
+    frames: u32,
+    max_pages: u32,
+    own_claim: u64,
+    other_claim: u64,
+    gfn_limit: Option<u64>,
+    p2m_budget: Option<u64>,
+    shared_info: bool,
+    dying: bool,
+    prefill: Vec<u64>,
+}
+
+fn scene() -> impl Strategy<Value = Scene> {
+    (
+        prop_oneof![Just(96u32), Just(256u32)],
+        0u32..64,
+        prop_oneof![Just(0u64), 1u64..16],
+        prop_oneof![Just(0u64), 1u64..96],
+        proptest::option::of(0u64..64),
+        proptest::option::of(prop_oneof![Just(0u64), 1u64..20_000]),
+        any::<bool>(),
+        proptest::bool::weighted(0.1),
+        proptest::collection::vec(0u64..48, 0..16),
+    )
+        .prop_map(
+            |(
+                frames,
+                max_pages,
+                own_claim,
+                other_claim,
+                gfn_limit,
+                p2m_budget,
+                si,
+                dying,
+                prefill,
+            )| {
+                Scene {
+                    frames,
+                    max_pages,
+                    own_claim,
+                    other_claim,
+                    gfn_limit,
+                    p2m_budget,
+                    shared_info: si,
+                    dying,
+                    prefill,
+                }
+            },
+        )
+}
+
+impl T {
+    /// Builds `s`; returns the guest's domid.
+    fn scene(s: &Scene) -> (T, DomId) {
+        let mut t = T::new(s.frames);
+        let u = t.guest(s.max_pages, true);
+        let other = t.guest(64, true);
+        let id = t.p(u).id;
+        if s.shared_info {
+            let x = XenAddToPhysmap {
+                domid: DOMID_SELF,
+                size: 0,
+                space: MapSpace::SHARED_INFO,
+                idx: 0,
+                gpfn: 0x100,
+            };
+            t.call(u, cmd(MemoryOp::ADD_TO_PHYSMAP, 0), &x);
+        }
+        let _ = t.populate(u, DOMID_SELF, &s.prefill, 0);
+        for (d, n) in [(other, s.other_claim), (u, s.own_claim)] {
+            let claim = res(0, n, 0, MemFlags::NONE, d.0);
+            t.call(C, cmd(MemoryOp::CLAIM_PAGES, 0), &claim);
+        }
+        if let Some(limit) = s.gfn_limit {
+            let _ = t.hv.set_guest_physical_limit(id, limit);
+        }
+        t.hv.set_p2m_budget(id, s.p2m_budget).unwrap();
+        if s.dying {
+            let slot = t.slot(u);
+            t.hv.part_mut(slot).state = PartitionState::Finalized;
+        }
+        t.hv.take_effects();
+        (t, u)
+    }
+
+    /// Runs `rc` to completion (re-issuing continuations), on the fast paths or forced
+    /// onto the general one; returns every call's result.
+    fn run_res(&mut self, u: DomId, rc: &ResCall, general: bool) -> Vec<MemoryOpResult> {
+        let op = if rc.decrease {
+            MemoryOp::DECREASE_RESERVATION
+        } else {
+            MemoryOp::POPULATE_PHYSMAP
+        };
+        let (caller, domid) = if rc.by_self {
+            (u, DOMID_SELF)
+        } else {
+            (C, u.0)
+        };
+        self.list(LIST, &rc.gfns);
+        let r = res(LIST, rc.gfns.len() as u64, 0, MemFlags::NONE, domid);
+        self.mem.write(ARG, r.as_bytes()).unwrap();
+        let mut word = cmd(op, 0);
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let r = if general {
+                self.hv
+                    .memory_op_general_path(caller, word, ARG, &mut self.mem, rc.budget)
+            } else {
+                self.hv
+                    .memory_op(caller, word, ARG, &mut self.mem, rc.budget)
+            };
+            out.push(r);
+            match r.continuation {
+                Some(next) => word = next,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Everything the two runs must agree on: p2m, Xen state, counters, frame states.
+    fn snapshot(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .hv
+            .partitions()
+            .map(|p| {
+                format!(
+                    "{:?} {:?} tot={} pod={} tables={} {:?}",
+                    p.id(),
+                    p.p2m().iter().collect::<Vec<_>>(),
+                    p.tot_pages(),
+                    p.pod_entries(),
+                    p.p2m().table_bytes(),
+                    p.xen(),
+                )
+            })
+            .collect();
+        let f = self.hv.frames();
+        v.push(format!(
+            "{:?}",
+            (0..f.len())
+                .map(|m| (f.state(m), f.owner(m)))
+                .collect::<Vec<_>>()
+        ));
+        v
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The order-0 populate and decrease fast paths of a translated guest give what the
+    /// general path gives: the same counts, stop reasons and continuations, the same
+    /// effects, the same p2m, Xen state and frame states, and a consistent model.
+    #[test]
+    fn fast_paths_match_the_general_path(
+        s in scene(),
+        calls in proptest::collection::vec(res_call(), 1..6),
+    ) {
+        let (mut fast, u) = T::scene(&s);
+        let (mut general, _) = T::scene(&s);
+        prop_assert_eq!(fast.snapshot(), general.snapshot());
+        for rc in &calls {
+            let a = fast.run_res(u, rc, false);
+            let b = general.run_res(u, rc, true);
+            prop_assert_eq!(&a, &b, "results of {:?}", rc);
+            prop_assert_eq!(fast.hv.take_effects(), general.hv.take_effects(), "effects of {:?}", rc);
+            prop_assert_eq!(fast.snapshot(), general.snapshot(), "state after {:?}", rc);
+            prop_assert!(fast.hv.check().is_ok(), "{:?}", fast.hv.check());
+            prop_assert!(general.hv.check().is_ok(), "{:?}", general.hv.check());
+        }
+    }
+}
