@@ -9,7 +9,7 @@ use crate::p2m::P2m;
 use crate::state::XenState;
 use crate::{DomId, Mfn, PartitionId};
 
-/// The Hyper-V partition lifecycle (`hv-pool.md` §5). Finalize completes in one call, so
+/// The Hyper-V partition lifecycle (the TLFS, partition management: partition states). Finalize completes in one call, so
 /// the transient Finalizing state is never observable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartitionState {
@@ -43,7 +43,7 @@ impl Default for NodePool {
     }
 }
 
-/// How a VP starts (seed 004).
+/// How a VP starts (the TLFS, HvCreateVp).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VpRunState {
     /// The boot processor (index 0): runs once its explicit suspend is cleared.
@@ -68,7 +68,7 @@ pub struct Vp {
 }
 
 impl Vp {
-    /// A VP in the reset state the seed describes.
+    /// A VP in the reset state the TLFS gives for HvCreateVp.
     pub fn reset(index: u32, charged: Vec<(u32, u64)>) -> Self {
         Vp {
             index,

@@ -1,7 +1,9 @@
-//! The conformance cases of reference `hv-pool.md` §10, one test each, driven through the
+//! ballast's Hyper-V conformance cases (the TLFS: the hypercall interface, partition
+//! management and the memory pool; HvDepositMemory, HvWithdrawMemory,
+//! HvGetMemoryBalance, HvCreateVp), one test each, driven through the
 //! raw hypercall entries and checked by their result values (RAX) and the model's state.
 //!
-//! Notation as in §10: R is the root, C a child of R, G an unrelated child of R. Every
+//! Notation: R is the root, C a child of R, G an unrelated child of R. Every
 //! call is followed by `check()`.
 
 use ballast_abi::hv::{
@@ -974,7 +976,10 @@ fn case_42_a_child_cannot_reach_its_sibling() {
     assert_eq!(balance(&mut hv, R, g.0, ANY), Ok((1, 0)));
 }
 
-/// The whole §7.4 sequence through the root-side helpers, as Linux's root drives it.
+/// The whole sequence of a conforming root (create, deposit on INSUFFICIENT_MEMORY and
+/// retry, initialize, create VPs, finalize, withdraw, delete) through the root-side
+/// helpers, as Linux's root drives it (`drivers/hv/mshv_root_main.c`,
+/// `arch/x86/hyperv/hv_proc.c`).
 #[test]
 fn linux_root_lifecycle_through_the_helpers() {
     use ballast_abi::hv::{CreatePartitionInput, CreateVpInput};

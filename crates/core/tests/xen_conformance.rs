@@ -1,8 +1,11 @@
-//! Conformance of `Hypervisor::memory_op` with reference `xen-memop.md`: one test per case
-//! of §10 (`case_NN_*`), the XTF expectations of §8.1 that apply to a memory model
-//! (`xtf_*`), and a property test over random interleavings of calls.
+//! Conformance of `Hypervisor::memory_op` with Xen's `xen/common/memory.c` (4.17): one
+//! test per case of ballast's conformance table (`case_NN_*`, each the behaviour of
+//! Xen's code or one of the deviations `ballast_core::xen` lists), the expectations of
+//! Xen's XTF tests (`andyhhp/xtf`: xsa-212, xsa-231, xsa-277, xsa-195, xsa-186, xsa-454,
+//! xsa-472-3) that apply to a memory model (`xtf_*`), and a property test over random
+//! interleavings of calls.
 //!
-//! Common setup (§10): a host with more than 64 MiB free, domain U (translated,
+//! Common setup: a host with more than 64 MiB free, domain U (translated,
 //! `max_pages` 1024, nothing populated) and the control domain C (the root, domid 0).
 //! Every call is followed by `Hypervisor::check`.
 
@@ -169,7 +172,7 @@ fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 1-4: maximum_ram_page and the reservation queries
+// Conformance cases 1-4: maximum_ram_page and the reservation queries
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -231,7 +234,7 @@ fn case_04_reservation_query_errors() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 5-17: populate_physmap and the shared reservation checks
+// Conformance cases 5-17: populate_physmap and the shared reservation checks
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -441,7 +444,7 @@ fn case_17_resume_at_or_past_the_end() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 18-24: decrease_reservation and increase_reservation
+// Conformance cases 18-24: decrease_reservation and increase_reservation
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -543,7 +546,7 @@ fn case_24_increase_on_a_translated_guest_assigns_without_mapping() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 25-31: claims and the max_pages ratchet
+// Conformance cases 25-31: claims and the max_pages ratchet
 // ---------------------------------------------------------------------------------------
 
 fn claim(e: &mut Env, caller: DomId, domid: u16, pages: u64) -> i64 {
@@ -638,7 +641,7 @@ fn case_31_max_pages_below_tot_pages_refuses_allocations_not_frees() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 32-41: exchange
+// Conformance cases 32-41: exchange
 // ---------------------------------------------------------------------------------------
 
 fn exch(
@@ -877,7 +880,7 @@ fn case_41_exchange_resume_range_outside_the_guest_is_efault() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 42-48: add_to_physmap, batch, remove_from_physmap
+// Conformance cases 42-48: add_to_physmap, batch, remove_from_physmap
 // ---------------------------------------------------------------------------------------
 
 fn xatp(domid: u16, space: MapSpace, idx: u64, gpfn: u64, size: u16) -> XenAddToPhysmap {
@@ -1081,7 +1084,7 @@ fn case_48_remove_from_physmap() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 49-55
+// Conformance cases 49-55
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -1326,7 +1329,7 @@ fn case_55_maximum_ram_page_and_tot_pages_after_populate() {
 }
 
 // ---------------------------------------------------------------------------------------
-// XTF (§8.1)
+// XTF (`andyhhp/xtf` tests that reach memory_op)
 // ---------------------------------------------------------------------------------------
 
 /// xsa-212 (pv64): the exchange's output range is checked from the resume index.

@@ -1,5 +1,5 @@
 //! The Xen `memory_op` interface (`__HYPERVISOR_memory_op`, the `XENMEM_*` sub-ops of
-//! seed 002), served from the memory model.
+//! Xen's `xen/include/public/memory.h`), served from the memory model.
 //!
 //! [`Hypervisor::memory_op`] takes the calling domain, the command word
 //! (`op | start_extent << 6`), the guest address of the argument struct and the caller's
@@ -14,8 +14,10 @@
 //! argument) where Xen would preempt: between extents, exchange chunks, gmfn_range pages,
 //! batch items and resource frames.
 //!
-//! Behaviour follows reference `xen-memop.md` (Xen master): §1 for dispatch, accounting
-//! and orders, §4 for each sub-op's checks in Xen's order, with DESIGN.md's decisions.
+//! Behaviour follows Xen's `xen/common/memory.c` (`do_memory_op` for dispatch and
+//! continuations, each sub-op's handler for its checks in Xen's order; Xen 4.17, with
+//! master where it differs), `xen/common/page_alloc.c` for the accounting, and
+//! `xen/arch/x86/mm.c` for the x86 sub-ops, with ballast's own decisions below.
 //!
 //! # Privileges
 //! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV (and TARGET)
@@ -59,17 +61,18 @@
 //!
 //! # Deliberate deviations from Xen
 //! - Populating a gfn that is already mapped fails that extent ([`StopReason::AlreadyMapped`])
-//!   instead of replacing the page and leaking the old one (§5 item 1). Every gfn of an
+//!   instead of replacing the page and leaking the old one, as Xen does on x86 HVM. Every gfn of an
 //!   extent is checked before its frames are allocated, so a failed p2m insert cannot leave
-//!   an allocated page behind (§5 item 2).
+//!   an allocated page behind (Xen leaves it allocated when the insert fails).
 //! - decrease_reservation checks that a whole extent is backed before removing any of it:
-//!   an extent with a hole fails with nothing removed (§5 item 3; conformance case 22, where
+//!   an extent with a hole fails with nothing removed (`tests/xen_conformance.rs` case 22, where
 //!   Xen removes the pages before the hole).
-//! - remove_from_physmap frees the page, so `tot_pages` drops (§5 item 5).
+//! - remove_from_physmap frees the page, so `tot_pages` drops (Xen keeps it allocated).
 //! - Exchange works for every partition, translated or not (Xen on x86 answers
 //!   `-EOPNOTSUPP` for HVM/PVH). Each chunk is validated in full (inputs owned, outputs
 //!   free or freed by the chunk, every list entry read, outputs allocated) before anything
-//!   changes, so a chunk is either exchanged and counted or untouched (§5 item 6). Its
+//!   changes, so a chunk is either exchanged and counted or untouched (Xen can report a chunk whose
+//!   output copy faulted as not exchanged when it was). Its
 //!   input range is checked from the start of the chunk holding `nr_exchanged`, which is
 //!   where reading starts.
 //! - machphys_mfn_list names the 2 MiB extents of the m2p only when the host reserves them
@@ -98,7 +101,8 @@
 //!   m2p holds one frame per gfn: an output page whose gpfn is beyond the guest physical
 //!   space or already taken (libxenctrl passes zeros) belongs to the guest without a gfn,
 //!   where Xen records the duplicate.
-//! - The root's memory is the identity map of free host memory (DESIGN.md): its p2m is
+//! - The root's memory is the identity map of free host memory (ballast's model, see
+//!   ARCHITECTURE.md): its p2m is
 //!   never written. increase/populate naming the root stop with `Denied`; exchange on it
 //!   answers `-EPERM`, add_to_physmap `-EACCES` (it is a PV domain). A decrease finds
 //!   nothing mapped.
@@ -702,7 +706,8 @@ impl Hypervisor {
         }))
     }
 
-    /// The shared reservation checks of §4.1 rows 5-7 for `mem_flags`.
+    /// The shared reservation checks for `mem_flags` (`construct_memop_from_reservation` and
+    /// `propagate_node` in `xen/common/memory.c`): address bits, vnode, node.
     pub(crate) fn xen_reservation_placement(
         &self,
         caller: u32,

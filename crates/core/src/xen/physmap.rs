@@ -1,4 +1,5 @@
-//! add_to_physmap (§4.8), add_to_physmap_batch (§4.9) and remove_from_physmap (§4.10).
+//! add_to_physmap, add_to_physmap_batch and remove_from_physmap (Xen's
+//! `xen/common/memory.c`, `xenmem_add_to_physmap` and `xen/arch/x86/mm.c`).
 
 use ballast_abi::xen::{MapSpace, XenAddToPhysmap, XenAddToPhysmapBatch, XenRemoveFromPhysmap};
 

@@ -1,5 +1,6 @@
-//! The reservation queries (§4.7), the memory maps (§4.13), the PoD target (§4.14),
-//! get_vnumainfo (§4.15) and acquire_resource (§4.12).
+//! The reservation queries and get_vnumainfo and acquire_resource (Xen's
+//! `xen/common/memory.c`), the memory maps and the PoD target (`arch_memory_op` in
+//! `xen/arch/x86/mm.c`, `xen/arch/x86/mm/p2m-pod.c`).
 
 use core::mem::offset_of;
 
@@ -313,8 +314,8 @@ impl Hypervisor {
             return Err(EPERM);
         }
         // Grant frames are charged to the pool: only an Active partition may be charged,
-        // or an Uninitialized / Finalized pool would stop being fully withdrawable (seed
-        // 001) and its partition could never be deleted.
+        // or an Uninitialized / Finalized pool would stop being fully withdrawable (the
+        // TLFS, HvWithdrawMemory) and its partition could never be deleted.
         if self.part(t).state != crate::PartitionState::Active {
             return Err(EINVAL);
         }

@@ -1,5 +1,5 @@
-//! increase_reservation, decrease_reservation, populate_physmap (§4.1-4.4), exchange
-//! (§4.5) and claim_pages (§4.11).
+//! increase_reservation, decrease_reservation, populate_physmap, exchange
+//! (`memory_exchange`) and claim_pages, as Xen's `xen/common/memory.c` serves them.
 
 use core::mem::offset_of;
 
@@ -34,7 +34,8 @@ struct Exchange {
 }
 
 impl Hypervisor {
-    /// The shared checks of §4.1, in Xen's order, then the sub-op.
+    /// The checks `do_memory_op` makes for the three reservation sub-ops, in Xen's order,
+    /// then the sub-op.
     pub(super) fn xen_reservation(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let start = c.start;
         let stop = |r| MemoryOpResult::count(start, Some(r));
@@ -76,7 +77,7 @@ impl Hypervisor {
         }
     }
 
-    /// §4.2: frames assigned to the target without a gfn; a PV target with a list gets
+    /// Xen's `increase_reservation`: frames assigned to the target without a gfn; a PV target with a list gets
     /// their MFNs.
     fn xen_increase(
         &mut self,
@@ -120,7 +121,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.3, each extent all or nothing.
+    /// Xen's `decrease_reservation`, each extent all or nothing.
     fn xen_decrease(
         &mut self,
         c: &mut Call<'_>,
@@ -226,7 +227,7 @@ impl Hypervisor {
         }
     }
 
-    /// §4.4: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
+    /// Xen's `populate_physmap`: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
     fn xen_populate(
         &mut self,
         c: &mut Call<'_>,
@@ -425,7 +426,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
+    /// Xen's `memory_exchange`: the checks in Xen's order, then chunk by chunk, each atomic.
     pub(super) fn xen_exchange(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let Some(x) = c.read::<XenMemoryExchange>(c.arg) else {
             return MemoryOpResult::err(EFAULT);
@@ -630,7 +631,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.11: `domain_set_outstanding_pages`.
+    /// XENMEM_claim_pages: `domain_set_outstanding_pages` (`xen/common/page_alloc.c`).
     pub(super) fn xen_claim_pages(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let r = c.read::<XenMemoryReservation>(c.arg).ok_or(EFAULT)?;
         if r.extent_start != 0 || r.extent_order != 0 || r.mem_flags.0 != 0 {
