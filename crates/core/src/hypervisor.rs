@@ -103,6 +103,15 @@ pub enum MemoryError {
     Finalized(PartitionId),
 }
 
+/// Why [`Hypervisor::heap_map_fresh`] mapped nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FreshMapError {
+    /// The heap has no frame the placement allows.
+    NoMemory,
+    /// The gfn is already mapped.
+    Mapped,
+}
+
 /// Why entries cannot go into a partition's guest space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpaceError {
@@ -526,6 +535,31 @@ impl Hypervisor {
         let old = self.part_mut(slot).p2m.set(gfn, mfn);
         debug_assert!(old.is_none(), "map over a mapped gfn");
         self.frames.set(mfn, FrameState::Mapped, slot, gfn);
+    }
+
+    /// Takes one frame from the heap and maps it at `gfn` of `slot` if that gfn is
+    /// unmapped, in one p2m walk: the same end state and effects as
+    /// [`heap_alloc`](Self::heap_alloc) then [`map`](Self::map), for the populate of a
+    /// balloon, where the gfn is almost always free. A mapped gfn hands the frame back
+    /// untouched, with no effect recorded.
+    pub(crate) fn heap_map_fresh(
+        &mut self,
+        slot: u32,
+        gfn: u64,
+        sel: NodeSel,
+        limit: Mfn,
+    ) -> Result<Mfn, FreshMapError> {
+        let m = self
+            .frames
+            .alloc(sel, 0, limit)
+            .ok_or(FreshMapError::NoMemory)?;
+        if self.part_mut(slot).p2m.set_if_empty(gfn, m).is_some() {
+            self.frames.free(m, 0);
+            return Err(FreshMapError::Mapped);
+        }
+        self.effects.discard(ROOT_ID, u64::from(m), 1);
+        self.frames.set(m, FrameState::Mapped, slot, gfn);
+        Ok(m)
     }
 
     /// Unmaps `gfn` of `slot`, recording its discard; the frame comes back in state

@@ -8,8 +8,8 @@ use ballast_abi::xen::{MemoryOp, XenMemoryExchange, XenMemoryReservation};
 use super::errno::*;
 use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, Placement, StopReason, Xsm, elem};
 use crate::Mfn;
-use crate::frame::{FrameState, MAX_ORDER};
-use crate::hypervisor::{Hypervisor, SpaceError};
+use crate::frame::MAX_ORDER;
+use crate::hypervisor::{FreshMapError, Hypervisor, SpaceError};
 use crate::p2m::{GFN_LIMIT, MAX_BYTES_PER_GFN};
 
 /// How a reservation loop ended early.
@@ -403,18 +403,16 @@ impl Hypervisor {
             }
             // Allocate, then map only if the gfn is free, in one p2m walk; a mapped gfn
             // (rare: the guest named it twice) hands the frame straight back.
-            let Some(m) = self.frames.alloc(place.sel, 0, place.limit) else {
-                if self.part(target).p2m.get(gfn).is_some() {
-                    return Err(StopReason::AlreadyMapped.into());
+            match self.heap_map_fresh(target, gfn, place.sel, place.limit) {
+                Ok(_) => {}
+                Err(FreshMapError::Mapped) => return Err(StopReason::AlreadyMapped.into()),
+                Err(FreshMapError::NoMemory) => {
+                    if self.part(target).p2m.get(gfn).is_some() {
+                        return Err(StopReason::AlreadyMapped.into());
+                    }
+                    return Err(StopReason::NoMemory.into());
                 }
-                return Err(StopReason::NoMemory.into());
-            };
-            if self.part_mut(target).p2m.set_if_empty(gfn, m).is_some() {
-                self.frames.free(m, 0);
-                return Err(StopReason::AlreadyMapped.into());
             }
-            self.effects.discard(crate::ROOT_ID, u64::from(m), 1);
-            self.frames.set(m, FrameState::Mapped, target, gfn);
             if own > 0 {
                 self.part_mut(target).xen.outstanding_claim -= 1;
             }
