@@ -157,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
             control = well_formed(control);
         }
         if flags & 8 != 0 && input.len() >= 8 {
-            let mut ids: Vec<u64> = hv.partitions().map(|p| p.id.0).collect();
+            let mut ids: Vec<u64> = hv.partitions().map(|p| p.id().0).collect();
             ids.push(HV_PARTITION_ID_SELF);
             let id = ids[usize::from(selector) % ids.len()];
             input[..8].copy_from_slice(&id.to_le_bytes());

@@ -98,7 +98,7 @@ type Snapshot = (Vec<(PartitionId, BTreeMap<u64, u32>)>, Vec<bool>);
 fn snapshot(hv: &Hypervisor) -> Snapshot {
     let p2ms = hv
         .partitions()
-        .map(|p| (p.id, p.p2m.iter().collect()))
+        .map(|p| (p.id(), p.p2m().iter().collect()))
         .collect();
     let frames = hv.frames();
     (
@@ -115,7 +115,7 @@ fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
 
 fn assert_discards(before: &Snapshot, hv: &Hypervisor, effects: &[Effect]) {
     for (id, map) in &before.0 {
-        let now = hv.partition(*id).map(|p| &p.p2m);
+        let now = hv.partition(*id).map(|p| p.p2m());
         for (&g, &m) in map {
             if now.and_then(|p| p.get(g)) != Some(m) {
                 assert!(
@@ -158,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
     hv.set_guest_physical_limit(b, 4096).unwrap();
     hv.set_p2m_budget(b, Some(32 << 10)).unwrap();
     hv.take_effects();
-    let domid = |id| hv.partition(id).unwrap().domid;
+    let domid = |id| hv.partition(id).unwrap().domid();
     let doms = [ROOT_DOMID, domid(a), domid(b), DomId(0x7000)];
     let mut mem = FlatMemory::new(BASE, MEM_LEN);
     let mut input = Input(data);
@@ -243,7 +243,7 @@ fuzz_target!(|data: &[u8]| {
         let pv_frames: Vec<u64> = hv
             .partition(b)
             .unwrap()
-            .p2m
+            .p2m()
             .iter()
             .map(|(_, m)| u64::from(m))
             .collect();
@@ -269,8 +269,8 @@ fuzz_target!(|data: &[u8]| {
         let mut cmd = cmd;
         for _ in 0..4096 {
             let r = match budget {
-                Some(b) => hv.memory_op_preemptible(caller, cmd, ARG, &mut mem, b),
-                None => hv.memory_op(caller, cmd, ARG, &mut mem),
+                Some(b) => hv.memory_op(caller, cmd, ARG, &mut mem, b),
+                None => hv.memory_op_to_completion(caller, cmd, ARG, &mut mem),
             };
             if let Err(e) = hv.check() {
                 panic!("{e} after cmd {cmd:#x} from {caller:?}: {r:?}");

@@ -168,7 +168,7 @@ fn xen_benches(base: f64) {
     let guest = hv
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
         .unwrap();
-    let domid = hv.partition(guest).unwrap().domid;
+    let domid = hv.partition(guest).unwrap().domid();
     let mut mem = FlatMemory::new(0x10000, 0x2000);
     let res = XenMemoryReservation {
         extent_start: 0x11000,
@@ -184,7 +184,7 @@ fn xen_benches(base: f64) {
     let (mut pop_ns, mut dec_ns) = (Vec::new(), Vec::new());
     for _ in 0..2_000 {
         let t = Instant::now();
-        let r = hv.memory_op(
+        let r = hv.memory_op_to_completion(
             domid,
             MemoryOp::POPULATE_PHYSMAP.0 as u64,
             0x10000,
@@ -193,7 +193,7 @@ fn xen_benches(base: f64) {
         pop_ns.push(t.elapsed().as_nanos() as f64 / 512.0);
         assert_eq!(r.ret, 512, "populate");
         let t = Instant::now();
-        let r = hv.memory_op(
+        let r = hv.memory_op_to_completion(
             domid,
             MemoryOp::DECREASE_RESERVATION.0 as u64,
             0x10000,

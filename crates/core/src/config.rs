@@ -8,7 +8,7 @@ use thiserror::Error;
 /// Pages the hypervisor charges to pools for its own structures.
 ///
 /// The TLFS fixes no numbers; the defaults follow what Linux's root deposits before each
-/// call (`hv-pool.md` §7.1): 128 pages before HvInitializePartition (the 2026 figure), 90
+/// call (Linux `drivers/hv/mshv_root_main.c` and `arch/x86/hyperv/hv_proc.c`): 128 pages before HvInitializePartition (the 2026 figure), 90
 /// before HvCreateVp. HvCreatePartition is charged to the creator's own pool, and Linux
 /// refills that one page at a time, so it is small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

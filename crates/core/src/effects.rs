@@ -46,7 +46,7 @@ impl Effect {
 /// Effects in the order they happened, with consecutive discards of neighbouring gfns of
 /// one partition merged into one range.
 #[derive(Debug, Clone, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     queue: Vec<Effect>,
 }
 
@@ -57,7 +57,7 @@ impl Effects {
     /// If the gfns pass the gfn limit. The core never asks that: it discards only gfns it
     /// had mapped (its p2m refuses gfns from the limit up) and root frames (32-bit mfns).
     #[inline]
-    pub fn discard(&mut self, partition: PartitionId, gfn: Gfn, count: u64) {
+    pub(crate) fn discard(&mut self, partition: PartitionId, gfn: Gfn, count: u64) {
         let new = GfnRange::new(gfn, count)
             .expect("the core discards only gfns below the gfn limit (p2m and mfn ranges)");
         if let Some(Effect::Discard {
@@ -78,7 +78,7 @@ impl Effects {
     }
 
     /// Records that the page at `from` moved to `to` in `partition`'s guest space.
-    pub fn moved(&mut self, partition: PartitionId, from: Gfn, to: Gfn) {
+    pub(crate) fn moved(&mut self, partition: PartitionId, from: Gfn, to: Gfn) {
         self.queue.push(Effect::Move {
             partition,
             from,
@@ -87,18 +87,13 @@ impl Effects {
     }
 
     /// Takes every recorded effect, oldest first.
-    pub fn take(&mut self) -> Vec<Effect> {
+    pub(crate) fn take(&mut self) -> Vec<Effect> {
         core::mem::take(&mut self.queue)
     }
 
     /// The recorded effects, oldest first.
-    pub fn pending(&self) -> &[Effect] {
+    pub(crate) fn pending(&self) -> &[Effect] {
         &self.queue
-    }
-
-    /// Forgets every recorded effect.
-    pub fn clear(&mut self) {
-        self.queue.clear();
     }
 }
 

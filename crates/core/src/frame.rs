@@ -129,6 +129,10 @@ struct NodeHeap {
 const CACHE_HIGH: usize = 1024;
 const CACHE_BATCH: usize = 256;
 
+// The allocator itself (`new`, `alloc`, `free`) stays public so that a frame table can be
+// built and measured on its own (the memory bench does); a `Hypervisor` hands out only
+// `&Frames`, so no embedder reaches the model's frames through it. The writes that give a
+// frame a state, owner or link (`set`, `set_link`, `take`) are the model's alone.
 impl Frames {
     /// A frame table over `node_frames[i]` frames per node, laid out consecutively from
     /// MFN 0, all free.
@@ -289,7 +293,7 @@ impl Frames {
 
     /// Gives `mfn` (which must not be free) a new state, owner and link.
     #[inline]
-    pub fn set(&mut self, mfn: Mfn, state: FrameState, owner: u32, link: u64) {
+    pub(crate) fn set(&mut self, mfn: Mfn, state: FrameState, owner: u32, link: u64) {
         debug_assert!(state != FrameState::Free && state != FrameState::Absent);
         debug_assert!(self.state(mfn) != FrameState::Absent);
         debug_assert!(owner <= MAX_OWNER_SLOT);
@@ -299,7 +303,7 @@ impl Frames {
 
     /// Sets only the link word.
     #[inline]
-    pub fn set_link(&mut self, mfn: Mfn, link: u64) {
+    pub(crate) fn set_link(&mut self, mfn: Mfn, link: u64) {
         self.link[mfn as usize] = link;
     }
 
@@ -496,8 +500,8 @@ impl Frames {
 
     /// Returns a block of 2^`order` frames starting at `mfn` to the heap.
     ///
-    /// The block must have come from [`alloc`](Self::alloc) (or single frames from
-    /// [`take`](Self::take)); its frames must not be free.
+    /// The block must have come from [`alloc`](Self::alloc) (or single frames taken from
+    /// the heap by the model); its frames must not be free.
     #[inline]
     pub fn free(&mut self, mfn: Mfn, order: u32) {
         let node = self.node_of(mfn) as usize;
@@ -521,7 +525,7 @@ impl Frames {
 
     /// Takes the specific free frame `mfn` out of the heap (a root GPA page being
     /// deposited). Returns false if it is not free.
-    pub fn take(&mut self, mfn: Mfn) -> bool {
+    pub(crate) fn take(&mut self, mfn: Mfn) -> bool {
         if mfn as usize >= self.meta.len() || self.state(mfn) != FrameState::Free {
             return false;
         }

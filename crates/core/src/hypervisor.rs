@@ -15,6 +15,7 @@ use crate::effects::{Effect, Effects};
 use crate::frame::{FrameState, Frames, NO_FRAME, NodeSel};
 use crate::p2m::{GFN_LIMIT, P2m};
 use crate::partition::{NodePool, Partition, PartitionState};
+use crate::state::{HvState, XenState};
 use crate::{DomId, GfnRange, Mfn, NoSuchPartition, PartitionId};
 
 /// The root partition's Hyper-V id.
@@ -104,6 +105,15 @@ pub enum MemoryError {
     Finalized(PartitionId),
 }
 
+/// Why [`Hypervisor::heap_map_fresh`] mapped nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FreshMapError {
+    /// The heap has no frame the placement allows.
+    NoMemory,
+    /// The gfn is already mapped.
+    Mapped,
+}
+
 /// Why entries cannot go into a partition's guest space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpaceError {
@@ -141,7 +151,7 @@ pub struct Hypervisor {
     pub(crate) effects: Effects,
     live: u32,
     /// State only the Hyper-V dispatcher uses (locked root pages, nested deposit origins).
-    pub(crate) hv: crate::hyperv::HvState,
+    pub(crate) hv: HvState,
     /// First MFN of each 2 MiB extent holding Xen's m2p table (`XenConfig::m2p_frames`).
     pub(crate) m2p: Vec<Mfn>,
 }
@@ -179,7 +189,7 @@ impl Hypervisor {
         hv.part_mut(root).state = PartitionState::Active;
         // The control domain is a PV dom0, as Debian runs it: it reads the host's
         // memory map and the m2p layout, which Xen refuses to HVM callers.
-        hv.part_mut(root).translated = false;
+        hv.part_mut(root).xen.translated = false;
         Ok(hv)
     }
 
@@ -339,30 +349,15 @@ impl Hypervisor {
             flags,
             pools: vec![NodePool::default(); self.frames.node_count() as usize],
             p2m: P2m::new(),
-            assigned: 0,
-            assigned_head: NO_FRAME,
-            // No memory until the host grants it (`set_max_pages`, or `create_guest`): a
-            // partition must not be able to draw the host dry through memory_op.
-            max_pages: 0,
-            outstanding_claim: 0,
             vps: BTreeMap::new(),
             children: Vec::new(),
             init_charged: Vec::new(),
             create_charged: Vec::new(),
-            grant_charged: Vec::new(),
-            memory_map: None,
-            translated: true,
             // No backing memory yet: the whole p2m. The host lowers it to the memfd's
             // size when it attaches one (`set_guest_physical_limit`).
             gfn_limit: GFN_LIMIT,
             p2m_budget: None,
-            pod_cache: 0,
-            pod_cache_head: NO_FRAME,
-            passthrough: false,
-            xen: crate::xen::XenDomain {
-                max_grant_frames: self.config.xen.max_grant_frames,
-                ..Default::default()
-            },
+            xen: XenState::new(self.config.xen.max_grant_frames),
         });
         if let Some(p) = parent {
             self.part_mut(p).children.push(id);
@@ -545,6 +540,31 @@ impl Hypervisor {
         self.frames.set(mfn, FrameState::Mapped, slot, gfn);
     }
 
+    /// Takes one frame from the heap and maps it at `gfn` of `slot` if that gfn is
+    /// unmapped, in one p2m walk: the same end state and effects as
+    /// [`heap_alloc`](Self::heap_alloc) then [`map`](Self::map), for the populate of a
+    /// balloon, where the gfn is almost always free. A mapped gfn hands the frame back
+    /// untouched, with no effect recorded.
+    pub(crate) fn heap_map_fresh(
+        &mut self,
+        slot: u32,
+        gfn: u64,
+        sel: NodeSel,
+        limit: Mfn,
+    ) -> Result<Mfn, FreshMapError> {
+        let m = self
+            .frames
+            .alloc(sel, 0, limit)
+            .ok_or(FreshMapError::NoMemory)?;
+        if self.part_mut(slot).p2m.set_if_empty(gfn, m).is_some() {
+            self.frames.free(m, 0);
+            return Err(FreshMapError::Mapped);
+        }
+        self.effects.discard(ROOT_ID, u64::from(m), 1);
+        self.frames.set(m, FrameState::Mapped, slot, gfn);
+        Ok(m)
+    }
+
     /// Unmaps `gfn` of `slot`, recording its discard; the frame comes back in state
     /// Hypervisor for the caller to free or reuse. A gfn holding one of the partition's
     /// hypervisor pages (Xen shared info, grant frames) holds no RAM: it stays mapped and
@@ -567,22 +587,22 @@ impl Hypervisor {
     pub(crate) fn assign_unmapped(&mut self, slot: u32, mfn: Mfn) {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
         self.frames
-            .set(mfn, FrameState::Assigned, slot, p.assigned_head as u64);
-        p.assigned_head = mfn;
-        p.assigned += 1;
+            .set(mfn, FrameState::Assigned, slot, p.xen.assigned_head as u64);
+        p.xen.assigned_head = mfn;
+        p.xen.assigned += 1;
     }
 
     /// Room left under `slot`'s Xen `max_pages`.
     pub(crate) fn room(&self, slot: u32) -> u64 {
         let p = self.part(slot);
-        (p.max_pages as u64).saturating_sub(p.tot_pages())
+        (p.xen.max_pages as u64).saturating_sub(p.tot_pages())
     }
 
     /// The p2m table budget of `slot`, in bytes.
     pub(crate) fn p2m_budget_of(&self, slot: u32) -> u64 {
         let p = self.part(slot);
         p.p2m_budget
-            .unwrap_or_else(|| self.config.p2m.for_max_pages(p.max_pages))
+            .unwrap_or_else(|| self.config.p2m.for_max_pages(p.xen.max_pages))
     }
 
     /// Whether entries at every gfn of `start .. start + count` of `slot` fit its guest
@@ -635,14 +655,14 @@ impl Hypervisor {
             }
         }
         loop {
-            let m = self.part(slot).assigned_head;
+            let m = self.part(slot).xen.assigned_head;
             if m == NO_FRAME {
                 break;
             }
             let next = self.frames.link(m) as Mfn;
             let p = self.part_mut(slot);
-            p.assigned_head = next;
-            p.assigned -= 1;
+            p.xen.assigned_head = next;
+            p.xen.assigned -= 1;
             self.frames.set(m, FrameState::Hypervisor, 0, 0);
             self.heap_free(m, 0);
         }
@@ -652,21 +672,21 @@ impl Hypervisor {
     pub(crate) fn pod_cache_add(&mut self, slot: u32, mfn: Mfn) {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
         self.frames
-            .set(mfn, FrameState::PodCache, slot, p.pod_cache_head as u64);
-        p.pod_cache_head = mfn;
-        p.pod_cache += 1;
+            .set(mfn, FrameState::PodCache, slot, p.xen.pod_cache_head as u64);
+        p.xen.pod_cache_head = mfn;
+        p.xen.pod_cache += 1;
     }
 
     /// Takes a frame out of `slot`'s PoD cache; it comes back in state Hypervisor.
     pub(crate) fn pod_cache_take(&mut self, slot: u32) -> Option<Mfn> {
-        let m = self.part(slot).pod_cache_head;
+        let m = self.part(slot).xen.pod_cache_head;
         if m == NO_FRAME {
             return None;
         }
         let next = self.frames.link(m) as Mfn;
         let p = self.part_mut(slot);
-        p.pod_cache_head = next;
-        p.pod_cache -= 1;
+        p.xen.pod_cache_head = next;
+        p.xen.pod_cache -= 1;
         self.frames.set(m, FrameState::Hypervisor, 0, 0);
         Some(m)
     }
@@ -733,7 +753,7 @@ impl Hypervisor {
         passthrough: bool,
     ) -> Result<(), MemoryError> {
         let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
-        self.part_mut(slot).passthrough = passthrough;
+        self.part_mut(slot).xen.passthrough = passthrough;
         Ok(())
     }
 
@@ -777,7 +797,7 @@ impl Hypervisor {
         let end = end.ok_or(MemoryError::GfnOutOfRange(start.saturating_add(count)))?;
         // The cheap refusals first: the scan below is as long as the request.
         if self.room(slot) < count {
-            return Err(MemoryError::MaxPages(self.part(slot).max_pages));
+            return Err(MemoryError::MaxPages(self.part(slot).xen.max_pages));
         }
         if self.frames.total_free() < count {
             return Err(MemoryError::NoMemory);
@@ -847,7 +867,7 @@ impl Hypervisor {
         )?;
         let p = self.part_mut(slot);
         p.state = PartitionState::Active;
-        p.max_pages = max_pages;
+        p.xen.max_pages = max_pages;
         Ok(p.id)
     }
 
@@ -867,7 +887,7 @@ impl Hypervisor {
         let p = self.part_mut(slot);
         p.vps.clear();
         p.init_charged.clear();
-        p.grant_charged.clear();
+        p.xen.grant_charged.clear();
         for node in 0..p.pools.len() {
             let pool = &mut self.slots[slot as usize].as_mut().expect("live slot").pools[node];
             let (mut a, mut u) = (pool.available_head, pool.in_use_head);
@@ -899,7 +919,7 @@ impl Hypervisor {
     /// `tot_pages`, after which only frees succeed.
     pub fn set_max_pages(&mut self, id: PartitionId, max_pages: u32) -> Result<(), MemoryError> {
         let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
-        self.part_mut(slot).max_pages = max_pages;
+        self.part_mut(slot).xen.max_pages = max_pages;
         Ok(())
     }
 
@@ -1044,15 +1064,22 @@ impl Hypervisor {
                     p.xen.special_mapped
                 ));
             }
-            if p.assigned != assigned[slot]
-                || self.list_len(p.assigned_head, FrameState::Assigned, slot)? != p.assigned
+            if p.xen.assigned != assigned[slot]
+                || self.list_len(p.xen.assigned_head, FrameState::Assigned, slot)? != p.xen.assigned
             {
-                return err(format!("{:?}: assigned count {} wrong", p.id, p.assigned));
+                return err(format!(
+                    "{:?}: assigned count {} wrong",
+                    p.id, p.xen.assigned
+                ));
             }
-            if p.pod_cache != pod_cache[slot]
-                || self.list_len(p.pod_cache_head, FrameState::PodCache, slot)? != p.pod_cache
+            if p.xen.pod_cache != pod_cache[slot]
+                || self.list_len(p.xen.pod_cache_head, FrameState::PodCache, slot)?
+                    != p.xen.pod_cache
             {
-                return err(format!("{:?}: PoD cache count {} wrong", p.id, p.pod_cache));
+                return err(format!(
+                    "{:?}: PoD cache count {} wrong",
+                    p.id, p.xen.pod_cache
+                ));
             }
             // The p2m's own counts (frames, PoD entries, table bytes) against its tables.
             let (frames, pods, bytes) = p.p2m.recount();
@@ -1105,7 +1132,7 @@ impl Hypervisor {
                 .values()
                 .flat_map(|v| &v.charged)
                 .chain(&p.init_charged)
-                .chain(&p.grant_charged)
+                .chain(&p.xen.grant_charged)
                 .map(|c| c.1)
                 .sum::<u64>()
                 + self.children_create_charges(p)

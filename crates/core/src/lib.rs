@@ -10,9 +10,12 @@
 //! The crate is deterministic and does no I/O. Whenever a gfn leaves a partition's guest
 //! space it records an [`Effect::Discard`]; the host applies those to real memory.
 //!
-//! Follows seeds 000, 001, 004 (Hyper-V) and 002 (Xen), with the per-call orders and
-//! decisions of reference `hv-pool.md` §5-6 and `xen-memop.md` §1-5, as DESIGN.md fixes
-//! them. Deliberate deviations are listed where they are made: [`hyperv`] and [`xen`].
+//! Follows the Hyper-V TLFS (the hypercall interface, partition management and the
+//! memory pool: HvDepositMemory, HvWithdrawMemory, HvGetMemoryBalance, HvCreateVp) as
+//! Linux's root drives it (`arch/x86/hyperv/hv_proc.c`, `drivers/hv/mshv_root_main.c`),
+//! and Xen's `memory_op` (`xen/include/public/memory.h`, `xen/common/memory.c`, Xen
+//! 4.17). Where those leave a choice, ballast's decisions and deliberate deviations are
+//! listed where they are made: [`hyperv`] and [`xen`]; ARCHITECTURE.md gives the map.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +27,7 @@ pub mod hyperv;
 pub mod hypervisor;
 pub mod p2m;
 pub mod partition;
+mod state;
 pub mod xen;
 
 pub use config::{
@@ -35,7 +39,8 @@ pub use guest::{FlatMemory, GuestFault, GuestFaultKind, GuestMemory};
 pub use hypervisor::{
     CreateError, DestroyError, Hypervisor, InvariantViolation, MemoryError, ROOT_DOMID, ROOT_ID,
 };
-pub use partition::{Partition, PartitionState, Vp, VpRunState};
+pub use partition::{NodePool, Partition, PartitionState, Vp, VpRunState};
+pub use state::XenState;
 pub use xen::{MemoryOpResult, StopReason};
 
 /// A machine frame number (4 KiB frames; ballast manages up to 2^32 - 1 of them).

@@ -225,7 +225,7 @@ impl P2m {
     /// # Panics
     /// If `gfn >= GFN_LIMIT`: callers check guest-supplied gfns first.
     #[inline]
-    pub fn set(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
+    pub(crate) fn set(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
         debug_assert!(is_frame(mfn));
         let old = self.put(gfn, mfn);
         if !is_frame(old) {
@@ -240,7 +240,7 @@ impl P2m {
 
     /// Makes `gfn` a PoD entry if it holds no frame; returns the frame that is there
     /// otherwise, changing nothing.
-    pub fn set_pod(&mut self, gfn: u64) -> Option<Mfn> {
+    pub(crate) fn set_pod(&mut self, gfn: u64) -> Option<Mfn> {
         let old = self.put(gfn, POD_ENTRY);
         if is_frame(old) {
             self.put(gfn, old);
@@ -306,7 +306,7 @@ impl P2m {
     /// `None`; otherwise changes nothing and returns the frame that is there. One walk where `get` then `set` take
     /// two.
     #[inline]
-    pub fn set_if_empty(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
+    pub(crate) fn set_if_empty(&mut self, gfn: u64, mfn: Mfn) -> Option<Mfn> {
         match self.set(gfn, mfn) {
             None => None,
             Some(old) => {
@@ -319,14 +319,14 @@ impl P2m {
 
     /// Unmaps `gfn`; returns the frame that was there. A PoD entry stays.
     #[inline]
-    pub fn remove(&mut self, gfn: u64) -> Option<Mfn> {
+    pub(crate) fn remove(&mut self, gfn: u64) -> Option<Mfn> {
         let old = self.take(gfn, is_frame)?;
         self.mapped -= 1;
         Some(old)
     }
 
     /// Removes the PoD entry at `gfn`; false if there is none.
-    pub fn remove_pod(&mut self, gfn: u64) -> bool {
+    pub(crate) fn remove_pod(&mut self, gfn: u64) -> bool {
         if self.take(gfn, |m| m == POD_ENTRY).is_none() {
             return false;
         }

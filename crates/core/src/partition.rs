@@ -6,9 +6,10 @@ use ballast_abi::hv::{HvPartitionPrivilegeMask, HvProximityDomainInfo};
 
 use crate::frame::NO_FRAME;
 use crate::p2m::P2m;
+use crate::state::XenState;
 use crate::{DomId, Mfn, PartitionId};
 
-/// The Hyper-V partition lifecycle (`hv-pool.md` §5). Finalize completes in one call, so
+/// The Hyper-V partition lifecycle (the TLFS, partition management: partition states). Finalize completes in one call, so
 /// the transient Finalizing state is never observable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartitionState {
@@ -42,7 +43,7 @@ impl Default for NodePool {
     }
 }
 
-/// How a VP starts (seed 004).
+/// How a VP starts (the TLFS, HvCreateVp).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VpRunState {
     /// The boot processor (index 0): runs once its explicit suspend is cleared.
@@ -67,7 +68,7 @@ pub struct Vp {
 }
 
 impl Vp {
-    /// A VP in the reset state the seed describes.
+    /// A VP in the reset state the TLFS gives for HvCreateVp.
     pub fn reset(index: u32, charged: Vec<(u32, u64)>) -> Self {
         Vp {
             index,
@@ -83,75 +84,126 @@ impl Vp {
     }
 }
 
-/// A partition.
+/// A partition. Embedders read it through [`Hypervisor::partition`](crate::Hypervisor::partition)
+/// and its getters; only the model's moves change it, so its counters, pools and p2m
+/// always agree with the frame table.
 #[derive(Debug, Clone)]
 pub struct Partition {
-    /// Hyper-V id (never 0, never SELF, never reused).
-    pub id: PartitionId,
-    /// Xen domain id (below DOMID_FIRST_RESERVED).
-    pub domid: DomId,
-    /// The creator; `None` for the root.
-    pub parent: Option<PartitionId>,
-    /// Depth in the tree: 0 for the root.
-    pub depth: u32,
-    /// `HV_PARTITION_PRIVILEGE_MASK`.
-    pub privileges: HvPartitionPrivilegeMask,
-    /// Lifecycle state.
-    pub state: PartitionState,
-    /// The home node given at creation.
-    pub home: HvProximityDomainInfo,
-    /// Creation flags.
-    pub flags: u64,
-    /// Pool, per node.
-    pub pools: Vec<NodePool>,
-    /// gfn → mfn.
-    pub p2m: P2m,
-    /// Frames assigned but not mapped (Xen `increase_reservation` on a translated guest).
-    pub assigned: u64,
-    pub(crate) assigned_head: Mfn,
-    /// Xen `max_pages`.
-    pub max_pages: u32,
-    /// Xen outstanding claim, in pages.
-    pub outstanding_claim: u32,
-    /// VPs by index.
-    pub vps: BTreeMap<u32, Vp>,
-    /// Children, in creation order.
-    pub children: Vec<PartitionId>,
-    /// Pool frames charged for HvInitializePartition, per node.
-    pub init_charged: Vec<(u32, u64)>,
-    /// Pool frames of the parent charged for HvCreatePartition, per node.
-    pub create_charged: Vec<(u32, u64)>,
-    /// Pool frames charged for Xen grant-table frames (`acquire_resource`), per node.
-    pub grant_charged: Vec<(u32, u64)>,
-    /// Xen guest E820 map set by the toolstack (`set_memory_map`), if any.
-    pub memory_map: Option<Vec<ballast_abi::xen::E820Entry>>,
-    /// Xen: the guest runs with translated paging (HVM/PVH); false for PV.
-    pub translated: bool,
-    /// Gfns of the guest physical space are below this: the size of the partition's
-    /// backing memory once the host attaches it, [`GFN_LIMIT`](crate::p2m::GFN_LIMIT)
-    /// before. Nothing is mapped (or marked PoD) at or above it.
-    pub gfn_limit: u64,
-    /// The host heap bytes the p2m's tables may take, when set explicitly; otherwise the
-    /// default budget of [`P2mBudget`](crate::config::P2mBudget) scaled to `max_pages`.
-    pub p2m_budget: Option<u64>,
-    /// Frames in the populate-on-demand cache (Xen `p2m->pod.count`).
-    pub pod_cache: u64,
-    pub(crate) pod_cache_head: Mfn,
-    /// Xen: the domain has passthrough devices / I/O resources (`has_arch_io_resources`):
-    /// its extent order limit is raised to `max_order_ptdom`, and populate-on-demand is
-    /// refused (-ENOTEMPTY).
-    pub passthrough: bool,
-    /// Xen domain state the memory model does not need (PV max_pfn, target link,
-    /// shared-info and grant frames).
-    pub xen: crate::xen::XenDomain,
+    pub(crate) id: PartitionId,
+    pub(crate) domid: DomId,
+    pub(crate) parent: Option<PartitionId>,
+    pub(crate) depth: u32,
+    pub(crate) privileges: HvPartitionPrivilegeMask,
+    pub(crate) state: PartitionState,
+    pub(crate) home: HvProximityDomainInfo,
+    pub(crate) flags: u64,
+    pub(crate) pools: Vec<NodePool>,
+    pub(crate) p2m: P2m,
+    pub(crate) vps: BTreeMap<u32, Vp>,
+    pub(crate) children: Vec<PartitionId>,
+    pub(crate) init_charged: Vec<(u32, u64)>,
+    pub(crate) create_charged: Vec<(u32, u64)>,
+    pub(crate) gfn_limit: u64,
+    pub(crate) p2m_budget: Option<u64>,
+    pub(crate) xen: XenState,
 }
 
 impl Partition {
+    /// Hyper-V id (never 0, never SELF, never reused).
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    /// Xen domain id (below DOMID_FIRST_RESERVED).
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    /// The creator; `None` for the root.
+    pub fn parent(&self) -> Option<PartitionId> {
+        self.parent
+    }
+
+    /// Depth in the tree: 0 for the root.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// `HV_PARTITION_PRIVILEGE_MASK`.
+    pub fn privileges(&self) -> HvPartitionPrivilegeMask {
+        self.privileges
+    }
+
+    /// Lifecycle state.
+    pub fn state(&self) -> PartitionState {
+        self.state
+    }
+
+    /// The home node given at creation.
+    pub fn home(&self) -> HvProximityDomainInfo {
+        self.home
+    }
+
+    /// Creation flags.
+    pub fn flags(&self) -> u64 {
+        self.flags
+    }
+
+    /// Pool, per node.
+    pub fn pools(&self) -> &[NodePool] {
+        &self.pools
+    }
+
+    /// gfn → mfn, read-only: every write goes through the model, which keeps the m2p,
+    /// the counters and the effects in step with it.
+    pub fn p2m(&self) -> &P2m {
+        &self.p2m
+    }
+
+    /// VPs by index.
+    pub fn vps(&self) -> &BTreeMap<u32, Vp> {
+        &self.vps
+    }
+
+    /// Children, in creation order.
+    pub fn children(&self) -> &[PartitionId] {
+        &self.children
+    }
+
+    /// Pool frames charged for HvInitializePartition, per node.
+    pub fn init_charged(&self) -> &[(u32, u64)] {
+        &self.init_charged
+    }
+
+    /// Pool frames of the parent charged for HvCreatePartition, per node.
+    pub fn create_charged(&self) -> &[(u32, u64)] {
+        &self.create_charged
+    }
+
+    /// Gfns of the guest physical space are below this: the size of the partition's
+    /// backing memory once the host attaches it, [`GFN_LIMIT`](crate::p2m::GFN_LIMIT)
+    /// before. Nothing is mapped (or marked PoD) at or above it.
+    pub fn gfn_limit(&self) -> u64 {
+        self.gfn_limit
+    }
+
+    /// The host heap bytes the p2m's tables may take, when set explicitly; otherwise the
+    /// default budget of [`P2mBudget`](crate::config::P2mBudget) scaled to `max_pages`.
+    pub fn p2m_budget(&self) -> Option<u64> {
+        self.p2m_budget
+    }
+
+    /// The partition's Xen state: accounting, populate-on-demand, paging mode, special
+    /// frames.
+    pub fn xen(&self) -> &XenState {
+        &self.xen
+    }
+
     /// Xen `tot_pages`: frames mapped, assigned or in the PoD cache of the partition.
     pub fn tot_pages(&self) -> u64 {
         // Hypervisor pages mapped in the p2m (shared info, grant frames) are not the
         // domain's memory.
-        self.p2m.mapped() + self.assigned + self.pod_cache - self.xen.special_mapped
+        self.p2m.mapped() + self.xen.assigned + self.xen.pod_cache - self.xen.special_mapped
     }
 
     /// Xen `p2m->pod.entry_count`: gfns marked populate-on-demand and not yet backed.

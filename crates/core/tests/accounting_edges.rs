@@ -35,7 +35,7 @@ fn populate(hv: &mut Hypervisor, mem: &mut FlatMemory, u: DomId, gfns: &[u64]) -
     }
     mem.write(ARG, res(LIST, gfns.len() as u64, 0).as_bytes())
         .unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::POPULATE_PHYSMAP), ARG, mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::POPULATE_PHYSMAP), ARG, mem);
     r.ret
 }
 
@@ -46,7 +46,7 @@ fn pv_exchange_output_is_mapped_past_the_guest_physical_limit() {
     let mut hv = Hypervisor::new(Config::single_node(4096)).unwrap();
     let mut mem = FlatMemory::new(BASE, 0x8000);
     let id = hv.create_guest(64, HvProximityDomainInfo::ANY).unwrap();
-    let u = hv.partition(id).unwrap().domid;
+    let u = hv.partition(id).unwrap().domid();
     hv.set_translated(id, false).unwrap();
     hv.set_guest_physical_limit(id, 16).unwrap();
     assert_eq!(populate(&mut hv, &mut mem, u, &[0]), 1);
@@ -60,13 +60,13 @@ fn pv_exchange_output_is_mapped_past_the_guest_physical_limit() {
         nr_exchanged: 0,
     };
     mem.write(ARG, x.as_bytes()).unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
     assert_eq!(r.ret, 0);
     let p = hv.partition(id).unwrap();
     assert!(
-        p.p2m.get(1 << 30).is_none(),
+        p.p2m().get(1 << 30).is_none(),
         "a frame was mapped at gfn 2^30, limit {}",
-        p.gfn_limit
+        p.gfn_limit()
     );
     hv.check().unwrap();
 }
@@ -78,7 +78,7 @@ fn pv_exchange_outputs_are_not_charged_to_the_p2m_budget() {
     let mut hv = Hypervisor::new(Config::single_node(4096)).unwrap();
     let mut mem = FlatMemory::new(BASE, 0x8000);
     let id = hv.create_guest(64, HvProximityDomainInfo::ANY).unwrap();
-    let u = hv.partition(id).unwrap().domid;
+    let u = hv.partition(id).unwrap().domid();
     hv.set_translated(id, false).unwrap();
     let gfns: Vec<u64> = (0..32).collect();
     assert_eq!(populate(&mut hv, &mut mem, u, &gfns), 32);
@@ -98,7 +98,7 @@ fn pv_exchange_outputs_are_not_charged_to_the_p2m_budget() {
         nr_exchanged: 0,
     };
     mem.write(ARG, x.as_bytes()).unwrap();
-    let r = hv.memory_op(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
+    let r = hv.memory_op_to_completion(u, cmd(MemoryOp::EXCHANGE), ARG, &mut mem);
     let (budget, used) = hv.p2m_usage(id).unwrap();
     assert!(
         used <= budget,
@@ -139,9 +139,9 @@ fn nested_withdraw_gives_back_past_max_pages() {
         hv.create_partition(cp, &input).map(|_| ())
     })
     .unwrap();
-    let g = hv.partition(cp).unwrap().children[0];
+    let g = hv.partition(cp).unwrap().children()[0];
     hv.set_max_pages(cp, 16).unwrap();
-    let u = hv.partition(cp).unwrap().domid;
+    let u = hv.partition(cp).unwrap().domid();
     assert_eq!(
         populate(&mut hv, &mut mem, u, &(0..16).collect::<Vec<_>>()),
         16
@@ -152,7 +152,7 @@ fn nested_withdraw_gives_back_past_max_pages() {
         let mapped: Vec<u64> = hv
             .partition(cp)
             .unwrap()
-            .p2m
+            .p2m()
             .iter()
             .map(|(g, _)| g)
             .collect();
@@ -167,10 +167,10 @@ fn nested_withdraw_gives_back_past_max_pages() {
     }
     let p = hv.partition(cp).unwrap();
     assert!(
-        p.tot_pages() <= u64::from(p.max_pages),
+        p.tot_pages() <= u64::from(p.xen().max_pages),
         "tot_pages {} > max_pages {}",
         p.tot_pages(),
-        p.max_pages
+        p.xen().max_pages
     );
 }
 
@@ -234,7 +234,7 @@ fn nested_withdraw_returns_a_host_mfn_for_a_special_page_topped_up_from_the_heap
     hv.initialize_partition(cp, g).unwrap();
     assert_eq!(hv.partition(g).unwrap().pool_available(), 0);
     // The grandchild maps its shared-info page: its pool is topped up from the heap.
-    let gd = hv.partition(g).unwrap().domid;
+    let gd = hv.partition(g).unwrap().domid();
     let x = XenAddToPhysmap {
         domid: DOMID_SELF,
         size: 0,
@@ -244,7 +244,7 @@ fn nested_withdraw_returns_a_host_mfn_for_a_special_page_topped_up_from_the_heap
     };
     mem.write(ARG, x.as_bytes()).unwrap();
     assert_eq!(
-        hv.memory_op(gd, cmd(MemoryOp::ADD_TO_PHYSMAP), ARG, &mut mem)
+        hv.memory_op_to_completion(gd, cmd(MemoryOp::ADD_TO_PHYSMAP), ARG, &mut mem)
             .ret,
         0
     );

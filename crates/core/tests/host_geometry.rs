@@ -121,7 +121,7 @@ fn frames_outside_ram_are_absent_and_never_handed_out() {
     assert_eq!(hv.frames().total_free(), 0);
     assert!(hv.populate(g, free, 1).is_err(), "holes are not memory");
     let p = hv.partition(g).unwrap();
-    assert!(p.p2m.iter().all(|(_, mfn)| is_ram(mfn.into())));
+    assert!(p.p2m().iter().all(|(_, mfn)| is_ram(mfn.into())));
     // And they all come back.
     hv.release(g, &[ballast_core::GfnRange::new(0, free).unwrap()])
         .unwrap();
@@ -203,7 +203,7 @@ fn machine_memory_map_reports_the_configured_map() {
         buffer: LIST,
     };
     mem.write(ARG, map.as_bytes()).unwrap();
-    let r = hv.memory_op(
+    let r = hv.memory_op_to_completion(
         ROOT_DOMID,
         MemoryOp::MACHINE_MEMORY_MAP.0 as u64,
         ARG,
@@ -232,7 +232,8 @@ fn machine_memory_map_reports_the_configured_map() {
         );
     }
     // Xen's maximum_ram_page: one past the highest RAM frame.
-    let r = hv.memory_op(ROOT_DOMID, MemoryOp::MAXIMUM_RAM_PAGE.0 as u64, 0, &mut mem);
+    let r =
+        hv.memory_op_to_completion(ROOT_DOMID, MemoryOp::MAXIMUM_RAM_PAGE.0 as u64, 0, &mut mem);
     assert_eq!(r.ret, 0x1400);
 }
 
@@ -247,7 +248,7 @@ fn xen_populate_takes_ram_only() {
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
         .unwrap();
     hv.set_translated(g, false).unwrap();
-    let domid = hv.partition(g).unwrap().domid;
+    let domid = hv.partition(g).unwrap().domid();
     const ARG: u64 = 0x10_0000;
     const LIST: u64 = ARG + 0x1000;
     let mut mem = FlatMemory::new(ARG, 0x1000 + 8 * 0x1000);
@@ -265,7 +266,7 @@ fn xen_populate_takes_ram_only() {
         };
         mem.write(ARG, r.as_bytes()).unwrap();
         let ret = hv
-            .memory_op(domid, MemoryOp::POPULATE_PHYSMAP.0 as u64, ARG, &mut mem)
+            .memory_op_to_completion(domid, MemoryOp::POPULATE_PHYSMAP.0 as u64, ARG, &mut mem)
             .ret;
         let mfns: Vec<u64> = (0..ret.max(0) as u64)
             .map(|i| mem.read_u64(LIST + 8 * i).unwrap())

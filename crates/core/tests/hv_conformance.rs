@@ -1,7 +1,9 @@
-//! The conformance cases of reference `hv-pool.md` §10, one test each, driven through the
+//! ballast's Hyper-V conformance cases (the TLFS: the hypercall interface, partition
+//! management and the memory pool; HvDepositMemory, HvWithdrawMemory,
+//! HvGetMemoryBalance, HvCreateVp), one test each, driven through the
 //! raw hypercall entries and checked by their result values (RAX) and the model's state.
 //!
-//! Notation as in §10: R is the root, C a child of R, G an unrelated child of R. Every
+//! Notation: R is the root, C a child of R, G an unrelated child of R. Every
 //! call is followed by `check()`.
 
 use ballast_abi::hv::{
@@ -454,7 +456,7 @@ fn case_16_initialize_short_of_init_cost() {
     deposit(&mut hv, R, c.0, &pages);
     let rax = id_call(&mut hv, R, HypercallCode::HvCallInitializePartition, c);
     assert_eq!(res(rax).0, HvStatus::INSUFFICIENT_MEMORY);
-    assert_eq!(part(&hv, c).state, PartitionState::Uninitialized);
+    assert_eq!(part(&hv, c).state(), PartitionState::Uninitialized);
     assert_eq!(balance(&mut hv, R, c.0, ANY), Ok((init_cost(&hv) - 5, 0)));
 }
 
@@ -477,7 +479,7 @@ fn case_17_initialize_after_topping_up_memory_and_fast_forms() {
             id_call(&mut hv, R, HypercallCode::HvCallInitializePartition, c)
         };
         assert_eq!(rax, 0);
-        assert_eq!(part(&hv, c).state, PartitionState::Active);
+        assert_eq!(part(&hv, c).state(), PartitionState::Active);
         assert_eq!(balance(&mut hv, R, c.0, ANY), Ok((3, init_cost(&hv))));
     }
 }
@@ -500,7 +502,7 @@ fn case_19_create_vp_while_uninitialized() {
         res(create_vp(&mut hv, R, c, 0, ANY, 0)).0,
         HvStatus::INVALID_PARTITION_STATE
     );
-    assert!(part(&hv, c).vps.is_empty());
+    assert!(part(&hv, c).vps().is_empty());
 }
 
 #[test]
@@ -527,7 +529,7 @@ fn case_20_create_vp_refilled_one_page_at_a_time() {
             HvStatus::SUCCESS
         ]
     );
-    let vp = &part(&hv, c).vps[&0];
+    let vp = &part(&hv, c).vps()[&0];
     assert!(vp.explicit_suspend);
     assert_eq!(vp.run_state, ballast_core::VpRunState::Ready);
     assert_eq!(vp.initial_apic_id, 0);
@@ -565,7 +567,7 @@ fn case_22_vp_index_beyond_the_maximum() {
     );
     assert_eq!(create_vp(&mut hv, R, c, max, ANY, 0), 0);
     assert_eq!(
-        part(&hv, c).vps[&max].run_state,
+        part(&hv, c).vps()[&max].run_state,
         ballast_core::VpRunState::WaitingForSipi
     );
 }
@@ -580,7 +582,7 @@ fn case_23_create_vp_with_flags() {
         res(create_vp(&mut hv, R, c, 1, ANY, 1)).0,
         HvStatus::INVALID_PARAMETER
     );
-    assert!(part(&hv, c).vps.is_empty());
+    assert!(part(&hv, c).vps().is_empty());
 }
 
 #[test]
@@ -609,7 +611,10 @@ fn case_25_strict_node_without_pages_then_preferred_falls_back() {
         HvStatus::INSUFFICIENT_MEMORY
     );
     assert_eq!(create_vp(&mut hv, R, c, 1, preferred, 0), 0);
-    assert_eq!(part(&hv, c).pools[0].in_use, init_cost(&hv) + vp_cost(&hv));
+    assert_eq!(
+        part(&hv, c).pools()[0].in_use,
+        init_cost(&hv) + vp_cost(&hv)
+    );
 }
 
 #[test]
@@ -691,9 +696,9 @@ fn case_30_finalize_releases_everything_to_the_pool() {
     let rax = id_call(&mut hv, R, HypercallCode::HvCallFinalizePartition, c);
     assert_eq!(rax, 0);
     let p = part(&hv, c);
-    assert_eq!(p.state, PartitionState::Finalized);
-    assert!(p.vps.is_empty());
-    assert_eq!(p.p2m.mapped(), 0);
+    assert_eq!(p.state(), PartitionState::Finalized);
+    assert!(p.vps().is_empty());
+    assert_eq!(p.p2m().mapped(), 0);
     assert_eq!(balance(&mut hv, R, c.0, ANY), Ok((deposited, 0)));
     let more = free_pages(&hv, 0, 1);
     assert_eq!(
@@ -774,7 +779,7 @@ fn case_33_create_partition_charges_and_refunds_the_root_pool() {
     let (rax, c) = create_partition(&mut hv, R, 0);
     assert_eq!(rax, 0);
     assert!(c.0 != 0 && c.0 != HV_PARTITION_ID_SELF && c != R);
-    assert_eq!(part(&hv, c).parent, Some(R));
+    assert_eq!(part(&hv, c).parent(), Some(R));
     assert_eq!(
         balance(&mut hv, R, HV_PARTITION_ID_SELF, ANY),
         Ok((2, cost))
@@ -936,10 +941,10 @@ fn case_41_finalize_with_children() {
     deposit(&mut hv, R, c.0, &pages);
     let (rax, c1) = create_partition(&mut hv, c, 0);
     assert_eq!(rax, 0);
-    assert_eq!(part(&hv, c1).parent, Some(c));
+    assert_eq!(part(&hv, c1).parent(), Some(c));
     let rax = id_call(&mut hv, R, HypercallCode::HvCallFinalizePartition, c);
     assert_eq!(res(rax).0, HvStatus::OPERATION_DENIED);
-    assert_eq!(part(&hv, c).state, PartitionState::Active);
+    assert_eq!(part(&hv, c).state(), PartitionState::Active);
     // Once C deletes its child, R can finalize C.
     assert_eq!(
         id_call(&mut hv, c, HypercallCode::HvCallDeletePartition, c1),
@@ -971,7 +976,10 @@ fn case_42_a_child_cannot_reach_its_sibling() {
     assert_eq!(balance(&mut hv, R, g.0, ANY), Ok((1, 0)));
 }
 
-/// The whole §7.4 sequence through the root-side helpers, as Linux's root drives it.
+/// The whole sequence of a conforming root (create, deposit on INSUFFICIENT_MEMORY and
+/// retry, initialize, create VPs, finalize, withdraw, delete) through the root-side
+/// helpers, as Linux's root drives it (`drivers/hv/mshv_root_main.c`,
+/// `arch/x86/hyperv/hv_proc.c`).
 #[test]
 fn linux_root_lifecycle_through_the_helpers() {
     use ballast_abi::hv::{CreatePartitionInput, CreateVpInput};
@@ -1291,9 +1299,9 @@ fn vp_registers_root_reads_the_reset_state_and_clears_the_suspend() {
     assert_eq!(res(rax), (HvStatus::SUCCESS, 1));
     assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 0), &names).1, [0, 0, 0]);
     assert_eq!(get_regs(&mut hv, R, vp_header(c.0, 1), &names).1, [1, 7, 1]);
-    let vp0 = &part(&hv, c).vps[&0];
+    let vp0 = &part(&hv, c).vps()[&0];
     assert!(!vp0.explicit_suspend);
-    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 7);
+    assert_eq!(part(&hv, c).vps()[&1].initial_apic_id, 7);
 }
 
 #[test]
@@ -1309,7 +1317,7 @@ fn vp_registers_checks() {
     let rax = set_regs(&mut hv, R, vp_header(c.0, 0), &[(SUSPEND, 0), (rax_raw, 5)]);
     assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 1));
     assert!(
-        !part(&hv, c).vps[&0].explicit_suspend,
+        !part(&hv, c).vps()[&0].explicit_suspend,
         "element 0 was applied"
     );
     // No such VP, and indices that are never VPs.
@@ -1384,7 +1392,7 @@ fn vp_registers_checks() {
     )
     .0;
     assert_eq!(res(rax), (HvStatus::INVALID_PARAMETER, 0));
-    assert!(part(&hv, c).vps[&1].explicit_suspend);
+    assert!(part(&hv, c).vps()[&1].explicit_suspend);
     hv.check().unwrap();
 }
 
@@ -1417,8 +1425,8 @@ fn vp_registers_parent_or_self_with_access_vp_registers() {
     assert_eq!((res(rax), v), ((HvStatus::SUCCESS, 1), vec![1]));
     let rax = set_regs(&mut hv, c, vp_header(c.0, 1), &[(SUSPEND, 0), (APIC_ID, 9)]);
     assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 1));
-    assert!(!part(&hv, c).vps[&1].explicit_suspend);
-    assert_eq!(part(&hv, c).vps[&1].initial_apic_id, 1);
+    assert!(!part(&hv, c).vps()[&1].explicit_suspend);
+    assert_eq!(part(&hv, c).vps()[&1].initial_apic_id, 1);
     // Still not its sibling's.
     let (rax, _) = get_regs(&mut hv, c, vp_header(g.0, 0), &[SUSPEND]);
     assert_eq!(res(rax), (HvStatus::ACCESS_DENIED, 0));
@@ -1472,7 +1480,7 @@ fn time_sliced_vp_register_calls_end_where_unsliced_ones_do() {
             &get_regs_input(vp_header(c.0, 3), &names),
         );
         assert_eq!(res(rax), (HvStatus::SUCCESS, 7));
-        let vp = part(&hv, c).vps[&3].clone();
+        let vp = part(&hv, c).vps()[&3].clone();
         (out[..7 * 16].to_vec(), vp, set_calls, get_calls)
     };
     let whole = run(None);

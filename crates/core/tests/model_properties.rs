@@ -138,7 +138,9 @@ impl World {
             let at = (LIST - ARG) as usize + 8 * i;
             mem.bytes[at..at + 8].copy_from_slice(&g.to_le_bytes());
         }
-        self.hv.memory_op(caller, cmd, ARG, &mut mem).ret
+        self.hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut mem)
+            .ret
     }
 
     fn apply(&mut self, op: &Op) {
@@ -240,8 +242,8 @@ impl World {
             } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -279,7 +281,7 @@ impl World {
             }
             Op::Exchange { c, base, n } => {
                 let c = pick(c);
-                let Some(cd) = self.hv.partition(c).map(|p| p.domid) else {
+                let Some(cd) = self.hv.partition(c).map(|p| p.domid()) else {
                     return;
                 };
                 let mut mem = FlatMemory::new(ARG, 0x3_0000);
@@ -308,15 +310,15 @@ impl World {
                     mem.bytes[b..b + 8]
                         .copy_from_slice(&(1000 + base as u64 + i as u64).to_le_bytes());
                 }
-                let _ = self
-                    .hv
-                    .memory_op(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
+                let _ =
+                    self.hv
+                        .memory_op_to_completion(cd, MemoryOp::EXCHANGE.0 as u64, ARG, &mut mem);
             }
             Op::Remove { c, t, g } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -327,15 +329,22 @@ impl World {
                     ..Default::default()
                 };
                 mem.bytes[..16].copy_from_slice(r.as_bytes());
-                let _ =
-                    self.hv
-                        .memory_op(cd, MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64, ARG, &mut mem);
+                let _ = self.hv.memory_op_to_completion(
+                    cd,
+                    MemoryOp::REMOVE_FROM_PHYSMAP.0 as u64,
+                    ARG,
+                    &mut mem,
+                );
             }
             Op::Host { t, g, n, release } => {
                 let t = pick(t);
                 if release {
                     let ranges: Vec<GfnRange> = (g as u64..g as u64 + n as u64)
-                        .filter(|&x| self.hv.partition(t).is_some_and(|p| p.p2m.get(x).is_some()))
+                        .filter(|&x| {
+                            self.hv
+                                .partition(t)
+                                .is_some_and(|p| p.p2m().get(x).is_some())
+                        })
                         .map(|x| GfnRange::new(x, 1).unwrap())
                         .collect();
                     if t != ROOT_ID {
@@ -354,8 +363,8 @@ impl World {
             Op::PodTarget { c, t, target, set } => {
                 let (c, t) = (pick(c), pick(t));
                 let (Some(cd), Some(td)) = (
-                    self.hv.partition(c).map(|p| p.domid),
-                    self.hv.partition(t).map(|p| p.domid),
+                    self.hv.partition(c).map(|p| p.domid()),
+                    self.hv.partition(t).map(|p| p.domid()),
                 ) else {
                     return;
                 };
@@ -371,19 +380,24 @@ impl World {
                 } else {
                     MemoryOp::GET_POD_TARGET
                 };
-                let r = self.hv.memory_op(cd, op.0 as u64, ARG, &mut mem);
+                let r = self
+                    .hv
+                    .memory_op_to_completion(cd, op.0 as u64, ARG, &mut mem);
                 if r.ret == 0 {
                     let back = XenPodTarget::read_from_bytes(&mem.bytes[..40]).unwrap();
                     let p = self.hv.partition(t).unwrap();
                     assert_eq!(
                         (back.tot_pages, back.pod_cache_pages, back.pod_entries),
-                        (p.tot_pages(), p.pod_cache, p.pod_entries())
+                        (p.tot_pages(), p.xen().pod_cache, p.pod_entries())
                     );
                 }
             }
             Op::Demand { t, g } => {
                 let t = pick(t);
-                let is_pod = self.hv.partition(t).is_some_and(|p| p.p2m.is_pod(g.into()));
+                let is_pod = self
+                    .hv
+                    .partition(t)
+                    .is_some_and(|p| p.p2m().is_pod(g.into()));
                 let r = self.hv.pod_demand_populate(t, g.into());
                 assert_eq!(
                     is_pod,
@@ -403,7 +417,7 @@ impl World {
 
 fn mapped(hv: &Hypervisor) -> BTreeMap<PartitionId, BTreeMap<u64, u32>> {
     hv.partitions()
-        .map(|p| (p.id, p.p2m.iter().collect()))
+        .map(|p| (p.id(), p.p2m().iter().collect()))
         .collect()
 }
 
@@ -483,7 +497,7 @@ fn the_root_p2m_is_never_written() {
         &[1, 2, 3, 4],
     );
     assert_eq!(ret, 0);
-    assert_eq!(w.hv.partition(ROOT_ID).unwrap().p2m.mapped(), 0);
+    assert_eq!(w.hv.partition(ROOT_ID).unwrap().p2m().mapped(), 0);
     w.hv.check().unwrap();
 }
 
@@ -504,7 +518,7 @@ fn acquire_resource_needs_an_active_partition() {
     })
     .unwrap();
     hv.finalize_partition(ROOT_ID, c).unwrap();
-    let domid = hv.partition(c).unwrap().domid;
+    let domid = hv.partition(c).unwrap().domid();
     let mut mem = FlatMemory::new(ARG, 0x3_0000);
     let r = XenMemAcquireResource {
         domid: domid.0,
@@ -515,7 +529,7 @@ fn acquire_resource_needs_an_active_partition() {
     };
     mem.bytes[..32].copy_from_slice(r.as_bytes());
     let ret = hv
-        .memory_op(DomId(0), MemoryOp::ACQUIRE_RESOURCE.0 as u64, ARG, &mut mem)
+        .memory_op_to_completion(DomId(0), MemoryOp::ACQUIRE_RESOURCE.0 as u64, ARG, &mut mem)
         .ret;
     assert_eq!(ret, -(ballast_core::xen::errno::EINVAL));
     hv.withdraw_all(ROOT_ID, c).unwrap();

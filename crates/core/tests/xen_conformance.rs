@@ -1,8 +1,11 @@
-//! Conformance of `Hypervisor::memory_op` with reference `xen-memop.md`: one test per case
-//! of §10 (`case_NN_*`), the XTF expectations of §8.1 that apply to a memory model
-//! (`xtf_*`), and a property test over random interleavings of calls.
+//! Conformance of `Hypervisor::memory_op` with Xen's `xen/common/memory.c` (4.17): one
+//! test per case of ballast's conformance table (`case_NN_*`, each the behaviour of
+//! Xen's code or one of the deviations `ballast_core::xen` lists), the expectations of
+//! Xen's XTF tests (`andyhhp/xtf`: xsa-212, xsa-231, xsa-277, xsa-195, xsa-186, xsa-454,
+//! xsa-472-3) that apply to a memory model (`xtf_*`), and a property test over random
+//! interleavings of calls.
 //!
-//! Common setup (§10): a host with more than 64 MiB free, domain U (translated,
+//! Common setup: a host with more than 64 MiB free, domain U (translated,
 //! `max_pages` 1024, nothing populated) and the control domain C (the root, domid 0).
 //! Every call is followed by `Hypervisor::check`.
 
@@ -52,7 +55,7 @@ fn env() -> Env {
 fn env_with(config: Config) -> Env {
     let mut hv = Hypervisor::new(config).unwrap();
     let u_id = hv.create_guest(1024, HvProximityDomainInfo::ANY).unwrap();
-    let u = hv.partition(u_id).unwrap().domid;
+    let u = hv.partition(u_id).unwrap().domid();
     Env {
         hv,
         mem: FlatMemory::new(BASE, MEM_LEN),
@@ -88,7 +91,9 @@ impl Env {
     }
 
     fn raw(&mut self, caller: DomId, cmd: u64, arg: u64) -> MemoryOpResult {
-        let r = self.hv.memory_op(caller, cmd, arg, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, arg, &mut self.mem);
         self.hv.check().unwrap();
         assert_eq!(r.continuation, None, "memory_op runs to completion");
         r
@@ -129,15 +134,19 @@ impl Env {
     }
 
     fn max(&self, d: DomId) -> u32 {
-        self.hv.partition_by_domid(d).unwrap().max_pages
+        self.hv.partition_by_domid(d).unwrap().xen().max_pages
     }
 
     fn claim(&self, d: DomId) -> u32 {
-        self.hv.partition_by_domid(d).unwrap().outstanding_claim
+        self.hv
+            .partition_by_domid(d)
+            .unwrap()
+            .xen()
+            .outstanding_claim
     }
 
     fn at(&self, d: DomId, gfn: u64) -> Option<u32> {
-        self.hv.partition_by_domid(d).unwrap().p2m.get(gfn)
+        self.hv.partition_by_domid(d).unwrap().p2m().get(gfn)
     }
 
     fn free(&self) -> u64 {
@@ -150,7 +159,7 @@ impl Env {
             .create_guest(max_pages, HvProximityDomainInfo::ANY)
             .unwrap();
         self.hv.set_translated(id, translated).unwrap();
-        self.hv.partition(id).unwrap().domid
+        self.hv.partition(id).unwrap().domid()
     }
 }
 
@@ -163,7 +172,7 @@ fn discarded(effects: &[Effect], partition: PartitionId, gfn: u64) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 1-4: maximum_ram_page and the reservation queries
+// Conformance cases 1-4: maximum_ram_page and the reservation queries
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -225,7 +234,7 @@ fn case_04_reservation_query_errors() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 5-17: populate_physmap and the shared reservation checks
+// Conformance cases 5-17: populate_physmap and the shared reservation checks
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -435,7 +444,7 @@ fn case_17_resume_at_or_past_the_end() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 18-24: decrease_reservation and increase_reservation
+// Conformance cases 18-24: decrease_reservation and increase_reservation
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -528,7 +537,7 @@ fn case_24_increase_on_a_translated_guest_assigns_without_mapping() {
         (3, None)
     );
     assert_eq!(e.tot(u), 3);
-    assert_eq!(e.hv.partition_by_domid(u).unwrap().p2m.mapped(), 0);
+    assert_eq!(e.hv.partition_by_domid(u).unwrap().p2m().mapped(), 0);
     // With a list, a translated guest gets nothing written either.
     e.set_list(LIST, &[7, 7]);
     let r = res(LIST, 2, 0, MemFlags::NONE, DOMID_SELF);
@@ -537,7 +546,7 @@ fn case_24_increase_on_a_translated_guest_assigns_without_mapping() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 25-31: claims and the max_pages ratchet
+// Conformance cases 25-31: claims and the max_pages ratchet
 // ---------------------------------------------------------------------------------------
 
 fn claim(e: &mut Env, caller: DomId, domid: u16, pages: u64) -> i64 {
@@ -632,7 +641,7 @@ fn case_31_max_pages_below_tot_pages_refuses_allocations_not_frees() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 32-41: exchange
+// Conformance cases 32-41: exchange
 // ---------------------------------------------------------------------------------------
 
 fn exch(
@@ -871,7 +880,7 @@ fn case_41_exchange_resume_range_outside_the_guest_is_efault() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 42-48: add_to_physmap, batch, remove_from_physmap
+// Conformance cases 42-48: add_to_physmap, batch, remove_from_physmap
 // ---------------------------------------------------------------------------------------
 
 fn xatp(domid: u16, space: MapSpace, idx: u64, gpfn: u64, size: u16) -> XenAddToPhysmap {
@@ -1075,7 +1084,7 @@ fn case_48_remove_from_physmap() {
 }
 
 // ---------------------------------------------------------------------------------------
-// §10 cases 49-55
+// Conformance cases 49-55
 // ---------------------------------------------------------------------------------------
 
 #[test]
@@ -1122,7 +1131,11 @@ fn case_50_memory_maps() {
     };
     assert_eq!(e.op(C, cmd(MemoryOp::SET_MEMORY_MAP, 0), &f).ret, 0);
     assert_eq!(
-        e.hv.partition_by_domid(u).unwrap().memory_map.as_deref(),
+        e.hv.partition_by_domid(u)
+            .unwrap()
+            .xen()
+            .memory_map
+            .as_deref(),
         Some(&set[..])
     );
     let map = XenMemoryMap {
@@ -1148,7 +1161,11 @@ fn case_50_memory_maps() {
         -EINVAL
     );
     assert_eq!(
-        e.hv.partition_by_domid(u).unwrap().memory_map.as_deref(),
+        e.hv.partition_by_domid(u)
+            .unwrap()
+            .xen()
+            .memory_map
+            .as_deref(),
         Some(&set[..])
     );
 
@@ -1312,7 +1329,7 @@ fn case_55_maximum_ram_page_and_tot_pages_after_populate() {
 }
 
 // ---------------------------------------------------------------------------------------
-// XTF (§8.1)
+// XTF (`andyhhp/xtf` tests that reach memory_op)
 // ---------------------------------------------------------------------------------------
 
 /// xsa-212 (pv64): the exchange's output range is checked from the resume index.
@@ -1454,7 +1471,7 @@ fn libxc_pv_maximum_gpfn_is_the_arch_max_pfn() {
     let (p, _) = pv_guest_with_pages(&mut e, 16);
     let op = cmd(MemoryOp::MAXIMUM_GPFN, 0);
     assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0, "max_pfn 0 reads as 0");
-    let id = e.hv.partition_by_domid(p).unwrap().id;
+    let id = e.hv.partition_by_domid(p).unwrap().id();
     e.hv.set_pv_max_pfn(id, 0x1000).unwrap();
     assert_eq!(e.op(p, op, &dom(DOMID_SELF)).ret, 0xfff);
     assert_eq!(e.op(C, op, &dom(p.0)).ret, 0xfff);
@@ -1603,7 +1620,7 @@ fn toolstack_domains_device_models_and_info() {
         ..DomainConfig::default()
     };
     let hvm = e.hv.create_domain(&cfg(42, true)).unwrap();
-    assert_eq!(e.hv.partition(hvm).unwrap().domid, DomId(42));
+    assert_eq!(e.hv.partition(hvm).unwrap().domid(), DomId(42));
     assert_eq!(
         e.hv.create_domain(&cfg(42, true)),
         Err(CreateError::DomidInUse(DomId(42)))
@@ -1628,7 +1645,7 @@ fn toolstack_domains_device_models_and_info() {
     let v1 = e.hv.create_domain(&v1).unwrap();
     assert_eq!(e.hv.xen_grant_set_version(v1, 2), Err(ENOSYS));
     assert_eq!(e.hv.xen_grant_set_version(v1, 1), Ok(1));
-    assert_eq!(e.hv.partition(v1).unwrap().xen.max_grant_frames, 64);
+    assert_eq!(e.hv.partition(v1).unwrap().xen().max_grant_frames, 64);
     let stub = e.hv.create_domain(&cfg(43, false)).unwrap();
     let (d42, d43) = (DomId(42), DomId(43));
 
@@ -1679,7 +1696,7 @@ fn toolstack_domains_device_models_and_info() {
     let stub_info = e.hv.domain_info(d43).unwrap();
     assert_eq!((stub_info.flags, stub_info.target), (0, Some(d42)));
     // A PV domain's shared-info page exists from creation and is named by its MFN.
-    let si = e.hv.partition(stub).unwrap().xen.shared_info.unwrap();
+    let si = e.hv.partition(stub).unwrap().xen().shared_info.unwrap();
     assert_eq!(stub_info.shared_info_frame, u64::from(si));
     assert_eq!(e.hv.frames().state(si), FrameState::Special);
     assert_eq!(e.hv.domain_info(DomId(44)), None);
@@ -1698,7 +1715,7 @@ fn toolstack_domains_device_models_and_info() {
     e.hv.check().unwrap();
     assert_eq!(e.hv.domain_info(d43).unwrap().target, None);
     let again = e.hv.create_domain(&cfg(42, true)).unwrap();
-    assert_eq!(e.hv.partition(again).unwrap().domid, d42);
+    assert_eq!(e.hv.partition(again).unwrap().domid(), d42);
     assert_eq!(
         e.populate(d43, 42, &[0x10], 0).ret,
         0,
@@ -1796,7 +1813,7 @@ fn hvm_guest_maps_its_shared_info_page() {
     };
     assert_eq!(e.op(u, cmd(MemoryOp::REMOVE_FROM_PHYSMAP, 0), &x).ret, 0);
     assert_eq!(e.at(u, 0x40), None);
-    assert_eq!(e.hv.partition(id).unwrap().xen.shared_info, Some(m));
+    assert_eq!(e.hv.partition(id).unwrap().xen().shared_info, Some(m));
     assert_eq!(
         e.op(u, op, &xatp(DOMID_SELF, MapSpace::SHARED_INFO, 1, 0x40, 0))
             .ret,
@@ -1826,16 +1843,16 @@ fn hvm_guest_maps_its_grant_frames() {
             ..DomainConfig::default()
         })
         .unwrap();
-    let g = e.hv.partition(hvm).unwrap().domid;
+    let g = e.hv.partition(hvm).unwrap().domid();
     let op = cmd(MemoryOp::ADD_TO_PHYSMAP, 0);
     let gnt = |idx, gpfn| xatp(DOMID_SELF, MapSpace::GRANT_TABLE, idx, gpfn, 0);
     for i in 0..4 {
         assert_eq!(e.op(g, op, &gnt(i, 0xf0000 + i)).ret, 0, "frame {i}");
     }
     let p = e.hv.partition(hvm).unwrap();
-    assert_eq!(p.xen.grant_shared.len(), 4);
+    assert_eq!(p.xen().grant_shared.len(), 4);
     for i in 0..4 {
-        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen.grant_shared[i as usize]));
+        assert_eq!(e.at(g, 0xf0000 + i), Some(p.xen().grant_shared[i as usize]));
     }
     assert_eq!(e.tot(g), 0);
     // Version 1 has no status frames: the bit stays in the index, which is too big.
@@ -1843,9 +1860,9 @@ fn hvm_guest_maps_its_grant_frames() {
     assert_eq!(e.op(g, op, &gnt(status, 0xf1000)).ret, -EINVAL);
     // Past max_grant_frames: -EINVAL, nothing grown; the last frame grows it to the limit.
     assert_eq!(e.op(g, op, &gnt(16, 0xf1000)).ret, -EINVAL);
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 4);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_shared.len(), 4);
     assert_eq!(e.op(g, op, &gnt(15, 0xf000f)).ret, 0);
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_shared.len(), 16);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_shared.len(), 16);
     // The device model's acquire_resource sees the very same frames.
     assert_eq!(
         e.op(
@@ -1856,7 +1873,7 @@ fn hvm_guest_maps_its_grant_frames() {
         .ret,
         0
     );
-    let shared = e.hv.partition(hvm).unwrap().xen.grant_shared.clone();
+    let shared = e.hv.partition(hvm).unwrap().xen().grant_shared.clone();
     assert_eq!(
         e.list(LIST, 4),
         shared[..4]
@@ -1868,9 +1885,9 @@ fn hvm_guest_maps_its_grant_frames() {
     // per frame); mapped with the status bit.
     assert_eq!(e.hv.xen_grant_set_version(hvm, 3), Err(EINVAL));
     assert_eq!(e.hv.xen_grant_set_version(hvm, 2), Ok(2));
-    assert_eq!(e.hv.partition(hvm).unwrap().xen.grant_status.len(), 2);
+    assert_eq!(e.hv.partition(hvm).unwrap().xen().grant_status.len(), 2);
     assert_eq!(e.op(g, op, &gnt(status | 1, 0xf2001)).ret, 0);
-    let st = e.hv.partition(hvm).unwrap().xen.grant_status.clone();
+    let st = e.hv.partition(hvm).unwrap().xen().grant_status.clone();
     assert_eq!(e.at(g, 0xf2001), Some(st[1]));
     assert_eq!(e.op(g, op, &gnt(status | 2, 0xf2002)).ret, -EINVAL);
     let sres = XenMemAcquireResource {
@@ -1976,8 +1993,8 @@ fn world() -> World {
     hv.xen_grant_set_version(a, 2).unwrap();
     let doms = [
         ROOT_DOMID,
-        hv.partition(a).unwrap().domid,
-        hv.partition(b).unwrap().domid,
+        hv.partition(a).unwrap().domid(),
+        hv.partition(b).unwrap().domid(),
     ];
     hv.populate(a, 0, 16).unwrap();
     hv.populate(b, 0, 16).unwrap();
@@ -2181,7 +2198,7 @@ impl World {
                     .hv
                     .partition_by_domid(self.doms[1 + s.extra as usize % 2])
                     .unwrap()
-                    .id;
+                    .id();
                 self.hv
                     .set_max_pages(id, (s.extra >> 8) as u32 % 320)
                     .unwrap();
@@ -2198,13 +2215,13 @@ const WINDOW: u64 = 256;
 /// The p2m inside the window, checked to be all of it.
 fn p2m_window(p: &ballast_core::Partition) -> BTreeMap<u64, u32> {
     let map: BTreeMap<u64, u32> = (0..WINDOW)
-        .filter_map(|g| p.p2m.get(g).map(|m| (g, m)))
+        .filter_map(|g| p.p2m().get(g).map(|m| (g, m)))
         .collect();
     assert_eq!(
         map.len() as u64,
-        p.p2m.mapped(),
+        p.p2m().mapped(),
         "{:?} maps gfns beyond the window",
-        p.id
+        p.id()
     );
     map
 }
@@ -2212,7 +2229,7 @@ fn p2m_window(p: &ballast_core::Partition) -> BTreeMap<u64, u32> {
 type Snapshot = (Vec<(PartitionId, BTreeMap<u64, u32>)>, Vec<bool>);
 
 fn snapshot(hv: &Hypervisor) -> Snapshot {
-    let p2ms = hv.partitions().map(|p| (p.id, p2m_window(p))).collect();
+    let p2ms = hv.partitions().map(|p| (p.id(), p2m_window(p))).collect();
     let frames = hv.frames();
     let free = (0..frames.len())
         .map(|m| frames.state(m) == FrameState::Free)
@@ -2224,7 +2241,7 @@ fn snapshot(hv: &Hypervisor) -> Snapshot {
 /// root's identity map), has a discard.
 fn discards_cover(before: &Snapshot, hv: &Hypervisor, effects: &[Effect]) -> Result<(), String> {
     for (id, map) in &before.0 {
-        let now = hv.partition(*id).map(|p| &p.p2m);
+        let now = hv.partition(*id).map(|p| p.p2m());
         for (&g, &m) in map {
             if now.and_then(|p| p.get(g)) != Some(m) && !discarded(effects, *id, g) {
                 return Err(format!("{id:?} gfn {g:#x} left without a discard"));
@@ -2253,8 +2270,8 @@ fn run(
 ) -> MemoryOpResult {
     for _ in 0..100_000 {
         let r = match budget {
-            Some(b) => hv.memory_op_preemptible(caller, cmd, ARG, mem, b),
-            None => hv.memory_op(caller, cmd, ARG, mem),
+            Some(b) => hv.memory_op(caller, cmd, ARG, mem, b),
+            None => hv.memory_op_to_completion(caller, cmd, ARG, mem),
         };
         if checked {
             hv.check().unwrap();
@@ -2273,10 +2290,10 @@ fn observable(hv: &Hypervisor) -> Observable {
     hv.partitions()
         .map(|p| {
             (
-                p.id,
+                p.id(),
                 p.tot_pages(),
-                p.max_pages,
-                p.outstanding_claim,
+                p.xen().max_pages,
+                p.xen().outstanding_claim,
                 p2m_window(p),
             )
         })

@@ -44,7 +44,7 @@ impl Env {
             .hv
             .create_guest(max_pages, HvProximityDomainInfo::ANY)
             .unwrap();
-        (id, self.hv.partition(id).unwrap().domid)
+        (id, self.hv.partition(id).unwrap().domid())
     }
 
     fn call<A: IntoBytes + Immutable>(
@@ -54,7 +54,9 @@ impl Env {
         arg: &A,
     ) -> MemoryOpResult {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
-        let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut self.mem);
         self.hv.check().unwrap();
         r
     }
@@ -185,14 +187,14 @@ fn add_to_physmap_past_the_limit_is_refused_before_any_effect() {
     e.hv.set_guest_physical_limit(id, 256).unwrap();
     assert_eq!(e.populate(u, DomId(DOMID_SELF), &[4], 0), (1, None));
     e.hv.take_effects();
-    let before = e.part(u).p2m.iter().collect::<Vec<_>>();
+    let before = e.part(u).p2m().iter().collect::<Vec<_>>();
     assert_eq!(e.move_gmfn(u, 4, 256), -EINVAL);
     assert_eq!(e.move_gmfn(u, 4, 1 << 30), -EINVAL);
     assert!(e.hv.effects().is_empty(), "no effect for a refused move");
-    assert_eq!(e.part(u).p2m.iter().collect::<Vec<_>>(), before);
+    assert_eq!(e.part(u).p2m().iter().collect::<Vec<_>>(), before);
     // The last gfn below the limit is fine.
     assert_eq!(e.move_gmfn(u, 4, 255), 0);
-    assert_eq!(e.part(u).p2m.get(255), before.first().map(|p| p.1));
+    assert_eq!(e.part(u).p2m().get(255), before.first().map(|p| p.1));
 }
 
 /// The second attack: populate past the backing memory, then move. The populate stops at
@@ -217,7 +219,7 @@ fn populate_stops_at_the_limit() {
     // An extent that straddles the limit fails whole, before its frames are allocated.
     assert_eq!(e.populate(C, u, &[0x80], 8), (0, Some(StopReason::BadGfn)));
     assert_eq!(e.free(), free - 6);
-    assert_eq!(e.part(u).p2m.highest_entry(), Some(255));
+    assert_eq!(e.part(u).p2m().highest_entry(), Some(255));
     // The move from 255 past the limit is refused.
     assert_eq!(e.move_gmfn(u, 255, 300), -EINVAL);
     // The host's own populate (boot memory, an unballoon, a hot-add) too.
@@ -252,10 +254,10 @@ fn exchange_and_increase_respect_the_limit() {
         nr_exchanged: 0,
     };
     assert_eq!(e.call(u, cmd(MemoryOp::EXCHANGE, 0), &x).ret, -EINVAL);
-    assert!(e.part(u).p2m.get(1).is_some());
+    assert!(e.part(u).p2m().get(1).is_some());
     e.list(LIST2, &[255]);
     assert_eq!(e.call(u, cmd(MemoryOp::EXCHANGE, 0), &x).ret, 0);
-    assert!(e.part(u).p2m.get(255).is_some());
+    assert!(e.part(u).p2m().get(255).is_some());
     // increase_reservation: frames the guest space has no gfns for are refused.
     let op = MemoryOp::INCREASE_RESERVATION;
     let (n, stop) = e.reservation(u, op, DomId(DOMID_SELF), &[0; 300], 0, MemFlags::NONE);
@@ -268,7 +270,7 @@ fn the_limit_is_raised_by_hot_add_and_never_below_a_used_gfn() {
     let mut e = Env::new(4096);
     let (id, u) = e.guest(1024);
     // A new partition has the whole p2m.
-    assert_eq!(e.hv.partition(id).unwrap().gfn_limit, 1 << 40);
+    assert_eq!(e.hv.partition(id).unwrap().gfn_limit(), 1 << 40);
     e.hv.set_guest_physical_limit(id, 256).unwrap();
     e.hv.populate(id, 0, 256).unwrap();
     assert_eq!(
@@ -383,7 +385,7 @@ fn pod_boot_demand_populate_and_balloon() {
     assert_eq!(e.free(), free - 1024);
     // The guest touches gfn 7: a cache frame is mapped there.
     let m = e.hv.pod_demand_populate(id, 7).unwrap();
-    assert_eq!(e.part(u).p2m.get(7), Some(m));
+    assert_eq!(e.part(u).p2m().get(7), Some(m));
     assert_eq!(e.pod_target(u, u, None).0, -EPERM, "PRIV only");
     assert_eq!(e.pod_target(C, u, None), (0, (1024, 1023, 2047)));
     assert_eq!(e.hv.pod_demand_populate(id, 7), Err(MemoryError::NotPod(7)));
@@ -403,7 +405,7 @@ fn pod_boot_demand_populate_and_balloon() {
         e.hv.pod_demand_populate(id, gfn).unwrap();
     }
     assert_eq!(e.pod_target(C, u, None), (0, (1023, 0, 0)));
-    assert_eq!(e.part(u).p2m.mapped(), 1023);
+    assert_eq!(e.part(u).p2m().mapped(), 1023);
     // A fully populated domain without PoD entries: set_pod_target changes nothing.
     assert_eq!(e.pod_target(C, u, Some(2048)), (0, (1023, 0, 0)));
     e.hv.destroy_partition(id).unwrap();
@@ -490,7 +492,7 @@ fn pod_checks_follow_xen() {
     assert_eq!(e.pod(C, big, &[0], 13), (1, None));
     let free = e.free();
     assert_eq!(e.pod_target(C, big, Some(8192)).0, -ENOMEM);
-    assert_eq!(e.part(big).pod_cache, free);
+    assert_eq!(e.part(big).xen().pod_cache, free);
     e.hv.destroy_partition(big_id).unwrap();
     // Passthrough: -ENOTEMPTY for the target, the mark stops.
     e.hv.set_passthrough(id, true).unwrap();
@@ -517,7 +519,7 @@ fn set_pod_target_is_preemptible() {
     let mut calls = 0;
     loop {
         calls += 1;
-        let r = e.hv.memory_op_preemptible(C, c, ARG, &mut e.mem, 256);
+        let r = e.hv.memory_op(C, c, ARG, &mut e.mem, 256);
         e.hv.check().unwrap();
         match r.continuation {
             Some(next) => c = next,
@@ -528,7 +530,7 @@ fn set_pod_target_is_preemptible() {
         }
     }
     assert_eq!(calls, 8);
-    assert_eq!(e.part(u).pod_cache, 2000);
+    assert_eq!(e.part(u).xen().pod_cache, 2000);
 }
 
 // ---------------------------------------------------------------------------------------

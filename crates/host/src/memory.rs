@@ -109,7 +109,7 @@ impl MemoryHost {
         if self.hv.partition(id).is_none() {
             return Err(NoSuchPartition(id).into());
         }
-        let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit);
+        let before = self.hv.partition(id).map_or(0, |p| p.gfn_limit());
         self.hv.set_guest_physical_limit(id, gfns)?;
         let created = (|| -> Result<(), HostError> {
             let size = GfnRange::new(0, gfns)?.byte_len();
@@ -231,7 +231,7 @@ impl MemoryHost {
     pub fn mapped_ranges(&self, id: PartitionId) -> Result<Vec<GfnRange>, HostError> {
         let p = self.hv.partition(id).ok_or(NoSuchPartition(id))?;
         // The p2m holds gfns below the gfn limit only, so every run is a valid range.
-        Ok(p.p2m
+        Ok(p.p2m()
             .ranges()
             .into_iter()
             .map(|(s, c)| GfnRange::new(s, c))

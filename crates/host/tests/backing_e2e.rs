@@ -111,7 +111,7 @@ fn withdrawn_pages_come_back_zeroed() {
 fn decrease_reservation_releases_memory() {
     let mut host = MemoryHost::new(Config::single_node(1 << 13)).unwrap();
     let a = guest(&mut host, 1024);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     let gfns: Vec<u64> = (0..512).collect();
     let r = memory_op(&mut host, domid, MemoryOp::POPULATE_PHYSMAP, &gfns);
     assert_eq!(r, 512);
@@ -146,7 +146,7 @@ fn memory_op(host: &mut MemoryHost, domid: DomId, op: MemoryOp, gfns: &[u64]) ->
     };
     mem.bytes[..32].copy_from_slice(res.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, op.0 as u64, 0x10000, &mut mem))
+        .run(|hv| hv.memory_op_to_completion(domid, op.0 as u64, 0x10000, &mut mem))
         .unwrap();
     r.ret
 }
@@ -163,7 +163,7 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .hv()
         .partition(a)
         .unwrap()
-        .p2m
+        .p2m()
         .iter()
         .map(|(_, m)| m)
         .collect();
@@ -176,7 +176,7 @@ fn a_frame_moving_between_partitions_carries_no_bytes() {
         .hv()
         .partition(b)
         .unwrap()
-        .p2m
+        .p2m()
         .iter()
         .map(|(_, m)| m)
         .collect();
@@ -226,7 +226,7 @@ fn stress_random_map_and_release_keeps_memory_exact() {
         let start = rng.next_u64() % 2000;
         let count = 1 + rng.next_u64() % 48;
         let mapped: Vec<u64> = (start..start + count)
-            .filter(|&g| host.hv().partition(id).unwrap().p2m.get(g).is_some())
+            .filter(|&g| host.hv().partition(id).unwrap().p2m().get(g).is_some())
             .collect();
         if rng.next_u64() % 2 == 0 {
             // Back the unmapped part and let the guest touch it.
@@ -250,7 +250,7 @@ fn stress_random_map_and_release_keeps_memory_exact() {
     for &id in &ids {
         let report = host.audit(id, false).unwrap();
         assert!(report.violations.is_empty(), "{id:?}: {report:?}");
-        let mapped = host.hv().partition(id).unwrap().p2m.mapped();
+        let mapped = host.hv().partition(id).unwrap().p2m().mapped();
         assert_eq!(
             host.resident_bytes(id).unwrap(),
             mapped * PAGE as u64,
@@ -264,7 +264,7 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
     let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
     let a = guest(&mut host, 256);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     host.run(|hv| hv.populate(a, 0, 8)).unwrap().0.unwrap();
     touch(&host, a, 0..8);
     let mut mem = FlatMemory::new(0x10000, 64);
@@ -277,7 +277,9 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     };
     mem.bytes[..24].copy_from_slice(x.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .run(|hv| {
+            hv.memory_op_to_completion(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem)
+        })
         .unwrap();
     assert_eq!(r.ret, 0);
     assert_eq!(
@@ -294,7 +296,9 @@ fn a_page_moved_by_add_to_physmap_keeps_its_bytes() {
     };
     mem.bytes[..24].copy_from_slice(x.as_bytes());
     let (r, _) = host
-        .run(|hv| hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem))
+        .run(|hv| {
+            hv.memory_op_to_completion(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem)
+        })
         .unwrap();
     assert_eq!(r.ret, 0);
     assert_eq!(page(&host, a, 5), pattern(a, 3));
@@ -308,7 +312,7 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
     use ballast_abi::xen::{MapSpace, XenAddToPhysmap};
     let mut host = MemoryHost::new(Config::single_node(1 << 12)).unwrap();
     let a = guest(&mut host, 256);
-    let domid = host.hv().partition(a).unwrap().domid;
+    let domid = host.hv().partition(a).unwrap().domid();
     host.run(|hv| hv.populate(a, 0, 4)).unwrap().0.unwrap();
     // A deliberately small memfd behind the core's mappings: whatever limit the core
     // keeps, a page move past this memfd's end fails on the host side.
@@ -334,7 +338,12 @@ fn a_failed_move_does_not_lose_the_discards_after_it() {
     let ranges = [CoreRange::new(0, 2).unwrap()];
     let failed = host
         .run(|hv| {
-            let moved = hv.memory_op(domid, MemoryOp::ADD_TO_PHYSMAP.0 as u64, 0x10000, &mut mem);
+            let moved = hv.memory_op_to_completion(
+                domid,
+                MemoryOp::ADD_TO_PHYSMAP.0 as u64,
+                0x10000,
+                &mut mem,
+            );
             let released = hv.release(a, &ranges);
             (moved, released)
         })

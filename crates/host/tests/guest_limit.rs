@@ -24,7 +24,7 @@ fn guest(host: &mut MemoryHost, gfns: u64) -> (PartitionId, DomId) {
     let id = id.unwrap();
     host.attach_memory(id, gfns, 4 * gfns, PageSize::Base)
         .unwrap();
-    (id, host.hv().partition(id).unwrap().domid)
+    (id, host.hv().partition(id).unwrap().domid())
 }
 
 fn populate(host: &mut MemoryHost, u: DomId, gfns: &[u64]) -> i64 {
@@ -42,7 +42,9 @@ fn populate(host: &mut MemoryHost, u: DomId, gfns: &[u64]) -> i64 {
     };
     mem.write(ARG, r.as_bytes()).unwrap();
     let cmd = u64::from(MemoryOp::POPULATE_PHYSMAP.0);
-    let (out, _) = host.run(|hv| hv.memory_op(u, cmd, ARG, &mut mem)).unwrap();
+    let (out, _) = host
+        .run(|hv| hv.memory_op_to_completion(u, cmd, ARG, &mut mem))
+        .unwrap();
     out.ret
 }
 
@@ -62,7 +64,7 @@ fn move_gmfn(
     };
     mem.write(ARG, x.as_bytes()).unwrap();
     let cmd = u64::from(MemoryOp::ADD_TO_PHYSMAP.0);
-    host.run(|hv| hv.memory_op(u, cmd, ARG, &mut mem).ret)
+    host.run(|hv| hv.memory_op_to_completion(u, cmd, ARG, &mut mem).ret)
         .map(|(ret, _)| ret)
 }
 
@@ -102,7 +104,7 @@ fn populate_past_the_memfd_then_move_is_refused() {
     assert_eq!(r, Err(MemoryError::GfnOutOfRange(300)));
     // ... until a hot-add grows the memfd and raises it.
     host.grow_memory(a, 512).unwrap();
-    assert_eq!(host.hv().partition(a).unwrap().gfn_limit, 512);
+    assert_eq!(host.hv().partition(a).unwrap().gfn_limit(), 512);
     host.run(|hv| hv.populate(a, 256, 100)).unwrap().0.unwrap();
     assert_eq!(move_gmfn(&mut host, u, 255, 400).unwrap(), 0);
     assert!(host.audit(a, false).unwrap().violations.is_empty());

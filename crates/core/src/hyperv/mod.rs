@@ -10,15 +10,17 @@
 //! ...) is what an embedder calls directly; [`Hypervisor::call_with_deposits`] and
 //! [`Hypervisor::withdraw_all`] are the two loops a root runs around them.
 //!
-//! Order of checks: the generic checks G1-G5 of reference `hv-pool.md` §1.6 (G1-G4 in
-//! [`ballast_abi::hv::decode`], G5 in [`Hypervisor::hypercall_gpa`]), then the per-call
-//! order of §6: privilege, partition ID, relationship, parameters and state in the order
-//! that section gives for the call, then elements or resources.
+//! Order of checks: the generic checks G1-G5 on the control word, the input and the
+//! parameter GPAs (G1-G4 in [`ballast_abi::hv::decode`], G5 in
+//! [`Hypervisor::hypercall_gpa`]), then per call: privilege, partition ID, relationship,
+//! parameters and state, then elements or resources. The TLFS (the hypercall interface)
+//! leaves the order open except that ACCESS_DENIED wins over any status revealing state
+//! to an under-privileged caller; the rest of the order is ballast's decision.
 //!
 //! # Deliberate deviations and decisions
 //!
-//! Where the TLFS, the seeds and the reference leave a choice (`hv-pool.md` §12), ballast
-//! decides as follows; DESIGN.md "Decisions: Hyper-V hypercalls" fixes the first four.
+//! Where the TLFS and Linux's root leave a choice, ballast decides as follows (its own
+//! decisions; ARCHITECTURE.md lists where each is enforced).
 //!
 //! 1. **Layouts.** HvCreatePartition and HvCreateVp decode in the host's
 //!    [`InputLayout`](ballast_abi::hv::InputLayout) (TLFS 2.0 by default, the current
@@ -50,14 +52,15 @@
 //!    CreatePartitions gates HvCreatePartition and every call that names a child
 //!    (initialize, finalize, delete, get property, get next child, create and delete VP).
 //!    The privilege is checked before the ID is looked up, so a caller without it cannot
-//!    probe which IDs exist (§12.5); a privileged caller gets INVALID_PARTITION_ID for an
+//!    probe which IDs exist (ballast's decision); a privileged caller gets INVALID_PARTITION_ID for an
 //!    unknown ID and ACCESS_DENIED for a partition that is not its child (nor, for the
 //!    pool calls and the property read, the root addressing itself).
 //! 7. **SELF** names the caller in every ID field. HvDeletePartition(SELF) is
 //!    INVALID_PARAMETER (the web TLFS: "must not be HV_PARTITION_ID_SELF"), after the
 //!    privilege check.
 //! 8. **HvCreatePartition.** TLFS 2.0 layout: any flag bit is INVALID_PARAMETER. Current
-//!    layout: the flag bits the current TLFS defines (`hv-pool.md` §3.4) are accepted and
+//!    layout: the flag bits the current TLFS defines (`hv_partition_creation_flags`, Linux's
+//!    `HV_PARTITION_CREATION_FLAG_*`) are accepted and
 //!    stored without effect, other bits, a non-zero padding word or non-zero isolation
 //!    properties (isolated partitions are not modelled) are INVALID_PARAMETER; the
 //!    compatibility version and the disabled-feature masks are accepted as given.
@@ -65,16 +68,16 @@
 //! 9. **HvInitializePartition** charges INIT_COST to the partition's own pool, preferring
 //!    its home node; all or nothing.
 //! 10. **HvFinalizePartition** refuses a partition with children (OPERATION_DENIED, before
-//!     the state check, as §6.3 orders it). It releases every VP's, the initialization's
+//!     the state check: ballast's order). It releases every VP's, the initialization's
 //!     and any Xen grant-table charge back to available, and unmaps the whole guest space
 //!     to the heap (with discards), since finalization deletes the GPA mappings.
 //! 11. **HvDeletePartition** needs Uninitialized or Finalized, no children and an empty
 //!     pool (OPERATION_DENIED). Guest memory a host populated into an Uninitialized
 //!     partition goes back to the heap. The ID is never reused.
-//! 12. **HvGetPartitionProperty** (§12.9) answers PrivilegeFlags and VirtualTlbPageCount
+//! 12. **HvGetPartitionProperty** answers PrivilegeFlags and VirtualTlbPageCount
 //!     (0: no virtual TLB is modelled) and nothing else (UNKNOWN_PROPERTY): the pool is
 //!     read with HvGetMemoryBalance, so ballast invents no property codes. A non-zero
-//!     padding word is INVALID_PARAMETER. Parameters are checked before state (§12.2);
+//!     padding word is INVALID_PARAMETER. Parameters are checked before state (ballast's order);
 //!     the read is allowed in Uninitialized (PrivilegeFlags is an "early" property) and
 //!     Active, and refused in Finalized (INVALID_PARTITION_STATE).
 //! 13. **HvGetNextChildPartition** walks the caller's own children (ParentId must be the
@@ -112,8 +115,6 @@
 //!     header naming another VTL, or with RsvdZ bytes set, is INVALID_PARAMETER. Reserved
 //!     bits of a value, and bits beyond the register's size, are INVALID_PARAMETER.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use ballast_abi::hv::{
     CallClass, Control, CreatePartitionInput, CreateVpInput, DecodeOptions, HV_ANY_VP,
     HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE,
@@ -134,7 +135,7 @@ use crate::{Mfn, PartitionId};
 /// `HV_PARTITION_ID_SELF` as a [`PartitionId`]: the caller's own partition.
 pub const SELF: PartitionId = PartitionId(HV_PARTITION_ID_SELF);
 
-/// The HvCreatePartition flag bits of the current TLFS (`hv-pool.md` §3.4): SMT-enabled
+/// The HvCreatePartition flag bits of the current TLFS (`hv_partition_creation_flags`): SMT-enabled
 /// guest, nested-virtualization capable, GPA super pages, exo partition, VTL1 and VTL2
 /// override, LAPIC enabled, PMU and LBR perfmon, intercept message page, hypercall
 /// doorbell page, x2APIC capable.
@@ -153,17 +154,6 @@ pub const CREATE_PARTITION_FLAGS_DEFINED: u64 = 1
 
 /// The most elements one rep call carries (the 12-bit rep count field).
 const MAX_REPS: usize = Control::MAX_REP_COUNT as usize;
-
-/// Hypervisor state that only the Hyper-V calls use.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HvState {
-    /// Root pages in use for another purpose (the OBJECT_IN_USE hook).
-    locked: BTreeSet<Mfn>,
-    /// Per partition id, the gfns a non-root parent deposited into its pool and has not
-    /// withdrawn yet: a pool frame does not remember where it came from, and a withdraw
-    /// must return pages at GPAs that were deposited.
-    origins: BTreeMap<u64, Vec<u64>>,
-}
 
 /// The status of a parameter list `mem` cannot access: beyond the GPA space it is
 /// INVALID_ALIGNMENT (the TLFS's common status codes); inside it, a failed access is
@@ -566,7 +556,7 @@ impl Hypervisor {
         let p = self.part_mut(t);
         let vps = core::mem::take(&mut p.vps);
         let init = core::mem::take(&mut p.init_charged);
-        let grant = core::mem::take(&mut p.grant_charged);
+        let grant = core::mem::take(&mut p.xen.grant_charged);
         for vp in vps.values() {
             self.pool_release(t, &vp.charged);
         }
@@ -576,7 +566,7 @@ impl Hypervisor {
         self.part_mut(t).state = PartitionState::Finalized;
         // A finalized partition allocates nothing more: its Xen claim would only hold
         // memory back from everyone else until delete.
-        self.part_mut(t).outstanding_claim = 0;
+        self.part_mut(t).xen.outstanding_claim = 0;
         Ok(())
     }
 

@@ -4,70 +4,12 @@
 
 use ballast_abi::hv::HvPartitionPrivilegeMask;
 
+use super::Xsm;
 use super::errno::{EINVAL, EOPNOTSUPP, EPERM, ESRCH};
-use super::{MAX_GRANT_FRAMES, Xsm};
 use crate::frame::NO_GFN;
 use crate::hypervisor::{CreateError, Hypervisor};
 use crate::partition::PartitionState;
-use crate::{DomId, Mfn, PartitionId};
-
-/// Xen state of one partition (domain) that the memory model itself does not need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XenDomain {
-    /// PV: the arch `max_pfn` (`shared_info->arch.max_pfn`, which the toolstack and the
-    /// guest set), from which `XENMEM_maximum_gpfn` answers `max(max_pfn, 1) - 1`.
-    /// Unused for a translated domain, which answers with the highest gfn ever mapped.
-    pub max_pfn: u64,
-    /// The domain this one is a device model (or stub domain) for: Xen's `d->target`,
-    /// set by `XEN_DOMCTL_set_target`. It passes the TARGET and DM_PRIV checks on it.
-    pub target: Option<PartitionId>,
-    /// The shared-info page, once it exists (allocated when first mapped).
-    pub shared_info: Option<Mfn>,
-    /// Grant table version (1 or 2; Xen starts every domain at 1).
-    pub grant_version: u8,
-    /// Most grant (shared) frames the table may grow to (`max_grant_frames`).
-    pub max_grant_frames: u32,
-    /// Highest grant table version the domain may choose (`max_grant_version`).
-    pub max_grant_version: u8,
-    /// Grant shared frames 0, 1, ...
-    pub grant_shared: Vec<Mfn>,
-    /// Grant status frames 0, 1, ... (version 2 only).
-    pub grant_status: Vec<Mfn>,
-    /// Hypervisor frames of this domain (shared info, grant frames) mapped in its p2m:
-    /// they are in the p2m but not in `tot_pages`.
-    pub(crate) special_mapped: u64,
-    /// Hypervisor pages of a nested parent's child that were topped up from the host
-    /// heap: they go back to the heap, not to the pool, when released.
-    pub(crate) heap_topped: u64,
-}
-
-impl Default for XenDomain {
-    fn default() -> Self {
-        XenDomain {
-            max_pfn: 0,
-            target: None,
-            shared_info: None,
-            grant_version: 1,
-            max_grant_frames: MAX_GRANT_FRAMES,
-            max_grant_version: 2,
-            grant_shared: Vec::new(),
-            grant_status: Vec::new(),
-            special_mapped: 0,
-            heap_topped: 0,
-        }
-    }
-}
-
-impl XenDomain {
-    /// Every hypervisor frame the domain holds: shared info and grant frames.
-    pub fn special_frames(&self) -> impl Iterator<Item = Mfn> + '_ {
-        self.shared_info
-            .iter()
-            .chain(&self.grant_shared)
-            .chain(&self.grant_status)
-            .copied()
-    }
-}
+use crate::{DomId, PartitionId};
 
 /// `XEN_DOMINF_*`: flags of a domain's information.
 pub mod dominf {
@@ -186,8 +128,8 @@ impl Hypervisor {
         )?;
         let p = self.part_mut(slot);
         p.state = PartitionState::Active;
-        p.max_pages = cfg.max_pages;
-        p.translated = cfg.translated;
+        p.xen.max_pages = cfg.max_pages;
+        p.xen.translated = cfg.translated;
         p.xen.max_grant_frames = frames;
         p.xen.max_grant_version = version;
         let id = p.id;
@@ -211,7 +153,7 @@ impl Hypervisor {
             return Err(EPERM);
         }
         let pages = max_memkb >> 2;
-        self.part_mut(t).max_pages = u32::try_from(pages).unwrap_or(u32::MAX);
+        self.part_mut(t).xen.max_pages = u32::try_from(pages).unwrap_or(u32::MAX);
         Ok(())
     }
 
@@ -232,7 +174,7 @@ impl Hypervisor {
         if d == e || self.part(d).xen.target.is_some() {
             return Err(EINVAL);
         }
-        if !self.part(e).translated {
+        if !self.part(e).xen.translated {
             return Err(EOPNOTSUPP);
         }
         let id = self.part(e).id;
@@ -247,12 +189,12 @@ impl Hypervisor {
         let p = self.part(self.xen_lookup_id(domid.0)?);
         let shared_info_frame = match p.xen.shared_info {
             None => NO_GFN,
-            Some(m) if !p.translated => u64::from(m),
+            Some(m) if !p.xen.translated => u64::from(m),
             // The m2p entry of the page: where it is mapped, if it is.
             Some(m) => self.frames.link(m),
         };
         let mut flags = 0;
-        if p.translated {
+        if p.xen.translated {
             flags |= dominf::HVM_GUEST | dominf::HAP;
         }
         if p.state == PartitionState::Finalized {
@@ -262,9 +204,9 @@ impl Hypervisor {
             domid: p.domid,
             id: p.id,
             tot_pages: p.tot_pages(),
-            max_pages: u64::from(p.max_pages),
+            max_pages: u64::from(p.xen.max_pages),
             shr_pages: 0,
-            outstanding_pages: u64::from(p.outstanding_claim),
+            outstanding_pages: u64::from(p.xen.outstanding_claim),
             pod_entries: p.pod_entries(),
             shared_info_frame,
             flags,

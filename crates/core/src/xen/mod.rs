@@ -1,5 +1,5 @@
 //! The Xen `memory_op` interface (`__HYPERVISOR_memory_op`, the `XENMEM_*` sub-ops of
-//! seed 002), served from the memory model.
+//! Xen's `xen/include/public/memory.h`), served from the memory model.
 //!
 //! [`Hypervisor::memory_op`] takes the calling domain, the command word
 //! (`op | start_extent << 6`), the guest address of the argument struct and the caller's
@@ -9,13 +9,15 @@
 //! ([`errno`]). Why a reservation call stopped short is kept in [`MemoryOpResult::stop`]
 //! for tests and logs, while the ABI value stays a count.
 //!
-//! Calls run to completion. [`Hypervisor::memory_op_preemptible`] bounds the work of one
-//! call instead and returns a continuation (the command word to re-issue with the same
+//! [`Hypervisor::memory_op`] bounds the work of one call by a budget and returns a
+//! continuation (the command word to re-issue with the same
 //! argument) where Xen would preempt: between extents, exchange chunks, gmfn_range pages,
 //! batch items and resource frames.
 //!
-//! Behaviour follows reference `xen-memop.md` (Xen master): §1 for dispatch, accounting
-//! and orders, §4 for each sub-op's checks in Xen's order, with DESIGN.md's decisions.
+//! Behaviour follows Xen's `xen/common/memory.c` (`do_memory_op` for dispatch and
+//! continuations, each sub-op's handler for its checks in Xen's order; Xen 4.17, with
+//! master where it differs), `xen/common/page_alloc.c` for the accounting, and
+//! `xen/arch/x86/mm.c` for the x86 sub-ops, with ballast's own decisions below.
 //!
 //! # Privileges
 //! The default XSM policy: TARGET allows a domain to act on itself; DM_PRIV (and TARGET)
@@ -59,17 +61,18 @@
 //!
 //! # Deliberate deviations from Xen
 //! - Populating a gfn that is already mapped fails that extent ([`StopReason::AlreadyMapped`])
-//!   instead of replacing the page and leaking the old one (§5 item 1). Every gfn of an
+//!   instead of replacing the page and leaking the old one, as Xen does on x86 HVM. Every gfn of an
 //!   extent is checked before its frames are allocated, so a failed p2m insert cannot leave
-//!   an allocated page behind (§5 item 2).
+//!   an allocated page behind (Xen leaves it allocated when the insert fails).
 //! - decrease_reservation checks that a whole extent is backed before removing any of it:
-//!   an extent with a hole fails with nothing removed (§5 item 3; conformance case 22, where
+//!   an extent with a hole fails with nothing removed (`tests/xen_conformance.rs` case 22, where
 //!   Xen removes the pages before the hole).
-//! - remove_from_physmap frees the page, so `tot_pages` drops (§5 item 5).
+//! - remove_from_physmap frees the page, so `tot_pages` drops (Xen keeps it allocated).
 //! - Exchange works for every partition, translated or not (Xen on x86 answers
 //!   `-EOPNOTSUPP` for HVM/PVH). Each chunk is validated in full (inputs owned, outputs
 //!   free or freed by the chunk, every list entry read, outputs allocated) before anything
-//!   changes, so a chunk is either exchanged and counted or untouched (§5 item 6). Its
+//!   changes, so a chunk is either exchanged and counted or untouched (Xen can report a chunk whose
+//!   output copy faulted as not exchanged when it was). Its
 //!   input range is checked from the start of the chunk holding `nr_exchanged`, which is
 //!   where reading starts.
 //! - machphys_mfn_list names the 2 MiB extents of the m2p only when the host reserves them
@@ -98,13 +101,14 @@
 //!   m2p holds one frame per gfn: an output page whose gpfn is beyond the guest physical
 //!   space or already taken (libxenctrl passes zeros) belongs to the guest without a gfn,
 //!   where Xen records the duplicate.
-//! - The root's memory is the identity map of free host memory (DESIGN.md): its p2m is
+//! - The root's memory is the identity map of free host memory (ballast's model, see
+//!   ARCHITECTURE.md): its p2m is
 //!   never written. increase/populate naming the root stop with `Denied`; exchange on it
 //!   answers `-EPERM`, add_to_physmap `-EACCES` (it is a PV domain). A decrease finds
 //!   nothing mapped.
-//! - [`Hypervisor::memory_op`] runs every call to completion; a VMM exposing it to guests
-//!   should use [`Hypervisor::memory_op_preemptible`] with a budget, so one hypercall
-//!   cannot hold the host for long (Xen preempts the same calls).
+//! - [`Hypervisor::memory_op_to_completion`] runs every call to completion; a VMM exposing
+//!   the interface to guests uses [`Hypervisor::memory_op`] with a budget, so one
+//!   hypercall cannot hold the host for long (Xen preempts the same calls).
 //! - Populate-on-demand is modelled page by page: a guest access backs one 4 KiB PoD entry
 //!   (Xen backs a whole 2 MiB or 1 GiB PoD superpage from a cache superpage when it can),
 //!   the cache is filled with single frames, decrease does not reclaim zeroed superpages
@@ -193,7 +197,7 @@ pub mod errno {
 
 use errno::*;
 
-pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, XenDomain, dominf};
+pub use domain::{DomainConfig, DomainInfo, HostInfo, NodeInfo, dominf};
 
 /// Largest `nr_extents` whose count still fits a continuation (`UINT_MAX >> 6`).
 pub const MAX_NR_EXTENTS: u64 = (u32::MAX >> MEMOP_EXTENT_SHIFT) as u64;
@@ -275,7 +279,7 @@ pub struct MemoryOpResult {
     /// value, or a negated [`errno`]. 0 while [`continuation`](Self::continuation) is set.
     pub ret: i64,
     /// Work remains: re-issue this command word with the same argument. Only
-    /// [`Hypervisor::memory_op_preemptible`] produces one.
+    /// [`Hypervisor::memory_op`] produces one.
     pub continuation: Option<u64>,
     /// Why a reservation sub-op returned fewer than `nr_extents`; `None` when it completed,
     /// when it continues, and for every other sub-op.
@@ -351,6 +355,10 @@ pub(crate) struct Call<'a> {
     work: u64,
     /// Partitions whose assigned list holds frames this call took out of service.
     unassigned: Vec<u32>,
+    /// Whether the order-0 populate and decrease of a translated guest take their fast
+    /// paths. Always true outside tests; the differential test turns it off to compare
+    /// the fast paths with the general one.
+    pub(crate) fast_paths: bool,
 }
 
 impl Call<'_> {
@@ -409,8 +417,16 @@ pub(crate) fn elem(base: u64, i: u64, size: u64) -> u64 {
 impl Hypervisor {
     /// Serves one Xen `memory_op` hypercall from domain `caller`: `cmd` is the command
     /// word (`op | start_extent << 6`), `arg` the guest address of the sub-op's argument,
-    /// `mem` the caller's memory. Runs to completion, so
-    /// [`continuation`](MemoryOpResult::continuation) is always `None`.
+    /// `mem` the caller's memory, `budget` the work allowed in this call. Once about
+    /// `budget` pages (or batch items) are done and more remain, the call stops where Xen
+    /// would preempt and returns the command word to re-issue with the same `arg`. Each
+    /// call does at least one unit of work, so re-issuing always terminates. Exchange
+    /// keeps its progress in the guest's `nr_exchanged`, so its continuation is the same
+    /// command word.
+    ///
+    /// This is the entry point for a guest-facing VMM: a guest cannot make one call take
+    /// unbounded time. [`memory_op_to_completion`](Self::memory_op_to_completion) is the
+    /// unbounded form, for trusted callers and tests.
     ///
     /// Total: any command, address and memory contents give a result, never a panic.
     /// A caller that is not a live domain gets `-ESRCH` (a count of `start_extent` for the
@@ -421,22 +437,34 @@ impl Hypervisor {
         cmd: u64,
         arg: u64,
         mem: &mut dyn GuestMemory,
+        budget: u64,
     ) -> MemoryOpResult {
-        self.memory_op_preemptible(caller, cmd, arg, mem, u64::MAX)
+        self.memory_op_with(caller, cmd, arg, mem, budget, true)
     }
 
-    /// [`memory_op`](Self::memory_op) with a work budget: once about `budget` pages (or
-    /// batch items) are done and more remain, the call stops where Xen would preempt and
-    /// returns the command word to re-issue with the same `arg`. Each call does at least
-    /// one unit of work, so re-issuing always terminates. Exchange keeps its progress in
-    /// the guest's `nr_exchanged`, so its continuation is the same command word.
-    pub fn memory_op_preemptible(
+    /// [`memory_op`](Self::memory_op) with the order-0 fast paths of populate and
+    /// decrease turned off: every extent takes the general path. For the differential
+    /// test that holds the two paths to the same answers.
+    #[cfg(test)]
+    pub(crate) fn memory_op_general_path(
         &mut self,
         caller: DomId,
         cmd: u64,
         arg: u64,
         mem: &mut dyn GuestMemory,
         budget: u64,
+    ) -> MemoryOpResult {
+        self.memory_op_with(caller, cmd, arg, mem, budget, false)
+    }
+
+    fn memory_op_with(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        arg: u64,
+        mem: &mut dyn GuestMemory,
+        budget: u64,
+        fast_paths: bool,
     ) -> MemoryOpResult {
         let MemoryOpCmd { op, start_extent } = MemoryOpCmd::decode(cmd);
         let Some(caller) = self.slot_of_domid(caller) else {
@@ -456,10 +484,25 @@ impl Hypervisor {
             budget: budget.max(1),
             work: 0,
             unassigned: Vec::new(),
+            fast_paths,
         };
         let result = self.xen_dispatch(&mut call);
         self.xen_sweep_unassigned(&mut call);
         result
+    }
+
+    /// [`memory_op`](Self::memory_op) without a budget: runs to completion, so
+    /// [`continuation`](MemoryOpResult::continuation) is always `None`. For trusted
+    /// callers (a toolstack acting for dom0, tests); a guest can make it do work in
+    /// proportion to the extents it names.
+    pub fn memory_op_to_completion(
+        &mut self,
+        caller: DomId,
+        cmd: u64,
+        arg: u64,
+        mem: &mut dyn GuestMemory,
+    ) -> MemoryOpResult {
+        self.memory_op(caller, cmd, arg, mem, u64::MAX)
     }
 
     /// Makes partition `id` translated (HVM/PVH, the default) or PV for the Xen interface.
@@ -471,7 +514,7 @@ impl Hypervisor {
         translated: bool,
     ) -> Result<(), crate::MemoryError> {
         let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
-        self.part_mut(slot).translated = translated;
+        self.part_mut(slot).xen.translated = translated;
         Ok(())
     }
 
@@ -492,7 +535,7 @@ impl Hypervisor {
     /// `outstanding_claims`).
     pub fn outstanding_claims(&self) -> u64 {
         self.partitions()
-            .map(|p| u64::from(p.outstanding_claim))
+            .map(|p| u64::from(p.xen.outstanding_claim))
             .sum()
     }
 
@@ -500,7 +543,7 @@ impl Hypervisor {
         use MemoryOp as M;
         // Xen 4.17's hvm_memory_op refuses these to an HVM (or PVH) caller before
         // do_memory_op sees the command word, whatever its start extent.
-        if self.part(c.caller).translated
+        if self.part(c.caller).xen.translated
             && matches!(c.op, M::MACHINE_MEMORY_MAP | M::MACHPHYS_MAPPING)
         {
             return MemoryOpResult::err(ENOSYS);
@@ -598,7 +641,7 @@ impl Hypervisor {
     pub(crate) fn xen_max_order(&self, caller: u32) -> u32 {
         let x = &self.config.xen;
         let mut order = x.max_order_domu;
-        if self.part(caller).passthrough {
+        if self.part(caller).xen.passthrough {
             order = order.max(x.max_order_ptdom);
         }
         if caller == Self::ROOT_SLOT {
@@ -660,7 +703,8 @@ impl Hypervisor {
         }))
     }
 
-    /// The shared reservation checks of §4.1 rows 5-7 for `mem_flags`.
+    /// The shared reservation checks for `mem_flags` (`construct_memop_from_reservation` and
+    /// `propagate_node` in `xen/common/memory.c`): address bits, vnode, node.
     pub(crate) fn xen_reservation_placement(
         &self,
         caller: u32,
@@ -690,7 +734,7 @@ impl Hypervisor {
         node: Option<NodeSel>,
         limit: Mfn,
     ) -> Placement {
-        let own = u64::from(self.part(target).outstanding_claim);
+        let own = u64::from(self.part(target).xen.outstanding_claim);
         Placement {
             sel: node.unwrap_or_else(|| home_sel(self.part(target).home)),
             limit,
@@ -711,6 +755,19 @@ impl Hypervisor {
         order: u32,
         place: &Placement,
     ) -> Result<Mfn, StopReason> {
+        self.xen_alloc_extent_ok(target, order, place)?;
+        self.heap_alloc(place.sel, order, place.limit)
+            .ok_or(StopReason::NoMemory)
+    }
+
+    /// The checks of [`xen_alloc_extent`](Self::xen_alloc_extent) before it takes a
+    /// block from the heap, in Xen's order (`assign_pages`: dying, `max_pages`, claims).
+    pub(crate) fn xen_alloc_extent_ok(
+        &self,
+        target: u32,
+        order: u32,
+        place: &Placement,
+    ) -> Result<(), StopReason> {
         let pages = 1u64 << order;
         if self.xen_dying(target) {
             return Err(StopReason::Dying);
@@ -723,7 +780,7 @@ impl Hypervisor {
         if pages > self.room(target) || new_tot.is_none() {
             return Err(StopReason::MaxPages);
         }
-        let own = u64::from(p.outstanding_claim);
+        let own = u64::from(p.xen.outstanding_claim);
         let claimed = place.other_claims.saturating_add(own);
         let free = self.frames.total_free();
         if claimed.saturating_add(pages) > free && own < pages {
@@ -733,8 +790,7 @@ impl Hypervisor {
                 StopReason::Claim
             });
         }
-        self.heap_alloc(place.sel, order, place.limit)
-            .ok_or(StopReason::NoMemory)
+        Ok(())
     }
 
     /// An allocation owned by nobody yet (exchange outputs): no `max_pages`, and no claim
@@ -755,9 +811,9 @@ impl Hypervisor {
     /// Uses up the target's claim for pages just assigned to it.
     pub(crate) fn xen_charge_claim(&mut self, target: u32, pages: u64) {
         let p = self.part_mut(target);
-        let used = u64::from(p.outstanding_claim).min(pages);
+        let used = u64::from(p.xen.outstanding_claim).min(pages);
         // `used` is at most the u32 claim.
-        p.outstanding_claim -= used as u32;
+        p.xen.outstanding_claim -= used as u32;
     }
 
     /// The pages of the extent of 2^`order` at `base` as the target names them: gfns for a
@@ -771,7 +827,7 @@ impl Hypervisor {
     ) -> Result<Vec<(Option<u64>, Mfn)>, StopReason> {
         let pages = 1u64 << order;
         let p = self.part(target);
-        if p.translated {
+        if p.xen.translated {
             let end = base
                 .checked_add(pages)
                 .filter(|&e| e <= crate::p2m::GFN_LIMIT)
@@ -827,7 +883,7 @@ impl Hypervisor {
                 // the end of the call, rather than walk the list once per page.
                 let link = self.frames.link(mfn);
                 self.frames.set(mfn, FrameState::Hypervisor, 0, link);
-                self.part_mut(target).assigned -= 1;
+                self.part_mut(target).xen.assigned -= 1;
                 if !c.unassigned.contains(&target) {
                     c.unassigned.push(target);
                 }
@@ -839,7 +895,7 @@ impl Hypervisor {
     /// heap.
     fn xen_sweep_unassigned(&mut self, c: &mut Call<'_>) {
         for slot in core::mem::take(&mut c.unassigned) {
-            let mut m = self.part(slot).assigned_head;
+            let mut m = self.part(slot).xen.assigned_head;
             let (mut head, mut tail) = (NO_FRAME, NO_FRAME);
             let mut freed = Vec::new();
             while m != NO_FRAME {
@@ -859,7 +915,7 @@ impl Hypervisor {
             if tail != NO_FRAME {
                 self.frames.set_link(tail, u64::from(NO_FRAME));
             }
-            self.part_mut(slot).assigned_head = head;
+            self.part_mut(slot).xen.assigned_head = head;
             for m in freed {
                 self.frames.set(m, FrameState::Hypervisor, 0, 0);
                 self.heap_free(m, 0);

@@ -1,4 +1,5 @@
-//! add_to_physmap (§4.8), add_to_physmap_batch (§4.9) and remove_from_physmap (§4.10).
+//! add_to_physmap, add_to_physmap_batch and remove_from_physmap (Xen's
+//! `xen/common/memory.c`, `xenmem_add_to_physmap` and `xen/arch/x86/mm.c`).
 
 use ballast_abi::xen::{MapSpace, XenAddToPhysmap, XenAddToPhysmapBatch, XenRemoveFromPhysmap};
 
@@ -12,7 +13,7 @@ const INVALID_GFN: u64 = u64::MAX;
 impl Hypervisor {
     /// `xatp_permission_check` and the translated-target check before it.
     fn xen_xatp_permission(&self, caller: u32, target: u32, space: MapSpace) -> Result<(), i64> {
-        if !self.part(target).translated {
+        if !self.part(target).xen.translated {
             return Err(EACCES);
         }
         // dev_mmio is for the hardware domain mapping itself.
@@ -197,7 +198,7 @@ impl Hypervisor {
     pub(super) fn xen_remove_from_physmap(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let x = c.read::<XenRemoveFromPhysmap>(c.arg).ok_or(EFAULT)?;
         let t = self.xen_lookup(c.caller, x.domid).ok_or(ESRCH)?;
-        if !self.part(t).translated {
+        if !self.part(t).xen.translated {
             return Err(EACCES);
         }
         if !self.xen_xsm(c.caller, t, Xsm::Target) {

@@ -1,5 +1,6 @@
-//! The reservation queries (§4.7), the memory maps (§4.13), the PoD target (§4.14),
-//! get_vnumainfo (§4.15) and acquire_resource (§4.12).
+//! The reservation queries and get_vnumainfo and acquire_resource (Xen's
+//! `xen/common/memory.c`), the memory maps and the PoD target (`arch_memory_op` in
+//! `xen/arch/x86/mm.c`, `xen/arch/x86/mm/p2m-pod.c`).
 
 use core::mem::offset_of;
 
@@ -34,9 +35,9 @@ impl Hypervisor {
         // All three are below 2^40.
         Ok(match c.op {
             MemoryOp::CURRENT_RESERVATION => p.tot_pages() as i64,
-            MemoryOp::MAXIMUM_RESERVATION => i64::from(p.max_pages),
+            MemoryOp::MAXIMUM_RESERVATION => i64::from(p.xen.max_pages),
             // The highest gfn ever mapped: Xen's max_mapped_pfn, which never shrinks.
-            _ if p.translated => p.p2m.max_mapped().unwrap_or(0) as i64,
+            _ if p.xen.translated => p.p2m.max_mapped().unwrap_or(0) as i64,
             // domain_get_maximum_gpfn for PV: the guest gives a page count, not a pfn.
             // Xen returns an unsigned long; a max_pfn beyond 2^63 reads back negated.
             _ => p.xen.max_pfn.max(1).wrapping_sub(1) as i64,
@@ -46,7 +47,7 @@ impl Hypervisor {
     /// The caller's own E820 map as the toolstack set it, at most `limit` entries;
     /// `None` when no map (or an empty one) was set.
     fn xen_guest_e820(&self, slot: u32, limit: usize) -> Option<Vec<E820Entry>> {
-        let map = self.part(slot).memory_map.as_ref()?;
+        let map = self.part(slot).xen.memory_map.as_ref()?;
         (!map.is_empty()).then(|| map.iter().take(limit).copied().collect())
     }
 
@@ -176,7 +177,7 @@ impl Hypervisor {
             return Err(EFAULT);
         }
         let entries = <[E820Entry]>::ref_from_bytes(&bytes).map_err(|_| EFAULT)?;
-        self.part_mut(t).memory_map = Some(entries.to_vec());
+        self.part_mut(t).xen.memory_map = Some(entries.to_vec());
         Ok(0)
     }
 
@@ -192,14 +193,14 @@ impl Hypervisor {
         let Some(t) = self.xen_lookup(c.caller, target.domid) else {
             return MemoryOpResult::err(ESRCH);
         };
-        if !self.part(t).translated {
+        if !self.part(t).xen.translated {
             return MemoryOpResult::err(EINVAL);
         }
         if !self.xen_xsm(c.caller, t, Xsm::Priv) {
             return MemoryOpResult::err(EPERM);
         }
         if c.op == MemoryOp::SET_POD_TARGET {
-            if target.target_pages > u64::from(self.part(t).max_pages) {
+            if target.target_pages > u64::from(self.part(t).xen.max_pages) {
                 return MemoryOpResult::err(EINVAL);
             }
             match self.xen_pod_set_mem_target(c, t, target.target_pages) {
@@ -217,7 +218,7 @@ impl Hypervisor {
         }
         let p = self.part(t);
         target.tot_pages = p.tot_pages();
-        target.pod_cache_pages = p.pod_cache;
+        target.pod_cache_pages = p.xen.pod_cache;
         target.pod_entries = p.pod_entries();
         if !c.write(c.arg, &target) {
             return MemoryOpResult::err(EFAULT);
@@ -238,7 +239,7 @@ impl Hypervisor {
         target: u64,
     ) -> Result<bool, i64> {
         let p = self.part(t);
-        let populated = p.tot_pages() - p.pod_cache;
+        let populated = p.tot_pages() - p.xen.pod_cache;
         if (populated > 0 && p.pod_entries() == 0) || self.xen_dying(t) || target < p.tot_pages() {
             return Ok(false);
         }
@@ -246,28 +247,28 @@ impl Hypervisor {
         if populated > 0 && pod_target > p.pod_entries() {
             pod_target = p.pod_entries();
         }
-        if p.passthrough {
+        if p.xen.passthrough {
             return Err(ENOTEMPTY);
         }
         // p2m_pod_set_cache_target: grow from the heap (counted in tot_pages, within
         // max_pages and the claims, as alloc_domheap_pages is), or give back.
         let place = self.xen_placement(t, None, NO_FRAME);
-        while self.part(t).pod_cache < pod_target {
+        while self.part(t).xen.pod_cache < pod_target {
             let m = self.xen_alloc_extent(t, 0, &place).map_err(|_| ENOMEM)?;
             self.pod_cache_add(t, m);
             self.xen_charge_claim(t, 1);
             c.spend(1);
-            if self.part(t).pod_cache != pod_target && c.preempt() {
+            if self.part(t).xen.pod_cache != pod_target && c.preempt() {
                 return Ok(true);
             }
         }
-        while self.part(t).pod_cache > pod_target {
+        while self.part(t).xen.pod_cache > pod_target {
             let Some(m) = self.pod_cache_take(t) else {
                 break;
             };
             self.heap_free(m, 0);
             c.spend(1);
-            if self.part(t).pod_cache != pod_target && c.preempt() {
+            if self.part(t).xen.pod_cache != pod_target && c.preempt() {
                 return Ok(true);
             }
         }
@@ -313,8 +314,8 @@ impl Hypervisor {
             return Err(EPERM);
         }
         // Grant frames are charged to the pool: only an Active partition may be charged,
-        // or an Uninitialized / Finalized pool would stop being fully withdrawable (seed
-        // 001) and its partition could never be deleted.
+        // or an Uninitialized / Finalized pool would stop being fully withdrawable (the
+        // TLFS, HvWithdrawMemory) and its partition could never be deleted.
         if self.part(t).state != crate::PartitionState::Active {
             return Err(EINVAL);
         }

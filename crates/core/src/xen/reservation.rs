@@ -1,5 +1,5 @@
-//! increase_reservation, decrease_reservation, populate_physmap (§4.1-4.4), exchange
-//! (§4.5) and claim_pages (§4.11).
+//! increase_reservation, decrease_reservation, populate_physmap, exchange
+//! (`memory_exchange`) and claim_pages, as Xen's `xen/common/memory.c` serves them.
 
 use core::mem::offset_of;
 
@@ -8,8 +8,8 @@ use ballast_abi::xen::{MemoryOp, XenMemoryExchange, XenMemoryReservation};
 use super::errno::*;
 use super::{Call, MAX_NR_EXTENTS, MemoryOpResult, Placement, StopReason, Xsm, elem};
 use crate::Mfn;
-use crate::frame::{FrameState, MAX_ORDER};
-use crate::hypervisor::{Hypervisor, SpaceError};
+use crate::frame::MAX_ORDER;
+use crate::hypervisor::{FreshMapError, Hypervisor, SpaceError};
 use crate::p2m::{GFN_LIMIT, MAX_BYTES_PER_GFN};
 
 /// How a reservation loop ended early.
@@ -34,7 +34,8 @@ struct Exchange {
 }
 
 impl Hypervisor {
-    /// The shared checks of §4.1, in Xen's order, then the sub-op.
+    /// The checks `do_memory_op` makes for the three reservation sub-ops, in Xen's order,
+    /// then the sub-op.
     pub(super) fn xen_reservation(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let start = c.start;
         let stop = |r| MemoryOpResult::count(start, Some(r));
@@ -76,7 +77,7 @@ impl Hypervisor {
         }
     }
 
-    /// §4.2: frames assigned to the target without a gfn; a PV target with a list gets
+    /// Xen's `increase_reservation`: frames assigned to the target without a gfn; a PV target with a list gets
     /// their MFNs.
     fn xen_increase(
         &mut self,
@@ -95,7 +96,7 @@ impl Hypervisor {
         }
         let order = r.extent_order;
         let pages = 1u64 << order;
-        let report = list != 0 && !self.part(target).translated;
+        let report = list != 0 && !self.part(target).xen.translated;
         while *done < r.nr_extents {
             if *done != c.start && c.preempt() {
                 return Err(Halt::Preempt);
@@ -120,7 +121,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.3, each extent all or nothing.
+    /// Xen's `decrease_reservation`, each extent all or nothing.
     fn xen_decrease(
         &mut self,
         c: &mut Call<'_>,
@@ -140,14 +141,14 @@ impl Hypervisor {
                 return Err(Halt::Preempt);
             }
             let base = c.read_u64(elem(list, *done, 8)).ok_or(StopReason::Fault)?;
-            if self.part(target).translated && self.part(target).pod_entries() > 0 {
+            if self.part(target).xen.translated && self.part(target).pod_entries() > 0 {
                 self.xen_decrease_pod(c, target, base, r.extent_order)?;
                 *done += 1;
                 continue;
             }
             // The balloon's case, one 4 KiB page of a translated guest, without building
             // the extent's page list.
-            if r.extent_order == 0 && self.part(target).translated {
+            if c.fast_paths && r.extent_order == 0 && self.part(target).xen.translated {
                 if base >= GFN_LIMIT {
                     return Err(StopReason::BadGfn.into());
                 }
@@ -205,7 +206,7 @@ impl Hypervisor {
                 continue;
             };
             let p = self.part(target);
-            if !dying && p.pod_entries() > p.pod_cache {
+            if !dying && p.pod_entries() > p.xen.pod_cache {
                 self.pod_cache_add(target, m);
             } else {
                 self.heap_free(m, 0);
@@ -218,7 +219,7 @@ impl Hypervisor {
     /// Gives cache frames beyond the PoD entries back to the heap: a cache larger than
     /// the entries it backs holds memory nobody can use.
     pub(super) fn xen_pod_trim_cache(&mut self, target: u32) {
-        while self.part(target).pod_cache > self.part(target).pod_entries() {
+        while self.part(target).xen.pod_cache > self.part(target).pod_entries() {
             let Some(m) = self.pod_cache_take(target) else {
                 break;
             };
@@ -226,7 +227,7 @@ impl Hypervisor {
         }
     }
 
-    /// §4.4: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
+    /// Xen's `populate_physmap`: fresh frames mapped at the listed gfns; a PV target gets their MFNs.
     fn xen_populate(
         &mut self,
         c: &mut Call<'_>,
@@ -250,8 +251,8 @@ impl Hypervisor {
         }
         let order = r.extent_order;
         let pages = 1u64 << order;
-        let pv = !self.part(target).translated;
-        if order == 0 && !pv && !pod {
+        let pv = !self.part(target).xen.translated;
+        if c.fast_paths && order == 0 && !pv && !pod {
             return self.xen_populate_pages(c, target, r, place, done);
         }
         while *done < r.nr_extents {
@@ -283,6 +284,9 @@ impl Hypervisor {
             if (gfn..end).any(|g| p2m.get(g).is_some()) {
                 return Err(StopReason::AlreadyMapped.into());
             }
+            // Xen allocates the extent (dying, max_pages, claims) before it inserts it in
+            // the p2m, where the tables may run out: the same order as the fast path.
+            self.xen_alloc_extent_ok(target, order, place)?;
             self.xen_space_ok(target, gfn, pages)?;
             let m = self.xen_alloc_extent(target, order, place)?;
             if pv && !c.write_u64(at, u64::from(m)) {
@@ -304,7 +308,7 @@ impl Hypervisor {
     /// devices, beyond the guest-physical limit or the p2m budget, and if any page of the
     /// extent is a frame (Xen -EBUSY); PoD entries already there are counted once.
     fn xen_mark_pod(&mut self, target: u32, gfn: u64, pages: u64) -> Result<(), Halt> {
-        if self.part(target).passthrough {
+        if self.part(target).xen.passthrough {
             return Err(StopReason::PopulateOnDemand.into());
         }
         // A Hyper-V Finalized partition has no guest space left to mark.
@@ -351,7 +355,7 @@ impl Hypervisor {
         let dying = self.xen_dying(target);
         // Nothing else allocates or frees while the call runs: count locally.
         let p = self.part(target);
-        let mut room = u64::from(p.max_pages).saturating_sub(p.tot_pages());
+        let mut room = u64::from(p.xen.max_pages).saturating_sub(p.tot_pages());
         let mut free = self.frames.total_free();
         let limit = p.gfn_limit;
         let budget = self.p2m_budget_of(target);
@@ -376,7 +380,7 @@ impl Hypervisor {
                 }
                 return Err(StopReason::MaxPages.into());
             }
-            let own = u64::from(self.part(target).outstanding_claim);
+            let own = u64::from(self.part(target).xen.outstanding_claim);
             if own == 0 && place.other_claims.saturating_add(1) > free {
                 if self.part(target).p2m.get(gfn).is_some() {
                     return Err(StopReason::AlreadyMapped.into());
@@ -399,20 +403,18 @@ impl Hypervisor {
             }
             // Allocate, then map only if the gfn is free, in one p2m walk; a mapped gfn
             // (rare: the guest named it twice) hands the frame straight back.
-            let Some(m) = self.frames.alloc(place.sel, 0, place.limit) else {
-                if self.part(target).p2m.get(gfn).is_some() {
-                    return Err(StopReason::AlreadyMapped.into());
+            match self.heap_map_fresh(target, gfn, place.sel, place.limit) {
+                Ok(_) => {}
+                Err(FreshMapError::Mapped) => return Err(StopReason::AlreadyMapped.into()),
+                Err(FreshMapError::NoMemory) => {
+                    if self.part(target).p2m.get(gfn).is_some() {
+                        return Err(StopReason::AlreadyMapped.into());
+                    }
+                    return Err(StopReason::NoMemory.into());
                 }
-                return Err(StopReason::NoMemory.into());
-            };
-            if self.part_mut(target).p2m.set_if_empty(gfn, m).is_some() {
-                self.frames.free(m, 0);
-                return Err(StopReason::AlreadyMapped.into());
             }
-            self.effects.discard(crate::ROOT_ID, u64::from(m), 1);
-            self.frames.set(m, FrameState::Mapped, target, gfn);
             if own > 0 {
-                self.part_mut(target).outstanding_claim -= 1;
+                self.part_mut(target).xen.outstanding_claim -= 1;
             }
             room -= 1;
             free -= 1;
@@ -422,7 +424,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.5: the checks in Xen's order, then chunk by chunk, each atomic.
+    /// Xen's `memory_exchange`: the checks in Xen's order, then chunk by chunk, each atomic.
     pub(super) fn xen_exchange(&mut self, c: &mut Call<'_>) -> MemoryOpResult {
         let Some(x) = c.read::<XenMemoryExchange>(c.arg) else {
             return MemoryOpResult::err(EFAULT);
@@ -536,7 +538,7 @@ impl Hypervisor {
 
         let out_pages = 1u64 << o.extent_order;
         let out_ix = (k << ex.out_chunk)..((k + 1) << ex.out_chunk);
-        let translated = self.part(t).translated;
+        let translated = self.part(t).xen.translated;
         let mut outs = Vec::new();
         let limit = self.part(t).gfn_limit;
         let mut tables = 0u64;
@@ -574,7 +576,7 @@ impl Hypervisor {
             return Err(ENOMEM);
         }
 
-        let own = u64::from(self.part(t).outstanding_claim);
+        let own = u64::from(self.part(t).xen.outstanding_claim);
         let mut blocks: Vec<Mfn> = Vec::with_capacity(outs.len());
         for _ in &outs {
             match self.xen_alloc_unowned(o.extent_order, &ex.place, own) {
@@ -627,7 +629,7 @@ impl Hypervisor {
         Ok(())
     }
 
-    /// §4.11: `domain_set_outstanding_pages`.
+    /// XENMEM_claim_pages: `domain_set_outstanding_pages` (`xen/common/page_alloc.c`).
     pub(super) fn xen_claim_pages(&mut self, c: &mut Call<'_>) -> Result<i64, i64> {
         let r = c.read::<XenMemoryReservation>(c.arg).ok_or(EFAULT)?;
         if r.extent_start != 0 || r.extent_order != 0 || r.mem_flags.0 != 0 {
@@ -643,11 +645,14 @@ impl Hypervisor {
         }
         let pages = r.nr_extents;
         if pages == 0 {
-            self.part_mut(t).outstanding_claim = 0;
+            self.part_mut(t).xen.outstanding_claim = 0;
             return Ok(0);
         }
         let p = self.part(t);
-        if p.outstanding_claim != 0 || pages <= p.tot_pages() || pages > u64::from(p.max_pages) {
+        if p.xen.outstanding_claim != 0
+            || pages <= p.tot_pages()
+            || pages > u64::from(p.xen.max_pages)
+        {
             return Err(EINVAL);
         }
         // Claims are measured against what the domain already has.
@@ -660,7 +665,7 @@ impl Hypervisor {
             return Err(ENOMEM);
         }
         // At most max_pages, a u32.
-        self.part_mut(t).outstanding_claim = claim as u32;
+        self.part_mut(t).xen.outstanding_claim = claim as u32;
         Ok(0)
     }
 }

@@ -47,7 +47,8 @@ fn status_to_grant_frames(status_frames: u32) -> u32 {
 impl Hypervisor {
     /// Takes `n` frames out of `slot`'s pool as its hypervisor pages, topping the pool up
     /// from the heap first if it is short. All or nothing. Only an Active partition may be
-    /// charged: an Uninitialized or Finalized pool must stay fully withdrawable (seed 001)
+    /// charged: an Uninitialized or Finalized pool must stay fully withdrawable (the TLFS,
+    /// HvWithdrawMemory)
     /// or the partition could never be deleted.
     pub(crate) fn xen_special_alloc(&mut self, slot: u32, n: u64) -> Option<Vec<Mfn>> {
         if self.part(slot).state != PartitionState::Active {

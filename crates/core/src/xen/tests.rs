@@ -64,7 +64,9 @@ impl T {
         arg: &A,
     ) -> MemoryOpResult {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
-        let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem);
+        let r = self
+            .hv
+            .memory_op_to_completion(caller, cmd, ARG, &mut self.mem);
         self.hv.check().unwrap();
         r
     }
@@ -79,9 +81,7 @@ impl T {
     ) -> (MemoryOpResult, usize) {
         self.mem.write(ARG, arg.as_bytes()).unwrap();
         for calls in 1..10_000 {
-            let r = self
-                .hv
-                .memory_op_preemptible(caller, cmd, ARG, &mut self.mem, budget);
+            let r = self.hv.memory_op(caller, cmd, ARG, &mut self.mem, budget);
             self.hv.check().unwrap();
             match r.continuation {
                 Some(next) => cmd = next,
@@ -190,7 +190,7 @@ fn parents_act_on_children_and_nobody_else_does() {
         )
         .unwrap();
     t.hv.part_mut(child_slot).state = PartitionState::Active;
-    t.hv.part_mut(child_slot).max_pages = 256;
+    t.hv.part_mut(child_slot).xen.max_pages = 256;
     let child = t.hv.part(child_slot).domid;
 
     assert_eq!(t.populate(parent, child.0, &[1, 2], 0).ret, 2);
@@ -275,7 +275,7 @@ fn pv_guests_free_assigned_frames_by_mfn() {
     let out = t.call(pv, cmd(MemoryOp::DECREASE_RESERVATION, 0), &r);
     assert_eq!((out.ret, out.stop), (4, Some(StopReason::NotMapped)));
     let p = t.p(pv);
-    assert_eq!((p.assigned, p.p2m.mapped(), p.tot_pages()), (3, 0, 3));
+    assert_eq!((p.xen.assigned, p.p2m.mapped(), p.tot_pages()), (3, 0, 3));
     for m in victims {
         assert_eq!(t.hv.frames.state(m as Mfn), FrameState::Free);
     }
@@ -291,7 +291,7 @@ fn translated_guests_cannot_free_by_mfn() {
     let u = t.guest(64, true);
     let r = res(0, 2, 0, MemFlags::NONE, DOMID_SELF);
     assert_eq!(t.call(u, cmd(MemoryOp::INCREASE_RESERVATION, 0), &r).ret, 2);
-    let some_assigned = t.hv.part(t.slot(u)).assigned_head;
+    let some_assigned = t.hv.part(t.slot(u)).xen.assigned_head;
     t.list(LIST, &[u64::from(some_assigned)]);
     let r = res(LIST, 1, 0, MemFlags::NONE, DOMID_SELF);
     let out = t.call(u, cmd(MemoryOp::DECREASE_RESERVATION, 0), &r);
@@ -335,7 +335,7 @@ fn a_failed_write_back_undoes_its_extent() {
     let r = res(LIST, 4, 1, MemFlags::NONE, DOMID_SELF);
     mem.inner.write(ARG, r.as_bytes()).unwrap();
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::INCREASE_RESERVATION, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::INCREASE_RESERVATION, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!((out.ret, out.stop), (2, Some(StopReason::Fault)));
     assert_eq!(t.p(pv).tot_pages(), 4);
@@ -348,7 +348,7 @@ fn a_failed_write_back_undoes_its_extent() {
     let r = res(LIST, 3, 0, MemFlags::NONE, DOMID_SELF);
     mem.inner.write(ARG, r.as_bytes()).unwrap();
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::POPULATE_PHYSMAP, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::POPULATE_PHYSMAP, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!((out.ret, out.stop), (1, Some(StopReason::Fault)));
     assert!(t.p(pv).p2m.get(0x10).is_some() && t.p(pv).p2m.get(0x20).is_none());
@@ -380,7 +380,7 @@ fn a_pv_exchange_whose_write_back_fails_changes_nothing() {
     // happen (and nr_exchanged cannot be written back either).
     mem.writes_left = 0;
     let out =
-        t.hv.memory_op(pv, cmd(MemoryOp::EXCHANGE, 0), ARG, &mut mem);
+        t.hv.memory_op_to_completion(pv, cmd(MemoryOp::EXCHANGE, 0), ARG, &mut mem);
     t.hv.check().unwrap();
     assert_eq!(out.ret, -EFAULT);
     assert_eq!(t.hv.frames.total_free(), free);
@@ -449,7 +449,7 @@ fn claims_of_others_hold_memory_back() {
     // The claimant's own claim covers it.
     let out = t.populate(a, DOMID_SELF, &gfns, 0);
     assert_eq!((out.ret, out.stop), (8, None));
-    assert_eq!(u64::from(t.p(a).outstanding_claim), free - 4 - 8);
+    assert_eq!(u64::from(t.p(a).xen.outstanding_claim), free - 4 - 8);
     // A claim is released with its domain.
     let id = t.p(a).id;
     t.hv.destroy_partition(id).unwrap();
@@ -484,7 +484,7 @@ fn max_pages_and_the_32_bit_counters() {
     assert_eq!(out.stop, Some(StopReason::NoMemory));
     let s = t.slot(u);
     let place = t.hv.xen_placement(s, None, crate::frame::NO_FRAME);
-    t.hv.part_mut(s).max_pages = 0;
+    t.hv.part_mut(s).xen.max_pages = 0;
     assert_eq!(
         t.hv.xen_alloc_extent(s, 0, &place),
         Err(StopReason::MaxPages)
@@ -679,7 +679,7 @@ fn sub_ops_without_a_model_answer_plainly() {
     let out = t.call(C, cmd(MemoryOp::POPULATE_PHYSMAP, 0), &r);
     assert_eq!((out.ret, out.stop), (1, None));
     assert_eq!(t.call(C, set, &target(10)).ret, 0);
-    assert_eq!((t.p(u).pod_entries(), t.p(u).pod_cache), (1, 10));
+    assert_eq!((t.p(u).pod_entries(), t.p(u).xen.pod_cache), (1, 10));
 }
 
 #[test]
@@ -733,7 +733,7 @@ proptest! {
         t.mem.write(ARG, &arg).unwrap();
         let callers = [C, a, b, DomId(0x7000)];
         let word = op | start.wrapping_shl(MEMOP_EXTENT_SHIFT);
-        let _ = t.hv.memory_op(callers[caller as usize], word, ARG, &mut t.mem);
+        let _ = t.hv.memory_op_to_completion(callers[caller as usize], word, ARG, &mut t.mem);
         prop_assert!(t.hv.check().is_ok(), "{:?}", t.hv.check());
     }
 }
@@ -794,4 +794,216 @@ fn grant_status_frame_arithmetic_is_xens() {
     assert_eq!(t.p(u).xen.grant_shared.len(), 64);
     assert_eq!(t.hv.xen_grant_status_frame(s, 8), Err(EINVAL));
     t.hv.check().unwrap();
+}
+
+/// One order-0 reservation call of the differential test below.
+#[derive(Debug, Clone)]
+struct ResCall {
+    /// Decrease (true) or populate.
+    decrease: bool,
+    /// The guest names itself (true) or the control domain names it.
+    by_self: bool,
+    gfns: Vec<u64>,
+    /// Work budget per call; continuations are re-issued until done.
+    budget: u64,
+}
+
+fn res_call() -> impl Strategy<Value = ResCall> {
+    let gfn = prop_oneof![
+        8 => 0u64..48,
+        1 => Just(crate::p2m::GFN_LIMIT - 1),
+        1 => Just(crate::p2m::GFN_LIMIT),
+        1 => Just(u64::MAX),
+        1 => 0x100u64..0x102,
+    ];
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(gfn, 0..12),
+        prop_oneof![Just(u64::MAX), 1u64..6],
+    )
+        .prop_map(|(decrease, by_self, gfns, budget)| ResCall {
+            decrease,
+            by_self,
+            gfns,
+            budget,
+        })
+}
+
+/// A model set up for the differential test: a translated guest (with, as drawn, a
+/// shared-info page in its p2m, a claim, a guest-physical limit, a tight p2m budget, a
+/// dying state) beside a second domain holding a claim of its own.
+#[derive(Debug, Clone)]
+struct Scene {
+    frames: u32,
+    max_pages: u32,
+    own_claim: u64,
+    other_claim: u64,
+    gfn_limit: Option<u64>,
+    p2m_budget: Option<u64>,
+    shared_info: bool,
+    dying: bool,
+    prefill: Vec<u64>,
+}
+
+fn scene() -> impl Strategy<Value = Scene> {
+    (
+        prop_oneof![Just(96u32), Just(256u32)],
+        0u32..64,
+        prop_oneof![Just(0u64), 1u64..16],
+        prop_oneof![Just(0u64), 1u64..96],
+        proptest::option::of(0u64..64),
+        proptest::option::of(prop_oneof![Just(0u64), 1u64..20_000]),
+        any::<bool>(),
+        proptest::bool::weighted(0.1),
+        proptest::collection::vec(0u64..48, 0..16),
+    )
+        .prop_map(
+            |(
+                frames,
+                max_pages,
+                own_claim,
+                other_claim,
+                gfn_limit,
+                p2m_budget,
+                si,
+                dying,
+                prefill,
+            )| {
+                Scene {
+                    frames,
+                    max_pages,
+                    own_claim,
+                    other_claim,
+                    gfn_limit,
+                    p2m_budget,
+                    shared_info: si,
+                    dying,
+                    prefill,
+                }
+            },
+        )
+}
+
+impl T {
+    /// Builds `s`; returns the guest's domid.
+    fn scene(s: &Scene) -> (T, DomId) {
+        let mut t = T::new(s.frames);
+        let u = t.guest(s.max_pages, true);
+        let other = t.guest(64, true);
+        let id = t.p(u).id;
+        if s.shared_info {
+            let x = XenAddToPhysmap {
+                domid: DOMID_SELF,
+                size: 0,
+                space: MapSpace::SHARED_INFO,
+                idx: 0,
+                gpfn: 0x100,
+            };
+            t.call(u, cmd(MemoryOp::ADD_TO_PHYSMAP, 0), &x);
+        }
+        let _ = t.populate(u, DOMID_SELF, &s.prefill, 0);
+        for (d, n) in [(other, s.other_claim), (u, s.own_claim)] {
+            let claim = res(0, n, 0, MemFlags::NONE, d.0);
+            t.call(C, cmd(MemoryOp::CLAIM_PAGES, 0), &claim);
+        }
+        if let Some(limit) = s.gfn_limit {
+            let _ = t.hv.set_guest_physical_limit(id, limit);
+        }
+        t.hv.set_p2m_budget(id, s.p2m_budget).unwrap();
+        if s.dying {
+            let slot = t.slot(u);
+            t.hv.part_mut(slot).state = PartitionState::Finalized;
+        }
+        t.hv.take_effects();
+        (t, u)
+    }
+
+    /// Runs `rc` to completion (re-issuing continuations), on the fast paths or forced
+    /// onto the general one; returns every call's result.
+    fn run_res(&mut self, u: DomId, rc: &ResCall, general: bool) -> Vec<MemoryOpResult> {
+        let op = if rc.decrease {
+            MemoryOp::DECREASE_RESERVATION
+        } else {
+            MemoryOp::POPULATE_PHYSMAP
+        };
+        let (caller, domid) = if rc.by_self {
+            (u, DOMID_SELF)
+        } else {
+            (C, u.0)
+        };
+        self.list(LIST, &rc.gfns);
+        let r = res(LIST, rc.gfns.len() as u64, 0, MemFlags::NONE, domid);
+        self.mem.write(ARG, r.as_bytes()).unwrap();
+        let mut word = cmd(op, 0);
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let r = if general {
+                self.hv
+                    .memory_op_general_path(caller, word, ARG, &mut self.mem, rc.budget)
+            } else {
+                self.hv
+                    .memory_op(caller, word, ARG, &mut self.mem, rc.budget)
+            };
+            out.push(r);
+            match r.continuation {
+                Some(next) => word = next,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Everything the two runs must agree on: p2m, Xen state, counters, frame states.
+    fn snapshot(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .hv
+            .partitions()
+            .map(|p| {
+                format!(
+                    "{:?} {:?} tot={} pod={} tables={} {:?}",
+                    p.id(),
+                    p.p2m().iter().collect::<Vec<_>>(),
+                    p.tot_pages(),
+                    p.pod_entries(),
+                    p.p2m().table_bytes(),
+                    p.xen(),
+                )
+            })
+            .collect();
+        let f = self.hv.frames();
+        v.push(format!(
+            "{:?}",
+            (0..f.len())
+                .map(|m| (f.state(m), f.owner(m)))
+                .collect::<Vec<_>>()
+        ));
+        v
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The order-0 populate and decrease fast paths of a translated guest give what the
+    /// general path gives: the same counts, stop reasons and continuations, the same
+    /// effects, the same p2m, Xen state and frame states, and a consistent model.
+    #[test]
+    fn fast_paths_match_the_general_path(
+        s in scene(),
+        calls in proptest::collection::vec(res_call(), 1..6),
+    ) {
+        let (mut fast, u) = T::scene(&s);
+        let (mut general, _) = T::scene(&s);
+        prop_assert_eq!(fast.snapshot(), general.snapshot());
+        for rc in &calls {
+            let a = fast.run_res(u, rc, false);
+            let b = general.run_res(u, rc, true);
+            prop_assert_eq!(&a, &b, "results of {:?}", rc);
+            prop_assert_eq!(fast.hv.take_effects(), general.hv.take_effects(), "effects of {:?}", rc);
+            prop_assert_eq!(fast.snapshot(), general.snapshot(), "state after {:?}", rc);
+            prop_assert!(fast.hv.check().is_ok(), "{:?}", fast.hv.check());
+            prop_assert!(general.hv.check().is_ok(), "{:?}", general.hv.check());
+        }
+    }
 }
