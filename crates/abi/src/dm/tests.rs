@@ -865,3 +865,21 @@ fn minor_version_masks_with_0xff_as_the_header_does() {
     assert_eq!(std::format!("{}", Version::V0_3), "0.3");
     assert_eq!(std::format!("{v}"), "2.3 (0x00020103)");
 }
+
+#[test]
+fn check_ranges_totals_or_names_the_first_bad_range() {
+    let ok = [range(0, 512), range(512, 1), range(1023, 1)];
+    assert_eq!(check_ranges(&ok, 1024), Ok(514));
+    assert_eq!(check_ranges(&[], 0), Ok(0));
+    // Ending exactly at the end is inside; one page past is not.
+    assert_eq!(check_ranges(&ok, 1023), Err(2));
+    // An empty range is refused wherever it is.
+    assert_eq!(check_ranges(&[range(0, 1), range(5, 0)], 1 << 20), Err(1));
+    // The largest start and count do not overflow.
+    let top = range(PageRange::MAX_START_PAGE, PageRange::MAX_PAGE_CNT);
+    assert_eq!(
+        check_ranges(&[top], u64::MAX),
+        Ok(PageRange::MAX_PAGE_CNT.into())
+    );
+    assert_eq!(check_ranges(&[top], 1 << 40), Err(0));
+}
