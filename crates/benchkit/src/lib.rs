@@ -177,6 +177,16 @@ impl Comparison {
         self.samples.first().map_or(0, Vec::len)
     }
 
+    /// The same samples per item when the variants' timed runs handle different numbers
+    /// of items: variant `i`'s samples are divided by `items[i]` (run [`interleaved`]
+    /// with `items` 1 for this).
+    pub fn per_item(mut self, items: &[u64]) -> Comparison {
+        for (v, &n) in self.samples.iter_mut().zip(items) {
+            v.iter_mut().for_each(|x| *x /= n.max(1) as f64);
+        }
+        self
+    }
+
     /// The samples of variant `i`, in round order.
     pub fn samples(&self, i: usize) -> &[f64] {
         &self.samples[i]
