@@ -1,7 +1,8 @@
 //! Hyper-V Dynamic Memory protocol messages.
 //!
-//! Follows seed 003 (the protocol header QEMU carries, from Linux `hv_balloon.c`) and
-//! reference `dm-protocol.md` §3. Every struct there is `QEMU_PACKED` and little-endian
+//! Follows the Dynamic Memory protocol header QEMU carries,
+//! `include/hw/hyperv/dynmem-proto.h` (taken from Linux `drivers/hv/hv_balloon.c`), and
+//! the behaviour of both (Linux 6.1, QEMU `hw/hyperv/hv-balloon.c`). Every struct there is `QEMU_PACKED` and little-endian
 //! with LSB-first bitfields; the [`wire`] structs reproduce them byte for byte (alignment 1,
 //! so they can be read in place from a ring), and [`Message`] is the typed form the
 //! protocol endpoints use.
@@ -308,14 +309,14 @@ pub const MAX_RANGES_PER_MESSAGE: usize = (MAX_MESSAGE_SIZE - 16) / 8;
 /// Ranges per 4 KiB hot-remove response: (4096 - 24) / 8.
 pub const MAX_HOT_REMOVE_RANGES_PER_MESSAGE: usize = (MAX_MESSAGE_SIZE - 24) / 8;
 /// The largest balloon request a host should send: Windows guests stop honouring larger
-/// ones (QEMU hv-balloon's cap, `dm-protocol.md` §9 item 12).
+/// ones (QEMU's cap and its comment, `hw/hyperv/hv-balloon.c`).
 pub const MAX_BALLOON_REQUEST_PAGES: u32 = 585_728;
 /// The largest `hdr.size` (a u16); [`Message::parse`] accepts up to this, while
 /// [`Message::write`] keeps to [`MAX_MESSAGE_SIZE`].
 pub const MAX_ENCODED_SIZE: usize = u16::MAX as usize;
 
 pub mod wire {
-    //! The seed header's structs, byte for byte.
+    //! The protocol header's structs, byte for byte.
     //!
     //! Each is `#[repr(C)]` over alignment-1 little-endian fields, which is what
     //! `QEMU_PACKED` produces; sizes and offsets are asserted at compile time and against

@@ -11,8 +11,11 @@
 //! what is resident (`SEEK_DATA` / `SEEK_HOLE`) with what the partition's p2m maps,
 //! catching a guest that touches memory it does not own.
 //!
-//! The crate stands alone: it takes gfn ranges as plain data. `reference/anchors.md` §0
-//! and §3.2 give the primitives and their measured costs.
+//! The crate stands alone: it takes gfn ranges as plain data. The primitive is the hole
+//! punch because on shared memory `MADV_DONTNEED` only drops the mappings (madvise(2);
+//! Firecracker's `discard_range` in `src/vmm/src/vstate/memory.rs` notes the same); its
+//! cost beside raw `fallocate` is in the README's performance table
+//! (`cargo bench -p ballast-backing --bench discard`).
 //!
 //! Deliberate limits:
 //! - `MADV_DONTNEED` is never used: on a memfd it frees nothing.

@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
 
-/// Parses hex written as in `dm-protocol.md` §13 (`xx` stands for "any byte": 0 here).
+/// Parses hex bytes of a DM payload (`xx` stands for "any byte": 0 here).
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
         .map(|b| {
@@ -30,7 +30,8 @@ fn golden(bytes: &[u8], expected: Message<'_>) {
 
 #[test]
 fn page_range_encoding() {
-    // §3.4: PFN 0x12345, 512 pages.
+    // `union dm_mem_page_range`: start_page bits 39:0, page_cnt bits 63:40; PFN 0x12345,
+    // 512 pages.
     let r = range(0x12345, 512);
     assert_eq!(r.to_u64(), 0x0002_0000_0001_2345);
     assert_eq!(r.as_bytes(), &hex("45 23 01 00 00 00 02 00")[..]);
@@ -131,7 +132,7 @@ fn t2_follow_up_and_linux_fallback_requests() {
             },
         ),
     );
-    // §4.1: Linux's legacy fallback offers 1.0 next.
+    // Linux's `balloon_connect_vsp` falls back to 1.0 next.
     golden(
         &hex("01 00 10 00 02 00 00 00 00 00 01 00 00 00 00 00"),
         Message::new(
@@ -142,7 +143,7 @@ fn t2_follow_up_and_linux_fallback_requests() {
             },
         ),
     );
-    // §3.3 byte forms.
+    // The version word's byte forms (`DYNMEM_MAKE_VERSION`: major << 16 | minor).
     assert_eq!(Version::V0_3.as_bytes(), &[3, 0, 0, 0]);
     assert_eq!(Version::V1_0.as_bytes(), &[0, 0, 1, 0]);
 }
