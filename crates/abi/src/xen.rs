@@ -932,7 +932,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn struct_sizes_match_reference() {
+    fn struct_sizes_match_the_xen_headers() {
         // (size, align) of the x86_64 C layouts of Xen 4.17's public headers (checked
         // against the headers themselves by `tests/c_conformance_xen.rs`).
         assert_eq!(
@@ -1051,7 +1051,7 @@ mod tests {
     }
 
     #[test]
-    fn field_offsets_match_reference() {
+    fn field_offsets_match_the_xen_headers() {
         // The x86_64 C layouts of Xen 4.17's public headers, field by field.
         type R = XenMemoryReservation;
         assert_eq!(offset_of!(R, extent_start), 0);
