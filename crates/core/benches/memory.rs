@@ -150,6 +150,55 @@ impl VecMove {
     }
 }
 
+/// Times `put` and `take`, each the other's inverse, interleaved with the baseline's move
+/// of 512 pages out and back. Before each sample the state is brought, untimed, to what
+/// the variant needs: before a `put` (after `refresh`) nothing is put, before a `take`
+/// something is; `tidy` runs last. Returns ns per page, with `pages` the pages each call
+/// moves.
+fn put_take<S>(
+    state: S,
+    pages: u64,
+    mut refresh: impl FnMut(&mut S),
+    put: impl Fn(&mut S),
+    take: impl Fn(&mut S),
+    mut tidy: impl FnMut(&mut S),
+) -> (Comparison, S) {
+    // The state, and whether it holds what `put` puts.
+    let state = RefCell::new((state, false));
+    let put = |s: &mut (S, bool)| {
+        put(&mut s.0);
+        s.1 = true;
+    };
+    let take = |s: &mut (S, bool)| {
+        take(&mut s.0);
+        s.1 = false;
+    };
+    let mut base = VecMove::new();
+    let c = interleaved(
+        &CALLS,
+        1,
+        |i| {
+            let s = &mut *state.borrow_mut();
+            match i {
+                1 if s.1 => take(s),
+                2 if !s.1 => put(s),
+                _ => {}
+            }
+            if i == 1 {
+                refresh(&mut s.0);
+            }
+            tidy(&mut s.0);
+        },
+        &mut [
+            &mut |_| base.run(512),
+            &mut |_| put(&mut state.borrow_mut()),
+            &mut |_| take(&mut state.borrow_mut()),
+        ],
+    )
+    .per_item(&[1024, pages, pages]);
+    (c, state.into_inner().0)
+}
+
 fn hyperv_benches() {
     let mut hv = Hypervisor::new(Config::with_nodes(vec![1 << 19, 1 << 19])).unwrap();
     let child = hv
@@ -164,50 +213,33 @@ fn hyperv_benches() {
     dep_in[..8].copy_from_slice(&child.0.to_le_bytes());
     let mut wd_in = [0u8; 16];
     wd_in[..8].copy_from_slice(&child.0.to_le_bytes());
-    // The hypervisor, the deposit's input, the output buffer, deposits made, and whether
-    // the child's pool holds a deposit now.
-    let state = RefCell::new((hv, dep_in, vec![0u8; 4096], 0usize, false));
-    let do_deposit = |s: &mut (Hypervisor, Vec<u8>, Vec<u8>, usize, bool)| {
-        let r = s.0.hypercall(ROOT_ID, deposit, &s.1, &mut s.2);
-        assert_eq!(r, HypercallOutput::success(511).into_bits(), "deposit");
-        s.4 = true;
-    };
-    let do_withdraw = |s: &mut (Hypervisor, Vec<u8>, Vec<u8>, usize, bool)| {
-        let r = HypercallOutput::from_bits(s.0.hypercall(ROOT_ID, withdraw, &wd_in, &mut s.2));
-        assert_eq!(r.reps_completed(), 511, "withdraw drains the pool");
-        s.4 = false;
-    };
-    let mut base = VecMove::new();
-    let c = interleaved(
-        &CALLS,
-        1,
-        |i| {
-            // Untimed: bring the pool to what variant `i` needs, and the pages to offer.
-            let s = &mut *state.borrow_mut();
-            match i {
-                1 if s.4 => do_withdraw(s),
-                2 if !s.4 => do_deposit(s),
-                _ => {}
+    // The hypervisor, the deposit's input, the output buffer and the deposits made.
+    type S = (Hypervisor, Vec<u8>, Vec<u8>, usize);
+    let (c, s) = put_take(
+        (hv, dep_in, vec![0u8; 4096], 0usize),
+        511,
+        |s: &mut S| {
+            // The pages: 511 consecutive free frames of the root.
+            let first = (s.3 % 64) * 512 + 1;
+            s.3 += 1;
+            for k in 0..511 {
+                let at = 8 + 8 * k;
+                s.1[at..at + 8].copy_from_slice(&(first as u64 + k as u64).to_le_bytes());
             }
-            if i == 1 {
-                // The pages: 511 consecutive free frames of the root.
-                let first = (s.3 % 64) * 512 + 1;
-                s.3 += 1;
-                for k in 0..511 {
-                    let at = 8 + 8 * k;
-                    s.1[at..at + 8].copy_from_slice(&(first as u64 + k as u64).to_le_bytes());
-                }
-            }
+        },
+        |s: &mut S| {
+            let r = s.0.hypercall(ROOT_ID, deposit, &s.1, &mut s.2);
+            assert_eq!(r, HypercallOutput::success(511).into_bits(), "deposit");
+        },
+        |s: &mut S| {
+            let r = HypercallOutput::from_bits(s.0.hypercall(ROOT_ID, withdraw, &wd_in, &mut s.2));
+            assert_eq!(r.reps_completed(), 511, "withdraw drains the pool");
+        },
+        |s: &mut S| {
             s.0.take_effects();
         },
-        &mut [
-            &mut |_| base.run(512),
-            &mut |_| do_deposit(&mut state.borrow_mut()),
-            &mut |_| do_withdraw(&mut state.borrow_mut()),
-        ],
-    )
-    .per_item(&[1024, 511, 511]);
-    state.borrow().0.check().unwrap();
+    );
+    s.0.check().unwrap();
     let base = "Vec free list";
     line("HvDepositMemory, 511 pages", "ns/page", &c, 1, base);
     line("HvWithdrawMemory, 512 asked", "ns/page", &c, 2, base);
@@ -231,41 +263,20 @@ fn xen_benches() {
         let at = 0x1000 + 8 * i as usize;
         mem.bytes[at..at + 8].copy_from_slice(&(0x4_0000 + i).to_le_bytes());
     }
-    // The hypervisor, the guest's memory, and whether the 512 gfns are populated now.
-    let state = RefCell::new((hv, mem, false));
-    let op = |s: &mut (Hypervisor, FlatMemory, bool), cmd: MemoryOp| {
-        let r = s.0.memory_op(domid, cmd.0 as u64, 0x10000, &mut s.1);
-        r.ret
+    let op = |s: &mut (Hypervisor, FlatMemory), cmd: MemoryOp| {
+        s.0.memory_op(domid, cmd.0 as u64, 0x10000, &mut s.1).ret
     };
-    let populate = |s: &mut (Hypervisor, FlatMemory, bool)| {
-        assert_eq!(op(s, MemoryOp::POPULATE_PHYSMAP), 512, "populate");
-        s.2 = true;
-    };
-    let decrease = |s: &mut (Hypervisor, FlatMemory, bool)| {
-        assert_eq!(op(s, MemoryOp::DECREASE_RESERVATION), 512, "decrease");
-        s.2 = false;
-    };
-    let mut base = VecMove::new();
-    let c = interleaved(
-        &CALLS,
-        1,
-        |i| {
-            let s = &mut *state.borrow_mut();
-            match i {
-                1 if s.2 => decrease(s),
-                2 if !s.2 => populate(s),
-                _ => {}
-            }
+    let (c, s) = put_take(
+        (hv, mem),
+        512,
+        |_| {},
+        |s| assert_eq!(op(s, MemoryOp::POPULATE_PHYSMAP), 512, "populate"),
+        |s| assert_eq!(op(s, MemoryOp::DECREASE_RESERVATION), 512, "decrease"),
+        |s| {
             s.0.take_effects();
         },
-        &mut [
-            &mut |_| base.run(512),
-            &mut |_| populate(&mut state.borrow_mut()),
-            &mut |_| decrease(&mut state.borrow_mut()),
-        ],
-    )
-    .per_item(&[1024, 512, 512]);
-    state.borrow().0.check().unwrap();
+    );
+    s.0.check().unwrap();
     let base = "Vec free list";
     line("populate_physmap, 512 order-0", "ns/page", &c, 1, base);
     line("decrease_reservation, 512 order-0", "ns/page", &c, 2, base);
