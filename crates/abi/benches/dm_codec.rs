@@ -18,7 +18,7 @@
 
 use std::hint::black_box;
 
-use ballast_benchkit::{Comparison, Sampling, interleaved, sig};
+use ballast_benchkit::{Comparison, Sampling, interleaved, report_comparison, sig};
 
 use ballast_abi::dm::{Body, MAX_RANGES_PER_MESSAGE, Message, PageRange, check_ranges};
 
@@ -26,16 +26,9 @@ use ballast_abi::dm::{Body, MAX_RANGES_PER_MESSAGE, Message, PageRange, check_ra
 const ITERS: u64 = 2_000;
 
 fn report(name: &str, c: &Comparison, i: usize, ranges: usize) {
-    let (ours, base, r) = (c.spread(i), c.spread(0), c.ratio(i, 0));
-    println!(
-        "{name:<20} {} | 4 KiB copy {} | ratio {} ({} .. {}) | {} M ranges/s",
-        ours.show("ns/msg"),
-        base.show("ns/msg"),
-        sig(r.median),
-        sig(r.min),
-        sig(r.max),
-        sig(ranges as f64 / ours.median * 1e3)
-    );
+    report_comparison(name, "ns/msg", c, i, "4 KiB copy", 0);
+    let per_s = ranges as f64 / c.spread(i).median * 1e3;
+    println!("{:<34} {} M ranges/s", "", sig(per_s));
 }
 
 fn main() {

@@ -115,6 +115,22 @@ pub fn report_spread(name: &str, unit: &str, ours: Spread, baseline_name: &str, 
     );
 }
 
+/// One line of a report from an [`interleaved`] run: variant `i` with its spread, the
+/// baseline variant `j` with its, the ratio `i / j` (the median of the per-round ratios)
+/// with its spread, and a note if the run did not settle.
+pub fn report_comparison(name: &str, unit: &str, c: &Comparison, i: usize, base: &str, j: usize) {
+    let r = c.ratio(i, j);
+    println!(
+        "{name:<34} {} | {base} {} | ratio {} ({} .. {}){}",
+        c.spread(i).show(unit),
+        c.spread(j).show(unit),
+        sig(r.median),
+        sig(r.min),
+        sig(r.max),
+        c.note()
+    );
+}
+
 /// How many rounds [`interleaved`] takes.
 ///
 /// The rule: at least `min_rounds`; then, after each round, stop once the 95% confidence

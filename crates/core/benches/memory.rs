@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ballast_abi::hv::{Control, HvProximityDomainInfo, HypercallCode, HypercallOutput};
 use ballast_abi::xen::{DOMID_SELF, MemoryOp, XenMemoryReservation};
-use ballast_benchkit::{Comparison, Sampling, interleaved, sig};
+use ballast_benchkit::{Comparison, Sampling, interleaved, report_comparison};
 use ballast_core::frame::{Frames, METADATA_BYTES_PER_FRAME, NO_FRAME, NodeSel};
 use ballast_core::{Config, FlatMemory, Hypervisor, ROOT_ID};
 use zerocopy::IntoBytes;
@@ -33,16 +33,7 @@ const CALLS: Sampling = Sampling {
 };
 
 fn line(name: &str, unit: &str, c: &Comparison, i: usize, base: &str) {
-    let (ours, b, r) = (c.spread(i), c.spread(0), c.ratio(i, 0));
-    println!(
-        "{name:<34} {} | {base} {} | ratio {} ({} .. {}){}",
-        ours.show(unit),
-        b.show(unit),
-        sig(r.median),
-        sig(r.min),
-        sig(r.max),
-        c.note()
-    );
+    report_comparison(name, unit, c, i, base, 0);
 }
 
 fn frames_benches() {

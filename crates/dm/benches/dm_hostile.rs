@@ -22,7 +22,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use ballast_abi::dm::{Body, Caps, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version};
-use ballast_benchkit::{Sampling, interleaved, sig};
+use ballast_benchkit::{Sampling, interleaved, report_comparison};
 use ballast_dm::vsp::{GuestOwnership, Vsp, VspConfig, VspState};
 
 /// Guest RAM: 2 GiB from page 0; the honest blocks go above it, in RAM too.
@@ -138,14 +138,6 @@ fn main() {
         c.note()
     );
     for (i, (name, ..)) in kinds.iter().enumerate() {
-        let r = c.ratio(i + 1, 0);
-        println!(
-            "{name:<24} {} | honest 510 x 2 MiB {} | ratio {} ({} .. {})",
-            c.spread(i + 1).show("us/msg"),
-            c.spread(0).show("us/msg"),
-            sig(r.median),
-            sig(r.min),
-            sig(r.max)
-        );
+        report_comparison(name, "us/msg", &c, i + 1, "honest 510 x 2 MiB", 0);
     }
 }
