@@ -1,7 +1,8 @@
 //! Hyper-V Dynamic Memory protocol messages.
 //!
-//! Follows seed 003 (the protocol header QEMU carries, from Linux `hv_balloon.c`) and
-//! reference `dm-protocol.md` §3. Every struct there is `QEMU_PACKED` and little-endian
+//! Follows the Dynamic Memory protocol header QEMU carries,
+//! `include/hw/hyperv/dynmem-proto.h` (taken from Linux `drivers/hv/hv_balloon.c`), and
+//! the behaviour of both (Linux 6.1, QEMU `hw/hyperv/hv-balloon.c`). Every struct there is `QEMU_PACKED` and little-endian
 //! with LSB-first bitfields; the [`wire`] structs reproduce them byte for byte (alignment 1,
 //! so they can be read in place from a ring), and [`Message`] is the typed form the
 //! protocol endpoints use.
@@ -258,6 +259,33 @@ impl PageRange {
     }
 }
 
+/// Checks every range of a message a guest sent (a balloon or hot-remove response) against
+/// guest memory `[0, end_page)`: each must be non-empty and end at or below `end_page`.
+/// Returns the pages the ranges name in total, or the index of the first bad range.
+///
+/// The whole message is checked in one branch-free pass (a message is accepted or refused
+/// whole, so nothing is gained by stopping early, and the loop vectorises); only a refused
+/// message is walked again to name its first bad range. This is the check an embedder with
+/// its own state machine makes before trusting a message; ballast's VSP does more (it
+/// accepts page by page against what the guest owns and what is already ballooned).
+pub fn check_ranges(ranges: &[PageRange], end_page: u64) -> Result<u64, usize> {
+    let (mut pages, mut bad) = (0u64, false);
+    for r in ranges {
+        let cnt = u64::from(r.page_cnt());
+        // `end_page()` cannot overflow (40 + 24 bits), nor can the total of at most
+        // 2^24 - 1 pages per range over any slice that fits in memory.
+        bad |= (cnt == 0) | (r.end_page() > end_page);
+        pages += cnt;
+    }
+    if !bad {
+        return Ok(pages);
+    }
+    Err(ranges
+        .iter()
+        .position(|r| r.page_cnt() == 0 || r.end_page() > end_page)
+        .unwrap_or(0))
+}
+
 /// The information type of a [`Body::Info`] message (`enum dm_info_type`).
 #[open_enum::open_enum]
 #[repr(u32)]
@@ -281,14 +309,14 @@ pub const MAX_RANGES_PER_MESSAGE: usize = (MAX_MESSAGE_SIZE - 16) / 8;
 /// Ranges per 4 KiB hot-remove response: (4096 - 24) / 8.
 pub const MAX_HOT_REMOVE_RANGES_PER_MESSAGE: usize = (MAX_MESSAGE_SIZE - 24) / 8;
 /// The largest balloon request a host should send: Windows guests stop honouring larger
-/// ones (QEMU hv-balloon's cap, `dm-protocol.md` §9 item 12).
+/// ones (QEMU's cap and its comment, `hw/hyperv/hv-balloon.c`).
 pub const MAX_BALLOON_REQUEST_PAGES: u32 = 585_728;
 /// The largest `hdr.size` (a u16); [`Message::parse`] accepts up to this, while
 /// [`Message::write`] keeps to [`MAX_MESSAGE_SIZE`].
 pub const MAX_ENCODED_SIZE: usize = u16::MAX as usize;
 
 pub mod wire {
-    //! The seed header's structs, byte for byte.
+    //! The protocol header's structs, byte for byte.
     //!
     //! Each is `#[repr(C)]` over alignment-1 little-endian fields, which is what
     //! `QEMU_PACKED` produces; sizes and offsets are asserted at compile time and against

@@ -1,21 +1,28 @@
 //! The Hyper-V hypercall ABI of the partition memory pool and the partition lifecycle.
 //!
-//! Follows the seeds' "Native Interface" sections (000 HvGetMemoryBalance, 001
-//! HvWithdrawMemory, 004 HvCreateVp) and, for the calls the seeds do not cover, reference
-//! `hv-pool.md` §1 (control word, result value, rep semantics), §2 (HV_STATUS), §3 (data
-//! types) and §6 (per-call layouts).
+//! Follows the Hyper-V Top-Level Functional Specification (TLFS): the "Native Interface"
+//! of HvGetMemoryBalance, HvWithdrawMemory and HvCreateVp; the hypercall interface
+//! (control word, result value, rep semantics: the current web TLFS,
+//! `hypercall-interface.md`); HV_STATUS (TLFS 2.0A appendix C, extended by Linux
+//! `include/hyperv/hvgdk_mini.h`); the data types and the partition-management and
+//! memory-pool calls (TLFS 2.0A, the last public version that documents them in full),
+//! with today's layouts as Linux's root writes them (`drivers/hv/mshv_root_hv_call.c`,
+//! `include/hyperv/hvhdk_mini.h`).
 //!
 //! What this module decides, and what it leaves to the dispatcher:
-//! - [`decode`] performs the generic checks G1-G4 of `hv-pool.md` §1.6 (code lookup,
+//! - [`decode`] performs the generic checks G1-G4 (code lookup,
 //!   reserved and nested control bits, rep/simple class, fast-register capacity) and reads
 //!   the call's input struct. It never applies a per-call check such as a bad proximity
 //!   domain: those come after the privilege check in each call's own order, which needs
-//!   partition state this crate does not have.
+//!   partition state this crate does not have. The TLFS leaves the order of these checks
+//!   open (it asks only that ACCESS_DENIED win over a status that reveals state); G1-G6
+//!   is ballast's own order, the one OpenVMM's `vm/hv1/hv1_hypercall/src/support.rs`
+//!   follows.
 //! - G5 (where the input and output lists sit in guest memory) is [`check_param_gpa`] for
 //!   alignment and page crossing; whether a GPA lies inside the caller's GPA space, and
 //!   whether input and output overlap, only the dispatcher can tell.
 //!
-//! Layout generations: the seeds document the TLFS 2.0 forms (16-byte HvCreatePartition,
+//! Layout generations: the TLFS documents the 2.0 forms (16-byte HvCreatePartition,
 //! 32-byte HvCreateVp); today's Linux mshv root writes 56- and 40-byte forms. The bytes do
 //! not say which one a caller meant, so [`InputLayout`] is chosen by the host.
 
@@ -109,7 +116,7 @@ impl CallInfo {
 /// Which generation of input layouts the host decodes (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InputLayout {
-    /// TLFS 2.0 and the seeds: 16-byte HvCreatePartition, 32-byte HvCreateVp.
+    /// TLFS 2.0: 16-byte HvCreatePartition, 32-byte HvCreateVp.
     #[default]
     Tlfs2,
     /// Current TLFS and Linux mshv: 56-byte HvCreatePartition, 40-byte HvCreateVp.
@@ -467,7 +474,8 @@ impl From<HvError> for HvStatus {
 // Control word and result value
 // ---------------------------------------------------------------------------------------
 
-/// The hypercall input value (RCX), current TLFS layout (`hv-pool.md` §1.1).
+/// The hypercall input value (RCX), current TLFS layout (the web TLFS,
+/// `hypercall-interface.md`; Linux `hvgdk_mini.h` `HV_HYPERCALL_*`).
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct Control {
@@ -515,7 +523,7 @@ impl Control {
     }
 }
 
-/// The hypercall result value (RAX, `hv-pool.md` §1.2).
+/// The hypercall result value (RAX; TLFS 2.0A §4.8, `HV_X64_HYPERCALL_OUTPUT`).
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct HypercallOutput {
@@ -569,7 +577,7 @@ pub const HV_DEPOSIT_MAX: u16 = 511;
 /// One withdraw call returns at most this many pages: one 4 KiB output page.
 pub const HV_WITHDRAW_BATCH_SIZE: u16 = 512;
 
-/// Flags of [`HvProximityDomainInfo`] (`hv-pool.md` §3.2).
+/// Flags of [`HvProximityDomainInfo`] (TLFS 2.0A §7.2.1; Linux `hvhdk_mini.h`).
 #[bitfield(u32)]
 #[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct ProximityDomainFlags {
@@ -660,7 +668,7 @@ impl HvProximityDomainInfo {
     }
 }
 
-/// `HV_PARTITION_PRIVILEGE_MASK` (`hv-pool.md` §3.3).
+/// `HV_PARTITION_PRIVILEGE_MASK` (TLFS 2.0A §5.2.3).
 #[bitfield(u64)]
 #[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct HvPartitionPrivilegeMask {
@@ -996,7 +1004,7 @@ pub struct HvDepositMemory {
 }
 assert_layout!(HvDepositMemory, 8, { partition_id @ 0 });
 
-/// HvWithdrawMemory input (seed 001); the output list is `rep_count` GPA page numbers.
+/// HvWithdrawMemory input (the TLFS, HvWithdrawMemory); the output list is `rep_count` GPA page numbers.
 #[repr(C)]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
@@ -1009,7 +1017,7 @@ pub struct HvWithdrawMemory {
 }
 assert_layout!(HvWithdrawMemory, 16, { partition_id @ 0, proximity_domain_info @ 8 });
 
-/// HvGetMemoryBalance input (seed 000).
+/// HvGetMemoryBalance input (the TLFS, HvGetMemoryBalance).
 #[repr(C)]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
@@ -1022,7 +1030,7 @@ pub struct HvGetMemoryBalance {
 }
 assert_layout!(HvGetMemoryBalance, 16, { partition_id @ 0, proximity_domain_info @ 8 });
 
-/// HvGetMemoryBalance output (seed 000).
+/// HvGetMemoryBalance output (the TLFS, HvGetMemoryBalance).
 #[repr(C)]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
@@ -1035,7 +1043,7 @@ pub struct HvGetMemoryBalanceOutput {
 }
 assert_layout!(HvGetMemoryBalanceOutput, 16, { pages_available @ 0, pages_in_use @ 8 });
 
-/// HvCreateVp input, the seed's 32-byte form (seed 004).
+/// HvCreateVp input, the TLFS 2.0 32-byte form (the TLFS, HvCreateVp).
 #[repr(C)]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, IntoBytes, FromBytes, Immutable, KnownLayout,
@@ -1364,7 +1372,7 @@ pub const FAST_INPUT_MAX: usize = 16;
 /// Bytes of input a fast call carries with XMM fast input (RDX, R8, XMM0-XMM5).
 pub const XMM_FAST_INPUT_MAX: usize = 112;
 
-/// The generic checks G1-G4 (`hv-pool.md` §1.6), in that order, on a raw control word.
+/// The generic checks G1-G4 (ballast's order, described in the module documentation), in that order, on a raw control word.
 ///
 /// Returns the call's shape. G1 unknown code → INVALID_HYPERCALL_CODE; G2 reserved or
 /// nested bits → INVALID_HYPERCALL_INPUT; G3 a simple call with rep fields, a rep call

@@ -7,11 +7,11 @@
 //!
 //! | module | interface | follows |
 //! |---|---|---|
-//! | [`hv`] | Hyper-V partition memory-pool and lifecycle hypercalls | seeds 000, 001, 004; reference `hv-pool.md` §1-3, §6 |
-//! | [`xen`] | Xen `memory_op` (XENMEM_*) | seed 002; reference `xen-memop.md` §2-3 (x86_64 layouts) |
-//! | [`dm`] | Hyper-V Dynamic Memory messages | seed 003 (`hv-balloon` protocol header); reference `dm-protocol.md` §3 |
+//! | [`hv`] | Hyper-V partition memory-pool and lifecycle hypercalls | the TLFS (hypercall interface; HvGetMemoryBalance, HvWithdrawMemory, HvCreateVp; TLFS 2.0A partition management and memory pools); Linux `drivers/hv/mshv_root_hv_call.c` |
+//! | [`xen`] | Xen `memory_op` (XENMEM_*) | Xen `xen/include/public/memory.h` (4.17; x86_64 layouts) |
+//! | [`dm`] | Hyper-V Dynamic Memory messages | the protocol header, QEMU `include/hw/hyperv/dynmem-proto.h` (from Linux `drivers/hv/hv_balloon.c`) |
 //! | [`types`] | the shared vocabulary: partition and domain ids, gfns, checked gfn ranges, "no such partition" | ballast's own |
-//! | [`vmbus`] | VMBus packet descriptors and ring control pages | Linux `drivers/hv/ring_buffer.c`; reference `dm-protocol.md` §2 |
+//! | [`vmbus`] | VMBus packet descriptors and ring control pages | Linux `drivers/hv/ring_buffer.c`, `include/linux/hyperv.h` |
 //!
 //! # Conventions
 //! - Every wire struct is `#[repr(C)]`, derives the zerocopy traits and has its size
@@ -69,7 +69,7 @@
 //! - [`dm::Message::parse`] takes a message's length from `hdr.size`, not from the VMBus
 //!   payload length, because VMBus pads payloads to 8 bytes; `hdr.size` beyond the bytes
 //!   given is an error. QEMU uses the payload length and ignores `hdr.size`.
-//! - [`hv::HvCreateVp`] is the seed's 32-byte form; the 40-byte form Linux's mshv driver
+//! - [`hv::HvCreateVp`] is the TLFS 2.0 32-byte form; the 40-byte form Linux's mshv driver
 //!   writes is [`hv::HvCreateVpV2`]. The bytes cannot tell them apart, so the host picks.
 
 #![no_std]

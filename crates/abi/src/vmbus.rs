@@ -1,8 +1,9 @@
 //! VMBus packet descriptors, ring control pages and GUIDs: the transport that carries
 //! Hyper-V Dynamic Memory.
 //!
-//! Follows Linux `drivers/hv/ring_buffer.c` and `include/linux/hyperv.h`, and reference
-//! `dm-protocol.md` §2 (Transport).
+//! Follows Linux `drivers/hv/ring_buffer.c` and `include/linux/hyperv.h` (`HV_DM_GUID`,
+//! the ring sizes Linux's `drivers/hv/hv_balloon.c` asks for), with OpenVMM's
+//! `vm/devices/vmbus/vmbus_ring/src/lib.rs` for the packet descriptor and footer.
 //!
 //! # Ring layout
 //! A ring is one direction of a channel: a 4 KiB control page ([`RingControl`]) followed by

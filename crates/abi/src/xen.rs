@@ -1,8 +1,9 @@
 //! Xen `memory_op` (`__HYPERVISOR_memory_op`, the `XENMEM_*` sub-ops): the command word,
 //! the sub-op and map-space codes, the `mem_flags` word and the argument structs.
 //!
-//! Follows seed 002 (Linux's copy of `xen/interface/memory.h`) and reference
-//! `xen-memop.md` §2 (constants) and §3 (layouts). The layouts are the x86_64 ones, checked
+//! Follows Xen's `xen/include/public/memory.h` and `xen.h` (constants and layouts; Linux
+//! carries a copy as `include/xen/interface/memory.h`), with the behaviour of
+//! `xen/common/memory.c` (Xen 4.17). The layouts are the x86_64 ones, checked
 //! byte for byte against Xen 4.17's public headers by `tests/c_conformance_xen.rs`.
 //!
 //! - Every `XEN_GUEST_HANDLE(T)` is a `u64` guest virtual address: on x86_64 the handle is a
@@ -503,7 +504,7 @@ pub const fn xenmem_resource_ioreq_server_frame_ioreq(n: u32) -> u64 {
 }
 
 /// `XENMEM_rsrc_acq_caller_owned`, bit 0 of [`XenMemAcquireResource::flags`]: set on
-/// return by hypervisors that predate the field's reuse as padding (seed 002).
+/// return by hypervisors that predate the field's reuse as padding (Linux's `include/xen/interface/memory.h`).
 pub const XENMEM_RSRC_ACQ_CALLER_OWNED: u32 = 1;
 
 /// `XENMEM_RDM_ALL`, in [`XenReservedDeviceMemoryMap::flags`]: report every region and
@@ -700,7 +701,7 @@ impl XenAddToPhysmapBatch {
     }
 }
 
-/// `struct xen_add_to_physmap_range`, the name seed 002 and headers for interface versions
+/// `struct xen_add_to_physmap_range`, the name Linux's copy of the header and headers for interface versions
 /// below 0x40400 give [`XenAddToPhysmapBatch`]; same layout.
 pub type XenAddToPhysmapRange = XenAddToPhysmapBatch;
 
@@ -787,7 +788,7 @@ pub struct XenMemAcquireResource {
     /// IN: frames to map; OUT: with `frame_list` 0 and `nr_frames` 0 on entry, the
     /// resource's size in frames.
     pub nr_frames: u32,
-    /// Seed 002's `flags`, OUT [`XENMEM_RSRC_ACQ_CALLER_OWNED`]. Xen since 4.15 calls it
+    /// `flags` in Linux's copy of the header, OUT [`XENMEM_RSRC_ACQ_CALLER_OWNED`]. Xen since 4.15 calls it
     /// `pad`, requires 0 on input and never sets it.
     pub flags: u32,
     /// IN: index of the first frame; ignored when `nr_frames` is 0.
@@ -932,8 +933,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn struct_sizes_match_reference() {
-        // (size, align) from reference xen-memop.md §3.
+    fn struct_sizes_match_the_xen_headers() {
+        // (size, align) of the x86_64 C layouts of Xen 4.17's public headers (checked
+        // against the headers themselves by `tests/c_conformance_xen.rs`).
         assert_eq!(
             (
                 size_of::<XenMemoryReservation>(),
@@ -1050,8 +1052,8 @@ mod tests {
     }
 
     #[test]
-    fn field_offsets_match_reference() {
-        // Reference xen-memop.md §3, field by field.
+    fn field_offsets_match_the_xen_headers() {
+        // The x86_64 C layouts of Xen 4.17's public headers, field by field.
         type R = XenMemoryReservation;
         assert_eq!(offset_of!(R, extent_start), 0);
         assert_eq!(offset_of!(R, nr_extents), 8);

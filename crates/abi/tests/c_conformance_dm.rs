@@ -1,13 +1,16 @@
 //! The Dynamic Memory wire format against the C compiler.
 //!
-//! Compiles the protocol header of seed 003 (`QEMU_PACKED` = `__attribute__((packed))`)
+//! Compiles the Dynamic Memory protocol header (QEMU's `include/hw/hyperv/dynmem-proto.h`,
+//! taken from Linux `drivers/hv/hv_balloon.c`; `QEMU_PACKED` = `__attribute__((packed))`)
 //! with `tests/c/dm_structs.c`, which fills every struct with distinct field values and
 //! prints their bytes. Each struct must encode from the same values to the same bytes in
 //! Rust, and decode from the C bytes to the same values.
 //!
-//! The seed is read from `shared/seeds/` beside the checkout (or `$BALLAST_SEEDS`); the C
-//! compiler is `$CC` or `cc`. `scripts/test` installs what this needs; a missing piece is
-//! a failure, never a skip.
+//! The header is not part of the repository: it is read from the project's specification
+//! file [`SEED`], in the directory `$BALLAST_SEEDS` names or else in `shared/seeds/`
+//! beside the checkout (`../shared/seeds` of the repository, as CI has it). The C compiler
+//! is `$CC` or `cc`. `scripts/test` installs the compiler; a missing piece is a failure
+//! that names what was looked for and where, never a skip.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,34 +21,59 @@ use ballast_abi::dm::*;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
+/// The specification file (outside the repository) that carries the protocol header.
 const SEED: &str = "003_f16d58694cab26a9.txt";
 
-fn seeds_dir() -> PathBuf {
+/// The specification file holding the header, or a failure naming `BALLAST_SEEDS` and
+/// every path tried.
+fn seed_path() -> PathBuf {
+    let missing = |tried: &[PathBuf], how: &str| -> ! {
+        let tried: Vec<String> = tried.iter().map(|p| format!("  {}", p.display())).collect();
+        panic!(
+            "the Dynamic Memory protocol header ({SEED}, QEMU's \
+             include/hw/hyperv/dynmem-proto.h) is missing: {how}; tried:\n{}\n\
+             set BALLAST_SEEDS to the directory that holds {SEED}",
+            tried.join("\n")
+        )
+    };
     if let Some(dir) = std::env::var_os("BALLAST_SEEDS") {
-        return PathBuf::from(dir);
+        let path = PathBuf::from(dir).join(SEED);
+        if path.is_file() {
+            return path;
+        }
+        missing(&[path], "not in the directory BALLAST_SEEDS names");
     }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in manifest.ancestors() {
-        let candidate = dir.join("shared/seeds");
-        if candidate.join(SEED).exists() {
-            return candidate;
-        }
+    let tried: Vec<PathBuf> = manifest
+        .ancestors()
+        .map(|dir| dir.join("shared/seeds").join(SEED))
+        .collect();
+    match tried.iter().find(|p| p.is_file()) {
+        Some(path) => path.clone(),
+        None => missing(
+            &tried,
+            "BALLAST_SEEDS is not set and no shared/seeds above the checkout has it",
+        ),
     }
-    panic!(
-        "seed {SEED} not found in any shared/seeds above {}; set BALLAST_SEEDS",
-        manifest.display()
-    );
 }
 
-/// The C text of the seed: the lines from the include guard to its `#endif`.
+/// The C text of the header: the lines of [`SEED`] from the include guard to its `#endif`.
 fn seed_header() -> String {
-    let path = seeds_dir().join(SEED);
+    let path = seed_path();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let start = text
         .find("#ifndef HW_HYPERV_DYNMEM_PROTO_H")
-        .expect("include guard in the seed");
-    let end = text.rfind("#endif").expect("closing #endif in the seed") + "#endif".len();
+        .unwrap_or_else(|| {
+            panic!(
+                "no include guard HW_HYPERV_DYNMEM_PROTO_H in {}",
+                path.display()
+            )
+        });
+    let end = text
+        .rfind("#endif")
+        .unwrap_or_else(|| panic!("no closing #endif in {}", path.display()))
+        + "#endif".len();
     format!(
         "#include <stdint.h>\n#define QEMU_PACKED __attribute__((packed))\n{}\n",
         &text[start..end]
@@ -76,7 +104,7 @@ fn run_c() -> COutput {
         .unwrap_or_else(|e| panic!("running the C compiler `{cc}` (run scripts/test): {e}"));
     assert!(
         out.status.success(),
-        "compiling the seed header failed:\n{}",
+        "compiling the protocol header failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let run = Command::new(&exe).output().unwrap();

@@ -465,7 +465,7 @@ fn xen_mem_acquire_resource_matches_c() {
             field!(T, "type", ty),
             field!(T, "id", id),
             field!(T, "nr_frames", nr_frames),
-            // Xen 4.17 calls it `pad`; seed 002 calls it `flags`.
+            // Xen 4.17 calls it `pad`; Linux's copy of the header calls it `flags`.
             field!(T, "pad", flags),
             field!(T, "frame", frame),
             field!(T, "frame_list", frame_list),

@@ -4,19 +4,28 @@
 //!
 //! Run: `cargo bench -p ballast-backing --bench discard`
 //!
-//! Before each timed release the memfd is filled (untimed) with `fallocate(0)`, so every
-//! page is resident; the figure is GiB released per second (higher is better) and the
-//! ratio is ballast's rate over the other's.
+//! The three are measured interleaved (one sample of each per round, the order rotating)
+//! for as many rounds as `ballast_benchkit::Sampling`'s rule asks, here at least 15 and
+//! until every median's 95% interval is within 2%, capped at 25 s per pattern. Before each
+//! timed release the memfd is filled (untimed) with `fallocate(0)`, so every page is
+//! resident. The figures are GiB released per second (higher is better) with their spread
+//! (min .. max); each ratio is the median of the per-round ratios, with its spread.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use ballast_backing::{GfnRange, PageSize, PartitionMemory};
-use ballast_benchkit::XorShift;
+use ballast_benchkit::{Sampling, Spread, XorShift, interleaved, sig};
 use rustix::fs::FallocateFlags;
 
 const GIB: u64 = 1 << 30;
 const PAGES: u64 = GIB / 4096;
-const SAMPLES: usize = 5;
+/// Each sample releases 1 GiB (tens of ms), so a few dozen rounds suffice for a 2% interval.
+const SAMPLING: Sampling = Sampling {
+    min_rounds: 15,
+    max_rounds: 201,
+    budget: Duration::from_secs(25),
+    rel_ci: 0.02,
+};
 
 fn fill(m: &PartitionMemory, ranges: &[GfnRange]) {
     for r in ranges {
@@ -28,24 +37,6 @@ fn fill(m: &PartitionMemory, ranges: &[GfnRange]) {
         )
         .unwrap();
     }
-}
-
-/// Median GiB/s of `release` over SAMPLES runs, each after filling `ranges` again.
-fn rate(m: &PartitionMemory, ranges: &[GfnRange], mut release: impl FnMut()) -> f64 {
-    let bytes: u64 = ranges.iter().map(|r| r.byte_len()).sum();
-    let mut v: Vec<f64> = (0..SAMPLES)
-        .map(|_| {
-            fill(m, ranges);
-            assert_eq!(m.resident_bytes().unwrap(), bytes);
-            let t = Instant::now();
-            release();
-            let s = t.elapsed().as_secs_f64();
-            assert_eq!(m.resident_bytes().unwrap(), 0, "everything released");
-            bytes as f64 / GIB as f64 / s
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn raw_per_range(m: &PartitionMemory, ranges: &[GfnRange]) {
@@ -63,23 +54,50 @@ fn raw_per_range(m: &PartitionMemory, ranges: &[GfnRange]) {
 fn case(name: &str, m: &PartitionMemory, ranges: &[GfnRange]) {
     let span_start = ranges.iter().map(|r| r.start()).min().unwrap();
     let span_end = ranges.iter().map(|r| r.end()).max().unwrap();
-    let ours = rate(m, ranges, || {
-        m.discard(ranges).unwrap();
-    });
-    let unmerged = rate(m, ranges, || raw_per_range(m, ranges));
+    let bytes: u64 = ranges.iter().map(|r| r.byte_len()).sum();
     // The limit: one punch over the whole span (holes in the span cost nothing extra).
-    let limit = rate(m, ranges, || {
-        raw_per_range(
-            m,
-            &[GfnRange::new(span_start, span_end - span_start).unwrap()],
-        );
-    });
+    let whole = [GfnRange::new(span_start, span_end - span_start).unwrap()];
+    let c = interleaved(
+        &SAMPLING,
+        1,
+        |_| {
+            // The previous sample released everything; this one starts fully resident.
+            assert_eq!(m.resident_bytes().unwrap(), 0, "everything released");
+            fill(m, ranges);
+            assert_eq!(m.resident_bytes().unwrap(), bytes);
+        },
+        &mut [
+            &mut |_| {
+                m.discard(ranges).unwrap();
+            },
+            &mut |_| raw_per_range(m, ranges),
+            &mut |_| raw_per_range(m, &whole),
+        ],
+    );
+    assert_eq!(m.resident_bytes().unwrap(), 0, "everything released");
+    // GiB per ns * 1e9 = GiB/s.
+    let gibs = bytes as f64 / GIB as f64 * 1e9;
+    let (ours, unmerged, limit) = (c.rate(0, gibs), c.rate(1, gibs), c.rate(2, gibs));
+    // Rates' ratio ours / other = other's time / ours, paired per round.
+    let (x_unmerged, of_limit) = (c.ratio(1, 0), c.ratio(2, 0));
     let syscalls = m.discard(ranges).unwrap().syscalls;
-    println!("{name} ({} ranges in, {syscalls} syscalls):", ranges.len());
+    let ratio = |r: Spread| format!("{} ({} .. {})", sig(r.median), sig(r.min), sig(r.max));
     println!(
-        "    ballast {ours:>7.2} GiB/s | unmerged fallocate {unmerged:>7.2} GiB/s (x{:.2}) | whole-range limit {limit:>7.2} GiB/s ({:.2} of limit)",
-        ours / unmerged,
-        ours / limit
+        "{name} ({} ranges in, {syscalls} syscalls, {} rounds{}):",
+        ranges.len(),
+        c.rounds(),
+        c.note()
+    );
+    println!("    ballast            {}", ours.show("GiB/s"));
+    println!(
+        "    unmerged fallocate {} | ballast x{}",
+        unmerged.show("GiB/s"),
+        ratio(x_unmerged)
+    );
+    println!(
+        "    whole-range limit  {} | ballast {} of limit",
+        limit.show("GiB/s"),
+        ratio(of_limit)
     );
 }
 

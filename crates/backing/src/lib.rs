@@ -13,8 +13,10 @@
 //!
 //! The crate knows nothing of the hypervisor core: it takes gfn ranges and partition ids
 //! in the shared vocabulary of `ballast-abi` ([`ballast_abi::types`]), its only ballast
-//! dependency. `reference/anchors.md` §0
-//! and §3.2 give the primitives and their measured costs.
+//! dependency. The primitive is the hole punch because on shared memory `MADV_DONTNEED`
+//! only drops the mappings (madvise(2); Firecracker's `discard_range` in
+//! `src/vmm/src/vstate/memory.rs` notes the same); its cost beside raw `fallocate` is in
+//! the README's performance table (`cargo bench -p ballast-backing --bench discard`).
 //!
 //! Deliberate limits:
 //! - `MADV_DONTNEED` is never used: on a memfd it frees nothing.

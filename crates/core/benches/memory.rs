@@ -3,117 +3,194 @@
 //! Run: `cargo bench -p ballast-core --bench memory`
 //!
 //! The baseline is the least any allocator can do: pop a frame number off a `Vec` and push
-//! it back. Each line prints ballast's median, the baseline's and the ratio.
+//! it back. Each group is measured interleaved with its baseline (one sample of each per
+//! round, the order rotating) for as many rounds as `ballast_benchkit::Sampling`'s rule
+//! asks (below). Each line prints ballast's median with its spread (min .. max), the
+//! baseline's, and the ratio (the median of the per-round ratios) with its spread.
 
+use std::cell::RefCell;
 use std::hint::black_box;
-
-use std::time::Instant;
+use std::time::Duration;
 
 use ballast_abi::hv::{Control, HvProximityDomainInfo, HypercallCode, HypercallOutput};
 use ballast_abi::xen::{DOMID_SELF, MemoryOp, XenMemoryReservation};
-use ballast_benchkit::{median_ns, median_ns_per, report};
+use ballast_benchkit::{Comparison, Sampling, interleaved, report_comparison};
 use ballast_core::frame::{Frames, METADATA_BYTES_PER_FRAME, NO_FRAME, NodeSel};
 use ballast_core::{Config, FlatMemory, Hypervisor, ROOT_ID};
 use zerocopy::IntoBytes;
 
-const SAMPLES: usize = 31;
+/// Calls per sample of the frame benches (order-9 pairs take about 1 µs each).
+const ITERS: u64 = 10_000;
+/// Batches of 512 per sample.
+const BATCHES: u64 = 100;
+/// One hypercall (about 10 µs) per sample: many short samples, so the rule asks for
+/// at least 201 rounds and allows up to 20,001 within the same 10 s.
+const CALLS: Sampling = Sampling {
+    min_rounds: 201,
+    max_rounds: 20_001,
+    budget: Duration::from_secs(10),
+    rel_ci: 0.01,
+};
+
+fn line(name: &str, unit: &str, c: &Comparison, i: usize, base: &str) {
+    report_comparison(name, unit, c, i, base, 0);
+}
 
 fn frames_benches() {
     // 4 GiB of frames on two nodes.
-    let mut frames = Frames::new(&[1 << 19, 1 << 19]);
+    let frames = RefCell::new(Frames::new(&[1 << 19, 1 << 19]));
     let mut vec_list: Vec<u32> = (0..1u32 << 20).collect();
 
-    let base_pair = median_ns(SAMPLES, 200_000, || {
-        let m = vec_list.pop().unwrap();
-        vec_list.push(black_box(m));
-    });
-    let pair0 = median_ns(SAMPLES, 200_000, || {
-        let m = frames.alloc(NodeSel::Any, 0, NO_FRAME).unwrap();
-        frames.free(black_box(m), 0);
-    });
-    report(
-        "order-0 alloc+free pair",
-        "ns",
-        pair0,
-        "Vec pop+push",
-        base_pair,
+    let c = interleaved(
+        &Sampling::DEFAULT,
+        ITERS,
+        |_| (),
+        &mut [
+            &mut |_| {
+                for _ in 0..ITERS {
+                    let m = vec_list.pop().unwrap();
+                    vec_list.push(black_box(m));
+                }
+            },
+            &mut |_| {
+                let mut frames = frames.borrow_mut();
+                for _ in 0..ITERS {
+                    let m = frames.alloc(NodeSel::Any, 0, NO_FRAME).unwrap();
+                    frames.free(black_box(m), 0);
+                }
+            },
+            &mut |_| {
+                let mut frames = frames.borrow_mut();
+                for _ in 0..ITERS {
+                    let m = frames.alloc(NodeSel::Any, 9, NO_FRAME).unwrap();
+                    frames.free(black_box(m), 9);
+                }
+            },
+            &mut |_| {
+                let mut frames = frames.borrow_mut();
+                for _ in 0..ITERS {
+                    let m = frames.alloc(NodeSel::Exact(1), 0, NO_FRAME).unwrap();
+                    frames.free(black_box(m), 0);
+                }
+            },
+        ],
     );
+    let pair = "Vec pop+push";
+    line("order-0 alloc+free pair", "ns", &c, 1, pair);
+    line("order-9 alloc+free pair", "ns", &c, 2, pair);
+    line("order-0 pair, exact node 1", "ns", &c, 3, pair);
 
     // A batch: 512 allocations, then 512 frees, as a balloon or populate does; this goes
     // through the cache's refill and drain.
-    let mut held = Vec::with_capacity(512);
-    let base_batch = median_ns_per(SAMPLES, 2_000, 512, || {
-        for _ in 0..512 {
-            held.push(vec_list.pop().unwrap());
-        }
-        for m in held.drain(..) {
-            vec_list.push(m);
-        }
-    });
-    let batch0 = median_ns_per(SAMPLES, 2_000, 512, || {
-        for _ in 0..512 {
-            held.push(frames.alloc(NodeSel::Any, 0, NO_FRAME).unwrap());
-        }
-        for m in held.drain(..) {
-            frames.free(m, 0);
-        }
-    });
-    report(
-        "order-0 pair, batches of 512",
-        "ns",
-        batch0,
-        "Vec pop+push",
-        base_batch,
+    let (mut held_vec, mut held) = (Vec::with_capacity(512), Vec::with_capacity(512));
+    let c = interleaved(
+        &Sampling::DEFAULT,
+        BATCHES * 512,
+        |_| (),
+        &mut [
+            &mut |_| {
+                for _ in 0..BATCHES {
+                    for _ in 0..512 {
+                        held_vec.push(vec_list.pop().unwrap());
+                    }
+                    for m in held_vec.drain(..) {
+                        vec_list.push(m);
+                    }
+                }
+            },
+            &mut |_| {
+                let mut frames = frames.borrow_mut();
+                for _ in 0..BATCHES {
+                    for _ in 0..512 {
+                        held.push(frames.alloc(NodeSel::Any, 0, NO_FRAME).unwrap());
+                    }
+                    for m in held.drain(..) {
+                        frames.free(m, 0);
+                    }
+                }
+            },
+        ],
     );
-
-    let pair9 = median_ns(SAMPLES, 100_000, || {
-        let m = frames.alloc(NodeSel::Any, 9, NO_FRAME).unwrap();
-        frames.free(black_box(m), 9);
-    });
-    report(
-        "order-9 alloc+free pair",
-        "ns",
-        pair9,
-        "Vec pop+push",
-        base_pair,
-    );
-
-    let exact = median_ns(SAMPLES, 200_000, || {
-        let m = frames.alloc(NodeSel::Exact(1), 0, NO_FRAME).unwrap();
-        frames.free(black_box(m), 0);
-    });
-    report(
-        "order-0 pair, exact node 1",
-        "ns",
-        exact,
-        "Vec pop+push",
-        base_pair,
-    );
-    frames.check().unwrap();
+    line("order-0 pair, batches of 512", "ns", &c, 1, pair);
+    frames.borrow().check().unwrap();
     println!("metadata: {METADATA_BYTES_PER_FRAME} bytes per 4 KiB frame");
 }
 
-/// The same work on the baseline free list: move `n` frame numbers from one `Vec` to
-/// another, as a pool moving pages between partitions at its cheapest.
-fn vec_move_ns_per_page(n: usize) -> f64 {
-    let mut from: Vec<u32> = (0..1u32 << 20).collect();
-    let mut to: Vec<u32> = Vec::with_capacity(1 << 20);
-    median_ns_per(SAMPLES, 2_000, n as u64, || {
-        for _ in 0..n {
-            to.push(from.pop().unwrap());
-        }
-        for _ in 0..n {
-            from.push(to.pop().unwrap());
-        }
-    }) / 2.0
+/// The baseline free list's work for a pool moving `n` pages between partitions at its
+/// cheapest: move `n` frame numbers from one `Vec` to another and back (`2 n` page moves).
+struct VecMove {
+    from: Vec<u32>,
+    to: Vec<u32>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+impl VecMove {
+    fn new() -> Self {
+        VecMove {
+            from: (0..1u32 << 20).collect(),
+            to: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    fn run(&mut self, n: usize) {
+        for _ in 0..n {
+            self.to.push(self.from.pop().unwrap());
+        }
+        for _ in 0..n {
+            self.from.push(self.to.pop().unwrap());
+        }
+    }
 }
 
-fn hyperv_benches(base: f64) {
+/// Times `put` and `take`, each the other's inverse, interleaved with the baseline's move
+/// of 512 pages out and back. Before each sample the state is brought, untimed, to what
+/// the variant needs: before a `put` (after `refresh`) nothing is put, before a `take`
+/// something is; `tidy` runs last. Returns ns per page, with `pages` the pages each call
+/// moves.
+fn put_take<S>(
+    state: S,
+    pages: u64,
+    mut refresh: impl FnMut(&mut S),
+    put: impl Fn(&mut S),
+    take: impl Fn(&mut S),
+    mut tidy: impl FnMut(&mut S),
+) -> (Comparison, S) {
+    // The state, and whether it holds what `put` puts.
+    let state = RefCell::new((state, false));
+    let put = |s: &mut (S, bool)| {
+        put(&mut s.0);
+        s.1 = true;
+    };
+    let take = |s: &mut (S, bool)| {
+        take(&mut s.0);
+        s.1 = false;
+    };
+    let mut base = VecMove::new();
+    let c = interleaved(
+        &CALLS,
+        1,
+        |i| {
+            let s = &mut *state.borrow_mut();
+            match i {
+                1 if s.1 => take(s),
+                2 if !s.1 => put(s),
+                _ => {}
+            }
+            if i == 1 {
+                refresh(&mut s.0);
+            }
+            tidy(&mut s.0);
+        },
+        &mut [
+            &mut |_| base.run(512),
+            &mut |_| put(&mut state.borrow_mut()),
+            &mut |_| take(&mut state.borrow_mut()),
+        ],
+    )
+    .per_item(&[1024, pages, pages]);
+    (c, state.into_inner().0)
+}
+
+fn hyperv_benches() {
     let mut hv = Hypervisor::new(Config::with_nodes(vec![1 << 19, 1 << 19])).unwrap();
     let child = hv
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
@@ -127,43 +204,39 @@ fn hyperv_benches(base: f64) {
     dep_in[..8].copy_from_slice(&child.0.to_le_bytes());
     let mut wd_in = [0u8; 16];
     wd_in[..8].copy_from_slice(&child.0.to_le_bytes());
-    let mut out = vec![0u8; 4096];
-    let (mut dep_ns, mut wd_ns) = (Vec::new(), Vec::new());
-    for round in 0..2_000 {
-        // The pages: 511 consecutive free frames of the root (untimed choice).
-        let first = (round % 64) * 512 + 1;
-        for i in 0..511 {
-            let at = 8 + 8 * i;
-            dep_in[at..at + 8].copy_from_slice(&(first as u64 + i as u64).to_le_bytes());
-        }
-        let t = Instant::now();
-        let r = hv.hypercall(ROOT_ID, deposit, &dep_in, &mut out);
-        dep_ns.push(t.elapsed().as_nanos() as f64 / 511.0);
-        assert_eq!(r, HypercallOutput::success(511).into_bits(), "deposit");
-        let t = Instant::now();
-        let r = HypercallOutput::from_bits(hv.hypercall(ROOT_ID, withdraw, &wd_in, &mut out));
-        wd_ns.push(t.elapsed().as_nanos() as f64 / 511.0);
-        assert_eq!(r.reps_completed(), 511, "withdraw drains the pool");
-        hv.take_effects();
-    }
-    hv.check().unwrap();
-    report(
-        "HvDepositMemory, 511 pages",
-        "ns/page",
-        median(dep_ns),
-        "Vec free list",
-        base,
+    // The hypervisor, the deposit's input, the output buffer and the deposits made.
+    type S = (Hypervisor, Vec<u8>, Vec<u8>, usize);
+    let (c, s) = put_take(
+        (hv, dep_in, vec![0u8; 4096], 0usize),
+        511,
+        |s: &mut S| {
+            // The pages: 511 consecutive free frames of the root.
+            let first = (s.3 % 64) * 512 + 1;
+            s.3 += 1;
+            for k in 0..511 {
+                let at = 8 + 8 * k;
+                s.1[at..at + 8].copy_from_slice(&(first as u64 + k as u64).to_le_bytes());
+            }
+        },
+        |s: &mut S| {
+            let r = s.0.hypercall(ROOT_ID, deposit, &s.1, &mut s.2);
+            assert_eq!(r, HypercallOutput::success(511).into_bits(), "deposit");
+        },
+        |s: &mut S| {
+            let r = HypercallOutput::from_bits(s.0.hypercall(ROOT_ID, withdraw, &wd_in, &mut s.2));
+            assert_eq!(r.reps_completed(), 511, "withdraw drains the pool");
+        },
+        |s: &mut S| {
+            s.0.take_effects();
+        },
     );
-    report(
-        "HvWithdrawMemory, 512 asked",
-        "ns/page",
-        median(wd_ns),
-        "Vec free list",
-        base,
-    );
+    s.0.check().unwrap();
+    let base = "Vec free list";
+    line("HvDepositMemory, 511 pages", "ns/page", &c, 1, base);
+    line("HvWithdrawMemory, 512 asked", "ns/page", &c, 2, base);
 }
 
-fn xen_benches(base: f64) {
+fn xen_benches() {
     let mut hv = Hypervisor::new(Config::with_nodes(vec![1 << 19, 1 << 19])).unwrap();
     let guest = hv
         .create_guest(u32::MAX, HvProximityDomainInfo::ANY)
@@ -181,48 +254,28 @@ fn xen_benches(base: f64) {
         let at = 0x1000 + 8 * i as usize;
         mem.bytes[at..at + 8].copy_from_slice(&(0x4_0000 + i).to_le_bytes());
     }
-    let (mut pop_ns, mut dec_ns) = (Vec::new(), Vec::new());
-    for _ in 0..2_000 {
-        let t = Instant::now();
-        let r = hv.memory_op_to_completion(
-            domid,
-            MemoryOp::POPULATE_PHYSMAP.0 as u64,
-            0x10000,
-            &mut mem,
-        );
-        pop_ns.push(t.elapsed().as_nanos() as f64 / 512.0);
-        assert_eq!(r.ret, 512, "populate");
-        let t = Instant::now();
-        let r = hv.memory_op_to_completion(
-            domid,
-            MemoryOp::DECREASE_RESERVATION.0 as u64,
-            0x10000,
-            &mut mem,
-        );
-        dec_ns.push(t.elapsed().as_nanos() as f64 / 512.0);
-        assert_eq!(r.ret, 512, "decrease");
-        hv.take_effects();
-    }
-    hv.check().unwrap();
-    report(
-        "populate_physmap, 512 order-0",
-        "ns/page",
-        median(pop_ns),
-        "Vec free list",
-        base,
+    let op = |s: &mut (Hypervisor, FlatMemory), cmd: MemoryOp| {
+        s.0.memory_op_to_completion(domid, cmd.0 as u64, 0x10000, &mut s.1)
+            .ret
+    };
+    let (c, s) = put_take(
+        (hv, mem),
+        512,
+        |_| {},
+        |s| assert_eq!(op(s, MemoryOp::POPULATE_PHYSMAP), 512, "populate"),
+        |s| assert_eq!(op(s, MemoryOp::DECREASE_RESERVATION), 512, "decrease"),
+        |s| {
+            s.0.take_effects();
+        },
     );
-    report(
-        "decrease_reservation, 512 order-0",
-        "ns/page",
-        median(dec_ns),
-        "Vec free list",
-        base,
-    );
+    s.0.check().unwrap();
+    let base = "Vec free list";
+    line("populate_physmap, 512 order-0", "ns/page", &c, 1, base);
+    line("decrease_reservation, 512 order-0", "ns/page", &c, 2, base);
 }
 
 fn main() {
     frames_benches();
-    let base = vec_move_ns_per_page(512);
-    hyperv_benches(base);
-    xen_benches(base);
+    hyperv_benches();
+    xen_benches();
 }

@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
 
-/// Parses hex written as in `dm-protocol.md` §13 (`xx` stands for "any byte": 0 here).
+/// Parses hex bytes of a DM payload (`xx` stands for "any byte": 0 here).
 fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace()
         .map(|b| {
@@ -30,7 +30,8 @@ fn golden(bytes: &[u8], expected: Message<'_>) {
 
 #[test]
 fn page_range_encoding() {
-    // §3.4: PFN 0x12345, 512 pages.
+    // `union dm_mem_page_range`: start_page bits 39:0, page_cnt bits 63:40; PFN 0x12345,
+    // 512 pages.
     let r = range(0x12345, 512);
     assert_eq!(r.to_u64(), 0x0002_0000_0001_2345);
     assert_eq!(r.as_bytes(), &hex("45 23 01 00 00 00 02 00")[..]);
@@ -131,7 +132,7 @@ fn t2_follow_up_and_linux_fallback_requests() {
             },
         ),
     );
-    // §4.1: Linux's legacy fallback offers 1.0 next.
+    // Linux's `balloon_connect_vsp` falls back to 1.0 next.
     golden(
         &hex("01 00 10 00 02 00 00 00 00 00 01 00 00 00 00 00"),
         Message::new(
@@ -142,7 +143,7 @@ fn t2_follow_up_and_linux_fallback_requests() {
             },
         ),
     );
-    // §3.3 byte forms.
+    // The version word's byte forms (`DYNMEM_MAKE_VERSION`: major << 16 | minor).
     assert_eq!(Version::V0_3.as_bytes(), &[3, 0, 0, 0]);
     assert_eq!(Version::V1_0.as_bytes(), &[0, 0, 1, 0]);
 }
@@ -864,4 +865,22 @@ fn minor_version_masks_with_0xff_as_the_header_does() {
     assert_ne!(v, Version::new(2, 3));
     assert_eq!(std::format!("{}", Version::V0_3), "0.3");
     assert_eq!(std::format!("{v}"), "2.3 (0x00020103)");
+}
+
+#[test]
+fn check_ranges_totals_or_names_the_first_bad_range() {
+    let ok = [range(0, 512), range(512, 1), range(1023, 1)];
+    assert_eq!(check_ranges(&ok, 1024), Ok(514));
+    assert_eq!(check_ranges(&[], 0), Ok(0));
+    // Ending exactly at the end is inside; one page past is not.
+    assert_eq!(check_ranges(&ok, 1023), Err(2));
+    // An empty range is refused wherever it is.
+    assert_eq!(check_ranges(&[range(0, 1), range(5, 0)], 1 << 20), Err(1));
+    // The largest start and count do not overflow.
+    let top = range(PageRange::MAX_START_PAGE, PageRange::MAX_PAGE_CNT);
+    assert_eq!(
+        check_ranges(&[top], u64::MAX),
+        Ok(PageRange::MAX_PAGE_CNT.into())
+    );
+    assert_eq!(check_ranges(&[top], 1 << 40), Err(0));
 }

@@ -47,7 +47,7 @@ fn control_field_positions() {
     assert_eq!(named | Control::RESERVED_MASK, u64::MAX);
 }
 
-/// hv-pool.md §1.2 worked encodings.
+/// Worked encodings of the hypercall result value (TLFS 2.0A §4.8).
 #[test]
 fn worked_result_encodings() {
     assert_eq!(
@@ -119,7 +119,7 @@ fn status_table() {
 
 #[test]
 fn proximity_domain_info_encoding() {
-    // hv-pool.md §3.2 worked values.
+    // Worked values of HV_PROXIMITY_DOMAIN_INFO (TLFS 2.0A §7.2.1).
     assert_eq!(
         HvProximityDomainInfo::node(1, true).to_u64(),
         0x8000_0001_0000_0001
@@ -227,7 +227,8 @@ fn call_table() {
     assert_eq!(wd.output_len(HV_WITHDRAW_BATCH_SIZE), crate::PAGE_SIZE);
 }
 
-/// hv-pool.md §10 cases #1-#6: the generic checks, one stage at a time.
+/// The generic checks, one stage at a time, in ballast's G1-G6 order (the `hv` module
+/// documentation), cases #1-#6.
 #[test]
 fn generic_checks_conformance_1_to_6() {
     let page = [0u8; 4096];

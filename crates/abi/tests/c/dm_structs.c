@@ -1,9 +1,11 @@
 /*
- * Fills every struct of the Dynamic Memory protocol header (seed 003) with distinct
+ * Fills every struct of the Dynamic Memory protocol header (QEMU's
+ * include/hw/hyperv/dynmem-proto.h, from Linux drivers/hv/hv_balloon.c) with distinct
  * field values and prints their bytes, sizes and offsets, so that the Rust side can check
  * that it encodes the same values to the same bytes and decodes them back.
  *
- * The test compiles this file with -include of the header extracted from the seed, and
+ * The test compiles this file with -include of that header (extracted from the file
+ * c_conformance_dm.rs finds through BALLAST_SEEDS or ../shared/seeds), and
  * QEMU_PACKED defined as __attribute__((packed)).
  *
  * Output lines:
