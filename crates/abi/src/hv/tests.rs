@@ -336,7 +336,7 @@ fn decode_each_call() {
         decode(ctl(0x49, 10, 0), &buf, l).unwrap().call,
         HvCall::WithdrawMemory(w)
     );
-    // Seed 001 bytes: PartitionId @0, ProximityDomainInfo @8.
+    // HvWithdrawMemory input bytes (TLFS): PartitionId @0, ProximityDomainInfo @8.
     assert_eq!(
         w.as_bytes(),
         &[5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x80]
