@@ -26,7 +26,10 @@ pub struct PageSet {
 /// run is reported empty rather than the program stopped.
 pub(crate) fn run(start: Gfn, end: Gfn) -> GfnRange {
     GfnRange::from_bounds(start, end).unwrap_or_else(|_| {
-        debug_assert!(false, "page set run {start:#x}..{end:#x} passes the gfn limit");
+        debug_assert!(
+            false,
+            "page set run {start:#x}..{end:#x} passes the gfn limit"
+        );
         GfnRange::EMPTY
     })
 }

@@ -287,7 +287,11 @@ impl GuestMemoryModel for SimGuest {
             online.end().min(blocks.end()),
         );
         // Inside `blocks`, or empty.
-        let on = if lo < hi { run(lo, hi) } else { GfnRange::EMPTY };
+        let on = if lo < hi {
+            run(lo, hi)
+        } else {
+            GfnRange::EMPTY
+        };
         self.added.insert(blocks);
         self.offline.insert(blocks);
         self.offline.remove(on);

@@ -956,8 +956,7 @@ impl Vsc {
                 // A region past the gfn limit (a 40-bit start plus a 24-bit count can
                 // reach there) names no guest page: refused like an invalid one, as Linux's
                 // add_memory refuses a range past its physical address limit.
-                if rs == re || rs % chunk != 0 || !(rs <= start && start < re) || re > GFN_LIMIT
-                {
+                if rs == re || rs % chunk != 0 || !(rs <= start && start < re) || re > GFN_LIMIT {
                     return TRANSIENT;
                 }
                 // Blocks there exist already: Linux would get -EEXIST and stop for good.

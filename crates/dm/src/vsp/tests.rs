@@ -461,7 +461,10 @@ fn t12_duplicate_and_foreign_pages() {
         returned: 768
     }));
     assert_eq!(h.vsp.ballooned().len(), 768);
-    assert_eq!(h.vsp.ballooned().count_in(r(LOW_END, HIGH_START - LOW_END)), 0);
+    assert_eq!(
+        h.vsp.ballooned().count_in(r(LOW_END, HIGH_START - LOW_END)),
+        0
+    );
 }
 
 #[test]
@@ -1217,7 +1220,12 @@ fn checklist_09_returned_pages_checked() {
         r(HIGH_END - 8, 8)
     ])));
     assert_eq!(h.vsp.ballooned().len(), 768 + 16 + 8);
-    assert!(h.vsp.ballooned().ranges().all(|g| ram(g.start(), g.count())));
+    assert!(
+        h.vsp
+            .ballooned()
+            .ranges()
+            .all(|g| ram(g.start(), g.count()))
+    );
 }
 
 #[test]
@@ -1924,7 +1932,12 @@ fn owned_pages_are_kept_wherever_the_holes_are() {
         h.vsp.receive(h.now, &m, &ram);
         let want = (start..start + count).filter(|&p| ram(p, 1)).count() as u64;
         assert_eq!(h.vsp.ballooned().len(), want, "range {start:#x}+{count:#x}");
-        assert!(h.vsp.ballooned().ranges().all(|g| ram(g.start(), g.count())));
+        assert!(
+            h.vsp
+                .ballooned()
+                .ranges()
+                .all(|g| ram(g.start(), g.count()))
+        );
     }
 }
 
@@ -2029,12 +2042,7 @@ fn a_hostile_balloon_message_costs_work_linear_in_its_size() {
     // guest's, and a good part of them is taken, not all rejected unchecked.
     assert!(back >= 1000, "{back} pages taken");
     assert!(h.vsp.ballooned().len() <= HOSTILE_RAM);
-    assert!(
-        h.vsp
-            .ballooned()
-            .ranges()
-            .all(|g| g.end() <= HOSTILE_RAM)
-    );
+    assert!(h.vsp.ballooned().ranges().all(|g| g.end() <= HOSTILE_RAM));
 }
 
 /// The same attack where the gaps are not the guest's either: every gap costs an
