@@ -951,12 +951,14 @@ impl Vsc {
                 (self.regions.len() - 1, true)
             }
             (None, Some(rg)) => {
-                let (rs, re) = (rg.start_page(), rg.end_page());
+                // The part of the region below the gfn limit (a 40-bit start plus a
+                // 24-bit count can reach past it): no block beyond is a guest's, and a
+                // model would refuse it as Linux's add_memory refuses a range past the
+                // physical address limit. The start is below the limit, so the same
+                // ranges pass the checks below as before.
+                let (rs, re) = (rg.start_page(), rg.end_page().min(GFN_LIMIT));
                 // Linux's add_memory refuses an unaligned range with -EINVAL: try later.
-                // A region past the gfn limit (a 40-bit start plus a 24-bit count can
-                // reach there) names no guest page: refused like an invalid one, as Linux's
-                // add_memory refuses a range past its physical address limit.
-                if rs == re || rs % chunk != 0 || !(rs <= start && start < re) || re > GFN_LIMIT {
+                if rs == re || rs % chunk != 0 || !(rs <= start && start < re) {
                     return TRANSIENT;
                 }
                 // Blocks there exist already: Linux would get -EEXIST and stop for good.
