@@ -726,7 +726,8 @@ impl Vsc {
     fn take_block(&mut self, order: u32, model: &mut dyn GuestMemoryModel) -> Option<PageRange> {
         let n = 1u64 << order;
         let start = model.alloc_block(order)?;
-        // Below the gfn limit, which is the 40-bit PFN limit.
+        // Usable if it is a gfn range (below the gfn limit, which is the 40-bit PFN
+        // limit) that one page range can name.
         let block = GfnRange::new(start, n);
         let range = block
             .ok()
