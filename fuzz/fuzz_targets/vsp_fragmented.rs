@@ -176,13 +176,14 @@ fuzz_target!(|data: &[u8]| {
                 while let Some(e) = vsp.poll_event() {
                     match e {
                         VspEvent::PagesReturned(rs) => {
-                            for (s, c) in rs {
+                            for r in rs {
+                                let (s, c) = (r.start(), r.count());
                                 assert!(
                                     c > 0 && ram(s, c),
                                     "counted a page the guest does not own"
                                 );
-                                assert!(!model.intersects(s, c), "counted a page twice");
-                                model.insert(s, c);
+                                assert!(!model.intersects(r), "counted a page twice");
+                                model.insert(r);
                                 accepted += c;
                             }
                         }
@@ -213,12 +214,12 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let pages = u64::from(input.u32());
                 if let Ok(runs) = vsp.unballoon(now, pages) {
-                    for (s, n) in runs {
+                    for r in runs {
                         assert!(
-                            model.contains_all(s, n),
+                            model.contains_all(r),
                             "unballooned a page never ballooned"
                         );
-                        model.remove(s, n);
+                        model.remove(r);
                     }
                 }
             }

@@ -233,13 +233,13 @@ fuzz_target!(|data: &[u8]| {
             10 => {
                 let pages = u64::from(input.u32());
                 if let Ok(runs) = vsp.unballoon(now, pages) {
-                    assert!(runs.iter().map(|r| r.1).sum::<u64>() <= pages);
-                    for (s, n) in runs {
+                    assert!(runs.iter().map(|r| r.count()).sum::<u64>() <= pages);
+                    for r in runs {
                         assert!(
-                            model.contains_all(s, n),
+                            model.contains_all(r),
                             "unballooned a page never ballooned"
                         );
-                        model.remove(s, n);
+                        model.remove(r);
                     }
                 }
             }
@@ -267,10 +267,11 @@ fuzz_target!(|data: &[u8]| {
 
         while let Some(e) = vsp.poll_event() {
             if let VspEvent::PagesReturned(rs) | VspEvent::HotRemoved(rs) = e {
-                for (s, n) in rs {
+                for r in rs {
+                    let (s, n) = (r.start(), r.count());
                     assert!(n > 0 && ram(s, n), "counted a page the guest does not own");
-                    assert_eq!(model.count_in(s, n), 0, "counted a page twice");
-                    model.insert(s, n);
+                    assert_eq!(model.count_in(r), 0, "counted a page twice");
+                    model.insert(r);
                 }
             }
         }

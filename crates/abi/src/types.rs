@@ -4,8 +4,9 @@
 //! The module is called `types` rather than `mem` because it holds identities (a Hyper-V
 //! partition, a Xen domain) and the one "no such partition" error as well as guest memory
 //! ranges. It sits in the bottom crate so that the crates above it (the core, the backing,
-//! the host) name the same things with the same types and no crate translates between
-//! two spellings of a gfn range or a partition.
+//! the host, the Dynamic Memory protocol crate and its VMBus transport) name the same
+//! things with the same types and no crate translates between two spellings of a gfn
+//! range or a partition.
 //!
 //! # Gfns and ranges
 //! A [`Gfn`] is a plain `u64` (a type alias): gfns are indices into p2m tables, bitmaps

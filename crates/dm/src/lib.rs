@@ -6,6 +6,13 @@
 //! - [`vsc`]: the guest side (the VSC), as Linux's `hv_balloon` plays it.
 //! - [`pageset`]: the sets of guest pages each side keeps.
 //!
+//! Runs of guest pages cross the API as [`GfnRange`](ballast_abi::types::GfnRange), the
+//! range type every crate of ballast shares: the pages a guest returned or hot-removed,
+//! what an unballoon gave back, a [`PageSet`]'s runs, what the guest model frees and
+//! onlines. A page range off the wire (a 40-bit start, a 24-bit count) can reach past
+//! the gfn limit; that part is never a guest page, and only
+//! [`vsp::Violation::ForeignPages`] reports it, as the pairs the guest named.
+//!
 //! The transport is not here: `ballast-vmbus` holds the VMBus rings, the doorbells, the
 //! channel setup and the sessions that pump these machines over a ring, as quinn holds
 //! the sockets for quinn-proto. This crate makes no syscall; an embedder with its own

@@ -1,14 +1,37 @@
 //! A set of guest pages kept as disjoint ranges: what the host believes the guest has
 //! ballooned, what a guest may give up.
+//!
+//! The set speaks [`GfnRange`], the gfn range every crate of ballast shares: it takes
+//! ranges and hands out ranges, so every run it holds is below
+//! [`GFN_LIMIT`](ballast_abi::types::GFN_LIMIT) and no caller adds a start to a count.
 
 use std::collections::BTreeMap;
 
-/// Disjoint, non-adjacent `[start, end)` page ranges.
+use ballast_abi::types::{Gfn, GfnRange};
+
+/// Disjoint, non-adjacent gfn ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageSet {
-    /// start → end.
-    ranges: BTreeMap<u64, u64>,
+    /// start → end; every end at most `GFN_LIMIT`, as every range inserted was a
+    /// [`GfnRange`].
+    ranges: BTreeMap<Gfn, Gfn>,
     len: u64,
+}
+
+/// The range `[start, end)` of a run the set holds, or a clipped part of one (or any
+/// other span this crate knows lies inside a [`GfnRange`]).
+///
+/// Infallible in practice: every run is part of a [`GfnRange`] that was inserted or of a
+/// window a caller passed, so it lies below the limit; should that ever not hold, the
+/// run is reported empty rather than the program stopped.
+pub(crate) fn run(start: Gfn, end: Gfn) -> GfnRange {
+    GfnRange::from_bounds(start, end).unwrap_or_else(|_| {
+        debug_assert!(
+            false,
+            "page set run {start:#x}..{end:#x} passes the gfn limit"
+        );
+        GfnRange::EMPTY
+    })
 }
 
 impl PageSet {
@@ -32,45 +55,45 @@ impl PageSet {
         self.len == 0
     }
 
-    /// The ranges, in order, as `(start, count)`.
-    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().map(|(&s, &e)| (s, e - s))
+    /// The ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = GfnRange> + '_ {
+        self.ranges.iter().map(|(&s, &e)| run(s, e))
     }
 
-    /// The set's runs inside `[start, start + count)`, clipped to it, in order, as
-    /// `(start, count)`.
+    /// The set's runs inside `window`, clipped to it, in order.
     ///
-    /// One ordered walk: a lookup for the run that may reach into `start`, then one step
-    /// per run, so taking the first `k` runs costs `O(log n + k)` however long the window
-    /// is — what a guest or a host naming 2^24 pages in one range may cost.
-    pub fn runs_in(&self, start: u64, count: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let end = start.saturating_add(count);
+    /// One ordered walk: a lookup for the run that may reach into the window's start,
+    /// then one step per run, so taking the first `k` runs costs `O(log n + k)` however
+    /// long the window is — what a guest or a host naming 2^24 pages in one range may
+    /// cost.
+    pub fn runs_in(&self, window: GfnRange) -> impl Iterator<Item = GfnRange> + '_ {
+        let (start, end) = (window.start(), window.end());
         probe::visit();
         let before = self
             .ranges
             .range(..start)
             .next_back()
             .filter(move |&(_, &e)| e > start && start < end)
-            .map(move |(_, &e)| (start, e.min(end) - start));
+            .map(move |(_, &e)| run(start, e.min(end)));
         let after = self
             .ranges
             .range(start..end)
-            .map(move |(&s, &e)| (s, e.min(end) - s));
+            .map(move |(&s, &e)| run(s, e.min(end)));
         before.into_iter().chain(after).inspect(|_| probe::visit())
     }
 
-    /// The runs of `[start, start + count)` not in the set, in order, as
-    /// `(start, count)`: the same walk as [`runs_in`](Self::runs_in), one step per gap.
-    pub fn gaps_in(&self, start: u64, count: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let end = start.saturating_add(count);
-        let mut runs = self.runs_in(start, count);
-        let mut at = start;
+    /// The runs of `window` not in the set, in order: the same walk as
+    /// [`runs_in`](Self::runs_in), one step per gap.
+    pub fn gaps_in(&self, window: GfnRange) -> impl Iterator<Item = GfnRange> + '_ {
+        let end = window.end();
+        let mut runs = self.runs_in(window);
+        let mut at = window.start();
         std::iter::from_fn(move || {
             while at < end {
-                let (s, n) = runs.next().unwrap_or((end, 0));
-                let gap = (at, s - at);
-                at = s + n;
-                if gap.1 > 0 {
+                let (s, e) = runs.next().map_or((end, end), |r| (r.start(), r.end()));
+                let gap = run(at, s);
+                at = e;
+                if !gap.is_empty() {
                     return Some(gap);
                 }
             }
@@ -78,27 +101,27 @@ impl PageSet {
         })
     }
 
-    /// True if any page of `[start, start + count)` is in the set: one lookup.
-    pub fn intersects(&self, start: u64, count: u64) -> bool {
-        self.runs_in(start, count).next().is_some()
+    /// True if any page of `range` is in the set: one lookup.
+    pub fn intersects(&self, range: GfnRange) -> bool {
+        self.runs_in(range).next().is_some()
     }
 
-    /// Pages of `[start, start + count)` in the set. Walks every run in the window.
-    pub fn count_in(&self, start: u64, count: u64) -> u64 {
-        self.runs_in(start, count).map(|(_, n)| n).sum()
+    /// Pages of `range` in the set. Walks every run in the range.
+    pub fn count_in(&self, range: GfnRange) -> u64 {
+        self.runs_in(range).map(|r| r.count()).sum()
     }
 
-    /// True if every page of `[start, start + count)` is in the set.
-    pub fn contains_all(&self, start: u64, count: u64) -> bool {
-        self.gaps_in(start, count).next().is_none()
+    /// True if every page of `range` is in the set.
+    pub fn contains_all(&self, range: GfnRange) -> bool {
+        self.gaps_in(range).next().is_none()
     }
 
-    /// Adds `[start, start + count)`; returns how many pages were not already there.
-    pub fn insert(&mut self, start: u64, count: u64) -> u64 {
-        if count == 0 {
+    /// Adds `range`; returns how many pages were not already there.
+    pub fn insert(&mut self, range: GfnRange) -> u64 {
+        if range.is_empty() {
             return 0;
         }
-        let (s0, e0) = (start, start.saturating_add(count));
+        let (s0, e0) = (range.start(), range.end());
         let (mut s, mut e) = (s0, e0);
         let mut added = e0 - s0;
         // Absorb, right to left, every range that overlaps or touches [s, e). Ranges are
@@ -122,12 +145,12 @@ impl PageSet {
         added
     }
 
-    /// Removes `[start, start + count)`; returns how many pages were there.
-    pub fn remove(&mut self, start: u64, count: u64) -> u64 {
-        if count == 0 {
+    /// Removes `range`; returns how many pages were there.
+    pub fn remove(&mut self, range: GfnRange) -> u64 {
+        if range.is_empty() {
             return 0;
         }
-        let (s0, e0) = (start, start.saturating_add(count));
+        let (s0, e0) = (range.start(), range.end());
         let mut removed = 0;
         while let Some((&rs, &re)) = self.ranges.range(..e0).next_back() {
             if re <= s0 {
@@ -149,7 +172,7 @@ impl PageSet {
 
     /// Takes up to `count` pages off the front of the set, as ranges of at most
     /// `max_range` pages.
-    pub fn take(&mut self, count: u64, max_range: u64) -> Vec<(u64, u64)> {
+    pub fn take(&mut self, count: u64, max_range: u64) -> Vec<GfnRange> {
         let mut out = Vec::new();
         let mut left = count;
         while left > 0 {
@@ -157,8 +180,9 @@ impl PageSet {
                 break;
             };
             let n = (e - s).min(left).min(max_range.max(1));
-            self.remove(s, n);
-            out.push((s, n));
+            let r = run(s, s + n);
+            self.remove(r);
+            out.push(r);
             left -= n;
         }
         out
@@ -193,20 +217,24 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    fn r(start: u64, count: u64) -> GfnRange {
+        GfnRange::new(start, count).unwrap()
+    }
+
     #[test]
     fn insert_remove_count() {
         let mut s = PageSet::new();
-        assert_eq!(s.insert(10, 5), 5);
-        assert_eq!(s.insert(12, 5), 2);
-        assert_eq!(s.insert(15, 1), 0);
-        assert_eq!(s.insert(17, 1), 1);
-        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 8)]);
-        assert_eq!(s.remove(11, 2), 2);
-        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(10, 1), (13, 5)]);
+        assert_eq!(s.insert(r(10, 5)), 5);
+        assert_eq!(s.insert(r(12, 5)), 2);
+        assert_eq!(s.insert(r(15, 1)), 0);
+        assert_eq!(s.insert(r(17, 1)), 1);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![r(10, 8)]);
+        assert_eq!(s.remove(r(11, 2)), 2);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![r(10, 1), r(13, 5)]);
         assert_eq!(s.len(), 6);
-        assert!(s.contains_all(13, 5));
-        assert!(!s.contains_all(12, 2));
-        assert_eq!(s.take(3, 2), vec![(10, 1), (13, 2)]);
+        assert!(s.contains_all(r(13, 5)));
+        assert!(!s.contains_all(r(12, 2)));
+        assert_eq!(s.take(3, 2), vec![r(10, 1), r(13, 2)]);
         assert_eq!(s.len(), 3);
     }
 
@@ -219,28 +247,28 @@ mod tests {
                 let pages: Vec<u64> = (start..start + count).collect();
                 if ins {
                     let new = pages.iter().filter(|p| m.insert(**p)).count() as u64;
-                    prop_assert_eq!(s.insert(start, count), new);
+                    prop_assert_eq!(s.insert(r(start, count)), new);
                 } else {
                     let gone = pages.iter().filter(|p| m.remove(*p)).count() as u64;
-                    prop_assert_eq!(s.remove(start, count), gone);
+                    prop_assert_eq!(s.remove(r(start, count)), gone);
                 }
                 prop_assert_eq!(s.len(), m.len() as u64);
-                let flat: BTreeSet<u64> = s.ranges().flat_map(|(a, n)| a..a + n).collect();
+                let flat: BTreeSet<u64> = s.ranges().flat_map(|g| g.iter()).collect();
                 prop_assert_eq!(&flat, &m);
                 // The walks agree with the model over a window.
                 let (ws, wn) = (start / 2, count * 3);
-                let inside: Vec<u64> = s.runs_in(ws, wn).flat_map(|(a, n)| a..a + n).collect();
-                let outside: Vec<u64> = s.gaps_in(ws, wn).flat_map(|(a, n)| a..a + n).collect();
+                let inside: Vec<u64> = s.runs_in(r(ws, wn)).flat_map(|g| g.iter()).collect();
+                let outside: Vec<u64> = s.gaps_in(r(ws, wn)).flat_map(|g| g.iter()).collect();
                 let want_in: Vec<u64> = (ws..ws + wn).filter(|p| m.contains(p)).collect();
                 let want_out: Vec<u64> = (ws..ws + wn).filter(|p| !m.contains(p)).collect();
                 prop_assert_eq!(&inside, &want_in);
                 prop_assert_eq!(&outside, &want_out);
-                prop_assert_eq!(s.count_in(ws, wn), want_in.len() as u64);
-                prop_assert_eq!(s.intersects(ws, wn), !want_in.is_empty());
-                prop_assert_eq!(s.contains_all(ws, wn), want_out.is_empty());
+                prop_assert_eq!(s.count_in(r(ws, wn)), want_in.len() as u64);
+                prop_assert_eq!(s.intersects(r(ws, wn)), !want_in.is_empty());
+                prop_assert_eq!(s.contains_all(r(ws, wn)), want_out.is_empty());
                 let rs: Vec<_> = s.ranges().collect();
                 for w in rs.windows(2) {
-                    prop_assert!(w[0].0 + w[0].1 < w[1].0, "disjoint and not touching");
+                    prop_assert!(w[0].end() < w[1].start(), "disjoint and not touching");
                 }
             }
         }

@@ -96,7 +96,7 @@ fn a_guest_flooding_violations_cannot_grow_the_host_queue_or_hide_its_pages() {
     let returned: u64 = events
         .iter()
         .filter_map(|e| match e {
-            VspEvent::PagesReturned(r) => Some(r.iter().map(|(_, n)| n).sum::<u64>()),
+            VspEvent::PagesReturned(r) => Some(r.iter().map(|g| g.count()).sum::<u64>()),
             _ => None,
         })
         .sum();

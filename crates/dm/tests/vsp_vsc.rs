@@ -163,13 +163,14 @@ impl World {
     }
 
     fn check(&self) -> Result<(), TestCaseError> {
-        for (s, c) in self.vsp.ballooned().ranges() {
+        for g in self.vsp.ballooned().ranges() {
+            let (s, c) = (g.start(), g.count());
             prop_assert!(
                 s + c <= self.guest_pages,
                 "host holds pages beyond guest RAM: {s:#x}+{c}"
             );
             prop_assert!(
-                self.vsc.ballooned().contains_all(s, c),
+                self.vsc.ballooned().contains_all(g),
                 "host holds {s:#x}+{c}, which the guest never gave"
             );
         }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
+use ballast_abi::types::GfnRange;
 use ballast_abi::vmbus::FEAT_PENDING_SEND_SZ;
 use ballast_benchkit::{median_ns_per, report};
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
@@ -95,7 +96,7 @@ impl Pattern {
         let mut g = SimGuest::new(GUEST_PAGES, GUEST_FREE);
         if self == Pattern::Pages4K {
             for block in (GUEST_PAGES - GUEST_FREE) / 512..GUEST_PAGES / 512 {
-                g.occupy(block * 512, 1);
+                g.occupy(GfnRange::page(block * 512).expect("below the gfn limit"));
             }
         }
         g

@@ -669,6 +669,7 @@ mod tests {
     use std::time::Instant;
 
     use ballast_abi::dm::{Body, Message, MessageType};
+    use ballast_abi::types::GfnRange;
     use ballast_abi::vmbus::WRITE_INDEX_OFFSET;
 
     use super::*;
@@ -685,7 +686,7 @@ mod tests {
     fn fragmented_guest() -> SimGuest {
         let mut g = SimGuest::new(TOTAL, TOTAL * 3 / 4);
         for block in (TOTAL / 4 / 512)..(TOTAL / 512) {
-            g.occupy(block * 512, 1);
+            g.occupy(GfnRange::page(block * 512).unwrap());
         }
         g
     }
@@ -735,7 +736,7 @@ mod tests {
             msg.and_then(|m| Message::parse(m).ok()).map(|m| m.body)
         {
             for r in ranges {
-                set.insert(r.start_page(), u64::from(r.page_cnt()));
+                set.insert(GfnRange::new(r.start_page(), u64::from(r.page_cnt())).unwrap());
             }
         }
         set
@@ -922,8 +923,8 @@ mod tests {
         // The pages the tap saw given are the pages the host holds.
         let mut given = PageSet::new();
         for m in taken(&host_seen, Direction::Received) {
-            for (start, count) in pages_of(Some(&m)).ranges() {
-                given.insert(start, count);
+            for range in pages_of(Some(&m)).ranges() {
+                given.insert(range);
             }
         }
         assert_eq!(given.len(), 5_000);
@@ -1149,9 +1150,9 @@ mod tests {
         assert_eq!(host.vsp.ballooned().len(), 3 * 510);
         let held = pages_of(guest.unsent());
         assert_eq!(held.len(), 510);
-        for (s, n) in host.vsp.ballooned().ranges() {
-            assert!(guest.vsc.ballooned().contains_all(s, n));
-            assert_eq!(held.count_in(s, n), 0);
+        for range in host.vsp.ballooned().ranges() {
+            assert!(guest.vsc.ballooned().contains_all(range));
+            assert_eq!(held.count_in(range), 0);
         }
         assert!(matches!(host.pump(now), Err(SessionError::Ended)));
     }

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ballast_abi::dm::{Body, Message, Version};
+use ballast_abi::types::GfnRange;
 use ballast_dm::PageSet;
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig, VscEvent};
 use ballast_dm::vsp::{HotAddResult, Transaction, Vsp, VspConfig, VspEvent, VspState};
@@ -174,14 +175,15 @@ fn guest_config() -> VscConfig {
 fn fragmented_guest() -> SimGuest {
     let mut g = SimGuest::new(GUEST_PAGES, GUEST_FREE);
     for block in (GUEST_PAGES - GUEST_FREE) / 512..GUEST_PAGES / 512 {
-        g.occupy(block * 512, 1);
+        g.occupy(GfnRange::page(block * 512).unwrap());
     }
     g
 }
 
 fn write_ranges(socket: &UnixStream, set: &PageSet) {
     let mut out = String::new();
-    for (s, n) in set.ranges() {
+    for r in set.ranges() {
+        let (s, n) = (r.start(), r.count());
         out.push_str(&format!("range {s} {n}\n"));
     }
     out.push_str("end\n");
@@ -199,7 +201,8 @@ fn parse_ranges(text: &str) -> Option<PageSet> {
         assert_eq!(f.next(), Some("range"), "bad report line {line:?}");
         let s: u64 = f.next().unwrap().parse().unwrap();
         let n: u64 = f.next().unwrap().parse().unwrap();
-        assert_eq!(set.insert(s, n), n, "page reported twice: {line}");
+        let range = GfnRange::new(s, n).unwrap();
+        assert_eq!(set.insert(range), n, "page reported twice: {line}");
     }
     None
 }
@@ -210,7 +213,7 @@ fn balloon_pages(msg: Option<&[u8]>) -> PageSet {
     if let Some(Body::BalloonResponse { ranges, .. }) = msg.map(|m| Message::parse(m).unwrap().body)
     {
         for r in ranges {
-            set.insert(r.start_page(), u64::from(r.page_cnt()));
+            set.insert(GfnRange::new(r.start_page(), u64::from(r.page_cnt())).unwrap());
         }
     }
     set
@@ -221,8 +224,9 @@ fn returned_once(host: &Host) -> PageSet {
     let mut seen = PageSet::new();
     for e in &host.events {
         if let VspEvent::PagesReturned(runs) = e {
-            for &(s, n) in runs {
-                assert_eq!(seen.insert(s, n), n, "page {s:#x}+{n} returned twice");
+            for &r in runs {
+                let (s, n) = (r.start(), r.count());
+                assert_eq!(seen.insert(r), n, "page {s:#x}+{n} returned twice");
             }
         }
     }
@@ -350,7 +354,7 @@ fn full_session() {
 
     let now = host.now();
     let runs = host.session.vsp.unballoon(now, UNBALLOON).unwrap();
-    assert_eq!(runs.iter().map(|r| r.1).sum::<u64>(), UNBALLOON);
+    assert_eq!(runs.iter().map(|r| r.count()).sum::<u64>(), UNBALLOON);
     let done = host.wait_for("the unballoon", |e| {
         matches!(e, VspEvent::UnballoonComplete { .. })
     });
@@ -390,7 +394,7 @@ fn full_session() {
     assert_eq!(reported.len(), BALLOON - UNBALLOON);
     let returned = returned_once(&host);
     assert_eq!(returned.len(), BALLOON);
-    assert!(reported.ranges().all(|(s, n)| returned.contains_all(s, n)));
+    assert!(reported.ranges().all(|r| returned.contains_all(r)));
     let violations: Vec<_> = host
         .events
         .iter()
@@ -427,8 +431,8 @@ fn guest_stalls() {
     // The VSC counts a message as given once the session takes it; one held for room in
     // the ring has not reached the host.
     let mut sent = guest.vsc.ballooned().clone();
-    for (s, n) in balloon_pages(guest.unsent()).ranges() {
-        sent.remove(s, n);
+    for r in balloon_pages(guest.unsent()).ranges() {
+        sent.remove(r);
     }
     write_ranges(&socket, &sent);
     // Until killed, or the host goes.

@@ -4,9 +4,9 @@
 //! Every count and PFN is in 4 KiB pages, the protocol's unit (the guest is taken to use
 //! 4 KiB pages, as x86 Linux does; Linux turns ballooning off otherwise).
 
-use core::ops::Range;
+use ballast_abi::types::GfnRange;
 
-use crate::pageset::PageSet;
+use crate::pageset::{PageSet, run};
 
 /// Why a hot-add of memory blocks failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -47,17 +47,17 @@ pub trait GuestMemoryModel {
 
     /// Gives pages taken by [`alloc_block`](Self::alloc_block) back to the OS. The VSC
     /// only ever passes pages it got from `alloc_block` and has not freed since.
-    fn free_pages(&mut self, start: u64, count: u64);
+    fn free_pages(&mut self, pages: GfnRange);
 
     /// Adds the memory blocks `blocks` (whole blocks, block-aligned) and onlines the pages
     /// of `online` (a sub-range, possibly empty: the pages the host backs); the rest of
     /// the blocks stays offline until [`online_pages`](Self::online_pages). Returns the
     /// pages brought online.
-    fn hot_add(&mut self, blocks: Range<u64>, online: Range<u64>) -> Result<u64, HotAddError>;
+    fn hot_add(&mut self, blocks: GfnRange, online: GfnRange) -> Result<u64, HotAddError>;
 
     /// Onlines pages of blocks added earlier, once the host backs them; returns the pages
     /// brought online (pages already online or never added do not count).
-    fn online_pages(&mut self, pages: Range<u64>) -> u64;
+    fn online_pages(&mut self, pages: GfnRange) -> u64;
 
     /// The memory block size in pages: the unit of hot-add. Must be a power of two of at
     /// least 1 MiB (256 pages) and at most 32 GiB, as the caps field can only say 2^n MiB
@@ -65,18 +65,18 @@ pub trait GuestMemoryModel {
     fn block_pages(&self) -> u64;
 }
 
-/// Appends to `out` the maximal runs of `[start, start + count)` whose pages are all in
-/// `set` (`inside`) or all outside it (`!inside`), in order.
+/// Appends to `out` the maximal runs of `window` whose pages are all in `set` (`inside`)
+/// or all outside it (`!inside`), in order.
 ///
 /// One ordered walk of the set from `start`: a lookup, then one step per run of the set
 /// inside the window, so the cost grows with the runs found, not with `count` (a host may
 /// name 16 M pages in one range) — and every caller frees or fills the runs it finds, so
 /// asking again for the same window finds one.
-pub(crate) fn runs(set: &PageSet, start: u64, count: u64, inside: bool, out: &mut Vec<(u64, u64)>) {
+pub(crate) fn runs(set: &PageSet, window: GfnRange, inside: bool, out: &mut Vec<GfnRange>) {
     if inside {
-        out.extend(set.runs_in(start, count));
+        out.extend(set.runs_in(window));
     } else {
-        out.extend(set.gaps_in(start, count));
+        out.extend(set.gaps_in(window));
     }
 }
 
@@ -115,9 +115,10 @@ impl SimGuest {
         let total = total_pages.min(PFN_LIMIT);
         let avail = available_pages.min(total);
         let mut used = PageSet::new();
-        used.insert(0, total - avail);
+        // Both below `total`, which is at most the gfn limit.
+        used.insert(run(0, total - avail));
         let mut free = PageSet::new();
-        free.insert(total - avail, avail);
+        free.insert(run(total - avail, total));
         Self {
             boot_pages: total,
             block_pages: DEFAULT_BLOCK_PAGES,
@@ -139,29 +140,29 @@ impl SimGuest {
         self
     }
 
-    /// Marks free pages of `[start, start + count)` as in use (to fragment memory);
-    /// returns how many were free.
-    pub fn occupy(&mut self, start: u64, count: u64) -> u64 {
+    /// Marks free pages of `pages` as in use (to fragment memory); returns how many were
+    /// free.
+    pub fn occupy(&mut self, pages: GfnRange) -> u64 {
         let mut r = Vec::new();
-        runs(&self.free, start, count, true, &mut r);
+        runs(&self.free, pages, true, &mut r);
         let mut n = 0;
-        for (s, c) in r {
-            self.free.remove(s, c);
-            self.used.insert(s, c);
-            n += c;
+        for g in r {
+            self.free.remove(g);
+            self.used.insert(g);
+            n += g.count();
         }
         n
     }
 
-    /// Frees in-use pages of `[start, start + count)`; returns how many were in use.
-    pub fn vacate(&mut self, start: u64, count: u64) -> u64 {
+    /// Frees in-use pages of `pages`; returns how many were in use.
+    pub fn vacate(&mut self, pages: GfnRange) -> u64 {
         let mut r = Vec::new();
-        runs(&self.used, start, count, true, &mut r);
+        runs(&self.used, pages, true, &mut r);
         let mut n = 0;
-        for (s, c) in r {
-            self.used.remove(s, c);
-            self.free.insert(s, c);
-            n += c;
+        for g in r {
+            self.used.remove(g);
+            self.free.insert(g);
+            n += g.count();
         }
         n
     }
@@ -171,12 +172,12 @@ impl SimGuest {
     pub fn set_available(&mut self, pages: u64) {
         let now = self.free.len();
         if pages < now {
-            for (s, c) in self.free.take(now - pages, u64::MAX) {
-                self.used.insert(s, c);
+            for g in self.free.take(now - pages, u64::MAX) {
+                self.used.insert(g);
             }
         } else {
-            for (s, c) in self.used.take(pages - now, u64::MAX) {
-                self.free.insert(s, c);
+            for g in self.used.take(pages - now, u64::MAX) {
+                self.free.insert(g);
             }
         }
     }
@@ -242,65 +243,70 @@ impl GuestMemoryModel for SimGuest {
         if self.alloc_budget.is_some_and(|b| b < n) {
             return None;
         }
-        let start = self.free.ranges().find_map(|(s, c)| {
-            let a = s.checked_next_multiple_of(n)?;
-            (a + n <= s + c).then_some(a)
+        let start = self.free.ranges().find_map(|g| {
+            let a = g.start().checked_next_multiple_of(n)?;
+            (a + n <= g.end()).then_some(a)
         })?;
-        self.free.remove(start, n);
-        self.ballooned.insert(start, n);
+        // Inside a free range.
+        let block = run(start, start + n);
+        self.free.remove(block);
+        self.ballooned.insert(block);
         if let Some(b) = &mut self.alloc_budget {
             *b -= n;
         }
         Some(start)
     }
 
-    fn free_pages(&mut self, start: u64, count: u64) {
+    fn free_pages(&mut self, pages: GfnRange) {
         let mut r = Vec::new();
-        runs(&self.ballooned, start, count, true, &mut r);
+        runs(&self.ballooned, pages, true, &mut r);
         let mut n = 0;
-        for (s, c) in r {
-            self.ballooned.remove(s, c);
-            self.free.insert(s, c);
-            n += c;
+        for g in r {
+            self.ballooned.remove(g);
+            self.free.insert(g);
+            n += g.count();
         }
-        self.foreign_frees += count - n;
+        self.foreign_frees += pages.count() - n;
     }
 
-    fn hot_add(&mut self, blocks: Range<u64>, online: Range<u64>) -> Result<u64, HotAddError> {
+    fn hot_add(&mut self, blocks: GfnRange, online: GfnRange) -> Result<u64, HotAddError> {
         if let Some(e) = self.hot_add_failure {
             return Err(e);
         }
         let b = self.block_pages.max(1);
-        let len = blocks.end.saturating_sub(blocks.start);
-        if len == 0 || blocks.start % b != 0 || len % b != 0 || blocks.end > PFN_LIMIT {
+        let len = blocks.count();
+        // A gfn range ends at the 40-bit PFN limit at the latest.
+        if len == 0 || blocks.start() % b != 0 || len % b != 0 || blocks.end() > PFN_LIMIT {
             return Err(HotAddError::Failed);
         }
-        if blocks.start < self.boot_pages || self.added.intersects(blocks.start, len) {
+        if blocks.start() < self.boot_pages || self.added.intersects(blocks) {
             return Err(HotAddError::Exists);
         }
-        let on = online.start.max(blocks.start)..online.end.min(blocks.end);
-        let on_len = on.end.saturating_sub(on.start);
-        self.added.insert(blocks.start, len);
-        self.offline.insert(blocks.start, len);
-        self.offline.remove(on.start, on_len);
-        self.free.insert(on.start, on_len);
-        Ok(on_len)
+        let (lo, hi) = (
+            online.start().max(blocks.start()),
+            online.end().min(blocks.end()),
+        );
+        // Inside `blocks`, or empty.
+        let on = if lo < hi {
+            run(lo, hi)
+        } else {
+            GfnRange::EMPTY
+        };
+        self.added.insert(blocks);
+        self.offline.insert(blocks);
+        self.offline.remove(on);
+        self.free.insert(on);
+        Ok(on.count())
     }
 
-    fn online_pages(&mut self, pages: Range<u64>) -> u64 {
+    fn online_pages(&mut self, pages: GfnRange) -> u64 {
         let mut r = Vec::new();
-        runs(
-            &self.offline,
-            pages.start,
-            pages.end.saturating_sub(pages.start),
-            true,
-            &mut r,
-        );
+        runs(&self.offline, pages, true, &mut r);
         let mut n = 0;
-        for (s, c) in r {
-            self.offline.remove(s, c);
-            self.free.insert(s, c);
-            n += c;
+        for g in r {
+            self.offline.remove(g);
+            self.free.insert(g);
+            n += g.count();
         }
         n
     }

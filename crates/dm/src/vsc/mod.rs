@@ -59,8 +59,25 @@ use ballast_abi::dm::{
 
 pub use guest::{DEFAULT_BLOCK_PAGES, GuestMemoryModel, HotAddError, SimGuest};
 
-use crate::pageset::PageSet;
+use ballast_abi::types::{GFN_LIMIT, GfnRange, GfnRangeError};
+
+use crate::pageset::{PageSet, run};
 use crate::queue::{EventQueue, TxQueue};
+
+/// The gfns a page range names, if they are all below the gfn limit: a 40-bit start and
+/// a 24-bit count can reach past it.
+fn gfns(r: &PageRange) -> Result<GfnRange, GfnRangeError> {
+    GfnRange::new(r.start_page(), u64::from(r.page_cnt()))
+}
+
+/// The part of a page range below the gfn limit: all of it but what no guest page can
+/// be. Its start is a 40-bit field, below the limit, so this is never empty for want of
+/// a start.
+fn gfns_below_limit(r: &PageRange) -> GfnRange {
+    let start = r.start_page();
+    let count = u64::from(r.page_cnt()).min(GFN_LIMIT.saturating_sub(start));
+    GfnRange::new(start, count).unwrap_or(GfnRange::EMPTY)
+}
 
 /// The ring size per direction the VSC is meant to be opened with: Linux's
 /// `VMBUS_RING_SIZE(16 KiB)` data area, room for three full 4 KiB balloon responses.
@@ -412,8 +429,8 @@ impl Vsc {
     /// [`VscEvent::Withdrawn`].
     pub fn reset(&mut self) {
         self.tx.clear();
-        for (s, n) in self.in_flight.take(self.in_flight.len(), u64::MAX) {
-            self.withdrawn.insert(s, n);
+        for g in self.in_flight.take(self.in_flight.len(), u64::MAX) {
+            self.withdrawn.insert(g);
         }
         self.state = VscState::Closed;
         self.attempt = 0;
@@ -434,10 +451,12 @@ impl Vsc {
         }) = Message::parse(bytes)
         {
             for r in ranges {
-                let (s, n) = (r.start_page(), u64::from(r.page_cnt()));
-                if self.ballooned.contains_all(s, n) {
-                    self.ballooned.remove(s, n);
-                    self.in_flight.insert(s, n);
+                // A range past the gfn limit holds pages never ballooned: left alone, as
+                // any range not wholly ballooned is.
+                let Ok(g) = gfns(r) else { continue };
+                if self.ballooned.contains_all(g) {
+                    self.ballooned.remove(g);
+                    self.in_flight.insert(g);
                 }
             }
         }
@@ -453,10 +472,10 @@ impl Vsc {
             ..
         }) = Message::parse(&buf[..len])
         {
-            for r in ranges {
-                let n = u64::from(r.page_cnt());
-                self.in_flight.remove(r.start_page(), n);
-                self.ballooned.insert(r.start_page(), n);
+            // Ranges this side built from gfn ranges, so each converts back.
+            for g in ranges.iter().filter_map(|r| gfns(r).ok()) {
+                self.in_flight.remove(g);
+                self.ballooned.insert(g);
             }
         }
         Some(len)
@@ -695,8 +714,8 @@ impl Vsc {
             return;
         }
         let pages = self.withdrawn.len();
-        for (s, n) in self.withdrawn.take(pages, u64::MAX) {
-            model.free_pages(s, n);
+        for g in self.withdrawn.take(pages, u64::MAX) {
+            model.free_pages(g);
         }
         self.events.push_back(VscEvent::Withdrawn { pages });
     }
@@ -707,14 +726,14 @@ impl Vsc {
     fn take_block(&mut self, order: u32, model: &mut dyn GuestMemoryModel) -> Option<PageRange> {
         let n = 1u64 << order;
         let start = model.alloc_block(order)?;
-        let range = start
-            .checked_add(n)
-            .filter(|&end| end <= PageRange::MAX_START_PAGE + 1)
-            .and_then(|_| PageRange::try_new(start, n as u32));
+        // Usable if it is a gfn range (below the gfn limit, which is the 40-bit PFN
+        // limit) that one page range can name.
+        let block = GfnRange::new(start, n);
+        let range = block
+            .ok()
+            .and_then(|b| Some((b, PageRange::try_new(start, n as u32)?)));
         match range {
-            Some(r)
-                if !self.ballooned.intersects(start, n) && !self.in_flight.intersects(start, n) =>
-            {
+            Some((b, r)) if !self.ballooned.intersects(b) && !self.in_flight.intersects(b) => {
                 Some(r)
             }
             Some(_) => {
@@ -727,7 +746,14 @@ impl Vsc {
                 tracing::error!(
                     "dm vsc: the guest model gave pages beyond 40-bit PFNs at {start:#x}"
                 );
-                model.free_pages(start, n);
+                // Back to the model, all of it when it is a gfn range (a block too large
+                // for one page range), else the part below the gfn limit: the rest is no
+                // guest page.
+                let back = block.unwrap_or_else(|_| {
+                    let below = n.min(GFN_LIMIT.saturating_sub(start));
+                    GfnRange::new(start.min(GFN_LIMIT), below).unwrap_or(GfnRange::EMPTY)
+                });
+                model.free_pages(back);
                 None
             }
         }
@@ -760,7 +786,10 @@ impl Vsc {
                 let Some(r) = self.take_block(order, model) else {
                     break;
                 };
-                self.in_flight.insert(r.start_page(), unit);
+                // take_block gives only gfn ranges.
+                if let Ok(g) = gfns(&r) {
+                    self.in_flight.insert(g);
+                }
                 ranges.push(r);
                 got += unit;
             }
@@ -778,10 +807,9 @@ impl Vsc {
             if !sent {
                 // Cannot happen with at most 510 ranges; if it did, the pages never
                 // reached the host and must not stay lost.
-                for r in &ranges {
-                    let n = u64::from(r.page_cnt());
-                    self.in_flight.remove(r.start_page(), n);
-                    model.free_pages(r.start_page(), n);
+                for g in ranges.iter().filter_map(|r| gfns(r).ok()) {
+                    self.in_flight.remove(g);
+                    model.free_pages(g);
                 }
                 if !last {
                     self.send(Body::BalloonResponse {
@@ -814,12 +842,13 @@ impl Vsc {
         for r in ranges {
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             owned.clear();
-            guest::runs(&self.ballooned, start, count, true, &mut owned);
+            // No page past the gfn limit is ballooned, so that part is simply not found.
+            guest::runs(&self.ballooned, gfns_below_limit(r), true, &mut owned);
             let mut freed = 0;
-            for &(s, n) in &owned {
-                self.ballooned.remove(s, n);
-                model.free_pages(s, n);
-                freed += n;
+            for &g in &owned {
+                self.ballooned.remove(g);
+                model.free_pages(g);
+                freed += g.count();
             }
             self.unballoon_freed += freed;
             if freed < count {
@@ -923,7 +952,12 @@ impl Vsc {
                 (self.regions.len() - 1, true)
             }
             (None, Some(rg)) => {
-                let (rs, re) = (rg.start_page(), rg.end_page());
+                // The part of the region below the gfn limit (a 40-bit start plus a
+                // 24-bit count can reach past it): no block beyond is a guest's, and a
+                // model would refuse it as Linux's add_memory refuses a range past the
+                // physical address limit. The start is below the limit, so the same
+                // ranges pass the checks below as before.
+                let (rs, re) = (rg.start_page(), rg.end_page().min(GFN_LIMIT));
                 // Linux's add_memory refuses an unaligned range with -EINVAL: try later.
                 if rs == re || rs % chunk != 0 || !(rs <= start && start < re) {
                     return TRANSIENT;
@@ -987,22 +1021,25 @@ fn cover(
     let in_added = end.min(r.added_end);
     if start < in_added {
         let mut fresh = Vec::new();
-        guest::runs(&r.backed, start, in_added - start, false, &mut fresh);
-        for (s, n) in fresh {
-            r.backed.insert(s, n);
+        // Regions end at the gfn limit at the latest (see `do_hot_add`).
+        guest::runs(&r.backed, run(start, in_added), false, &mut fresh);
+        for g in fresh {
+            r.backed.insert(g);
+            let n = g.count();
             pages += n;
-            onlined += model.online_pages(s..s + n).min(n);
+            onlined += model.online_pages(g).min(n);
         }
     }
     while r.added_end < end && r.added_end + chunk <= r.end {
         let b = r.added_end;
         let (lo, hi) = (start.max(b), end.min(b + chunk));
-        let online = if lo < hi { lo..hi } else { b..b };
-        let n = online.end - online.start;
-        match model.hot_add(b..b + chunk, online.clone()) {
+        let blocks = run(b, b + chunk);
+        let online = if lo < hi { run(lo, hi) } else { run(b, b) };
+        let n = online.count();
+        match model.hot_add(blocks, online) {
             Ok(on) => {
                 r.added_end += chunk;
-                r.backed.insert(online.start, n);
+                r.backed.insert(online);
                 pages += n;
                 onlined += on.min(n);
             }

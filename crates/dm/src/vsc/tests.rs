@@ -8,6 +8,11 @@ use super::*;
 use ballast_abi::dm::InfoType;
 use proptest::prelude::*;
 
+/// The gfn range `start .. start + count` (the tests name only ranges below the limit).
+fn r(start: u64, count: u64) -> GfnRange {
+    GfnRange::new(start, count).unwrap()
+}
+
 const MIB: u64 = 256;
 const GIB: u64 = 1024 * MIB;
 
@@ -115,7 +120,7 @@ fn balloon_ranges(b: &[u8]) -> (bool, Vec<(u64, u64)>) {
 fn set_of(ranges: &[(u64, u64)]) -> PageSet {
     let mut s = PageSet::new();
     for &(a, n) in ranges {
-        s.insert(a, n);
+        s.insert(r(a, n));
     }
     s
 }
@@ -125,7 +130,7 @@ fn balloon_exactly(ranges: &[(u64, u64)], total: u64) -> (Vsc, SimGuest) {
     let mut g = SimGuest::new(total, 0);
     let mut n = 0;
     for &(s, c) in ranges {
-        n += g.vacate(s, c);
+        n += g.vacate(r(s, c));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -360,7 +365,7 @@ fn t14_unballoon_in_two_messages_answers_once_after_the_last() {
     assert_eq!(out[0].len(), 8);
     assert!(vsc.ballooned().is_empty());
     assert_eq!(g.available_pages(), free_before + 1024);
-    assert!(g.free().contains_all(0x12345, 512) && g.free().contains_all(0x12745, 512));
+    assert!(g.free().contains_all(r(0x12345, 512)) && g.free().contains_all(r(0x12745, 512)));
     assert_eq!(
         events(&mut vsc),
         vec![VscEvent::Unballooned {
@@ -374,7 +379,7 @@ fn t14_unballoon_in_two_messages_answers_once_after_the_last() {
 fn t15_unballoon_of_pages_never_ballooned_frees_nothing_and_still_answers() {
     let (mut vsc, mut g) = balloon_exactly(&[(0x1000, 512)], 0x10000);
     let used_page = 0x2000;
-    assert!(!g.free().contains_all(used_page, 1));
+    assert!(!g.free().contains_all(r(used_page, 1)));
     // One range half ballooned, one entirely foreign (a page the guest is using).
     vsc.receive(
         secs(2),
@@ -387,7 +392,7 @@ fn t15_unballoon_of_pages_never_ballooned_frees_nothing_and_still_answers() {
     assert_eq!(vsc.ballooned(), &set_of(&[(0x1000, 256)]));
     assert_eq!(g.foreign_frees(), 0);
     assert_eq!(
-        g.free().count_in(used_page, 16),
+        g.free().count_in(r(used_page, 16)),
         0,
         "a page in use was freed"
     );
@@ -424,7 +429,7 @@ fn t16_full_page_unballoon_with_510_ranges() {
     let pages: Vec<(u64, u64)> = (0..510).map(|i| (0x4000 + 2 * i, 1)).collect();
     let mut g = SimGuest::new(0x10000, 0);
     for &(s, n) in &pages {
-        g.vacate(s, n);
+        g.vacate(r(s, n));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -477,8 +482,8 @@ fn t17_hot_add_with_region() {
     let mut expect = hex("0b 00 10 00 00 00 00 00 00 80 00 00 01 00 00 00");
     expect[4..8].copy_from_slice(&trans_id(&out[0]).to_le_bytes());
     assert_eq!(out[0], expect);
-    assert!(g.added().contains_all(0x100000, 32768));
-    assert!(g.free().contains_all(0x100000, 32768), "onlined");
+    assert!(g.added().contains_all(r(0x100000, 32768)));
+    assert!(g.free().contains_all(r(0x100000, 32768)), "onlined");
     assert_eq!(g.total_pages(), 2 * GIB + 32768);
     assert_eq!(
         events(&mut vsc),
@@ -504,7 +509,7 @@ fn t18_hot_add_without_region_derives_it_from_the_block_size() {
     let mut expect = hex("0b 00 10 00 00 00 00 00 00 80 00 00 01 00 00 00");
     expect[4..8].copy_from_slice(&trans_id(&out[0]).to_le_bytes());
     assert_eq!(out[0], expect);
-    assert!(g.added().contains_all(0x100000, 32768));
+    assert!(g.added().contains_all(r(0x100000, 32768)));
     assert!(g.offline().is_empty());
 }
 
@@ -519,7 +524,7 @@ fn t18_next_range_without_region_extends_the_derived_region() {
         &mut g,
     );
     assert_eq!(hot_add_response(&drain(&mut vsc)[0]), (16384, 1));
-    assert!(g.added().contains_all(0x100000, 32768));
+    assert!(g.added().contains_all(r(0x100000, 32768)));
     assert_eq!(g.offline().len(), 16384);
     // The rest of that block, then the next block: offline pages come online, the
     // region grows by a block.
@@ -530,7 +535,7 @@ fn t18_next_range_without_region_extends_the_derived_region() {
     );
     assert_eq!(hot_add_response(&drain(&mut vsc)[0]), (49152, 1));
     assert!(g.offline().is_empty());
-    assert!(g.added().contains_all(0x100000, 65536));
+    assert!(g.added().contains_all(r(0x100000, 65536)));
     assert_eq!(vsc.pages_added(), 65536);
     assert_eq!(vsc.pages_onlined(), 65536);
 }
@@ -632,7 +637,7 @@ fn checklist_01_transport_sizes_hold_a_full_message() {
     // Nothing the VSC sends exceeds one 4 KiB message, even a fragmented balloon.
     let mut g = SimGuest::new(GIB, 0);
     for i in 0..3000 {
-        g.vacate(0x1000 + 2 * i, 1);
+        g.vacate(r(0x1000 + 2 * i, 1));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -855,18 +860,14 @@ fn checklist_04_committed_counts_hot_added_pages_not_yet_online() {
         fn alloc_block(&mut self, order: u32) -> Option<u64> {
             self.0.alloc_block(order)
         }
-        fn free_pages(&mut self, start: u64, count: u64) {
-            self.0.free_pages(start, count)
+        fn free_pages(&mut self, pages: GfnRange) {
+            self.0.free_pages(pages)
         }
-        fn hot_add(
-            &mut self,
-            blocks: core::ops::Range<u64>,
-            _: core::ops::Range<u64>,
-        ) -> Result<u64, HotAddError> {
-            let s = blocks.start;
-            self.0.hot_add(blocks, s..s)
+        fn hot_add(&mut self, blocks: GfnRange, _: GfnRange) -> Result<u64, HotAddError> {
+            let s = blocks.start();
+            self.0.hot_add(blocks, r(s, 0))
         }
-        fn online_pages(&mut self, _: core::ops::Range<u64>) -> u64 {
+        fn online_pages(&mut self, _: GfnRange) -> u64 {
             0
         }
         fn block_pages(&self) -> u64 {
@@ -932,7 +933,7 @@ fn checklist_05_2mib_blocks_first_then_4kib_pages() {
 fn checklist_05_without_2mib_blocks_each_message_carries_510_ranges() {
     let mut g = SimGuest::new(GIB, 0);
     for i in 0..1200 {
-        g.vacate(0x1000 + 2 * i, 1);
+        g.vacate(r(0x1000 + 2 * i, 1));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -985,7 +986,7 @@ fn checklist_05_allocation_failure_still_ends_with_a_final_message() {
 fn checklist_05_a_full_ring_drains_one_message_at_a_time() {
     let mut g = SimGuest::new(GIB, 0);
     for i in 0..2000 {
-        g.vacate(0x1000 + 2 * i, 1);
+        g.vacate(r(0x1000 + 2 * i, 1));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -1000,15 +1001,15 @@ fn checklist_05_a_full_ring_drains_one_message_at_a_time() {
     assert_eq!(vsc.ballooned().len(), 510);
     assert_eq!(vsc.in_flight().len(), 1490);
     // The host cannot know queued pages; an unballoon naming them is refused.
-    let (_, r) = balloon_ranges(&first);
+    let (_, sent) = balloon_ranges(&first);
     let queued = 0x1000 + 2 * 1999;
     vsc.receive(
         secs(61),
-        &unballoon_request(false, &[(r[0].0, 1), (queued, 1)]),
+        &unballoon_request(false, &[(sent[0].0, 1), (queued, 1)]),
         &mut g,
     );
     assert_eq!(vsc.ballooned().len(), 509);
-    assert!(vsc.in_flight().contains_all(queued, 1));
+    assert!(vsc.in_flight().contains_all(r(queued, 1)));
     assert_eq!(g.foreign_frees(), 0);
     drain(&mut vsc);
     assert_eq!(vsc.ballooned().len(), 1999);
@@ -1289,7 +1290,7 @@ fn checklist_12_renegotiates_from_scratch_after_reset() {
 fn reset_gives_back_pages_of_balloon_responses_never_sent() {
     let mut g = SimGuest::new(GIB, 0);
     for i in 0..1500 {
-        g.vacate(0x1000 + 2 * i, 1);
+        g.vacate(r(0x1000 + 2 * i, 1));
     }
     let config = VscConfig {
         balloon_floor: Some(0),
@@ -1414,15 +1415,15 @@ impl Host {
         prop_assert!(msg.trans_id > self.last_id, "one counter, always forward");
         self.last_id = msg.trans_id;
         if let Body::BalloonResponse { ranges, .. } = msg.body {
-            for r in ranges {
-                let n = u64::from(r.page_cnt());
+            for pr in ranges {
+                let n = u64::from(pr.page_cnt());
                 prop_assert!(n > 0);
                 prop_assert_eq!(
-                    self.held.count_in(r.start_page(), n),
+                    self.held.count_in(r(pr.start_page(), n)),
                     0,
                     "page reported twice"
                 );
-                self.held.insert(r.start_page(), n);
+                self.held.insert(r(pr.start_page(), n));
             }
         }
         Ok(())
@@ -1450,7 +1451,7 @@ proptest! {
         // 64 MiB guest, fragmented, 1 MiB blocks so hot-add stays cheap.
         let mut g = SimGuest::new(16_384, 12_000).with_block_pages(256);
         for i in 0..300 {
-            g.occupy(8_000 + 3 * i, 1);
+            g.occupy(r(8_000 + 3 * i, 1));
         }
         let config = VscConfig { balloon_floor: Some(1_000), ..VscConfig::default() };
         let mut vsc = Vsc::new(config);
@@ -1466,7 +1467,7 @@ proptest! {
                 Op::Caps(a) => Some(caps_response(a)),
                 Op::Balloon(n) => Some(balloon_request(n)),
                 Op::Unballoon(more, rs) => {
-                    let held: Vec<(u64, u64)> = host.held.ranges().collect();
+                    let held: Vec<(u64, u64)> = host.held.ranges().map(|g| (g.start(), g.count())).collect();
                     let ranges: Vec<(u64, u32)> = rs
                         .iter()
                         .map(|&(from_held, x, n)| match held.get(x as usize % held.len().max(1)) {
@@ -1520,7 +1521,8 @@ proptest! {
                 if matches!(vsc.state(), VscState::Connected { .. }) {
                     if let Ok(Message { body: Body::UnballoonRequest { ranges, .. }, .. }) = Message::parse(&p) {
                         for r in ranges {
-                            host.held.remove(r.start_page(), u64::from(r.page_cnt()));
+                            // The host holds no page past the gfn limit.
+                            host.held.remove(gfns_below_limit(r));
                         }
                     }
                 }
@@ -1529,7 +1531,7 @@ proptest! {
             while vsc.poll_event().is_some() {}
             prop_assert_eq!(g.foreign_frees(), 0, "freed a page it did not own");
             prop_assert_eq!(vsc.ballooned(), &host.held, "ballooned set is what was reported");
-            let overlap = vsc.in_flight().ranges().map(|(s, n)| vsc.ballooned().count_in(s, n)).sum::<u64>();
+            let overlap = vsc.in_flight().ranges().map(|g| vsc.ballooned().count_in(g)).sum::<u64>();
             prop_assert_eq!(overlap, 0);
         }
         while let Some(m) = poll(&mut vsc) {
@@ -1551,7 +1553,7 @@ fn a_hostile_unballoon_costs_work_linear_in_the_runs_it_frees() {
     const RAM: u64 = 1 << 19;
     let mut g = SimGuest::new(RAM, 0);
     for p in (0..RAM).step_by(2) {
-        g.vacate(p, 1);
+        g.vacate(r(p, 1));
     }
     let config = VscConfig {
         balloon_floor: Some(0),

@@ -113,6 +113,8 @@ use ballast_abi::dm::{
     Version,
 };
 
+use ballast_abi::types::{GFN_LIMIT, GfnRange};
+
 use crate::PageSet;
 use crate::queue::{EventQueue, TxQueue};
 
@@ -362,6 +364,11 @@ pub enum Violation {
         /// The first of the runs rejected (foreign or unchecked), as `(start_pfn, count)`,
         /// in the order met; at most [`MAX_REPORTED_RUNS`], however many runs the message
         /// named.
+        ///
+        /// Pairs rather than [`GfnRange`]s, unlike every other run this crate hands out:
+        /// a page range's 40-bit start and 24-bit count can name pages up to
+        /// `2^40 + 2^24 - 2`, past [`GFN_LIMIT`], and those are reported here too, as
+        /// what the guest named. No such pair is ever a gfn range of the guest's.
         runs: Vec<(u64, u64)>,
     },
     /// An unballoon timed out and stayed unanswered while [`MAX_LATE_UNBALLOONS`] later
@@ -409,9 +416,9 @@ pub enum VspEvent {
         /// `num_avail`.
         available: u64,
     },
-    /// Pages the guest ballooned, newly accepted, as `(start_pfn, count)`: each page is
-    /// reported once, and only if the guest owned it.
-    PagesReturned(Vec<(u64, u64)>),
+    /// Pages the guest ballooned, newly accepted: each page is reported once, and only if
+    /// the guest owned it.
+    PagesReturned(Vec<GfnRange>),
     /// A balloon operation ended.
     BalloonComplete {
         /// Pages the owner asked for.
@@ -433,8 +440,8 @@ pub enum VspEvent {
         /// How it ended.
         result: HotAddResult,
     },
-    /// Pages the guest hot-removed, newly accepted, as `(start_pfn, count)`.
-    HotRemoved(Vec<(u64, u64)>),
+    /// Pages the guest hot-removed, newly accepted.
+    HotRemoved(Vec<GfnRange>),
     /// A hot-remove operation ended.
     HotRemoveComplete {
         /// Pages asked for.
@@ -806,17 +813,17 @@ impl Vsp {
         Ok(())
     }
 
-    /// Gives up to `pages` ballooned pages back to the guest. Returns the runs, as
-    /// `(start_pfn, count)`, that left the ballooned set: they must be backed before the
-    /// messages from [`poll_transmit`](Self::poll_transmit) reach the guest.
-    pub fn unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<(u64, u64)>, VspError> {
+    /// Gives up to `pages` ballooned pages back to the guest. Returns the runs that left
+    /// the ballooned set: they must be backed before the messages from
+    /// [`poll_transmit`](Self::poll_transmit) reach the guest.
+    pub fn unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<GfnRange>, VspError> {
         self.advance(now);
         let r = self.try_unballoon(now, pages);
         self.sync_state();
         r
     }
 
-    fn try_unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<(u64, u64)>, VspError> {
+    fn try_unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<GfnRange>, VspError> {
         let caps = self.ready_idle()?;
         if !caps.balloon() {
             return Err(VspError::NotCapable("the guest cannot balloon"));
@@ -832,7 +839,7 @@ impl Vsp {
             .take(pages, 524_288);
         let ranges: Vec<PageRange> = runs
             .iter()
-            .filter_map(|&(s, n)| PageRange::try_new(s, u32::try_from(n).ok()?))
+            .filter_map(|r| PageRange::try_new(r.start(), u32::try_from(r.count()).ok()?))
             .collect();
         let chunks: Vec<&[PageRange]> = ranges.chunks(MAX_RANGES_PER_MESSAGE).collect();
         let last = chunks.len().saturating_sub(1);
@@ -885,13 +892,11 @@ impl Vsp {
         if pages == 0 {
             return Err(VspError::NothingToDo);
         }
-        if start_pfn
-            .checked_add(pages)
-            .is_none_or(|end| end > PFN_LIMIT)
-        {
+        // PFN_LIMIT is GFN_LIMIT, so this refuses what passes the 40-bit PFN space.
+        let Ok(range) = GfnRange::new(start_pfn, pages) else {
             return Err(VspError::OutOfRange);
-        }
-        if self.ballooned.intersects(start_pfn, pages) {
+        };
+        if self.ballooned.intersects(range) {
             return Err(VspError::OverlapsBallooned);
         }
         self.hot_add_gate = HotAddGate::Open;
@@ -1573,7 +1578,7 @@ impl Vsp {
         now: Duration,
         ranges: &[PageRange],
         guest: &dyn GuestOwnership,
-    ) -> (Vec<(u64, u64)>, u64) {
+    ) -> (Vec<GfnRange>, u64) {
         let mut work = Work::from_credit(
             self.work_credit
                 .saturating_add(Self::work_budget(ranges.len()))
@@ -1594,6 +1599,12 @@ impl Vsp {
             // repeats, dropped silently. The walk goes [`WALK_CHUNK`] gaps at a time, each
             // batch checked before the next is walked, so walking cannot eat the budget
             // the checks need; what the budget leaves unwalked is rejected.
+            // Below PFN_LIMIT, which is GFN_LIMIT, so a gfn range; were it not, it would
+            // be foreign like the pages past the limit.
+            if GfnRange::new(start, inside).is_err() {
+                foreign.add(start, inside);
+                continue;
+            }
             let end = start + inside;
             let mut at = start;
             while at < end {
@@ -1604,12 +1615,14 @@ impl Vsp {
                 }
                 gaps.clear();
                 let mut resume = end;
-                for (s, n) in self.ballooned.gaps_in(at, end - at) {
+                // `at..end` lies inside the range checked above.
+                let window = GfnRange::from_bounds(at, end).unwrap_or(GfnRange::EMPTY);
+                for gap in self.ballooned.gaps_in(window) {
                     if gaps.len() == WALK_CHUNK || !work.spend(1) {
-                        resume = s;
+                        resume = gap.start();
                         break;
                     }
-                    gaps.push((s, n));
+                    gaps.push((gap.start(), gap.count()));
                 }
                 for &(gs, gn) in &gaps {
                     // QEMU takes a returned range page by page; bisecting keeps the owned
@@ -1618,12 +1631,17 @@ impl Vsp {
                     owned.clear();
                     owned_pieces(guest, gs, gn, &mut work, &mut owned, &mut foreign);
                     for &(s, n) in &owned {
+                        // Inside a gap of the window, so a gfn range.
+                        let Ok(piece) = GfnRange::new(s, n) else {
+                            foreign.add(s, n);
+                            continue;
+                        };
                         // Paid for, though the budget may be spent: the pages were checked.
                         let runs = self.ballooned.run_count();
-                        new += self.ballooned.insert(s, n);
+                        new += self.ballooned.insert(piece);
                         let absorbed = (runs + 1).saturating_sub(self.ballooned.run_count());
                         work.charge(INSERT_COST + MERGE_COST * absorbed as u64);
-                        accepted.push((s, n));
+                        accepted.push(piece);
                     }
                 }
                 at = resume;
@@ -1692,8 +1710,10 @@ impl Vsp {
     }
 }
 
-/// One past the largest PFN a page range can start at.
+/// One past the largest PFN a page range can start at: the gfn limit, so every run below
+/// it is a [`GfnRange`].
 const PFN_LIMIT: u64 = PageRange::MAX_START_PAGE + 1;
+const _: () = assert!(PFN_LIMIT == GFN_LIMIT);
 
 /// Units of work a guest message adds to the credit, for the message: small, since a
 /// one-range message is 24 bytes of payload; a per-message constant much larger than the

@@ -8,6 +8,11 @@ use super::*;
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use proptest::prelude::*;
 
+/// The gfn range `start .. start + count` (the tests name only ranges below the limit).
+fn r(start: u64, count: u64) -> GfnRange {
+    GfnRange::new(start, count).unwrap()
+}
+
 /// Guest RAM in the tests: 3 GiB below a 1 GiB MMIO hole, then 1 GiB above 4 GiB.
 const LOW_END: u64 = 0xC0000;
 const HIGH_START: u64 = 0x100000;
@@ -312,7 +317,7 @@ fn t08_balloon_happy_path() {
     ));
     assert_eq!(
         h.events(),
-        vec![VspEvent::PagesReturned(vec![(0x12345, 512)])]
+        vec![VspEvent::PagesReturned(vec![r(0x12345, 512)])]
     );
     assert_eq!(
         h.vsp.state(),
@@ -325,7 +330,7 @@ fn t08_balloon_happy_path() {
     assert_eq!(
         h.events(),
         vec![
-            VspEvent::PagesReturned(vec![(0x12745, 512)]),
+            VspEvent::PagesReturned(vec![r(0x12745, 512)]),
             VspEvent::BalloonComplete {
                 requested: 262_144,
                 returned: 1024
@@ -336,7 +341,7 @@ fn t08_balloon_happy_path() {
     assert_eq!(h.vsp.ballooned().len(), 1024);
     assert_eq!(
         h.vsp.ballooned().ranges().collect::<Vec<_>>(),
-        vec![(0x12345, 512), (0x12745, 512)]
+        vec![r(0x12345, 512), r(0x12745, 512)]
     );
     // A partial answer means the guest is at its floor: unlike QEMU, no re-ask.
     assert!(h.sent().is_empty());
@@ -441,8 +446,8 @@ fn t12_duplicate_and_foreign_pages() {
     ));
     let events = h.events();
     assert!(events.contains(&VspEvent::PagesReturned(vec![
-        (0x12345, 512),
-        (0x12545, 256)
+        r(0x12345, 512),
+        r(0x12545, 256)
     ])));
     assert!(events.contains(&VspEvent::ProtocolViolation {
         what: Violation::ForeignPages {
@@ -456,7 +461,10 @@ fn t12_duplicate_and_foreign_pages() {
         returned: 768
     }));
     assert_eq!(h.vsp.ballooned().len(), 768);
-    assert_eq!(h.vsp.ballooned().count_in(LOW_END, HIGH_START - LOW_END), 0);
+    assert_eq!(
+        h.vsp.ballooned().count_in(r(LOW_END, HIGH_START - LOW_END)),
+        0
+    );
 }
 
 #[test]
@@ -1179,8 +1187,8 @@ fn checklist_09_returned_pages_checked() {
     assert_eq!(
         h.events(),
         vec![
-            VspEvent::PagesReturned(vec![(0x1000, 512)]),
-            VspEvent::PagesReturned(vec![(0x1200, 256)]),
+            VspEvent::PagesReturned(vec![r(0x1000, 512)]),
+            VspEvent::PagesReturned(vec![r(0x1200, 256)]),
         ]
     );
     // Straddling the end of RAM, past the 40-bit space, and zero-length ranges.
@@ -1208,11 +1216,16 @@ fn checklist_09_returned_pages_checked() {
         }
     }));
     assert!(events.contains(&VspEvent::PagesReturned(vec![
-        (LOW_END - 16, 16),
-        (HIGH_END - 8, 8)
+        r(LOW_END - 16, 16),
+        r(HIGH_END - 8, 8)
     ])));
     assert_eq!(h.vsp.ballooned().len(), 768 + 16 + 8);
-    assert!(h.vsp.ballooned().ranges().all(|(s, n)| ram(s, n)));
+    assert!(
+        h.vsp
+            .ballooned()
+            .ranges()
+            .all(|g| ram(g.start(), g.count()))
+    );
 }
 
 #[test]
@@ -1222,7 +1235,7 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     balloon_these(&mut h, &[(0x1000, 512), (0x3000, 100)]);
     // More than ballooned: what there is.
     let runs = h.vsp.unballoon(h.now, 1_000_000).unwrap();
-    assert_eq!(runs, vec![(0x1000, 512), (0x3000, 100)]);
+    assert_eq!(runs, vec![r(0x1000, 512), r(0x3000, 100)]);
     let sent = h.sent();
     assert_eq!(
         sent,
@@ -1246,10 +1259,10 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     );
     // Part of a set, lowest pages first; a second response is unexpected.
     balloon_these(&mut h, &[(0x1000, 512)]);
-    assert_eq!(h.vsp.unballoon(h.now, 100).unwrap(), vec![(0x1000, 100)]);
+    assert_eq!(h.vsp.unballoon(h.now, 100).unwrap(), vec![r(0x1000, 100)]);
     assert_eq!(
         h.vsp.ballooned().ranges().collect::<Vec<_>>(),
-        vec![(0x1064, 412)]
+        vec![r(0x1064, 412)]
     );
     h.recv(&msg(4, Body::UnballoonResponse));
     h.events();
@@ -1271,7 +1284,7 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     assert!(h.violations().is_empty());
     assert_eq!(
         h.vsp.unballoon(h.now, 1 << 24).unwrap(),
-        (0..32).map(|i| (i * 524_288, 524_288)).collect::<Vec<_>>(),
+        (0..32).map(|i| r(i * 524_288, 524_288)).collect::<Vec<_>>(),
         "at most 2 GiB per range, as QEMU sends"
     );
 }
@@ -1573,7 +1586,7 @@ fn checklist_16_close_drops_connection_state_keeps_ballooned() {
     assert_eq!(h.vsp.ballooned().len(), 64);
     // On guest reboot the owner takes the set back.
     let taken = h.vsp.take_ballooned();
-    assert_eq!(taken.ranges().collect::<Vec<_>>(), vec![(0x1000, 64)]);
+    assert_eq!(taken.ranges().collect::<Vec<_>>(), vec![r(0x1000, 64)]);
     assert!(h.vsp.ballooned().is_empty());
 }
 
@@ -1654,8 +1667,8 @@ fn hot_remove_pages_join_ballooned() {
                     runs: vec![(LOW_END, 1)]
                 }
             },
-            VspEvent::HotRemoved(vec![(0x8000, 512)]),
-            VspEvent::HotRemoved(vec![(0x9000, 512)]),
+            VspEvent::HotRemoved(vec![r(0x8000, 512)]),
+            VspEvent::HotRemoved(vec![r(0x9000, 512)]),
             VspEvent::HotRemoveComplete {
                 requested: 1024,
                 removed: 1024,
@@ -1796,10 +1809,10 @@ proptest! {
                 Step::Balloon(n) => { let _ = vsp.balloon(now, n); }
                 Step::Unballoon(n) => {
                     if let Ok(runs) = vsp.unballoon(now, n) {
-                        prop_assert!(runs.iter().map(|r| r.1).sum::<u64>() <= n);
-                        for (s, n) in runs {
-                            prop_assert!(model.contains_all(s, n), "unballooned a page never ballooned");
-                            model.remove(s, n);
+                        prop_assert!(runs.iter().map(|g| g.count()).sum::<u64>() <= n);
+                        for g in runs {
+                            prop_assert!(model.contains_all(g), "unballooned a page never ballooned");
+                            model.remove(g);
                         }
                     }
                 }
@@ -1814,11 +1827,12 @@ proptest! {
             }
             while let Some(e) = vsp.poll_event() {
                 if let VspEvent::PagesReturned(rs) | VspEvent::HotRemoved(rs) = e {
-                    for (s, n) in rs {
+                    for g in rs {
+                        let (s, n) = (g.start(), g.count());
                         prop_assert!(n > 0);
                         prop_assert!(ram(s, n), "counted a page the guest does not own");
-                        prop_assert_eq!(model.count_in(s, n), 0, "counted a page twice");
-                        model.insert(s, n);
+                        prop_assert_eq!(model.count_in(g), 0, "counted a page twice");
+                        model.insert(g);
                     }
                 }
             }
@@ -1879,7 +1893,7 @@ fn a_range_straddling_the_end_of_ram_keeps_its_owned_part() {
         .receive(h.now, &balloon_response(9, false, &[(0xFF0, 0x20)]), &ram);
     assert_eq!(
         h.vsp.ballooned().ranges().collect::<Vec<_>>(),
-        vec![(0xFF0, 0x10)]
+        vec![r(0xFF0, 0x10)]
     );
     assert!(h.events().iter().any(|e| matches!(
         e,
@@ -1918,7 +1932,12 @@ fn owned_pages_are_kept_wherever_the_holes_are() {
         h.vsp.receive(h.now, &m, &ram);
         let want = (start..start + count).filter(|&p| ram(p, 1)).count() as u64;
         assert_eq!(h.vsp.ballooned().len(), want, "range {start:#x}+{count:#x}");
-        assert!(h.vsp.ballooned().ranges().all(|(s, n)| ram(s, n)));
+        assert!(
+            h.vsp
+                .ballooned()
+                .ranges()
+                .all(|g| ram(g.start(), g.count()))
+        );
     }
 }
 
@@ -2014,7 +2033,7 @@ fn a_hostile_balloon_message_costs_work_linear_in_its_size() {
     let back: u64 = events
         .iter()
         .filter_map(|e| match e {
-            VspEvent::PagesReturned(r) => Some(r.iter().map(|&(_, n)| n).sum::<u64>()),
+            VspEvent::PagesReturned(r) => Some(r.iter().map(|g| g.count()).sum::<u64>()),
             _ => None,
         })
         .sum();
@@ -2023,12 +2042,7 @@ fn a_hostile_balloon_message_costs_work_linear_in_its_size() {
     // guest's, and a good part of them is taken, not all rejected unchecked.
     assert!(back >= 1000, "{back} pages taken");
     assert!(h.vsp.ballooned().len() <= HOSTILE_RAM);
-    assert!(
-        h.vsp
-            .ballooned()
-            .ranges()
-            .all(|(s, n)| s + n <= HOSTILE_RAM)
-    );
+    assert!(h.vsp.ballooned().ranges().all(|g| g.end() <= HOSTILE_RAM));
 }
 
 /// The same attack where the gaps are not the guest's either: every gap costs an
@@ -2413,8 +2427,8 @@ fn a_late_hot_remove_in_several_messages_completes_late() {
     assert_eq!(
         h.events(),
         vec![
-            VspEvent::HotRemoved(vec![(0x9000, 512)]),
-            VspEvent::HotRemoved(vec![(0xA000, 256)]),
+            VspEvent::HotRemoved(vec![r(0x9000, 512)]),
+            VspEvent::HotRemoved(vec![r(0xA000, 256)]),
             VspEvent::LateReply {
                 what: Transaction::HotRemove {
                     requested: 1024,
