@@ -12,15 +12,23 @@
 //! burst one way starts once the previous burst the other way has been read), written
 //! and read by a plain loop with no state machine.
 //!
-//! Run: `cargo bench -p ballast-dm --bench dm_balloon`
+//! Run: `cargo bench -p ballast-vmbus --bench dm_balloon`
 //!
 //! In one process it also moves the baseline's messages through rings over a GPADL's
-//! scattered pages of unsealed guest RAM, against the same ring in one span.
+//! scattered pages of unsealed guest RAM, against the same ring in one span, and drives
+//! the two state machines alone, handing each other messages directly.
+//!
+//! The compared variants are measured interleaved (`ballast_benchkit::interleaved`: one
+//! balloon + unballoon round of each per sampling round, the order rotating): in one
+//! process the sessions, the ring only, the ring over a GPADL page list and the machines
+//! alone; across two processes the sessions and the ring only, each against its own guest
+//! process, both started before the first round and idle while the other runs. Rounds
+//! follow [`SAMPLING`].
 //!
 //! Prints, per transport and pattern: messages per second and GiB of page ranges per
 //! second (a round moves 2 GiB: 1 GiB in balloon responses, 1 GiB in unballoon requests),
-//! each beside the baseline's, and the ratio ballast / baseline (1.0 = as fast as the
-//! ring alone).
+//! each as median (min .. max) beside the baseline's, and the ratio ballast / baseline
+//! (1.0 = as fast as the ring alone) as the median of the per-round ratios (min .. max).
 
 use std::hint::black_box;
 use std::io::{ErrorKind, Read};
@@ -34,7 +42,7 @@ use std::time::{Duration, Instant};
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use ballast_abi::types::GfnRange;
 use ballast_abi::vmbus::FEAT_PENDING_SEND_SZ;
-use ballast_benchkit::{median_ns_per, report};
+use ballast_benchkit::{Comparison, Sampling, interleaved, sig};
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
 use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
 use ballast_vmbus::ring::{
@@ -54,8 +62,16 @@ const GUEST_FREE: u64 = GUEST_PAGES * 3 / 4;
 const BALLOON: u64 = 262_144;
 /// Bytes of page ranges a round moves: the balloon and the unballoon.
 const ROUND_BYTES: f64 = 2.0 * BALLOON as f64 * 4096.0;
-/// Time each figure is measured for, about.
-const BUDGET: Duration = Duration::from_secs(3);
+/// Rounds of each comparison: a balloon + unballoon of 4 KiB pages through the sessions
+/// or the machines takes about 0.2 s, one of 2 MiB blocks well under 1 ms; the 4 KiB
+/// comparisons stop at the 20 s cap, usually before a 2% interval (the report says so).
+/// Four comparisons at most 20 s each keep the bench under two minutes on two cores.
+const SAMPLING: Sampling = Sampling {
+    min_rounds: 15,
+    max_rounds: 1001,
+    budget: Duration::from_secs(20),
+    rel_ci: 0.02,
+};
 /// Longest an end waits for its doorbell before calling the run stalled.
 const STALL: Duration = Duration::from_secs(20);
 /// Longest sleep between looks at the setup socket.
@@ -213,31 +229,63 @@ fn is_unballoon_done(e: &VspEvent) -> bool {
     *e == VspEvent::UnballoonComplete { pages: BALLOON }
 }
 
-/// Samples that fit the budget, given one warm-up round's time.
-fn samples_for(round: Duration) -> usize {
-    let n = BUDGET.as_secs_f64() / round.as_secs_f64().max(1e-9);
-    (n as usize).clamp(5, 1001) | 1
+/// A variant as `interleaved` takes it.
+type Timed<'a> = Box<dyn FnMut(&mut ()) + 'a>;
+
+/// Runs `variants` interleaved, each a balloon + unballoon round returning the messages
+/// it moved (checked against `expected`); nanoseconds per message. One untimed warm-up
+/// round of each first.
+fn compare(expected: usize, variants: &mut [&mut dyn FnMut() -> usize]) -> Comparison {
+    for v in variants.iter_mut() {
+        assert_eq!(v(), expected, "messages in a round");
+    }
+    let mut timed: Vec<Timed<'_>> = variants
+        .iter_mut()
+        .map(|v| {
+            Box::new(move |_: &mut ()| {
+                assert_eq!(black_box(v()), expected, "messages in a round");
+            }) as Timed<'_>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut(&mut ())> = timed
+        .iter_mut()
+        .map(|b| &mut **b as &mut dyn FnMut(&mut ()))
+        .collect();
+    interleaved(&SAMPLING, expected as u64, |_| (), &mut refs)
 }
 
-/// Median ns per message over rounds of `round`, which returns the messages it moved.
-fn measure(expected: usize, mut round: impl FnMut() -> usize) -> f64 {
-    let t = Instant::now();
-    assert_eq!(round(), expected, "messages in a round");
-    let samples = samples_for(t.elapsed());
-    median_ns_per(samples, 1, expected as u64, || {
-        black_box(round());
-    })
+/// "median (min .. max)" of a ratio's spread.
+fn ratio(c: &Comparison, i: usize, j: usize) -> String {
+    let r = c.ratio(i, j);
+    format!("{} ({} .. {})", sig(r.median), sig(r.min), sig(r.max))
 }
 
-fn print(transport: &str, pattern: Pattern, messages: usize, ours: f64, base: f64) {
+/// One line: variant `i`'s rate against variant `j`'s, and the ratio of the rates (the
+/// per-round ratio of `j`'s time to `i`'s). `scale` turns ns per message into the unit.
+fn line(c: &Comparison, name: &str, unit: &str, scale: f64, i: usize, base: &str, j: usize) {
     println!(
-        "{transport}, {}: {messages} messages a round; the ring alone moves them {:.0} times faster",
-        pattern.name(),
-        ours / base
+        "{name:<34} {} | {base} {} | ratio {}",
+        c.rate(i, scale).show(unit),
+        c.rate(j, scale).show(unit),
+        ratio(c, j, i)
     );
-    report("  messages", "kmsg/s", 1e6 / ours, "ring only", 1e6 / base);
-    let gib = |ns_per_msg: f64| ROUND_BYTES / (ns_per_msg * messages as f64) / 1.073_741_824;
-    report("  page ranges", "GiB/s", gib(ours), "ring only", gib(base));
+}
+
+/// The header and the messages and page-range lines of the sessions (variant 0) against
+/// the ring only (variant 1).
+fn print(transport: &str, pattern: Pattern, messages: usize, c: &Comparison) {
+    println!(
+        "{transport}, {}: {messages} messages a round, {} rounds{}; the ring alone moves them {} times faster",
+        pattern.name(),
+        c.rounds(),
+        c.note(),
+        ratio(c, 0, 1)
+    );
+    // kmsg/s = 1e6 / ns per message.
+    line(c, "  messages", "kmsg/s", 1e6, 0, "ring only", 1);
+    // GiB/s = bytes a round / (ns per message * messages) * 1e9 / 2^30.
+    let gib = ROUND_BYTES / messages as f64 / 1.073_741_824;
+    line(c, "  page ranges", "GiB/s", gib, 0, "ring only", 1);
 }
 
 // ---- in one process -----------------------------------------------------------------
@@ -282,39 +330,46 @@ fn in_process(pattern: Pattern, bursts: &[Burst]) {
     pump_until(&mut host, &mut guest, start.elapsed(), |e| {
         *e == VspEvent::StateChanged(VspState::Idle)
     });
-    let ours = measure(expected, || {
-        let now = start.elapsed();
-        host.vsp.balloon(now, BALLOON).unwrap();
-        let mut sent = pump_until(&mut host, &mut guest, now, is_balloon_done);
-        host.vsp.unballoon(now, BALLOON).unwrap();
-        sent += pump_until(&mut host, &mut guest, now, is_unballoon_done);
-        sent
-    });
-
     let (mut h, mut g) = Channel::pair_in_process(DEFAULT_DATA_SIZE).unwrap();
-    let base = ring_only(&mut h, &mut g, bursts);
-    print("in one process", pattern, expected, ours, base);
-
     // The ring alone again, over a GPADL's scattered pages of unsealed guest RAM.
-    let (mut h, mut g) = gpadl_pair_in_process(DEFAULT_DATA_SIZE);
-    let paged = ring_only(&mut h, &mut g, bursts);
-    report(
-        "  ring alone over a GPADL page list",
-        "kmsg/s",
-        1e6 / paged,
-        "one span",
-        1e6 / base,
-    );
-
+    let (mut gh, mut gg) = gpadl_pair_in_process(DEFAULT_DATA_SIZE);
     // Where the time goes: the machines alone, handing each other messages directly.
     let mut direct = Direct::connected(pattern);
-    let machines = measure(expected, || direct.round(&mut |_, _| {}));
-    report(
+    let (mut buf, mut gbuf) = (Vec::new(), Vec::new());
+    let c = compare(
+        expected,
+        &mut [
+            &mut || {
+                let now = start.elapsed();
+                host.vsp.balloon(now, BALLOON).unwrap();
+                let mut sent = pump_until(&mut host, &mut guest, now, is_balloon_done);
+                host.vsp.unballoon(now, BALLOON).unwrap();
+                sent += pump_until(&mut host, &mut guest, now, is_unballoon_done);
+                sent
+            },
+            &mut || ring_round(&mut h, &mut g, bursts, &mut buf),
+            &mut || ring_round(&mut gh, &mut gg, bursts, &mut gbuf),
+            &mut || direct.round(&mut |_, _| {}),
+        ],
+    );
+    print("in one process", pattern, expected, &c);
+    line(
+        &c,
+        "  ring alone over a GPADL page list",
+        "kmsg/s",
+        1e6,
+        2,
+        "one span",
+        1,
+    );
+    line(
+        &c,
         "  messages (where the time goes)",
         "kmsg/s",
-        1e6 / ours,
+        1e6,
+        0,
         "machines alone",
-        1e6 / machines,
+        3,
     );
 }
 
@@ -354,36 +409,33 @@ fn gpadl_pair_in_process(data_size: u32) -> (Channel, Channel) {
     (host, guest)
 }
 
-/// The baseline: ns per message moving a round's messages through `h` and `g` with a
-/// plain loop, no state machine.
-fn ring_only(h: &mut Channel, g: &mut Channel, bursts: &[Burst]) -> f64 {
-    let mut buf = Vec::new();
-    measure(message_count(bursts), || {
-        let mut moved = 0;
-        for b in bursts {
-            let (tx, rx) = if b.to_guest {
-                (&mut *h, &mut *g)
-            } else {
-                (&mut *g, &mut *h)
-            };
-            let (mut sent, mut received) = (0, 0);
-            while received < b.messages.len() {
-                while let Some(m) = b.messages.get(sent) {
-                    match tx.try_send(m, sent as u64) {
-                        Ok(()) => sent += 1,
-                        Err(RingError::Full) => break,
-                        Err(e) => panic!("send: {e}"),
-                    }
-                }
-                while let Some(p) = rx.try_recv(&mut buf).unwrap() {
-                    black_box(p.payload);
-                    received += 1;
+/// The baseline: a round's messages through `h` and `g` with a plain loop, no state
+/// machine; returns the messages moved.
+fn ring_round(h: &mut Channel, g: &mut Channel, bursts: &[Burst], buf: &mut Vec<u8>) -> usize {
+    let mut moved = 0;
+    for b in bursts {
+        let (tx, rx) = if b.to_guest {
+            (&mut *h, &mut *g)
+        } else {
+            (&mut *g, &mut *h)
+        };
+        let (mut sent, mut received) = (0, 0);
+        while received < b.messages.len() {
+            while let Some(m) = b.messages.get(sent) {
+                match tx.try_send(m, sent as u64) {
+                    Ok(()) => sent += 1,
+                    Err(RingError::Full) => break,
+                    Err(e) => panic!("send: {e}"),
                 }
             }
-            moved += received;
+            while let Some(p) = rx.try_recv(buf).unwrap() {
+                black_box(p.payload);
+                received += 1;
+            }
         }
-        moved
-    })
+        moved += received;
+    }
+    moved
 }
 
 // ---- across two processes -------------------------------------------------------------
@@ -496,7 +548,10 @@ fn finish(mut child: std::process::Child, socket: UnixStream) {
 fn two_processes(pattern: Pattern, bursts: &[Burst]) {
     let expected = message_count(bursts);
 
+    // Both guest processes run throughout; each waits on its doorbell (or polls its
+    // setup socket) while the other variant's round runs.
     let (child, socket, channel) = spawn("session", pattern);
+    let (base_child, base_socket, mut ch) = spawn("baseline", pattern);
     let start = Instant::now();
     let clock = move || start.elapsed();
     let mut host = HostSession::open(Vsp::new(vsp_config()), channel, 0..GUEST_PAGES, clock());
@@ -513,31 +568,34 @@ fn two_processes(pattern: Pattern, bursts: &[Burst]) {
         assert!(ok, "stuck in {:?}", host.vsp.state());
     };
     run(&mut host, |e| *e == VspEvent::StateChanged(VspState::Idle));
-    let ours = measure(expected, || {
-        host.vsp.balloon(clock(), BALLOON).unwrap();
-        run(&mut host, is_balloon_done);
-        host.vsp.unballoon(clock(), BALLOON).unwrap();
-        run(&mut host, is_unballoon_done);
-        // Half the messages are counted in the other process; `in_process` checks that
-        // the sessions exchange exactly the schedule's.
-        expected
-    });
-    finish(child, socket);
-
-    let (child, socket, mut ch) = spawn("baseline", pattern);
     let mut buf = Vec::new();
-    let base = measure(expected, || {
-        for b in bursts {
-            if b.to_guest {
-                send(&mut ch, &b.messages);
-            } else {
-                receive(&mut ch, &mut buf, b.messages.len(), None);
-            }
-        }
-        expected
-    });
+    let c = compare(
+        expected,
+        &mut [
+            &mut || {
+                host.vsp.balloon(clock(), BALLOON).unwrap();
+                run(&mut host, is_balloon_done);
+                host.vsp.unballoon(clock(), BALLOON).unwrap();
+                run(&mut host, is_unballoon_done);
+                // Half the messages are counted in the other process; `in_process` checks
+                // that the sessions exchange exactly the schedule's.
+                expected
+            },
+            &mut || {
+                for b in bursts {
+                    if b.to_guest {
+                        send(&mut ch, &b.messages);
+                    } else {
+                        receive(&mut ch, &mut buf, b.messages.len(), None);
+                    }
+                }
+                expected
+            },
+        ],
+    );
     finish(child, socket);
-    print("across two processes", pattern, expected, ours, base);
+    finish(base_child, base_socket);
+    print("across two processes", pattern, expected, &c);
 }
 
 fn main() {
