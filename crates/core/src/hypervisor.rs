@@ -258,6 +258,15 @@ impl Hypervisor {
         self.by_id.get(&id.0).copied()
     }
 
+    /// The Xen state of live partition `id`, for the toolstack setters.
+    pub(crate) fn xen_state_mut(
+        &mut self,
+        id: PartitionId,
+    ) -> Result<&mut XenState, NoSuchPartition> {
+        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
+        Ok(&mut self.part_mut(slot).xen)
+    }
+
     pub(crate) fn slot_of_domid(&self, domid: DomId) -> Option<u32> {
         self.by_domid.get(&domid.0).copied()
     }
@@ -752,8 +761,7 @@ impl Hypervisor {
         id: PartitionId,
         passthrough: bool,
     ) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
-        self.part_mut(slot).xen.passthrough = passthrough;
+        self.xen_state_mut(id)?.passthrough = passthrough;
         Ok(())
     }
 
@@ -918,8 +926,7 @@ impl Hypervisor {
     /// Sets Xen `max_pages` of partition `id` (`XEN_DOMCTL_max_mem`); it may go below
     /// `tot_pages`, after which only frees succeed.
     pub fn set_max_pages(&mut self, id: PartitionId, max_pages: u32) -> Result<(), MemoryError> {
-        let slot = self.slot_of(id).ok_or(NoSuchPartition(id))?;
-        self.part_mut(slot).xen.max_pages = max_pages;
+        self.xen_state_mut(id)?.max_pages = max_pages;
         Ok(())
     }
 

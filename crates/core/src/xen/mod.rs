@@ -513,8 +513,7 @@ impl Hypervisor {
         id: PartitionId,
         translated: bool,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
-        self.part_mut(slot).xen.translated = translated;
+        self.xen_state_mut(id)?.translated = translated;
         Ok(())
     }
 
@@ -526,8 +525,7 @@ impl Hypervisor {
         id: PartitionId,
         max_pfn: u64,
     ) -> Result<(), crate::MemoryError> {
-        let slot = self.slot_of(id).ok_or(crate::NoSuchPartition(id))?;
-        self.part_mut(slot).xen.max_pfn = max_pfn;
+        self.xen_state_mut(id)?.max_pfn = max_pfn;
         Ok(())
     }
 
