@@ -1,0 +1,9 @@
+//! The simulator: guests whose memory demand moves, driven through a real ballast host,
+//! and the numbers that say how well a balancing policy followed them.
+//!
+//! - [`record`]: what a run produces (per-policy metrics and time series), the shape of
+//!   `results.json` and the input of the report.
+
+#![forbid(unsafe_code)]
+
+pub mod record;
