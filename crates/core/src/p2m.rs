@@ -36,6 +36,9 @@ const FAN: usize = 1 << MID_BITS;
 struct Node<T> {
     slots: T,
     used: u32,
+    /// Children whose every slot is in use (for a leaf: unused). Kept so that a range
+    /// query skips a full 1 GiB or 512 GiB subtree in one step.
+    full: u32,
 }
 
 type Leaf = Node<[Mfn; 1 << LEAF_BITS]>;
@@ -268,6 +271,7 @@ impl P2m {
                 Box::new(Node {
                     slots: [const { None }; FAN],
                     used: 0,
+                    full: 0,
                 })
             })
         });
@@ -280,6 +284,7 @@ impl P2m {
                 Box::new(Node {
                     slots: [const { None }; FAN],
                     used: 0,
+                    full: 0,
                 })
             })
         });
@@ -292,12 +297,19 @@ impl P2m {
                 Box::new(Node {
                     slots: [NO_FRAME; 1 << LEAF_BITS],
                     used: 0,
+                    full: 0,
                 })
             })
         });
         let old = core::mem::replace(&mut leaf.slots[d], entry);
         if old == NO_FRAME {
             leaf.used += 1;
+            if leaf.used == FAN as u32 {
+                l3.full += 1;
+                if l3.full == FAN as u32 {
+                    l2.full += 1;
+                }
+            }
         }
         old
     }
@@ -350,6 +362,12 @@ impl P2m {
             return None;
         }
         leaf.slots[d] = NO_FRAME;
+        if leaf.used == FAN as u32 {
+            if l3.full == FAN as u32 {
+                l2.full -= 1;
+            }
+            l3.full -= 1;
+        }
         leaf.used -= 1;
         let bytes = &mut self.table_bytes;
         if leaf.used == 0 {
@@ -438,6 +456,58 @@ impl P2m {
             core::ops::ControlFlow::Continue(())
         });
         out
+    }
+
+    /// True if every gfn of `[start, start + count)` holds a frame (a PoD entry or a hole
+    /// answers false; an empty range is true).
+    ///
+    /// A range query: a subtree whose every slot is in use is passed in one step (1 GiB
+    /// for an inner table, 2 MiB for a leaf) while the map holds no PoD entry, so the cost
+    /// is a few steps per level for ranges of RAM, whatever their length; only the
+    /// partial leaves at the ends are scanned (at most 2 x 512 entries). This is how the
+    /// host answers the DM VSP's ownership question for every run a guest gives back.
+    pub fn all_mapped(&self, start: u64, count: u64) -> bool {
+        let Some(end) = start.checked_add(count).filter(|&e| e <= GFN_LIMIT) else {
+            return false;
+        };
+        let leaf_span = 1u64 << LEAF_BITS;
+        let l3_span = leaf_span << MID_BITS;
+        let l2_span = l3_span << MID_BITS;
+        // Fullness means "every slot in use", which is "every slot a frame" only while no
+        // PoD entry exists anywhere in the map.
+        let no_pod = self.pod == 0;
+        let mut g = start;
+        while g < end {
+            let (a, b, c, d) = split(g);
+            let Some(l2) = self.top[a].as_ref() else {
+                return false;
+            };
+            if no_pod && g % l2_span == 0 && end - g >= l2_span && l2.full == FAN as u32 {
+                g += l2_span;
+                continue;
+            }
+            let Some(l3) = l2.slots[b].as_ref() else {
+                return false;
+            };
+            if no_pod && g % l3_span == 0 && end - g >= l3_span && l3.full == FAN as u32 {
+                g += l3_span;
+                continue;
+            }
+            let Some(leaf) = l3.slots[c].as_ref() else {
+                return false;
+            };
+            let leaf_end = (g - d as u64 + leaf_span).min(end);
+            if no_pod && d == 0 && leaf_end - g == leaf_span && leaf.used == FAN as u32 {
+                g = leaf_end;
+                continue;
+            }
+            let n = (leaf_end - g) as usize;
+            if !leaf.slots[d..d + n].iter().all(|&m| is_frame(m)) {
+                return false;
+            }
+            g = leaf_end;
+        }
+        true
     }
 
     /// The mapped gfns as maximal runs `(start, count)`, in order.
@@ -562,6 +632,32 @@ mod tests {
     }
 
     #[test]
+    fn all_mapped_passes_full_subtrees_and_sees_every_hole() {
+        let mut p = P2m::new();
+        let gib = 1u64 << 18;
+        for g in 0..2 * gib + 700 {
+            p.set(g, (g % 1000) as Mfn);
+        }
+        assert!(p.all_mapped(0, 2 * gib + 700));
+        assert!(p.all_mapped(3, 2 * gib));
+        assert!(!p.all_mapped(0, 2 * gib + 701));
+        assert!(p.all_mapped(5, 0), "an empty range");
+        assert!(!p.all_mapped(GFN_LIMIT - 1, 2), "past the limit");
+        // A hole deep inside a full 1 GiB table is found after the table stops being full.
+        p.remove(gib + 12345);
+        assert!(!p.all_mapped(0, 2 * gib));
+        assert!(p.all_mapped(0, gib + 12345));
+        assert!(p.all_mapped(gib + 12346, gib - 12346));
+        p.set(gib + 12345, 1);
+        assert!(p.all_mapped(0, 2 * gib));
+        // A PoD entry fills a slot but is not a frame.
+        p.remove(77);
+        p.set_pod(77);
+        assert!(!p.all_mapped(0, gib));
+        assert!(p.all_mapped(78, gib));
+    }
+
+    #[test]
     fn pod_entries_are_not_frames() {
         let mut p = P2m::new();
         assert_eq!(p.set_pod(7), None);
@@ -636,6 +732,29 @@ mod tests {
             }
             prop_assert_eq!(p.table_bytes() - before, predicted);
             prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+        }
+
+        #[test]
+        fn all_mapped_matches_a_scan(
+            ops in proptest::collection::vec((0u8..3, 0u64..3000), 0..400),
+            queries in proptest::collection::vec((0u64..3000, 0u64..1500), 1..40),
+        ) {
+            let mut p = P2m::new();
+            // Dense runs so that leaves fill and empty.
+            for g in 0..2048 {
+                p.set(g, g as Mfn);
+            }
+            for (op, g) in ops {
+                match op {
+                    0 => { p.set(g, 1); }
+                    1 => { p.remove(g); }
+                    _ => { p.set_pod(g); }
+                }
+            }
+            for (s, n) in queries {
+                let naive = (s..s + n).all(|g| p.get(g).is_some());
+                prop_assert_eq!(p.all_mapped(s, n), naive, "range {}+{}", s, n);
+            }
         }
 
         #[test]
