@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ballast_abi::dm::{Body, Caps, MAX_RANGES_PER_MESSAGE, Message, PageRange, Version};
 use ballast_dm::PageSet;
-use ballast_dm::vsp::{MAX_REPORTED_RUNS, MAX_WORK_CREDIT, Violation, Vsp, VspConfig, VspEvent};
+use ballast_dm::vsp::{MAX_REPORTED_RUNS, MAX_WORK_CREDIT, ProtocolOnly, Violation, Vsp, VspConfig, VspEvent};
 use libfuzzer_sys::fuzz_target;
 
 /// Guest RAM: 3 GiB, a 1 GiB hole, 1 GiB above 4 GiB.
@@ -213,7 +213,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 let pages = u64::from(input.u32());
-                if let Ok(runs) = vsp.unballoon(now, pages) {
+                if let Ok(runs) = vsp.unballoon(now, pages, &mut ProtocolOnly) {
                     for r in runs {
                         assert!(
                             model.contains_all(r),

@@ -11,7 +11,7 @@ use ballast_abi::dm::{
     PageRange, StatusReport, Version,
 };
 use ballast_dm::PageSet;
-use ballast_dm::vsp::{HotAddTransient, Vsp, VspConfig, VspEvent, VspState};
+use ballast_dm::vsp::{HotAddTransient, ProtocolOnly, Vsp, VspConfig, VspEvent, VspState};
 use libfuzzer_sys::fuzz_target;
 
 /// Guest RAM: 3 GiB, a 1 GiB hole, 1 GiB above 4 GiB.
@@ -232,7 +232,7 @@ fuzz_target!(|data: &[u8]| {
             }
             10 => {
                 let pages = u64::from(input.u32());
-                if let Ok(runs) = vsp.unballoon(now, pages) {
+                if let Ok(runs) = vsp.unballoon(now, pages, &mut ProtocolOnly) {
                     assert!(runs.iter().map(|r| r.count()).sum::<u64>() <= pages);
                     for r in runs {
                         assert!(
@@ -245,7 +245,7 @@ fuzz_target!(|data: &[u8]| {
             }
             11 => {
                 let start = u64::from(input.u16()) << 15;
-                let _ = vsp.hot_add(now, start, u64::from(input.u32()));
+                let _ = vsp.hot_add(now, start, u64::from(input.u32()), &mut ProtocolOnly);
             }
             12 => {
                 let (node, pages, qos) = (

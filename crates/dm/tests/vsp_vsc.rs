@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ballast_abi::dm::MAX_MESSAGE_SIZE;
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
-use ballast_dm::vsp::{Vsp, VspConfig};
+use ballast_dm::vsp::{ProtocolOnly, Vsp, VspConfig};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -148,10 +148,10 @@ impl World {
                 let _ = self.vsp.balloon(self.now, n);
             }
             Action::Unballoon(n) => {
-                let _ = self.vsp.unballoon(self.now, n);
+                let _ = self.vsp.unballoon(self.now, n, &mut ProtocolOnly);
             }
             Action::HotAdd(n) => {
-                if self.vsp.hot_add(self.now, self.guest_pages, n).is_ok() {
+                if self.vsp.hot_add(self.now, self.guest_pages, n, &mut ProtocolOnly).is_ok() {
                     // The host makes the hot-added range guest RAM before asking.
                     self.guest_pages += n;
                 }

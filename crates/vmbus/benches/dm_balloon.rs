@@ -44,7 +44,7 @@ use ballast_abi::types::GfnRange;
 use ballast_abi::vmbus::FEAT_PENDING_SEND_SZ;
 use ballast_benchkit::{Comparison, Sampling, interleaved, sig};
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
-use ballast_dm::vsp::{Vsp, VspConfig, VspEvent, VspState};
+use ballast_dm::vsp::{ProtocolOnly, Vsp, VspConfig, VspEvent, VspState};
 use ballast_vmbus::ring::{
     Channel, ChannelSetup, DEFAULT_DATA_SIZE, Doorbell, InProcessDoorbell, Reader, RingBuffer,
     RingError, SharedRegion, Writer,
@@ -199,7 +199,7 @@ impl Direct {
     fn round(&mut self, seen: &mut dyn FnMut(bool, Vec<Vec<u8>>)) -> usize {
         self.vsp.balloon(Self::T, BALLOON).unwrap();
         let mut moved = self.exchange(seen);
-        self.vsp.unballoon(Self::T, BALLOON).unwrap();
+        self.vsp.unballoon(Self::T, BALLOON, &mut ProtocolOnly).unwrap();
         moved += self.exchange(seen);
         let events: Vec<_> = std::iter::from_fn(|| self.vsp.poll_event()).collect();
         assert!(events.iter().any(is_balloon_done), "{events:?}");
@@ -343,7 +343,7 @@ fn in_process(pattern: Pattern, bursts: &[Burst]) {
                 let now = start.elapsed();
                 host.vsp.balloon(now, BALLOON).unwrap();
                 let mut sent = pump_until(&mut host, &mut guest, now, is_balloon_done);
-                host.vsp.unballoon(now, BALLOON).unwrap();
+                host.vsp.unballoon(now, BALLOON, &mut ProtocolOnly).unwrap();
                 sent += pump_until(&mut host, &mut guest, now, is_unballoon_done);
                 sent
             },
@@ -575,7 +575,7 @@ fn two_processes(pattern: Pattern, bursts: &[Burst]) {
             &mut || {
                 host.vsp.balloon(clock(), BALLOON).unwrap();
                 run(&mut host, is_balloon_done);
-                host.vsp.unballoon(clock(), BALLOON).unwrap();
+                host.vsp.unballoon(clock(), BALLOON, &mut ProtocolOnly).unwrap();
                 run(&mut host, is_unballoon_done);
                 // Half the messages are counted in the other process; `in_process` checks
                 // that the sessions exchange exactly the schedule's.

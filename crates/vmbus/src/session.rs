@@ -451,18 +451,7 @@ impl<G: GuestOwnership> HostSession<G> {
     }
 
     fn pass(&mut self, now: Duration) -> Result<Progress, SessionError> {
-        let (vsp, guest) = (&mut self.vsp, &self.guest);
-        let (received, more) = self
-            .link
-            .receive(|payload| vsp.receive(now, payload, guest))?;
-        vsp.tick(now);
-        let (sent, blocked) = self.link.flush(|buf| vsp.poll_transmit(buf))?;
-        Ok(Progress {
-            received,
-            sent,
-            more,
-            blocked,
-        })
+        pass_with(&mut self.link, &mut self.vsp, now, &self.guest)
     }
 
     /// Pumps until `done` holds (checked after every pass; `Ok(true)`) or `deadline`
@@ -537,6 +526,42 @@ impl<G: GuestOwnership> Pumped for HostSession<G> {
             self.vsp.channel_closed(now);
         })
     }
+}
+
+impl<G> HostSession<G> {
+    /// [`pump`](HostSession::pump) with the ownership question answered by `guest` for
+    /// this pass instead of by the session's own field: for an owner whose answer lives in
+    /// state it cannot lend the session (a host whose p2m is in its core).
+    pub fn pump_with(
+        &mut self,
+        now: Duration,
+        guest: &dyn GuestOwnership,
+    ) -> Result<Progress, SessionError> {
+        self.link.check_open()?;
+        let r = pass_with(&mut self.link, &mut self.vsp, now, guest);
+        if let Err(e) = &r {
+            self.link.end(Some(e));
+            self.vsp.channel_closed(now);
+        }
+        r
+    }
+}
+
+fn pass_with(
+    link: &mut Link,
+    vsp: &mut Vsp,
+    now: Duration,
+    guest: &dyn GuestOwnership,
+) -> Result<Progress, SessionError> {
+    let (received, more) = link.receive(|payload| vsp.receive(now, payload, guest))?;
+    vsp.tick(now);
+    let (sent, blocked) = link.flush(|buf| vsp.poll_transmit(buf))?;
+    Ok(Progress {
+        received,
+        sent,
+        more,
+        blocked,
+    })
 }
 
 /// The guest's end of the DM channel: the [`Vsc`], the guest OS it serves, and the ring.
@@ -675,7 +700,7 @@ mod tests {
     use super::*;
     use crate::ring::DEFAULT_DATA_SIZE;
     use ballast_dm::vsc::{SimGuest, VscConfig};
-    use ballast_dm::vsp::{HotAddResult, VspConfig, VspEvent, VspState};
+    use ballast_dm::vsp::{HotAddResult, ProtocolOnly, VspConfig, VspEvent, VspState};
     use ballast_dm::{EVENT_CAP, PageSet};
 
     /// 1 GiB of boot RAM, 768 MiB free.
@@ -812,14 +837,14 @@ mod tests {
         assert_eq!(host.vsp.ballooned(), guest.vsc.ballooned());
         assert_eq!(guest.model.ballooned(), guest.vsc.ballooned());
 
-        host.vsp.unballoon(now, 15_000).unwrap();
+        host.vsp.unballoon(now, 15_000, &mut ProtocolOnly).unwrap();
         let events = settle(&mut host, &mut guest, now);
         assert!(events.contains(&VspEvent::UnballoonComplete { pages: 15_000 }));
         assert_eq!(host.vsp.ballooned().len(), 5_000);
         assert_eq!(host.vsp.ballooned(), guest.vsc.ballooned());
 
         host.guest.end += 32_768;
-        host.vsp.hot_add(now, TOTAL, 32_768).unwrap();
+        host.vsp.hot_add(now, TOTAL, 32_768, &mut ProtocolOnly).unwrap();
         let events = settle(&mut host, &mut guest, now);
         assert!(events.contains(&VspEvent::HotAddComplete {
             requested: 32_768,
@@ -884,7 +909,7 @@ mod tests {
                 break;
             }
         }
-        host.vsp.unballoon(now, 2_000).unwrap();
+        host.vsp.unballoon(now, 2_000, &mut ProtocolOnly).unwrap();
         settle(&mut host, &mut guest, now);
 
         let host_sent = taken(&host_seen, Direction::Sent);

@@ -153,6 +153,44 @@ impl GuestOwnership for Range<u64> {
     }
 }
 
+/// What the owner does to make pages guest RAM (map them in the guest's p2m, back them
+/// with memory) before a message that names them can reach the guest.
+///
+/// [`Vsp::unballoon`] and [`Vsp::hot_add`] take one and call it before they queue the
+/// request: a guest may touch a page the moment it reads its number, so a page it is
+/// given must already be there. Passing the backer into the call, rather than trusting
+/// the owner to back pages between the call and [`Vsp::poll_transmit`], makes that order
+/// a property of the types: there is no way to queue an unballoon or a hot-add without
+/// the pages having been backed first.
+pub trait Backer {
+    /// Backs every page of `ranges`, all or nothing. On an error nothing may have changed
+    /// for the guest: the VSP then sends nothing and keeps the pages as they were.
+    fn back(&mut self, ranges: &[GfnRange]) -> Result<(), BackingRefused>;
+}
+
+/// The owner could not back the pages (no free memory, a limit, the backing failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the host could not back the pages")]
+pub struct BackingRefused;
+
+impl<F: FnMut(&[GfnRange]) -> Result<(), BackingRefused>> Backer for F {
+    fn back(&mut self, ranges: &[GfnRange]) -> Result<(), BackingRefused> {
+        self(ranges)
+    }
+}
+
+/// A backer that does nothing, for the protocol alone: tests, benchmarks of the state
+/// machines, and embedders whose guest RAM is always backed (prefaulted, or a host that
+/// never takes pages away).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolOnly;
+
+impl Backer for ProtocolOnly {
+    fn back(&mut self, _ranges: &[GfnRange]) -> Result<(), BackingRefused> {
+        Ok(())
+    }
+}
+
 /// The protocol versions the host accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcceptedVersions {
@@ -525,6 +563,9 @@ pub enum VspError {
     /// The hot-add range covers pages the guest ballooned.
     #[error("hot-add range overlaps ballooned pages")]
     OverlapsBallooned,
+    /// The owner's [`Backer`] could not back the pages; nothing was sent.
+    #[error("the host could not back the pages")]
+    BackingRefused,
     /// Hot-remove QoS flags outside `DM_REMOVE_QOS_MASK`.
     #[error("invalid hot-remove QoS flags {0:#x}")]
     InvalidQos(u32),
@@ -813,17 +854,28 @@ impl Vsp {
         Ok(())
     }
 
-    /// Gives up to `pages` ballooned pages back to the guest. Returns the runs that left
-    /// the ballooned set: they must be backed before the messages from
-    /// [`poll_transmit`](Self::poll_transmit) reach the guest.
-    pub fn unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<GfnRange>, VspError> {
+    /// Gives up to `pages` ballooned pages back to the guest. `backer` backs the runs that
+    /// leave the ballooned set before the request naming them is queued; if it refuses,
+    /// the pages stay ballooned and nothing is sent ([`VspError::BackingRefused`]).
+    /// Returns those runs.
+    pub fn unballoon(
+        &mut self,
+        now: Duration,
+        pages: u64,
+        backer: &mut dyn Backer,
+    ) -> Result<Vec<GfnRange>, VspError> {
         self.advance(now);
-        let r = self.try_unballoon(now, pages);
+        let r = self.try_unballoon(now, pages, backer);
         self.sync_state();
         r
     }
 
-    fn try_unballoon(&mut self, now: Duration, pages: u64) -> Result<Vec<GfnRange>, VspError> {
+    fn try_unballoon(
+        &mut self,
+        now: Duration,
+        pages: u64,
+        backer: &mut dyn Backer,
+    ) -> Result<Vec<GfnRange>, VspError> {
         let caps = self.ready_idle()?;
         if !caps.balloon() {
             return Err(VspError::NotCapable("the guest cannot balloon"));
@@ -837,6 +889,12 @@ impl Vsp {
             // At most 2 GiB per range, as QEMU sends: Linux frees unballooned pages in its
             // channel callback, and one huge range there risks soft-lockup warnings.
             .take(pages, 524_288);
+        if backer.back(&runs).is_err() {
+            for r in &runs {
+                self.ballooned.insert(*r);
+            }
+            return Err(VspError::BackingRefused);
+        }
         let ranges: Vec<PageRange> = runs
             .iter()
             .filter_map(|r| PageRange::try_new(r.start(), u32::try_from(r.count()).ok()?))
@@ -860,17 +918,32 @@ impl Vsp {
         Ok(runs)
     }
 
-    /// Hot-adds `pages` pages from `start_pfn`, which the host has already backed. The
-    /// start must be aligned to the guest's hot-add alignment; the size is rounded down to
-    /// it. Returns the pages that will be asked for, in one or more requests.
-    pub fn hot_add(&mut self, now: Duration, start_pfn: u64, pages: u64) -> Result<u64, VspError> {
+    /// Hot-adds `pages` pages from `start_pfn`. The start must be aligned to the guest's
+    /// hot-add alignment; the size is rounded down to it. `backer` backs the whole range
+    /// before the first request is queued (if it refuses, nothing is sent:
+    /// [`VspError::BackingRefused`]); pages the guest ends up not adding are the owner's
+    /// to release when [`VspEvent::HotAddComplete`] says how many it added. Returns the
+    /// pages that will be asked for, in one or more requests.
+    pub fn hot_add(
+        &mut self,
+        now: Duration,
+        start_pfn: u64,
+        pages: u64,
+        backer: &mut dyn Backer,
+    ) -> Result<u64, VspError> {
         self.advance(now);
-        let r = self.try_hot_add(now, start_pfn, pages);
+        let r = self.try_hot_add(now, start_pfn, pages, backer);
         self.sync_state();
         r
     }
 
-    fn try_hot_add(&mut self, now: Duration, start_pfn: u64, pages: u64) -> Result<u64, VspError> {
+    fn try_hot_add(
+        &mut self,
+        now: Duration,
+        start_pfn: u64,
+        pages: u64,
+        backer: &mut dyn Backer,
+    ) -> Result<u64, VspError> {
         let caps = self.ready_idle()?;
         if !caps.hot_add() {
             return Err(VspError::NotCapable("the guest cannot hot-add"));
@@ -898,6 +971,9 @@ impl Vsp {
         };
         if self.ballooned.intersects(range) {
             return Err(VspError::OverlapsBallooned);
+        }
+        if backer.back(&[range]).is_err() {
+            return Err(VspError::BackingRefused);
         }
         self.hot_add_gate = HotAddGate::Open;
         self.send_hot_add(now, pages, 0, start_pfn);

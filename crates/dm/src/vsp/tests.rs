@@ -503,7 +503,7 @@ fn t14_unballoon_chunking() {
     // 1021 single pages, none adjacent: three messages of 510, 510 and 1 range.
     let rs: Vec<(u64, u32)> = (0..1021).map(|i| (0x20000 + 2 * i, 1)).collect();
     balloon_these(&mut h, &rs);
-    let runs = h.vsp.unballoon(h.now, 10_000).unwrap();
+    let runs = h.vsp.unballoon(h.now, 10_000, &mut ProtocolOnly).unwrap();
     assert_eq!(runs.len(), 1021);
     assert!(h.vsp.ballooned().is_empty());
     let sent = h.sent();
@@ -531,11 +531,60 @@ fn t14_unballoon_chunking() {
 }
 
 #[test]
+fn unballoon_backs_pages_before_it_queues_the_request() {
+    let mut h = Host::linux();
+    let rs: Vec<(u64, u32)> = (0..4).map(|i| (0x20000 + 8 * i, 2)).collect();
+    balloon_these(&mut h, &rs);
+    h.events();
+    // A backer that refuses: the pages stay ballooned and nothing reaches the guest.
+    let mut refuse = |_: &[GfnRange]| Err(BackingRefused);
+    assert_eq!(
+        h.vsp.unballoon(h.now, 8, &mut refuse),
+        Err(VspError::BackingRefused)
+    );
+    assert_eq!(h.vsp.ballooned().len(), 8);
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    // A backer that sees the runs while no message is queued yet.
+    let mut seen = Vec::new();
+    let queued_before = h.vsp.next_trans_id();
+    let mut record = |runs: &[GfnRange]| {
+        seen.extend_from_slice(runs);
+        Ok(())
+    };
+    let runs = h.vsp.unballoon(h.now, 8, &mut record).unwrap();
+    assert_eq!(seen, runs);
+    assert_eq!(runs.iter().map(|r| r.count()).sum::<u64>(), 8);
+    assert!(h.vsp.next_trans_id() >= queued_before);
+    assert_eq!(h.sent().len(), 1);
+}
+
+#[test]
+fn hot_add_backs_the_range_before_the_request() {
+    let mut h = Host::linux();
+    let mut refuse = |_: &[GfnRange]| Err(BackingRefused);
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut refuse),
+        Err(VspError::BackingRefused)
+    );
+    assert!(h.sent().is_empty());
+    assert_eq!(h.vsp.state(), VspState::Idle);
+    let mut seen = Vec::new();
+    let mut record = |runs: &[GfnRange]| {
+        seen.extend_from_slice(runs);
+        Ok(())
+    };
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut record), Ok(32_768));
+    assert_eq!(seen, vec![r(0x100000, 32_768)]);
+    assert_eq!(h.sent().len(), 1);
+}
+
+#[test]
 fn t16_full_page_unballoon_is_4096_bytes() {
     let mut h = Host::linux();
     let rs: Vec<(u64, u32)> = (0..510).map(|i| (0x30000 + 4 * i, 2)).collect();
     balloon_these(&mut h, &rs);
-    h.vsp.unballoon(h.now, 1020).unwrap();
+    h.vsp.unballoon(h.now, 1020, &mut ProtocolOnly).unwrap();
     let sent = h.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].len(), 4096);
@@ -546,7 +595,7 @@ fn t16_full_page_unballoon_is_4096_bytes() {
 #[test]
 fn t17_hot_add_with_region_to_2_0_guest() {
     let mut h = Host::linux();
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
     assert_eq!(
         h.sent(),
         vec![hex(
@@ -571,7 +620,7 @@ fn t17_hot_add_with_region_to_2_0_guest() {
 #[test]
 fn t18_hot_add_without_region_to_0_3_guest() {
     let mut h = Host::ready(VspConfig::default(), Version::V0_3, LINUX_CAPS);
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     assert_eq!(
         h.sent(),
         vec![hex("0a 00 10 00 00 00 00 00 00 00 10 00 00 00 80 00")]
@@ -582,7 +631,7 @@ fn t18_hot_add_without_region_to_0_3_guest() {
 fn t19_hot_add_permanent_and_transient_failure() {
     // {0, 1}: never again on this connection.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 01 00 00 00"));
     assert!(h.events().contains(&VspEvent::HotAddComplete {
@@ -592,7 +641,7 @@ fn t19_hot_add_permanent_and_transient_failure() {
     }));
     h.wait(secs(3600));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
     // A reset gives the next connection a fresh start.
@@ -601,11 +650,11 @@ fn t19_hot_add_permanent_and_transient_failure() {
     h.recv(&version_request(1, Version::V2_0, false));
     h.recv(&caps_report(2, LINUX_CAPS));
     h.wait(secs(50));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
 
     // {0, 0}: Hyper-V's "retry later".
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
     let retry_at = h.now + secs(10);
@@ -621,11 +670,11 @@ fn t19_hot_add_permanent_and_transient_failure() {
     h.recv(&balloon_response(3, false, &[]));
     h.wait(secs(5));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::NotReady { until: retry_at })
     );
     h.wait(secs(5));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
 
     // {0, 0} with QEMU's policy: off until reset.
     let mut h = Host::ready(
@@ -636,7 +685,7 @@ fn t19_hot_add_permanent_and_transient_failure() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
     assert!(h.events().contains(&VspEvent::HotAddComplete {
@@ -646,7 +695,7 @@ fn t19_hot_add_permanent_and_transient_failure() {
     }));
     h.wait(secs(3600));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
 }
@@ -654,7 +703,7 @@ fn t19_hot_add_permanent_and_transient_failure() {
 #[test]
 fn t20_hot_add_over_report_clamped() {
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     h.events();
     h.recv(&hot_add_response(40_000, 1));
     let events = h.events();
@@ -677,19 +726,19 @@ fn t21_hot_add_alignment() {
     let caps = 0b11 | (11 << 2);
     let mut h = Host::ready(VspConfig::default(), Version::V2_0, caps);
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 262_144),
+        h.vsp.hot_add(h.now, 0x100000, 262_144, &mut ProtocolOnly),
         Err(VspError::NothingToDo),
         "1 GiB is below one alignment unit"
     );
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x140000, 524_288),
+        h.vsp.hot_add(h.now, 0x140000, 524_288, &mut ProtocolOnly),
         Err(VspError::Unaligned {
             alignment_pages: 524_288
         })
     );
     assert!(h.sent().is_empty());
     assert_eq!(h.vsp.state(), VspState::Idle);
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 786_432), Ok(524_288));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 786_432, &mut ProtocolOnly), Ok(524_288));
     let sent = h.sent();
     let Body::HotAddRequest { range, region } = parse(&sent[0]).body else {
         panic!()
@@ -901,10 +950,10 @@ fn checklist_01_every_output_is_one_dm_message() {
     let rs: Vec<(u64, u32)> = (0..600).map(|i| (0x40000 + 2 * i, 1)).collect();
     h.recv(&balloon_response(3, true, &rs[..510]));
     h.recv(&balloon_response(4, false, &rs[510..]));
-    h.vsp.unballoon(h.now, 600).unwrap();
+    h.vsp.unballoon(h.now, 600, &mut ProtocolOnly).unwrap();
     out.extend(h.sent());
     h.recv(&msg(5, Body::UnballoonResponse));
-    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
     out.extend(h.sent());
     h.recv(&hot_add_response(65_536, 1));
     h.vsp.hot_remove(h.now, 0, 512, 0).unwrap();
@@ -1050,7 +1099,7 @@ fn checklist_05_requests_honour_caps() {
         Err(VspError::NotCapable(_))
     ));
     assert!(matches!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::NotCapable(_))
     ));
     // Pages ballooned on an earlier connection cannot go back to a guest that cannot balloon.
@@ -1062,14 +1111,14 @@ fn checklist_05_requests_honour_caps() {
     h.recv(&caps_report(2, 0b10 | 7 << 2));
     h.wait(secs(50));
     assert!(matches!(
-        h.vsp.unballoon(h.now, 8),
+        h.vsp.unballoon(h.now, 8, &mut ProtocolOnly),
         Err(VspError::NotCapable(_))
     ));
     assert!(matches!(
         h.vsp.balloon(h.now, 8),
         Err(VspError::NotCapable(_))
     ));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
     assert!(
         h.sent()
             .iter()
@@ -1089,14 +1138,14 @@ fn checklist_06_post_caps_wait_refuses_requests() {
     h.now = secs(30);
     assert_eq!(h.vsp.balloon(h.now, 1), Err(VspError::NotReady { until }));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::NotReady { until })
     );
-    assert_eq!(h.vsp.unballoon(h.now, 1), Err(VspError::NotReady { until }));
+    assert_eq!(h.vsp.unballoon(h.now, 1, &mut ProtocolOnly), Err(VspError::NotReady { until }));
     assert!(h.sent().is_empty());
     // The wait ends at its time even if no tick came.
     h.now = until;
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
     // A zero wait means at once.
     let mut h = Host::open(VspConfig {
         post_caps_wait: Duration::ZERO,
@@ -1113,15 +1162,15 @@ fn checklist_07_one_operation_at_a_time() {
     balloon_these(&mut h, &[(0x1000, 64)]);
     h.vsp.balloon(h.now, 10).unwrap();
     assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
-    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::Busy));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768), Err(VspError::Busy));
+    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::Busy));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Err(VspError::Busy));
     assert_eq!(h.sent().len(), 1);
     h.recv(&balloon_response(1, false, &[]));
-    h.vsp.unballoon(h.now, 10).unwrap();
+    h.vsp.unballoon(h.now, 10, &mut ProtocolOnly).unwrap();
     assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
     h.recv(&msg(1, Body::UnballoonResponse));
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
-    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::Busy));
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::Busy));
     h.recv(&hot_add_response(32_768, 1));
     assert_eq!(h.vsp.state(), VspState::Idle);
 }
@@ -1231,10 +1280,10 @@ fn checklist_09_returned_pages_checked() {
 #[test]
 fn checklist_10_unballoon_returns_only_ballooned_pages() {
     let mut h = Host::linux();
-    assert_eq!(h.vsp.unballoon(h.now, 10), Err(VspError::NothingToDo));
+    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::NothingToDo));
     balloon_these(&mut h, &[(0x1000, 512), (0x3000, 100)]);
     // More than ballooned: what there is.
-    let runs = h.vsp.unballoon(h.now, 1_000_000).unwrap();
+    let runs = h.vsp.unballoon(h.now, 1_000_000, &mut ProtocolOnly).unwrap();
     assert_eq!(runs, vec![r(0x1000, 512), r(0x3000, 100)]);
     let sent = h.sent();
     assert_eq!(
@@ -1259,7 +1308,7 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     );
     // Part of a set, lowest pages first; a second response is unexpected.
     balloon_these(&mut h, &[(0x1000, 512)]);
-    assert_eq!(h.vsp.unballoon(h.now, 100).unwrap(), vec![r(0x1000, 100)]);
+    assert_eq!(h.vsp.unballoon(h.now, 100, &mut ProtocolOnly).unwrap(), vec![r(0x1000, 100)]);
     assert_eq!(
         h.vsp.ballooned().ranges().collect::<Vec<_>>(),
         vec![r(0x1064, 412)]
@@ -1283,7 +1332,7 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     h.vsp.receive(h.now, &balloon_response(1, false, &[]), &all);
     assert!(h.violations().is_empty());
     assert_eq!(
-        h.vsp.unballoon(h.now, 1 << 24).unwrap(),
+        h.vsp.unballoon(h.now, 1 << 24, &mut ProtocolOnly).unwrap(),
         (0..32).map(|i| r(i * 524_288, 524_288)).collect::<Vec<_>>(),
         "at most 2 GiB per range, as QEMU sends"
     );
@@ -1293,7 +1342,7 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
 fn checklist_11_hot_add_chunks_progress_and_barrier() {
     let mut h = Host::linux();
     // 5 GiB: chunks of 2 GiB, 2 GiB, 1 GiB, contiguous, each its own transaction.
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 1_310_720), Ok(1_310_720));
+    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 1_310_720, &mut ProtocolOnly), Ok(1_310_720));
     let mut got = Vec::new();
     for _ in 0..3 {
         let sent = h.sent();
@@ -1320,7 +1369,7 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
         result: HotAddResult::Success
     }));
     // Fewer pages than asked: the barrier; no further hot-add on this connection.
-    h.vsp.hot_add(h.now, 0x300000, 1_048_576).unwrap();
+    h.vsp.hot_add(h.now, 0x300000, 1_048_576, &mut ProtocolOnly).unwrap();
     h.sent();
     h.recv(&hot_add_response(100_000, 1));
     assert!(h.sent().is_empty());
@@ -1330,12 +1379,12 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
         result: HotAddResult::Barrier
     }));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x400000, 32_768),
+        h.vsp.hot_add(h.now, 0x400000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
     // "Failed" with pages: counted, and a barrier.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
     h.events();
     h.recv(&hot_add_response(32_768, 0));
     let events = h.events();
@@ -1351,12 +1400,12 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
     let mut h = Host::linux();
     assert_eq!(
         h.vsp
-            .hot_add(h.now, PageRange::MAX_START_PAGE + 1 - 32_768, 65_536),
+            .hot_add(h.now, PageRange::MAX_START_PAGE + 1 - 32_768, 65_536, &mut ProtocolOnly),
         Err(VspError::OutOfRange)
     );
     balloon_these(&mut h, &[(0x8000, 1)]);
     assert_eq!(
-        h.vsp.hot_add(h.now, 0, 65_536),
+        h.vsp.hot_add(h.now, 0, 65_536, &mut ProtocolOnly),
         Err(VspError::OverlapsBallooned)
     );
     // A configured chunk below the alignment becomes one alignment unit.
@@ -1368,7 +1417,7 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
     let Body::HotAddRequest { range, .. } = parse(&h.sent()[0]).body else {
         panic!()
     };
@@ -1497,14 +1546,14 @@ fn checklist_15_every_wait_times_out() {
         (
             |h| {
                 balloon_these(h, &[(0x1000, 7)]);
-                h.vsp.unballoon(h.now, 7).unwrap();
+                h.vsp.unballoon(h.now, 7, &mut ProtocolOnly).unwrap();
                 Transaction::Unballoon { pages: 7 }
             },
             secs(30),
         ),
         (
             |h| {
-                h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+                h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
                 Transaction::HotAdd {
                     requested: 32_768,
                     added: 0,
@@ -1552,10 +1601,10 @@ fn checklist_15_every_wait_times_out() {
     }
     // A hot-add that timed out may still be running in the guest: no second one.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
     h.wait(secs(120));
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x100000, 32_768),
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
     // A reply handed in by the call that passes the deadline still counts.
@@ -1678,7 +1727,7 @@ fn hot_remove_pages_join_ballooned() {
         ]
     );
     assert_eq!(h.vsp.ballooned().len(), 1024);
-    assert_eq!(h.vsp.unballoon(h.now, 1024).unwrap().len(), 2);
+    assert_eq!(h.vsp.unballoon(h.now, 1024, &mut ProtocolOnly).unwrap().len(), 2);
 }
 
 #[test]
@@ -1808,7 +1857,7 @@ proptest! {
                 }
                 Step::Balloon(n) => { let _ = vsp.balloon(now, n); }
                 Step::Unballoon(n) => {
-                    if let Ok(runs) = vsp.unballoon(now, n) {
+                    if let Ok(runs) = vsp.unballoon(now, n, &mut ProtocolOnly) {
                         prop_assert!(runs.iter().map(|g| g.count()).sum::<u64>() <= n);
                         for g in runs {
                             prop_assert!(model.contains_all(g), "unballooned a page never ballooned");
@@ -1816,7 +1865,7 @@ proptest! {
                         }
                     }
                 }
-                Step::HotAdd(s, n) => { let _ = vsp.hot_add(now, s, n); }
+                Step::HotAdd(s, n) => { let _ = vsp.hot_add(now, s, n, &mut ProtocolOnly); }
                 Step::HotRemove(node, n, q) => { let _ = vsp.hot_remove(now, node, n, q); }
                 Step::Close => vsp.channel_closed(now),
                 Step::Open => { let _ = vsp.channel_opened(now); }
@@ -2120,7 +2169,7 @@ fn guest_caused_log_lines_are_rate_limited() {
 fn late_unballoon_and_hot_add_responses_are_late_completions() {
     let mut h = Host::linux();
     balloon_these(&mut h, &[(0x1000, 7)]);
-    h.vsp.unballoon(h.now, 7).unwrap();
+    h.vsp.unballoon(h.now, 7, &mut ProtocolOnly).unwrap();
     h.sent();
     h.wait(secs(30));
     h.events();
@@ -2150,12 +2199,12 @@ fn late_unballoon_and_hot_add_responses_are_late_completions() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 65_536).unwrap();
+    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
     h.sent();
     h.wait(secs(120));
     h.events();
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x120000, 32_768),
+        h.vsp.hot_add(h.now, 0x120000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
     h.recv(&hot_add_response(32_768, 1));
@@ -2169,11 +2218,11 @@ fn late_unballoon_and_hot_add_responses_are_late_completions() {
         }]
     );
     assert!(h.sent().is_empty());
-    assert_eq!(h.vsp.hot_add(h.now, 0x108000, 32_768), Ok(32_768));
+    assert_eq!(h.vsp.hot_add(h.now, 0x108000, 32_768, &mut ProtocolOnly), Ok(32_768));
     h.recv(&hot_add_response(32_768, 1));
     h.events();
     // A late answer that reports a failure keeps hot-add off, as an answer in time would.
-    h.vsp.hot_add(h.now, 0x110000, 32_768).unwrap();
+    h.vsp.hot_add(h.now, 0x110000, 32_768, &mut ProtocolOnly).unwrap();
     h.wait(secs(120));
     h.events();
     h.recv(&hot_add_response(0, 1));
@@ -2187,7 +2236,7 @@ fn late_unballoon_and_hot_add_responses_are_late_completions() {
         }]
     );
     assert_eq!(
-        h.vsp.hot_add(h.now, 0x110000, 32_768),
+        h.vsp.hot_add(h.now, 0x110000, 32_768, &mut ProtocolOnly),
         Err(VspError::HotAddDisabled)
     );
     h.recv(&hot_add_response(0, 1));
@@ -2306,12 +2355,12 @@ fn late_hot_remove_pages_are_taken() {
 fn late_unballoon_answer_after_a_retry_leaves_the_retry_pending() {
     let mut h = Host::linux();
     balloon_these(&mut h, &[(0x1000, 7), (0x2000, 5)]);
-    h.vsp.unballoon(h.now, 7).unwrap();
+    h.vsp.unballoon(h.now, 7, &mut ProtocolOnly).unwrap();
     h.sent();
     h.wait(secs(30));
     h.events();
     // The owner retries with the rest; the guest then answers the first, then the second.
-    h.vsp.unballoon(h.now, 5).unwrap();
+    h.vsp.unballoon(h.now, 5, &mut ProtocolOnly).unwrap();
     h.sent();
     h.events();
     h.recv(&msg(5, Body::UnballoonResponse));
@@ -2366,7 +2415,7 @@ fn late_unballoons_are_matched_in_order_and_bounded() {
     let n = MAX_LATE_UNBALLOONS as u64 + 1;
     balloon_these(&mut h, &[(0x1000, 1024)]);
     for pages in 1..=n {
-        h.vsp.unballoon(h.now, pages).unwrap();
+        h.vsp.unballoon(h.now, pages, &mut ProtocolOnly).unwrap();
         h.sent();
         h.wait(secs(30));
     }
@@ -2389,7 +2438,7 @@ fn late_unballoons_are_matched_in_order_and_bounded() {
     h.recv(&msg(9, Body::UnballoonResponse));
     assert_eq!(h.violations().len(), 1);
     // A reset forgets them.
-    h.vsp.unballoon(h.now, 1).unwrap();
+    h.vsp.unballoon(h.now, 1, &mut ProtocolOnly).unwrap();
     h.wait(secs(30));
     h.vsp.channel_closed(h.now);
     assert!(h.vsp.late_unballoon.is_empty());
