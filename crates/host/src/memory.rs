@@ -1,6 +1,6 @@
 //! The core's effects, applied to real memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ballast_backing::{AuditReport, Backing, BackingError, PageSize};
 use ballast_core::{
@@ -75,6 +75,8 @@ pub struct EffectsFailed<T> {
 pub struct MemoryHost {
     hv: Hypervisor,
     backing: Backing,
+    /// Partitions with no memfd: their discards are counted, not applied.
+    accounting: BTreeSet<PartitionId>,
 }
 
 impl MemoryHost {
@@ -83,6 +85,7 @@ impl MemoryHost {
         Ok(MemoryHost {
             hv: Hypervisor::new(config)?,
             backing: Backing::new(),
+            accounting: BTreeSet::new(),
         })
     }
 
@@ -125,9 +128,23 @@ impl MemoryHost {
         Ok(())
     }
 
+    /// Gives partition `id` a guest-physical space of `gfns` pages with no memory behind
+    /// it: the core keeps every account, discards are counted and dropped. For simulating
+    /// hosts larger than the machine; [`resident_bytes`](Self::resident_bytes), reads,
+    /// writes and audits of such a partition fail.
+    pub fn attach_accounting(&mut self, id: PartitionId, gfns: u64) -> Result<(), HostError> {
+        self.hv.set_guest_physical_limit(id, gfns)?;
+        self.accounting.insert(id);
+        Ok(())
+    }
+
     /// Grows partition `id`'s memfd to `gfns` pages (a hot-add) and raises its
     /// guest-physical limit to match; the host then populates the new range.
     pub fn grow_memory(&mut self, id: PartitionId, gfns: u64) -> Result<(), HostError> {
+        if self.accounting.contains(&id) {
+            self.hv.set_guest_physical_limit(id, gfns)?;
+            return Ok(());
+        }
         let mem = self
             .backing
             .get_mut(id)
@@ -207,6 +224,9 @@ impl MemoryHost {
 
     fn flush(&self, per: &mut BTreeMap<PartitionId, Vec<GfnRange>>, report: &mut ApplyReport) {
         for (id, ranges) in std::mem::take(per) {
+            if self.accounting.contains(&id) {
+                continue;
+            }
             match self.backing.discard(id, &ranges) {
                 Ok(s) => report.stats.syscalls += s.syscalls,
                 Err(_) => {
@@ -268,6 +288,7 @@ impl MemoryHost {
 
     /// Drops partition `id`'s memfd (after the core destroyed the partition).
     pub fn detach_memory(&mut self, id: PartitionId) {
+        self.accounting.remove(&id);
         self.backing.remove(id);
     }
 }

@@ -6,4 +6,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod guest;
 pub mod record;

@@ -423,19 +423,6 @@ pub struct HostSession<G> {
 }
 
 impl<G: GuestOwnership> HostSession<G> {
-    /// Opens the channel on `vsp`: it now waits for the guest's version request. A VSP
-    /// still open from an earlier channel is reset first, since this is a new connection.
-    pub fn open(mut vsp: Vsp, channel: Channel, guest: G, now: Duration) -> Self {
-        vsp.channel_closed(now);
-        let opened = vsp.channel_opened(now);
-        debug_assert!(opened.is_ok(), "a closed VSP refused to open: {opened:?}");
-        Self {
-            vsp,
-            guest,
-            link: Link::new(channel),
-        }
-    }
-
     /// One pass: every packet waiting (up to a ring's worth) to the VSP, a tick, then the
     /// VSP's messages until the ring is full. Never blocks.
     ///
@@ -529,6 +516,19 @@ impl<G: GuestOwnership> Pumped for HostSession<G> {
 }
 
 impl<G> HostSession<G> {
+    /// Opens the channel on `vsp`: it now waits for the guest's version request. A VSP
+    /// still open from an earlier channel is reset first, since this is a new connection.
+    pub fn open(mut vsp: Vsp, channel: Channel, guest: G, now: Duration) -> Self {
+        vsp.channel_closed(now);
+        let opened = vsp.channel_opened(now);
+        debug_assert!(opened.is_ok(), "a closed VSP refused to open: {opened:?}");
+        Self {
+            vsp,
+            guest,
+            link: Link::new(channel),
+        }
+    }
+
     /// [`pump`](HostSession::pump) with the ownership question answered by `guest` for
     /// this pass instead of by the session's own field: for an owner whose answer lives in
     /// state it cannot lend the session (a host whose p2m is in its core).
