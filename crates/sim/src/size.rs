@@ -281,15 +281,24 @@ mod tests {
         assert_eq!(parse_size("G"), Err(SizeError::NotANumber("G".into())));
         assert_eq!(parse_size("abc"), Err(SizeError::NotANumber("abc".into())));
         assert_eq!(parse_size("."), Err(SizeError::NotANumber(".".into())));
-        assert_eq!(parse_size("1.2.3"), Err(SizeError::NotANumber("1.2.3".into())));
+        assert_eq!(
+            parse_size("1.2.3"),
+            Err(SizeError::NotANumber("1.2.3".into()))
+        );
         assert_eq!(parse_size("2X"), Err(SizeError::BadSuffix("2X".into())));
         assert_eq!(parse_size("2GG"), Err(SizeError::BadSuffix("2GG".into())));
-        assert_eq!(parse_size("2 G B"), Err(SizeError::BadSuffix("2 G B".into())));
+        assert_eq!(
+            parse_size("2 G B"),
+            Err(SizeError::BadSuffix("2 G B".into()))
+        );
         assert_eq!(
             parse_size("18446744073709551616"),
             Err(SizeError::Overflow("18446744073709551616".into()))
         );
-        assert_eq!(parse_size("16777216T"), Err(SizeError::Overflow("16777216T".into())));
+        assert_eq!(
+            parse_size("16777216T"),
+            Err(SizeError::Overflow("16777216T".into()))
+        );
         assert!(parse_size("-1G").unwrap_err().to_string().contains("-1G"));
     }
 
@@ -318,19 +327,47 @@ mod tests {
     #[test]
     fn serde_reads_integers_and_strings() {
         let h: Holder = toml::from_str("size = \"2G\"").unwrap();
-        assert_eq!(h, Holder { size: 2 * GIB, extra: None });
+        assert_eq!(
+            h,
+            Holder {
+                size: 2 * GIB,
+                extra: None
+            }
+        );
         let h: Holder = toml::from_str("size = 4096\nextra = \"1M\"").unwrap();
-        assert_eq!(h, Holder { size: 4096, extra: Some(MIB) });
-        let e = toml::from_str::<Holder>("size = -5").unwrap_err().to_string();
+        assert_eq!(
+            h,
+            Holder {
+                size: 4096,
+                extra: Some(MIB)
+            }
+        );
+        let e = toml::from_str::<Holder>("size = -5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("negative"), "{e}");
-        let e = toml::from_str::<Holder>("size = 1.5").unwrap_err().to_string();
+        let e = toml::from_str::<Holder>("size = 1.5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("whole number"), "{e}");
-        let e = toml::from_str::<Holder>("size = \"2Q\"").unwrap_err().to_string();
+        let e = toml::from_str::<Holder>("size = \"2Q\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2Q"), "{e}");
-        let text = toml::to_string(&Holder { size: 1536 * MIB, extra: Some(7) }).unwrap();
+        let text = toml::to_string(&Holder {
+            size: 1536 * MIB,
+            extra: Some(7),
+        })
+        .unwrap();
         assert!(text.contains("\"1536M\""), "{text}");
         let back: Holder = toml::from_str(&text).unwrap();
-        assert_eq!(back, Holder { size: 1536 * MIB, extra: Some(7) });
+        assert_eq!(
+            back,
+            Holder {
+                size: 1536 * MIB,
+                extra: Some(7)
+            }
+        );
     }
 
     proptest! {
