@@ -97,12 +97,13 @@ pub enum ScenarioError {
     /// A guest's workload could not be built.
     #[error("{file}: guest {guest:?} workload: {source}")]
     Workload {
-        /// The file (or `<string>`).
+        /// The file (or `<string>`; the scenario's name when [`Scenario::workloads`]
+        /// builds it).
         file: String,
         /// The guest.
         guest: String,
         /// The workload's error.
-        source: WorkloadError,
+        source: Box<WorkloadError>,
     },
     /// The trace of [`Scenario::from_trace`] could not be read.
     #[error("{path}: {source}")]
@@ -214,6 +215,18 @@ fn default_weight() -> u32 {
 }
 fn default_vps() -> u32 {
     2
+}
+
+/// Reads the file form, then expands and validates it as [`Scenario::from_toml_str`]
+/// does, so a scenario embedded in another serde document is checked the same way.
+impl<'de> Deserialize<'de> for Scenario {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = ScenarioFile::deserialize(deserializer)?;
+        let scenario = Self::expand(raw, "<scenario>").map_err(D::Error::custom)?;
+        scenario.validate().map_err(D::Error::custom)?;
+        Ok(scenario)
+    }
 }
 
 /// The file's form: defaults filled, `count` not yet expanded.
@@ -537,18 +550,18 @@ impl Scenario {
                     ScenarioError::Workload {
                         file: file.to_owned(),
                         guest: g.name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
             }
         }
         let startup = self.total_startup();
-        if u128::from(startup) > u128::from(self.host_memory) {
+        if startup > self.host_memory {
             return invalid(
                 "guest",
                 format!(
                     "the guests' startup memory ({}) exceeds host_memory ({}): every guest boots with its startup memory",
-                    format_size(u64::try_from(startup).unwrap_or(u64::MAX)),
+                    format_size(startup),
                     format_size(self.host_memory)
                 ),
             );
@@ -589,7 +602,7 @@ impl Scenario {
                     ScenarioError::Workload {
                         file: self.name.clone(),
                         guest: g.name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })
             })
@@ -845,6 +858,15 @@ workload = { kind = "idle", base = "200M" }
         let s = Scenario::from_toml_str(&text).unwrap();
         assert_eq!(s.host_memory, 4 * GIB);
         assert_eq!(s.guests[0].minimum, 514 * MIB);
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        let s: Scenario = toml::from_str(MINIMAL).unwrap();
+        assert_eq!(s, Scenario::from_toml_str(MINIMAL).unwrap());
+        let bad = MINIMAL.replace("duration_s = 60", "duration_s = -1");
+        let e = toml::from_str::<Scenario>(&bad).unwrap_err().to_string();
+        assert!(e.contains("duration_s"), "{e}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub enum TraceError {
     /// The file has no header (it is empty or blank).
     #[error("the trace is empty: expected the header {expected:?}", expected = HEADER.join(","))]
     Empty,
-    /// The header has a header but no sample.
+    /// The file has a header but no sample.
     #[error("the trace has a header but no samples")]
     NoSamples,
     /// The first line is not the expected header.

@@ -347,7 +347,7 @@ fn the_bundled_trace_reads() {
             .all(|vm| (575..=576).contains(&vm.samples.len()))
     );
     let (first, last) = t.time_range();
-    assert!(first >= 0.0 && first < 600.0 && last > 172_000.0 && last < 172_800.0);
+    assert!((0.0..600.0).contains(&first) && (172_000.0..172_800.0).contains(&last));
     assert_eq!(t.vms[0].vm_id, 1);
     assert_eq!(t.vms[0].capacity, 8 * GIB);
 }
