@@ -56,6 +56,10 @@ pub const BUNDLED: [(&str, &str); 3] = [
     ("diurnal", include_str!("../scenarios/diurnal.toml")),
 ];
 
+/// The most guests a scenario may have (after `count`): far above any host's VM count,
+/// low enough that a typo in `count` is an error rather than an exhausted machine.
+pub const MAX_GUESTS: usize = 10_000;
+
 /// The least a trace guest's minimum memory is set to (Hyper-V's default minimum).
 pub const TRACE_MINIMUM: u64 = 512 * MIB;
 
@@ -398,6 +402,14 @@ impl Scenario {
                 vps: g.vps,
                 workload: g.workload.clone(),
             };
+            let adding = copies.map_or(1, |n| n as usize);
+            if guests.len().saturating_add(adding) > MAX_GUESTS {
+                return Err(ScenarioError::Invalid {
+                    file: file.to_owned(),
+                    field: format!("guest {:?}.count", g.name),
+                    problem: format!("the scenario would have more than {MAX_GUESTS} guests"),
+                });
+            }
             match copies {
                 None => guests.push(make(g.name.clone())),
                 Some(n) => guests.extend((1..=n).map(|i| make(format!("{}-{i}", g.name)))),
@@ -428,7 +440,7 @@ impl Scenario {
 
     /// Checks the scenario: a name and a policy; host memory above the reserve; duration
     /// and tick finite, positive, tick <= duration; a non-negative wait; at least one
-    /// guest, names unique and non-empty; per guest `0 < minimum <= startup <= maximum`,
+    /// guest and at most [`MAX_GUESTS`], names unique and non-empty; per guest `0 < minimum <= startup <= maximum`,
     /// sizes multiples of 2 MiB, buffer 5-2000, weight 0-100, 1-240 VPs, a workload that
     /// builds (trace workloads are checked when built, see [`Scenario::workloads`]); and
     /// the guests' startup memory together within the host's memory, since every guest
@@ -494,6 +506,9 @@ impl Scenario {
         }
         if self.guests.is_empty() {
             return invalid("guest", "the scenario has no guest".into());
+        }
+        if self.guests.len() > MAX_GUESTS {
+            return invalid("guest", format!("more than {MAX_GUESTS} guests"));
         }
         let mut names = HashSet::new();
         for (index, g) in self.guests.iter().enumerate() {
@@ -738,14 +753,12 @@ fn scale_startups(guests: &mut [Guest], host: u64) {
             .iter()
             .zip(&pinned)
             .filter(|(_, p)| **p)
-            .map(|(g, _)| g.minimum)
-            .sum();
+            .fold(0u64, |sum, (g, _)| sum.saturating_add(g.minimum));
         let free: u64 = original
             .iter()
             .zip(&pinned)
             .filter(|(_, p)| !**p)
-            .map(|(s, _)| *s)
-            .sum();
+            .fold(0u64, |sum, (s, _)| sum.saturating_add(*s));
         let scale = if free == 0 {
             0.0
         } else {

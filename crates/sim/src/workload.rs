@@ -23,7 +23,8 @@
 //!   bursts. Burst starts form a Poisson process with mean spacing `mean_interval_s`;
 //!   lengths are exponential with mean `mean_length_s` (at least 1 s, at most 8× the
 //!   mean); each burst rises in [`BURST_RISE_S`], falls in [`BURST_FALL_S`], and reaches a
-//!   height drawn uniformly between half and all of `peak - base` above `base`.
+//!   height drawn uniformly between half and all of `peak - base` above `base`. The mean
+//!   length may be at most [`MAX_OVERLAP`] mean intervals.
 //!   Overlapping bursts do not add: the higher one counts (one application's working set).
 //! - `diurnal { low, high, period_s, phase_s = 0, noise_percent = 3 }`: a cosine between
 //!   `low` and `high` with its crests at `phase_s + k × period_s`, plus noise in percent of
@@ -51,6 +52,8 @@ pub const BURST_FALL_S: f64 = 5.0;
 /// The longest burst, in mean lengths: truncating the exponential keeps the look-back of a
 /// query bounded (and 8 means cuts off only 0.03 % of bursts).
 pub const BURST_MAX_LENGTHS: f64 = 8.0;
+/// The longest mean burst length, in mean intervals between bursts.
+pub const MAX_OVERLAP: f64 = 100.0;
 /// Spacing of the noise's random values, seconds.
 const NOISE_KNOT_S: f64 = 10.0;
 /// Spacing for the idle workload's slower noise, seconds.
@@ -617,6 +620,17 @@ impl Workload {
                 }
                 let mean_interval_s = at_least(kind, "mean_interval_s", mean_interval_s, 1.0)?;
                 let mean_length_s = at_least(kind, "mean_length_s", mean_length_s, 1.0)?;
+                // Bursts overlapping more than this deep are a plateau, not bursts, and the
+                // bound keeps a query's look-back to a few generation blocks.
+                if mean_length_s > MAX_OVERLAP * mean_interval_s {
+                    return Err(WorkloadError::Invalid {
+                        kind,
+                        field: "mean_length_s",
+                        problem: format!(
+                            "{mean_length_s} is more than {MAX_OVERLAP} times mean_interval_s"
+                        ),
+                    });
+                }
                 let block_s = mean_interval_s * BURSTS_PER_BLOCK;
                 let mut bursty = Bursty {
                     base: base as f64,
@@ -1047,6 +1061,12 @@ mod tests {
                 peak: 2,
                 mean_interval_s: 0.0,
                 mean_length_s: 5.0,
+            },
+            WorkloadSpec::Bursty {
+                base: 1,
+                peak: 2,
+                mean_interval_s: 1.0,
+                mean_length_s: 1e9,
             },
             WorkloadSpec::Diurnal {
                 low: 2,

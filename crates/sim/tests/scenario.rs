@@ -465,3 +465,9 @@ fn from_trace_on_a_small_file() {
     assert!(e.contains("line 2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn count_is_bounded() {
+    let e = error_with("kind = \"xen\"", "kind = \"xen\"\ncount = 4000000000");
+    assert!(e.contains("more than"), "{e}");
+}
