@@ -43,6 +43,8 @@ const SLACK_PAGES: u64 = 512;
 /// Room above its target a Xen guest's `max_pages` keeps, as libxl's
 /// `LIBXL_MAXMEM_CONSTANT` (1 MiB).
 const XEN_MAXMEM_SLACK_PAGES: u64 = 256;
+/// How long the host waits before asking again a guest that gave less than asked.
+const BALLOON_BACKOFF: Duration = Duration::from_secs(5);
 /// Data bytes of each direction of a DM ring (the VMBus default for the DM channel).
 const RING_DATA_BYTES: u32 = 16 * 1024;
 
@@ -205,6 +207,9 @@ struct Vm {
     unresponsive: bool,
     stuck: bool,
     future_peak: Option<u64>,
+    /// No balloon request before this time: the guest last gave less than asked (it is
+    /// at its floor), and asking again at once would only repeat the answer.
+    balloon_backoff: Duration,
     ops: OpCounts,
 }
 
@@ -393,6 +398,7 @@ impl Host {
                 unresponsive: false,
                 stuck: false,
                 future_peak: None,
+                balloon_backoff: Duration::ZERO,
                 ops: OpCounts::default(),
             },
         );
@@ -633,7 +639,15 @@ impl Host {
                 }
                 let _ = pages;
             }
-            VspEvent::BalloonComplete { .. } => v.ops.balloon += 1,
+            VspEvent::BalloonComplete {
+                requested,
+                returned,
+            } => {
+                v.ops.balloon += 1;
+                if returned < requested {
+                    v.balloon_backoff = now + BALLOON_BACKOFF;
+                }
+            }
             VspEvent::UnballoonComplete { .. } => {}
             VspEvent::HotAddComplete { added, result, .. } => {
                 v.ops.hot_add += 1;
@@ -778,7 +792,7 @@ impl Host {
             return;
         };
         if assigned > target + SLACK_PAGES {
-            if session.vsp.balloon(now, assigned - target).is_err() {
+            if now < v.balloon_backoff || session.vsp.balloon(now, assigned - target).is_err() {
                 return;
             }
         } else if target > assigned + SLACK_PAGES {
