@@ -360,3 +360,43 @@ fn report_renders_in_chromium() {
     }
     eprintln!("screenshot: {}", png.display());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// Whatever the sizes and however broken the figures and series, the three outputs
+    /// are produced, the JSON parses and the page has its charts.
+    #[test]
+    fn any_run_gives_valid_outputs(
+        policies in 0usize..4,
+        guests in 0usize..15,
+        points in 0usize..60,
+        bad_metric in proptest::num::f64::ANY,
+        cut in 0usize..60,
+        bad_time in proptest::option::of(proptest::num::f64::ANY),
+    ) {
+        let mut r = synthetic_result(policies, guests, points);
+        if let Some(p) = r.policies.first_mut() {
+            p.metrics.slack_fraction = bad_metric;
+            p.metrics.paging_vm_seconds_fraction = bad_metric;
+            p.metrics.footprint_assigned_bytes_avg = bad_metric;
+            if let Some(g) = p.series.guests.first_mut() {
+                g.paged.truncate(cut);
+                g.committed.truncate(cut / 2);
+            }
+            if let (Some(t), Some(bad)) = (p.series.t_s.get_mut(cut), bad_time) {
+                *t = bad;
+            }
+        }
+        let json: Value = serde_json::from_str(&report::results_json(&r)).expect("valid JSON");
+        proptest::prop_assert_eq!(json["policies"].as_array().map(Vec::len), Some(policies));
+        proptest::prop_assert_eq!(report::summary_table(&r).lines().count(), policies + 2);
+        let page = report::html(&r);
+        proptest::prop_assert_eq!(page.matches("<svg").count(), expected_charts(&r));
+        proptest::prop_assert!(!page.contains("class=\"error\""), "a chart failed to draw");
+    }
+}

@@ -110,7 +110,7 @@ pub enum TimeUnit {
 impl TimeUnit {
     /// The unit for a span of `span_s` seconds.
     pub fn for_span(span_s: f64) -> Self {
-        if !(span_s > 120.0) {
+        if span_s.is_nan() || span_s <= 120.0 {
             TimeUnit::Seconds
         } else if span_s <= 2.0 * 3600.0 {
             TimeUnit::Minutes
@@ -138,12 +138,29 @@ impl TimeUnit {
     }
 }
 
-/// A range that plotters can map: finite, and not empty (a zero span would divide by zero
-/// when mapping coordinates).
+/// The largest magnitude an axis reaches (1e15 seconds or GiB: far beyond any real run):
+/// plotters maps coordinates through `i32` pixel offsets and overflows on spans it cannot
+/// represent, so absurd inputs are pinned here instead.
+const AXIS_LIMIT: f64 = 1e15;
+
+/// A range that plotters can map: finite, within [`AXIS_LIMIT`], and not empty (a zero
+/// span would divide by zero when mapping coordinates).
 fn safe_range(lo: f64, hi: f64) -> (f64, f64) {
-    let lo = if lo.is_finite() { lo } else { 0.0 };
-    let hi = if hi.is_finite() { hi } else { lo + 1.0 };
+    let pin = |v: f64, default: f64| {
+        if v.is_finite() {
+            v.clamp(-AXIS_LIMIT, AXIS_LIMIT)
+        } else {
+            default
+        }
+    };
+    let lo = pin(lo, 0.0);
+    let hi = pin(hi, lo + 1.0);
     if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
+}
+
+/// `v` pinned into `range`: a point outside it would map to a pixel offset past `i32`.
+fn clip(v: f64, (lo, hi): (f64, f64)) -> f64 {
+    if v.is_nan() { lo } else { v.clamp(lo, hi) }
 }
 
 /// Removes the SVG namespace attribute plotters writes: inline SVG in HTML does not need
@@ -194,9 +211,10 @@ pub fn time_chart(
             .y_labels(6)
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
-            .light_line_style(RGBColor(238, 238, 238))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 15))
+            .max_light_lines(2)
+            .light_line_style(RGBColor(242, 242, 242))
             .bold_line_style(RGBColor(215, 215, 215))
             .draw()
             .map_err(draw_err)?;
@@ -207,7 +225,9 @@ pub fn time_chart(
             let scale = unit.seconds();
             chart
                 .draw_series(LineSeries::new(
-                    points.iter().map(|(t, v)| (t / scale, *v as f64 / GIB)),
+                    points
+                        .iter()
+                        .map(|(t, v)| (clip(t / scale, (x0, x1)), clip(*v as f64 / GIB, (y0, y1)))),
                     line.color.stroke_width(line.width.max(1)),
                 ))
                 .map_err(draw_err)?;
@@ -228,15 +248,23 @@ pub fn time_chart(
     Ok(inline(buf))
 }
 
-/// An axis tick label with as few decimals as the axis span needs.
+/// An axis tick label with as few decimals as the axis span needs, trailing zeros cut
+/// (`1`, `1.5`, `2` rather than `1.0`, `1.5`, `2.0`).
 fn axis_number(v: f64, span: f64) -> String {
-    if span >= 20.0 {
-        format!("{v:.0}")
+    let decimals = if span >= 20.0 {
+        0
     } else if span >= 2.0 {
-        format!("{v:.1}")
+        1
     } else {
-        format!("{v:.2}")
-    }
+        2
+    };
+    let s = format!("{v:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    };
+    if s == "-0" { "0".to_owned() } else { s }
 }
 
 /// The "footprint against paging" scatter chart: one labelled point per policy, x the
@@ -260,8 +288,14 @@ pub fn footprint_paging_scatter(
         .collect();
     let x_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
     let y_max = points.iter().map(|p| p.2).fold(0.0, f64::max);
-    let (x0, x1) = safe_range(0.0, (x_max * 1.2).max(1.0));
-    let (y0, y1) = safe_range(0.0, y_max * 1.15);
+    let x_min = points.iter().map(|p| p.1).fold(0.0, f64::min);
+    let y_min = points.iter().map(|p| p.2).fold(0.0, f64::min);
+    let (x0, x1) = safe_range(x_min * 1.2, (x_max * 1.2).max(1.0));
+    let (y0, y1) = safe_range(y_min * 1.15, y_max * 1.15);
+    let points: Vec<(&str, f64, f64)> = points
+        .into_iter()
+        .map(|(n, x, y)| (n, clip(x, (x0, x1)), clip(y, (y0, y1))))
+        .collect();
 
     let mut buf = String::new();
     {
@@ -282,9 +316,10 @@ pub fn footprint_paging_scatter(
             .y_desc("average assigned footprint (GiB)")
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
-            .light_line_style(RGBColor(238, 238, 238))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 15))
+            .max_light_lines(2)
+            .light_line_style(RGBColor(242, 242, 242))
             .bold_line_style(RGBColor(215, 215, 215))
             .draw()
             .map_err(draw_err)?;
@@ -455,6 +490,15 @@ mod tests {
     }
 
     #[test]
+    fn axis_numbers_are_short() {
+        assert_eq!(axis_number(1.0, 6.0), "1");
+        assert_eq!(axis_number(1.5, 6.0), "1.5");
+        assert_eq!(axis_number(0.25, 1.0), "0.25");
+        assert_eq!(axis_number(40.0, 70.0), "40");
+        assert_eq!(axis_number(-0.0001, 1.0), "0");
+    }
+
+    #[test]
     fn time_unit_follows_span() {
         assert_eq!(TimeUnit::for_span(60.0), TimeUnit::Seconds);
         assert_eq!(TimeUnit::for_span(3600.0), TimeUnit::Minutes);
@@ -463,6 +507,31 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn charts_draw_any_numbers(
+            t in proptest::collection::vec(proptest::num::f64::ANY, 0..40),
+            v in proptest::collection::vec(proptest::num::u64::ANY, 0..40),
+            fp in proptest::num::f64::ANY,
+            paging in proptest::num::f64::ANY,
+        ) {
+            let line = Line {
+                label: "a",
+                color: colors::ASSIGNED,
+                values: &v,
+                keep_peaks: true,
+                width: 2,
+            };
+            let svg = time_chart("t", &t, &[line], (300, 200)).expect("draws");
+            prop_assert_eq!(svg.matches("<svg").count(), 1);
+            let mut r = synthetic_result(3, 1, 2);
+            r.policies[0].metrics.footprint_assigned_bytes_avg = fp;
+            r.policies[1].metrics.paging_vm_seconds_fraction = paging;
+            let svg = footprint_paging_scatter(&r, (400, 300)).expect("draws");
+            prop_assert_eq!(svg.matches("<svg").count(), 1);
+        }
+
         #[test]
         fn thinning_bounds_length_and_keeps_peaks(
             values in proptest::collection::vec(0u64..1_000_000, 0..6000),

@@ -35,9 +35,10 @@ dl.facts dt { font-size: 12px; color: #5a6470; text-transform: uppercase; letter
 dl.facts dd { margin: 0; font-weight: 600; }
 .scroll { overflow-x: auto; }
 table.metrics { border-collapse: collapse; width: 100%; font-size: 13px; }
-table.metrics th, table.metrics td { padding: 6px 6px; border-bottom: 1px solid #e3e6ea;
+table.metrics th, table.metrics td { padding: 6px 5px; border-bottom: 1px solid #e3e6ea;
   white-space: nowrap; }
-table.metrics th { text-align: right; font-weight: 600; background: #f1f3f6; }
+table.metrics th { text-align: right; font-weight: 600; background: #f1f3f6;
+  white-space: normal; vertical-align: bottom; }
 table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
 table.metrics th:first-child, table.metrics td:first-child { text-align: left; font-weight: 600; }
 table.metrics tbody tr:hover { background: #f8f9fb; }
@@ -294,7 +295,8 @@ fn metrics_table(out: &mut String, result: &RunResult) {
     let with_resident = table::has_resident(result);
     out.push_str("<div class=\"scroll\"><table class=\"metrics\">\n<thead><tr>");
     for h in table::headers(with_resident) {
-        let _ = write!(out, "<th>{}</th>", esc(h));
+        // Non-breaking hyphens: a narrow column breaks "hot-add" at its spaces only.
+        let _ = write!(out, "<th>{}</th>", esc(h).replace('-', "\u{2011}"));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for run in &result.policies {
