@@ -400,3 +400,18 @@ proptest::proptest! {
         proptest::prop_assert!(!page.contains("class=\"error\""), "a chart failed to draw");
     }
 }
+
+#[test]
+fn a_large_trace_gives_a_page_of_bounded_size() {
+    // A hundred guests, six policies, long series: the page thins and picks guests, so it
+    // stays a size a browser opens at once.
+    let r = synthetic_result(6, 100, 5000);
+    let start = Instant::now();
+    let page = report::html(&r);
+    let took = start.elapsed();
+    assert_eq!(page.matches("<svg").count(), 1 + 6 * (1 + 1 + 12));
+    assert!(page.len() < 16 << 20, "page is {} bytes", page.len());
+    eprintln!("large page: {} bytes in {took:?}", page.len());
+    let path = out_dir("large").join("report.html");
+    report::write_html(&r, &path).expect("written");
+}

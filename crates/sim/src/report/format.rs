@@ -59,18 +59,48 @@ pub fn opt_percent(fraction: Option<f64>) -> String {
     fraction.map_or_else(|| MISSING.to_owned(), percent)
 }
 
-/// Byte-seconds of paging, in GiB-seconds, or GiB-hours once that reads better (from
-/// 3600 GiB-s on), so that a long trace does not print a nine-digit figure.
-pub fn byte_seconds(v: f64) -> String {
+/// The unit paging volume is written in: GiB-seconds, or GiB-hours once that reads better
+/// (from 3600 GiB-s on), so that a long trace does not print a nine-digit figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteSecondsUnit {
+    /// GiB-s.
+    GibSeconds,
+    /// GiB-h.
+    GibHours,
+}
+
+impl ByteSecondsUnit {
+    /// The unit for a column holding `values` (byte-seconds): one unit for the whole
+    /// column, chosen by its largest finite magnitude, so rows compare at a glance.
+    pub fn for_values(values: impl IntoIterator<Item = f64>) -> Self {
+        let max = values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0, |m: f64, v| m.max(v.abs()));
+        if max / GIB >= 3600.0 {
+            ByteSecondsUnit::GibHours
+        } else {
+            ByteSecondsUnit::GibSeconds
+        }
+    }
+}
+
+/// Byte-seconds of paging in `unit`, two decimals: `12.50 GiB-s`, `2.00 GiB-h`.
+pub fn byte_seconds_in(v: f64, unit: ByteSecondsUnit) -> String {
     if let Some(s) = non_finite(v) {
         return s;
     }
     let gib_s = v / GIB;
-    if gib_s.abs() >= 3600.0 {
-        format!("{:.2} GiB-h", gib_s / 3600.0)
-    } else {
-        format!("{gib_s:.2} GiB-s")
+    match unit {
+        ByteSecondsUnit::GibSeconds => format!("{gib_s:.2} GiB-s"),
+        ByteSecondsUnit::GibHours => format!("{:.2} GiB-h", gib_s / 3600.0),
     }
+}
+
+/// Byte-seconds of paging in the unit that suits this one value
+/// ([`ByteSecondsUnit::for_values`] of it alone).
+pub fn byte_seconds(v: f64) -> String {
+    byte_seconds_in(v, ByteSecondsUnit::for_values([v]))
 }
 
 /// A duration in seconds, with fewer decimals as it grows: `0.25 s`, `12.5 s`, `1234 s`.
@@ -152,6 +182,10 @@ mod tests {
     fn paging_switches_to_hours() {
         assert_eq!(byte_seconds(10.0 * GIB), "10.00 GiB-s");
         assert_eq!(byte_seconds(7200.0 * GIB), "2.00 GiB-h");
+        let unit = ByteSecondsUnit::for_values([10.0 * GIB, 7200.0 * GIB, f64::INFINITY]);
+        assert_eq!(unit, ByteSecondsUnit::GibHours);
+        assert_eq!(byte_seconds_in(1800.0 * GIB, unit), "0.50 GiB-h");
+        assert_eq!(ByteSecondsUnit::for_values([]), ByteSecondsUnit::GibSeconds);
     }
 
     #[test]

@@ -292,16 +292,16 @@ fn policy_section(out: &mut String, run: &PolicyRun, open: bool) {
 
 /// The policy table, with each figure's `results.json` value in `data-value`.
 fn metrics_table(out: &mut String, result: &RunResult) {
-    let with_resident = table::has_resident(result);
+    let cols = table::Columns::for_result(result);
     out.push_str("<div class=\"scroll\"><table class=\"metrics\">\n<thead><tr>");
-    for h in table::headers(with_resident) {
+    for h in table::headers(cols) {
         // Non-breaking hyphens: a narrow column breaks "hot-add" at its spaces only.
         let _ = write!(out, "<th>{}</th>", esc(h).replace('-', "\u{2011}"));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for run in &result.policies {
         let _ = write!(out, "<tr data-policy=\"{}\">", esc(&run.metrics.policy));
-        for Cell { key, text, raw, .. } in table::cells(run, with_resident) {
+        for Cell { key, text, raw, .. } in table::cells(run, cols) {
             let _ = write!(
                 out,
                 "<td data-metric=\"{key}\" data-value=\"{}\">{}</td>",

@@ -16,17 +16,33 @@ pub(crate) struct Cell {
     pub raw: String,
 }
 
-/// Whether any policy has a measured resident footprint: the column is left out in
-/// accounting mode, where it would be `-` on every row.
-pub(crate) fn has_resident(result: &RunResult) -> bool {
-    result
-        .policies
-        .iter()
-        .any(|p| p.metrics.footprint_resident_bytes_avg.is_some())
+/// What the columns look like for one run: shared by every row so that they line up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Columns {
+    /// Whether any policy has a measured resident footprint: the column is left out in
+    /// accounting mode, where it would be `-` on every row.
+    pub with_resident: bool,
+    /// The unit of the paging volume column.
+    pub paged_unit: format::ByteSecondsUnit,
+}
+
+impl Columns {
+    /// The columns for `result`'s policies.
+    pub fn for_result(result: &RunResult) -> Self {
+        Columns {
+            with_resident: result
+                .policies
+                .iter()
+                .any(|p| p.metrics.footprint_resident_bytes_avg.is_some()),
+            paged_unit: format::ByteSecondsUnit::for_values(
+                result.policies.iter().map(|p| p.metrics.paged_byte_seconds),
+            ),
+        }
+    }
 }
 
 /// The cells of one policy's row, in column order.
-pub(crate) fn cells(run: &PolicyRun, with_resident: bool) -> Vec<Cell> {
+pub(crate) fn cells(run: &PolicyRun, cols: Columns) -> Vec<Cell> {
     let m = &run.metrics;
     let ops = &m.operations;
     let mut out = vec![Cell {
@@ -49,7 +65,7 @@ pub(crate) fn cells(run: &PolicyRun, with_resident: bool) -> Vec<Cell> {
         format::bytes(m.footprint_assigned_bytes_avg),
         format::raw(&m.footprint_assigned_bytes_avg),
     );
-    if with_resident {
+    if cols.with_resident {
         push(
             "footprint_resident_bytes_avg",
             "resident",
@@ -78,7 +94,7 @@ pub(crate) fn cells(run: &PolicyRun, with_resident: bool) -> Vec<Cell> {
     push(
         "paged_byte_seconds",
         "paged",
-        format::byte_seconds(m.paged_byte_seconds),
+        format::byte_seconds_in(m.paged_byte_seconds, cols.paged_unit),
         format::raw(&m.paged_byte_seconds),
     );
     push(
@@ -113,7 +129,7 @@ pub(crate) fn cells(run: &PolicyRun, with_resident: bool) -> Vec<Cell> {
 }
 
 /// The headings of the columns, in order (the same whatever the row).
-pub(crate) fn headers(with_resident: bool) -> Vec<&'static str> {
+pub(crate) fn headers(cols: Columns) -> Vec<&'static str> {
     let probe = PolicyRun {
         metrics: crate::record::PolicyMetrics {
             policy: String::new(),
@@ -131,28 +147,21 @@ pub(crate) fn headers(with_resident: bool) -> Vec<&'static str> {
         series: Default::default(),
         wall_s: 0.0,
     };
-    cells(&probe, with_resident)
-        .into_iter()
-        .map(|c| c.header)
-        .collect()
+    cells(&probe, cols).into_iter().map(|c| c.header).collect()
 }
 
 /// The plain-text summary: a header line, a rule and one row per policy. The policy name
 /// is left-aligned, every figure right-aligned, each column as wide as its widest cell;
 /// footprints are assigned memory (and measured resident memory when the run has it),
-/// the operation columns count protocol operations.
+/// paging volume is in one unit for the whole column, the operation columns count
+/// protocol operations.
 pub fn summary_table(result: &RunResult) -> String {
-    let with_resident = has_resident(result);
-    let headers = headers(with_resident);
+    let cols = Columns::for_result(result);
+    let headers = headers(cols);
     let rows: Vec<Vec<String>> = result
         .policies
         .iter()
-        .map(|p| {
-            cells(p, with_resident)
-                .into_iter()
-                .map(|c| c.text)
-                .collect()
-        })
+        .map(|p| cells(p, cols).into_iter().map(|c| c.text).collect())
         .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
