@@ -415,3 +415,28 @@ fn a_large_trace_gives_a_page_of_bounded_size() {
     let path = out_dir("large").join("report.html");
     report::write_html(&r, &path).expect("written");
 }
+
+#[test]
+fn one_policy_accounting_page_and_table() {
+    let mut r = synthetic_result(1, 3, 400);
+    r.scenario.mode = Mode::Accounting;
+    r.policies[0].metrics.footprint_resident_bytes_avg = None;
+    r.policies[0].series.host_resident.clear();
+    let dir = out_dir("accounting");
+    report::write_html(&r, dir.join("report.html")).expect("written");
+    let table = report::summary_table(&r);
+    std::fs::write(dir.join("table.txt"), &table).expect("written");
+    let page = report::html(&r);
+    assert!(!page.contains("Footprint against paging"));
+    assert_eq!(page.matches("<svg").count(), 1 + 3);
+    assert!(
+        !page.contains("All 3 guests"),
+        "no sums chart for a few guests"
+    );
+    assert!(
+        !page.contains("<dt>resident</dt>"),
+        "no legend for a column not shown"
+    );
+    assert!(page.contains("No resident memory was measured"));
+    assert_eq!(table.lines().count(), 3);
+}

@@ -239,6 +239,12 @@ fn policy_section(out: &mut String, run: &PolicyRun, open: bool) {
         });
     }
     out.push_str(&legend(&host));
+    if s.host_resident.is_empty() {
+        out.push_str(
+            "<p class=\"note\">No resident memory was measured (accounting mode has no \
+             guest memory to measure).</p>\n",
+        );
+    }
     out.push_str(&chart_block(charts::time_chart(
         &format!("{}: host memory", run.metrics.policy),
         &s.t_s,
@@ -364,7 +370,11 @@ pub fn html(result: &RunResult) -> String {
         metrics_table(&mut out, result);
     }
     out.push_str("<dl class=\"legend\">\n");
-    for (k, v) in LEGEND {
+    let with_resident = table::Columns::for_result(result).with_resident;
+    for (k, v) in LEGEND
+        .iter()
+        .filter(|(k, _)| with_resident || *k != "resident")
+    {
         let _ = writeln!(out, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v));
     }
     out.push_str("</dl>\n</section>\n");

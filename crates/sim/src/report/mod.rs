@@ -9,7 +9,7 @@
 //! - [`html`] / [`write_html`]: one HTML file with inline CSS and inline SVG charts, which
 //!   opens offline in any browser and can be mailed or archived as it is.
 //!
-//! Every number shown in the table and the page goes through [`format`], so the terminal,
+//! Every number shown in the table and the page goes through [`format`](mod@format), so the terminal,
 //! the page and `results.json` agree.
 
 pub mod charts;
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use html::{html, write_html};
+pub use html::{MAX_GUEST_CHARTS, html, write_html};
 pub use json::{results_json, write_results_json};
 pub use table::summary_table;
 
