@@ -148,3 +148,16 @@ fn debug_print() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn debug_default() {
+    let s = ballast_sim::scenario::Scenario::default_scenario().unwrap();
+    for p in ["hyperv", "static", "oracle", "ballast"] {
+        let mut s = s.clone();
+        s.mode = Mode::Accounting;
+        let r = ballast_sim::compare::run_scenario(&s, p, false, &mut |_| {}).unwrap();
+        let m = &r.metrics;
+        println!("{p}: wall {:.1}s fp {:.2} GiB slack {:.3} paging {:.4} ops {:?}", r.wall_s, m.footprint_assigned_bytes_avg / (1u64 << 30) as f64, m.slack_fraction, m.paging_vm_seconds_fraction, m.operations);
+    }
+}
