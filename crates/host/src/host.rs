@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use ballast_backing::PageSize;
 use ballast_balancer::{Balancer, HostSnapshot, Snapshot, VmSettings, VmSnapshot};
-use ballast_core::{
-    Config, DomId, GfnRange, GuestMemory, Hypervisor, MemoryOpResult, PartitionId,
-};
+use ballast_core::{Config, DomId, GfnRange, GuestMemory, Hypervisor, MemoryOpResult, PartitionId};
 use ballast_dm::vsp::{
     Backer, BackingRefused, HotAddResult, Transaction, Vsp, VspConfig, VspEvent, VspState,
 };
@@ -332,14 +330,19 @@ impl Host {
                 free: free * PAGE,
             });
         }
-        let id = self.mem.run(|hv| root::create_partition(hv, config.vps.max(1)));
+        let id = self
+            .mem
+            .run(|hv| root::create_partition(hv, config.vps.max(1)));
         let id = match id {
             Ok((r, _)) => r?,
             Err(e) => e.result?,
         };
         let max = s.maximum / PAGE;
         let (region, region_max) = match config.kind {
-            VmKind::Dm => (startup, max.next_multiple_of(ballast_dm::vsc::DEFAULT_BLOCK_PAGES)),
+            VmKind::Dm => (
+                startup,
+                max.next_multiple_of(ballast_dm::vsc::DEFAULT_BLOCK_PAGES),
+            ),
             VmKind::Xen => (max, max),
         };
         let made = (|| -> Result<(), VmError> {
@@ -784,7 +787,9 @@ impl Host {
             .map_or(ballast_dm::vsc::DEFAULT_BLOCK_PAGES, |c| {
                 c.hot_add_alignment_pages()
             });
-        let Some(v) = self.vms.get_mut(&vm) else { return };
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
         let Link::Dm {
             session, hot_add, ..
         } = &mut v.link
@@ -808,7 +813,9 @@ impl Host {
                 }
             } else if region < region_max {
                 let start = region.next_multiple_of(align);
-                let pages = want.next_multiple_of(align).min(region_max.saturating_sub(start));
+                let pages = want
+                    .next_multiple_of(align)
+                    .min(region_max.saturating_sub(start));
                 if pages == 0 {
                     return;
                 }
@@ -847,7 +854,11 @@ struct HotAdd<'a> {
 
 impl Backer for HotAdd<'_> {
     fn back(&mut self, ranges: &[GfnRange]) -> Result<(), BackingRefused> {
-        let limit = self.mem.hv().partition(self.id).map_or(0, |p| p.gfn_limit());
+        let limit = self
+            .mem
+            .hv()
+            .partition(self.id)
+            .map_or(0, |p| p.gfn_limit());
         if self.end > limit {
             self.mem
                 .grow_memory(self.id, self.end)

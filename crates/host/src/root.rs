@@ -13,8 +13,8 @@ use ballast_abi::hv::{
     HvGetMemoryBalance, HvGetMemoryBalanceOutput, HvPartitionIdInput, HvProximityDomainInfo,
     HvStatus, HvWithdrawMemory, HypercallCode, HypercallOutput,
 };
-use ballast_core::hypervisor::ROOT_ID;
 use ballast_core::hyperv::SELF;
+use ballast_core::hypervisor::ROOT_ID;
 use ballast_core::{Hypervisor, NodeSel, PartitionId};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(p.vps().len(), 4);
         assert_eq!(p.state(), ballast_core::PartitionState::Active);
         let (avail, in_use) = memory_balance(&mut hv, id).unwrap();
-        assert!(in_use > 0, "initialization and the VPs are charged to the pool");
+        assert!(
+            in_use > 0,
+            "initialization and the VPs are charged to the pool"
+        );
         assert!(hv.frames().total_free() < free);
         hv.check().unwrap();
         let withdrawn = destroy_partition(&mut hv, id).unwrap();
@@ -269,6 +272,9 @@ mod tests {
             call: "HvCreateVp",
             status: HvStatus::INVALID_PARAMETER,
         };
-        assert_eq!(e.to_string(), "HvCreateVp failed: HV_STATUS_INVALID_PARAMETER");
+        assert_eq!(
+            e.to_string(),
+            "HvCreateVp failed: HV_STATUS_INVALID_PARAMETER"
+        );
     }
 }

@@ -437,20 +437,19 @@ fn touch_pages(host: &Host, vm: VmId, ranges: &[ballast_abi::types::GfnRange]) {
 
 /// The core's invariants and every guest's backing audit.
 fn check(host: &Host, t_s: f64) -> Result<(), RunError> {
-    host.hv().check().map_err(|e| RunError::Invariant {
-        t_s,
-        what: e.0,
-    })?;
+    host.hv()
+        .check()
+        .map_err(|e| RunError::Invariant { t_s, what: e.0 })?;
     if host.config().backing == BackingMode::RealMemory {
         for vm in host.vm_ids() {
             let Some(v) = host.vm(vm) else { continue };
-            let report = host
-                .memory()
-                .audit(v.partition, false)
-                .map_err(|e| RunError::Invariant {
-                    t_s,
-                    what: format!("audit of {}: {e}", v.name),
-                })?;
+            let report =
+                host.memory()
+                    .audit(v.partition, false)
+                    .map_err(|e| RunError::Invariant {
+                        t_s,
+                        what: format!("audit of {}: {e}", v.name),
+                    })?;
             if !report.violations.is_empty() {
                 return Err(RunError::Invariant {
                     t_s,
@@ -461,10 +460,7 @@ fn check(host: &Host, t_s: f64) -> Result<(), RunError> {
                 if r > v.assigned {
                     return Err(RunError::Invariant {
                         t_s,
-                        what: format!(
-                            "{}: {r} bytes resident but {} assigned",
-                            v.name, v.assigned
-                        ),
+                        what: format!("{}: {r} bytes resident but {} assigned", v.name, v.assigned),
                     });
                 }
             }

@@ -140,7 +140,10 @@ impl XenGuest {
             pages: boot_pages,
             demand: 0,
             floor: floor_pages,
-            args: FlatMemory::new(ARG_GPA, (LIST_GPA - ARG_GPA) as usize + EXTENTS_PER_CALL * 8),
+            args: FlatMemory::new(
+                ARG_GPA,
+                (LIST_GPA - ARG_GPA) as usize + EXTENTS_PER_CALL * 8,
+            ),
             to_touch: GfnRange::new(0, boot_pages).into_iter().collect(),
         }
     }

@@ -77,26 +77,54 @@ fn guests() -> Vec<GuestSpec> {
 
 #[test]
 fn both_guest_kinds_balance_on_real_memory_with_invariants_and_clean_audits_every_tick() {
-    let r = run(&config(Mode::RealMemory, true), "hyperv", guests(), &mut |_| {}).unwrap();
+    let r = run(
+        &config(Mode::RealMemory, true),
+        "hyperv",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
     let m = &r.metrics;
     let ops = m.operations;
-    assert!(ops.balloon > 0 && ops.balloon_bytes > 0, "DM guests ballooned: {ops:?}");
-    assert!(ops.hot_add > 0 || ops.unballoon > 0, "DM guests grew: {ops:?}");
-    assert!(ops.decrease > 0 && ops.populate > 0, "Xen guests moved: {ops:?}");
+    assert!(
+        ops.balloon > 0 && ops.balloon_bytes > 0,
+        "DM guests ballooned: {ops:?}"
+    );
+    assert!(
+        ops.hot_add > 0 || ops.unballoon > 0,
+        "DM guests grew: {ops:?}"
+    );
+    assert!(
+        ops.decrease > 0 && ops.populate > 0,
+        "Xen guests moved: {ops:?}"
+    );
     // Memory followed demand: well below the 4 x 256 MiB static footprint on average.
-    assert!(m.footprint_assigned_bytes_avg < (4 * 256 * MIB) as f64, "{m:?}");
+    assert!(
+        m.footprint_assigned_bytes_avg < (4 * 256 * MIB) as f64,
+        "{m:?}"
+    );
     assert!(m.paging_vm_seconds_fraction < 0.2, "{m:?}");
     // Each guest reached its high demand while it lasted.
     for g in &r.series.guests {
         let peak_demand = *g.committed.iter().max().unwrap();
         let peak_assigned = *g.assigned.iter().max().unwrap();
-        assert!(peak_assigned >= peak_demand, "{}: {peak_assigned} < {peak_demand}", g.name);
+        assert!(
+            peak_assigned >= peak_demand,
+            "{}: {peak_assigned} < {peak_demand}",
+            g.name
+        );
     }
 }
 
 #[test]
 fn resident_memory_follows_assigned_memory() {
-    let r = run(&config(Mode::RealMemory, false), "hyperv", guests(), &mut |_| {}).unwrap();
+    let r = run(
+        &config(Mode::RealMemory, false),
+        "hyperv",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
     let s = &r.series;
     assert_eq!(s.host_resident.len(), s.t_s.len());
     // Every guest writes every page it is given, so what the host holds resident is what
@@ -104,7 +132,11 @@ fn resident_memory_follows_assigned_memory() {
     let tolerance = 4 * 4 * MIB;
     for (i, &res) in s.host_resident.iter().enumerate() {
         let assigned: u64 = s.guests.iter().map(|g| g.assigned[i]).sum();
-        assert!(res <= assigned, "t={}: resident {res} > assigned {assigned}", s.t_s[i]);
+        assert!(
+            res <= assigned,
+            "t={}: resident {res} > assigned {assigned}",
+            s.t_s[i]
+        );
         assert!(
             assigned - res <= tolerance,
             "t={}: resident {res} trails assigned {assigned} by more than {tolerance}",
@@ -117,8 +149,20 @@ fn resident_memory_follows_assigned_memory() {
 
 #[test]
 fn accounting_mode_runs_the_same_stack_without_memory() {
-    let real = run(&config(Mode::RealMemory, false), "ballast", guests(), &mut |_| {}).unwrap();
-    let acct = run(&config(Mode::Accounting, true), "ballast", guests(), &mut |_| {}).unwrap();
+    let real = run(
+        &config(Mode::RealMemory, false),
+        "ballast",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let acct = run(
+        &config(Mode::Accounting, true),
+        "ballast",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(acct.metrics.footprint_resident_bytes_avg, None);
     assert!(acct.series.host_resident.is_empty());
     // Same stack, same decisions: the accounts match the real run's.
@@ -131,8 +175,20 @@ fn accounting_mode_runs_the_same_stack_without_memory() {
 
 #[test]
 fn a_run_is_deterministic() {
-    let a = run(&config(Mode::Accounting, false), "ballast", guests(), &mut |_| {}).unwrap();
-    let b = run(&config(Mode::Accounting, false), "ballast", guests(), &mut |_| {}).unwrap();
+    let a = run(
+        &config(Mode::Accounting, false),
+        "ballast",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let b = run(
+        &config(Mode::Accounting, false),
+        "ballast",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(a.metrics, b.metrics);
     assert_eq!(a.series, b.series);
 }
@@ -140,11 +196,23 @@ fn a_run_is_deterministic() {
 #[test]
 #[ignore]
 fn debug_print() {
-    let r = run(&config(Mode::Accounting, false), "hyperv", guests(), &mut |_| {}).unwrap();
+    let r = run(
+        &config(Mode::Accounting, false),
+        "hyperv",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
     for g in &r.series.guests {
         println!("{}", g.name);
         for i in (0..g.assigned.len()).step_by(5) {
-            println!("  t={:4} a={:5} t={:5} d={:5}", r.series.t_s[i], g.assigned[i] >> 20, g.target[i] >> 20, g.committed[i] >> 20);
+            println!(
+                "  t={:4} a={:5} t={:5} d={:5}",
+                r.series.t_s[i],
+                g.assigned[i] >> 20,
+                g.target[i] >> 20,
+                g.committed[i] >> 20
+            );
         }
     }
 }
@@ -158,6 +226,13 @@ fn debug_default() {
         s.mode = Mode::Accounting;
         let r = ballast_sim::compare::run_scenario(&s, p, false, &mut |_| {}).unwrap();
         let m = &r.metrics;
-        println!("{p}: wall {:.1}s fp {:.2} GiB slack {:.3} paging {:.4} ops {:?}", r.wall_s, m.footprint_assigned_bytes_avg / (1u64 << 30) as f64, m.slack_fraction, m.paging_vm_seconds_fraction, m.operations);
+        println!(
+            "{p}: wall {:.1}s fp {:.2} GiB slack {:.3} paging {:.4} ops {:?}",
+            r.wall_s,
+            m.footprint_assigned_bytes_avg / (1u64 << 30) as f64,
+            m.slack_fraction,
+            m.paging_vm_seconds_fraction,
+            m.operations
+        );
     }
 }

@@ -14,7 +14,11 @@ use ballast_sim::workload::WorkloadSpec;
 fn bundled_trace() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../traces/bitbrains-gwa-t-12-rnd/vm_mem.csv");
-    assert!(path.exists(), "the bundled trace is missing: {}", path.display());
+    assert!(
+        path.exists(),
+        "the bundled trace is missing: {}",
+        path.display()
+    );
     Some(path)
 }
 
