@@ -88,10 +88,14 @@ pub struct Rules {
 impl Default for Rules {
     /// The defaults, and why:
     ///
-    /// - grant step `max(256 MiB, 10% of maximum)`: vm0 caps a tick at 256 MiB, MOM at 5%;
-    ///   a VM short of memory pages, so grants take the larger of the two ideas;
-    /// - reclaim step `max(128 MiB, 5% of maximum)` (MOM's 5%): reclaim costs the guest
-    ///   work and can be slow, and a wrong reclaim is what causes paging;
+    /// - grant step `max(1 GiB, 25% of maximum)`: a VM short of memory pages until the
+    ///   grant lands, and a grant can only over-commit the host, which reclaim before
+    ///   grant already prevents; the bound only limits what one wrong wish takes (a DM
+    ///   hot-add request is itself up to 2 GiB);
+    /// - reclaim step `max(128 MiB, 5% of maximum)` (MOM's 5% per step; vm0 caps a
+    ///   balloon inflate at 256 MiB a tick after one-shot inflation caused pressure
+    ///   spikes): reclaim costs the guest work, and a wrong reclaim is what causes
+    ///   paging;
     /// - minimum change `max(8 MiB, 1% of target)` (ChromeOS's 1%; MOM's 0.25% is finer
     ///   than one DM operation is worth);
     /// - reclaim band `max(32 MiB, 5% of target)` held for 30 s: demand that dips and comes
@@ -101,7 +105,7 @@ impl Default for Rules {
     ///   busy guest can legitimately take tens of seconds).
     fn default() -> Self {
         Rules {
-            grant_step: Amount::new(256 * MIB, 100),
+            grant_step: Amount::new(1024 * MIB, 250),
             reclaim_step: Amount::new(128 * MIB, 50),
             min_change: Amount::new(8 * MIB, 10),
             reclaim_band: Amount::new(32 * MIB, 50),

@@ -67,10 +67,10 @@
 //! };
 //! let mut balancer = Balancer::by_name("hyperv").unwrap();
 //! let decision = balancer.tick(&snap);
-//! // The VM is short of memory: it gets a grant, bounded by the step of one tick
-//! // (10% of 8 GiB = 819 MiB, above the 256 MiB floor).
+//! // The VM is short of memory: Hyper-V's rule wants committed + 20% = 3.6 GiB, within
+//! // one tick's step (25% of 8 GiB) and the free memory, so it is granted at once.
 //! assert_eq!(decision.changes.len(), 1);
-//! assert_eq!(decision.changes[0].target, 2 * GIB + 8 * GIB / 10);
+//! assert_eq!(decision.changes[0].target, 3 * GIB * 12 / 10);
 //! assert!(decision.stuck.is_empty());
 //! ```
 

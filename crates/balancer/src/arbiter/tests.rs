@@ -180,7 +180,7 @@ fn default_steps_grow_with_the_maximum() {
         ..Rules::default()
     })
     .arbitrate(&s, &[40 * GIB, 0]);
-    assert_eq!(target_of(&d, 0), Some(8 * GIB), "10% of 40 GiB");
+    assert_eq!(target_of(&d, 0), Some(14 * GIB), "25% of 40 GiB");
     assert_eq!(target_of(&d, 1), Some(2 * GIB), "5% of 40 GiB");
 }
 

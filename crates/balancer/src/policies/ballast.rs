@@ -2,24 +2,38 @@
 //! instead of one buffer percentage for all.
 //!
 //! Hyper-V keeps `buffer` percent (20%) of committed memory free in every VM, always: too
-//! much for a VM whose demand is flat, too little for one that jumps. Alibaba's Eigen+
-//! found that a few volatile instances cause most memory errors; Google's Autopilot sizes
-//! from decaying peaks. This policy combines both ideas with rules that hold for any
-//! workload:
+//! much for a VM whose demand is flat, too little for one that climbs fast, and wasted on
+//! a spiky VM at the top of a spike. Alibaba's Eigen+ found that a few volatile instances
+//! cause most memory errors; Google's Autopilot sizes from decaying peaks. This policy
+//! turns both ideas into rules that hold for any workload:
 //!
 //! - **level**: the highest committed memory of the last [`HOLD_S`] seconds. Memory just
-//!   freed is kept that long (demand that dips often comes back); slack older than that
-//!   is given back at once, so long-unused memory is reclaimed faster than memory just
-//!   freed.
+//!   freed is kept that long (a dip between two reports often comes back); slack older
+//!   than that is given back at once, while the arbiter paces the reclaim.
 //! - **rise**: how far demand climbed above the level within [`RISE_WINDOW_S`], sampled
 //!   per window into a decaying histogram (the VPA structure, half-life
-//!   [`RISE_HALF_LIFE_S`]); its [`RISE_PERCENTILE`] is what the VM usually needs beyond
+//!   [`RISE_HALF_LIFE_S`]); its [`RISE_PERCENTILE`] is how much the VM may need beyond
 //!   its level before the balancer can react. A recent large rise counts too, fading
 //!   with [`RECENT_HALF_LIFE_S`], so a VM that just jumped is not trusted at once.
-//! - **trend**: the gap between a fast and a slow moving average of committed memory is
-//!   the slope; when rising, [`LEAD_S`] seconds of it are granted ahead.
+//! - **usual peak**: the [`PEAK_PERCENTILE`] of the VM's 5-minute demand peaks (decaying,
+//!   half-life [`PEAK_HALF_LIFE_S`]). Rise headroom is only kept up to it: a spiky VM
+//!   low in its range keeps room to climb back, one at the top of a spike gets no extra.
+//!   Rises above the usual peak are rarer than they would be costly to provision for
+//!   all the time.
+//! - **trend**: a rise sustained over two report intervals is a ramp, and the
+//!   [`REACTION_S`] it takes to follow it are covered at its rate; the gap between a fast
+//!   and a slow moving average of demand is the slope, and [`LEAD_S`] seconds of it are
+//!   granted ahead. One jump is not a ramp, so a step in demand costs no lead beyond what
+//!   the averages carry for a few minutes.
 //!
-//! Wish = level + max([`FLOOR`], [`PERCENT`] of committed, rise) + lead.
+//! Wish = level + max([`FLOOR`], [`PERCENT`] of committed, min(rise, usual peak - level))
+//! + max(lead, ramp). Before the first report: the startup memory.
+//!
+//! Freed memory thus goes back in two speeds: slack on a calm VM returns after
+//! [`HOLD_S`] and the arbiter's 30 s hold; slack a volatile VM keeps under its usual
+//! peak returns only as that VM's history calms down (the peak half-life), i.e. memory
+//! that has stayed unused for long goes faster than memory that was just freed by a VM
+//! that often needs it back.
 
 use std::collections::VecDeque;
 
@@ -29,15 +43,16 @@ use crate::{Policy, Snapshot};
 
 const MIB: u64 = 1 << 20;
 
-/// Smallest headroom, bytes: below this, a DM operation costs more than the memory it
-/// saves, and a guest's page cache needs a little room to breathe.
-pub const FLOOR: u64 = 64 * MIB;
+/// Smallest headroom, bytes: room for the allocation noise of the smallest guests. Not
+/// larger: with many small VMs a fixed floor adds up, and the rise estimate already gives
+/// a small VM that jumps what it needs.
+pub const FLOOR: u64 = 16 * MIB;
 /// Headroom as a share of committed memory, percent: a quarter of Hyper-V's default
 /// buffer, enough for the allocation noise of a steady guest.
 pub const PERCENT: u64 = 5;
-/// How long freed memory is kept before it is given back, seconds: two samples of a
-/// typical 5-minute monitoring interval, so one low sample does not release memory.
-pub const HOLD_S: f64 = 600.0;
+/// How long freed memory is kept at least, seconds: a dip lasting less than a minute is
+/// not worth a balloon and an unballoon.
+pub const HOLD_S: f64 = 60.0;
 /// Window over which a rise above the level is measured, seconds: a minute is longer than
 /// the balancer needs to react (a tick plus a hot-add), so the rise it sees is what
 /// headroom must cover.
@@ -48,31 +63,63 @@ pub const RISE_PERCENTILE: f64 = 0.95;
 /// Half-life of the rise history, seconds: six hours, long enough to remember the last
 /// busy period of the day, short enough to forget a workload that changed.
 pub const RISE_HALF_LIFE_S: f64 = 6.0 * 3600.0;
-/// Half-life of the recent-rise term, seconds.
+/// Half-life of the recent-rise term, seconds: a burst is expected to go on for about
+/// half an hour.
 pub const RECENT_HALF_LIFE_S: f64 = 1800.0;
-/// Time constants of the fast and slow averages behind the trend, seconds.
+/// Window of the demand peaks behind the usual peak, seconds: the monitoring interval of
+/// most fleets (and of the public traces).
+pub const PEAK_WINDOW_S: f64 = 300.0;
+/// Percentile of window peaks rise headroom reaches up to: the median peak, where a VM
+/// spends half of its busy time.
+pub const PEAK_PERCENTILE: f64 = 0.5;
+/// Half-life of the peak history, seconds (as [`RISE_HALF_LIFE_S`]).
+pub const PEAK_HALF_LIFE_S: f64 = 6.0 * 3600.0;
+/// Time constant of the fast average behind the trend, seconds.
 pub const FAST_TAU_S: f64 = 60.0;
-/// See [`FAST_TAU_S`].
+/// Time constant of the slow average behind the trend, seconds.
 pub const SLOW_TAU_S: f64 = 300.0;
-/// How far ahead a rising trend is granted, seconds.
+/// How far ahead a rising trend is granted, seconds: two minutes, so a grant bounded by
+/// the arbiter's step is under way before the demand arrives.
 pub const LEAD_S: f64 = 120.0;
+/// Least time the balancer needs to follow a ramp (a report, a tick, a hot-add), seconds;
+/// slower ticks stretch it to [`REACTION_TICKS`] ticks.
+pub const REACTION_S: f64 = 10.0;
+/// Report intervals a ramp must be covered for when ticks are slow.
+pub const REACTION_TICKS: f64 = 2.0;
+/// Shortest interval a rise rate is computed over, seconds: two reports a few
+/// milliseconds apart must not make a rate out of noise.
+const MIN_RATE_INTERVAL_S: f64 = 1.0;
 /// Most samples kept for the level, a bound on memory per VM whatever the tick rate (the
-/// level is then the maximum of a slightly shorter span, which errs towards keeping).
+/// level is then the maximum of a slightly shorter span).
 const MAX_LEVEL_SAMPLES: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct VmHistory {
+    /// Time of the last report seen.
     last_s: Option<f64>,
     /// Decreasing committed values with their times: the front is the level.
     level: VecDeque<(f64, u64)>,
+    /// Fast and slow moving averages of committed memory, bytes.
     fast: f64,
     slow: f64,
+    /// Per-window rises above the level.
     rises: DecayingHistogram,
     window_start: f64,
     /// The level when the window opened, and the highest committed seen in it.
     window_base: u64,
     window_peak: u64,
+    /// The largest recent rise, decaying, bytes.
     recent: f64,
+    /// Per-window demand peaks, the open window's start and peak.
+    peaks: DecayingHistogram,
+    peak_start: f64,
+    peak: u64,
+    /// The last committed value.
+    last_c: u64,
+    /// Rise rates of the last two intervals, bytes per second (0 if not rising).
+    rates: [f64; 2],
+    /// The interval between the last two samples, seconds.
+    step_s: f64,
 }
 
 impl Default for VmHistory {
@@ -87,6 +134,12 @@ impl Default for VmHistory {
             window_base: 0,
             window_peak: 0,
             recent: 0.0,
+            peaks: DecayingHistogram::new(PEAK_HALF_LIFE_S),
+            peak_start: 0.0,
+            peak: 0,
+            last_c: 0,
+            rates: [0.0; 2],
+            step_s: 0.0,
         }
     }
 }
@@ -106,9 +159,18 @@ impl VmHistory {
             self.window_start = now;
             self.window_base = c;
             self.window_peak = c;
+            self.peak_start = now;
+            self.peak = c;
+            self.last_c = c;
             return self.wish(c);
         };
         let step = dt(now, last);
+        if step > 0.0 {
+            let rate = c.saturating_sub(self.last_c) as f64 / step.max(MIN_RATE_INTERVAL_S);
+            self.rates = [self.rates[1], rate];
+            self.step_s = step;
+        }
+        self.last_c = c;
         if now.is_finite() {
             self.last_s = Some(now);
         }
@@ -131,6 +193,13 @@ impl VmHistory {
             self.window_peak = c;
         } else {
             self.window_peak = self.window_peak.max(c);
+        }
+        if dt(now, self.peak_start) >= PEAK_WINDOW_S {
+            self.peaks.add(self.peak, now);
+            self.peak_start = now;
+            self.peak = c;
+        } else {
+            self.peak = self.peak.max(c);
         }
         let rise_now = self.window_peak.saturating_sub(self.window_base) as f64;
         self.recent = (self.recent * (-step / RECENT_HALF_LIFE_S).exp2()).max(rise_now);
@@ -161,6 +230,15 @@ impl VmHistory {
         // With a linear rise of slope s, fast - slow settles at s x (slow - fast taus).
         let slope = (self.fast - self.slow) / (SLOW_TAU_S - FAST_TAU_S);
         let lead = bytes(slope * LEAD_S);
+        // A rise sustained over two intervals is a ramp (one jump is not): cover the
+        // reaction time at its slower rate.
+        let ramp = self.rates[0].min(self.rates[1]) * REACTION_S.max(REACTION_TICKS * self.step_s);
+        let lead = lead.max(bytes(ramp));
+        let usual_peak = self
+            .peaks
+            .percentile(PEAK_PERCENTILE, Some(self.peak))
+            .unwrap_or(c);
+        let rise = rise.min(usual_peak.saturating_sub(level));
         let headroom = FLOOR.max(scale(c, PERCENT, 100)).max(rise);
         level.saturating_add(headroom).saturating_add(lead)
     }
