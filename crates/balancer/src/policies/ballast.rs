@@ -1,0 +1,360 @@
+//! `ballast`: the project's own policy. Headroom per VM from that VM's own volatility,
+//! instead of one buffer percentage for all.
+//!
+//! Hyper-V keeps `buffer` percent (20%) of committed memory free in every VM, always: too
+//! much for a VM whose demand is flat, too little for one that climbs fast, and wasted on
+//! a spiky VM at the top of a spike. Alibaba's Eigen+ found that a few volatile instances
+//! cause most memory errors; Google's Autopilot sizes from decaying peaks. This policy
+//! turns both ideas into rules that hold for any workload:
+//!
+//! - **level**: the highest committed memory of the last [`HOLD_S`] seconds. Memory just
+//!   freed is kept that long (a dip between two reports often comes back); slack older
+//!   than that is given back at once, while the arbiter paces the reclaim.
+//! - **rise**: how far demand climbed above the level within [`RISE_WINDOW_S`], sampled
+//!   per window into a decaying histogram (the VPA structure, half-life
+//!   [`RISE_HALF_LIFE_S`]); its [`RISE_PERCENTILE`] is how much the VM may need beyond
+//!   its level before the balancer can react. A recent large rise counts too, fading
+//!   with [`RECENT_HALF_LIFE_S`], so a VM that just jumped is not trusted at once.
+//! - **usual peak**: the [`PEAK_PERCENTILE`] of the VM's 5-minute demand peaks (decaying,
+//!   half-life [`PEAK_HALF_LIFE_S`]). Rise headroom is only kept up to it: a spiky VM
+//!   low in its range keeps room to climb back, one at the top of a spike gets no extra.
+//!   Rises above the usual peak are rarer than they would be costly to provision for
+//!   all the time.
+//! - **trend**: a rise sustained over two report intervals is a ramp, and the
+//!   [`REACTION_S`] it takes to follow it are covered at its rate; the gap between a fast
+//!   and a slow moving average of demand is the slope, and [`LEAD_S`] seconds of it are
+//!   granted ahead. One jump is not a ramp, so a step in demand costs no lead beyond what
+//!   the averages carry for a few minutes.
+//!
+//! Wish = level + max([`FLOOR`], [`PERCENT`] of committed, min(rise, usual peak - level))
+//! + max(lead, ramp). Before the first report: the startup memory.
+//!
+//! Freed memory thus goes back in two speeds: slack on a calm VM returns after
+//! [`HOLD_S`] and the arbiter's 30 s hold; slack a volatile VM keeps under its usual
+//! peak returns only as that VM's history calms down (the peak half-life), i.e. memory
+//! that has stayed unused for long goes faster than memory that was just freed by a VM
+//! that often needs it back.
+
+use std::collections::VecDeque;
+
+use super::{bytes, dt, scale};
+use crate::histogram::DecayingHistogram;
+use crate::{Policy, Snapshot};
+
+const MIB: u64 = 1 << 20;
+
+/// Smallest headroom, bytes: room for the allocation noise of the smallest guests. Not
+/// larger: with many small VMs a fixed floor adds up, and the rise estimate already gives
+/// a small VM that jumps what it needs.
+pub const FLOOR: u64 = 16 * MIB;
+/// Headroom as a share of committed memory, percent: a quarter of Hyper-V's default
+/// buffer, enough for the allocation noise of a steady guest.
+pub const PERCENT: u64 = 5;
+/// How long freed memory is kept at least, seconds: a dip lasting less than a minute is
+/// not worth a balloon and an unballoon.
+pub const HOLD_S: f64 = 60.0;
+/// Window over which a rise above the level is measured, seconds: a minute is longer than
+/// the balancer needs to react (a tick plus a hot-add), so the rise it sees is what
+/// headroom must cover.
+pub const RISE_WINDOW_S: f64 = 60.0;
+/// Percentile of per-window rises covered by headroom: most rises, not every outlier (the
+/// recent-rise term covers a burst that is still going on).
+pub const RISE_PERCENTILE: f64 = 0.95;
+/// Half-life of the rise history, seconds: six hours, long enough to remember the last
+/// busy period of the day, short enough to forget a workload that changed.
+pub const RISE_HALF_LIFE_S: f64 = 6.0 * 3600.0;
+/// Half-life of the recent-rise term, seconds: a burst is expected to go on for about
+/// half an hour.
+pub const RECENT_HALF_LIFE_S: f64 = 1800.0;
+/// Window of the demand peaks behind the usual peak, seconds: the monitoring interval of
+/// most fleets (and of the public traces).
+pub const PEAK_WINDOW_S: f64 = 300.0;
+/// Percentile of window peaks rise headroom reaches up to: the median peak, where a VM
+/// spends half of its busy time.
+pub const PEAK_PERCENTILE: f64 = 0.5;
+/// Half-life of the peak history, seconds (as [`RISE_HALF_LIFE_S`]).
+pub const PEAK_HALF_LIFE_S: f64 = 6.0 * 3600.0;
+/// Time constant of the fast average behind the trend, seconds.
+pub const FAST_TAU_S: f64 = 60.0;
+/// Time constant of the slow average behind the trend, seconds.
+pub const SLOW_TAU_S: f64 = 300.0;
+/// How far ahead a rising trend is granted, seconds: two minutes, so a grant bounded by
+/// the arbiter's step is under way before the demand arrives.
+pub const LEAD_S: f64 = 120.0;
+/// Least time the balancer needs to follow a ramp (a report, a tick, a hot-add), seconds;
+/// slower ticks stretch it to [`REACTION_TICKS`] ticks.
+pub const REACTION_S: f64 = 10.0;
+/// Report intervals a ramp must be covered for when ticks are slow.
+pub const REACTION_TICKS: f64 = 2.0;
+/// Shortest interval a rise rate is computed over, seconds: two reports a few
+/// milliseconds apart must not make a rate out of noise.
+const MIN_RATE_INTERVAL_S: f64 = 1.0;
+/// Most samples kept for the level, a bound on memory per VM whatever the tick rate (the
+/// level is then the maximum of a slightly shorter span).
+const MAX_LEVEL_SAMPLES: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct VmHistory {
+    /// Time of the last report seen.
+    last_s: Option<f64>,
+    /// Decreasing committed values with their times: the front is the level.
+    level: VecDeque<(f64, u64)>,
+    /// Fast and slow moving averages of committed memory, bytes.
+    fast: f64,
+    slow: f64,
+    /// Per-window rises above the level.
+    rises: DecayingHistogram,
+    window_start: f64,
+    /// The level when the window opened, and the highest committed seen in it.
+    window_base: u64,
+    window_peak: u64,
+    /// The largest recent rise, decaying, bytes.
+    recent: f64,
+    /// Per-window demand peaks, the open window's start and peak.
+    peaks: DecayingHistogram,
+    peak_start: f64,
+    peak: u64,
+    /// The last committed value.
+    last_c: u64,
+    /// Rise rates of the last two intervals, bytes per second (0 if not rising).
+    rates: [f64; 2],
+    /// The interval between the last two samples, seconds.
+    step_s: f64,
+}
+
+impl Default for VmHistory {
+    fn default() -> Self {
+        VmHistory {
+            last_s: None,
+            level: VecDeque::new(),
+            fast: 0.0,
+            slow: 0.0,
+            rises: DecayingHistogram::new(RISE_HALF_LIFE_S),
+            window_start: 0.0,
+            window_base: 0,
+            window_peak: 0,
+            recent: 0.0,
+            peaks: DecayingHistogram::new(PEAK_HALF_LIFE_S),
+            peak_start: 0.0,
+            peak: 0,
+            last_c: 0,
+            rates: [0.0; 2],
+            step_s: 0.0,
+        }
+    }
+}
+
+impl VmHistory {
+    fn level(&self) -> Option<u64> {
+        self.level.front().map(|&(_, v)| v)
+    }
+
+    fn observe(&mut self, now: f64, c: u64) -> u64 {
+        let cf = c as f64;
+        let Some(last) = self.last_s else {
+            self.last_s = Some(now);
+            self.level.push_back((now, c));
+            self.fast = cf;
+            self.slow = cf;
+            self.window_start = now;
+            self.window_base = c;
+            self.window_peak = c;
+            self.peak_start = now;
+            self.peak = c;
+            self.last_c = c;
+            return self.wish(c);
+        };
+        let step = dt(now, last);
+        if step > 0.0 {
+            let rate = c.saturating_sub(self.last_c) as f64 / step.max(MIN_RATE_INTERVAL_S);
+            self.rates = [self.rates[1], rate];
+            self.step_s = step;
+        }
+        self.last_c = c;
+        if now.is_finite() {
+            self.last_s = Some(now);
+        }
+        // The level before this sample, with expired samples dropped.
+        while self
+            .level
+            .front()
+            .is_some_and(|&(t, _)| dt(now, t) > HOLD_S)
+        {
+            self.level.pop_front();
+        }
+        let before = self.level().unwrap_or(c);
+
+        // Rise windows.
+        if dt(now, self.window_start) >= RISE_WINDOW_S {
+            let rise = self.window_peak.saturating_sub(self.window_base);
+            self.rises.add(rise, now);
+            self.window_start = now;
+            self.window_base = before;
+            self.window_peak = c;
+        } else {
+            self.window_peak = self.window_peak.max(c);
+        }
+        if dt(now, self.peak_start) >= PEAK_WINDOW_S {
+            self.peaks.add(self.peak, now);
+            self.peak_start = now;
+            self.peak = c;
+        } else {
+            self.peak = self.peak.max(c);
+        }
+        let rise_now = self.window_peak.saturating_sub(self.window_base) as f64;
+        self.recent = (self.recent * (-step / RECENT_HALF_LIFE_S).exp2()).max(rise_now);
+
+        // Level: keep the deque decreasing so its front is the maximum.
+        while self.level.back().is_some_and(|&(_, v)| v <= c) {
+            self.level.pop_back();
+        }
+        self.level.push_back((now, c));
+        if self.level.len() > MAX_LEVEL_SAMPLES {
+            self.level.pop_front();
+        }
+
+        // Trend.
+        self.fast += (1.0 - (-step / FAST_TAU_S).exp()) * (cf - self.fast);
+        self.slow += (1.0 - (-step / SLOW_TAU_S).exp()) * (cf - self.slow);
+        self.wish(c)
+    }
+
+    fn wish(&self, c: u64) -> u64 {
+        let level = self.level().unwrap_or(c).max(c);
+        let open_rise = self.window_peak.saturating_sub(self.window_base);
+        let rise = self
+            .rises
+            .percentile(RISE_PERCENTILE, Some(open_rise))
+            .unwrap_or(0)
+            .max(bytes(self.recent));
+        // With a linear rise of slope s, fast - slow settles at s x (slow - fast taus).
+        let slope = (self.fast - self.slow) / (SLOW_TAU_S - FAST_TAU_S);
+        let lead = bytes(slope * LEAD_S);
+        // A rise sustained over two intervals is a ramp (one jump is not): cover the
+        // reaction time at its slower rate.
+        let ramp = self.rates[0].min(self.rates[1]) * REACTION_S.max(REACTION_TICKS * self.step_s);
+        let lead = lead.max(bytes(ramp));
+        let usual_peak = self
+            .peaks
+            .percentile(PEAK_PERCENTILE, Some(self.peak))
+            .unwrap_or(c);
+        let rise = rise.min(usual_peak.saturating_sub(level));
+        let headroom = FLOOR.max(scale(c, PERCENT, 100)).max(rise);
+        level.saturating_add(headroom).saturating_add(lead)
+    }
+}
+
+/// The ballast policy, one history per VM.
+#[derive(Debug, Clone, Default)]
+pub struct Ballast {
+    vms: Vec<VmHistory>,
+}
+
+impl Policy for Ballast {
+    fn name(&self) -> &'static str {
+        "ballast"
+    }
+
+    fn wishes(&mut self, snap: &Snapshot) -> Vec<u64> {
+        let now = snap.host.now_s;
+        self.vms.resize_with(snap.vms.len(), VmHistory::default);
+        snap.vms
+            .iter()
+            .zip(self.vms.iter_mut())
+            .map(|(vm, h)| match vm.committed {
+                Some(c) => h.observe(now, c),
+                None => vm.settings.startup,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{snap, vm};
+
+    const GIB: u64 = 1 << 30;
+
+    fn feed(p: &mut Ballast, t: f64, c: u64) -> u64 {
+        let mut v = vm(GIB);
+        v.committed = Some(c);
+        let mut s = snap(vec![v], 1000 * GIB, 500 * GIB);
+        s.host.now_s = t;
+        p.wishes(&s)[0]
+    }
+
+    #[test]
+    fn steady_vm_gets_far_less_than_hyperv_buffer() {
+        let mut p = Ballast::default();
+        let mut w = 0;
+        for k in 0..2000 {
+            w = feed(&mut p, f64::from(k) * 5.0, 4 * GIB);
+        }
+        // 5% over 4 GiB, where Hyper-V would keep 20%.
+        assert_eq!(w, 4 * GIB + 4 * GIB / 20);
+    }
+
+    #[test]
+    fn volatile_vm_gets_headroom_for_its_jumps() {
+        let mut p = Ballast::default();
+        let mut w = 0;
+        // Demand jumps between 1 and 3 GiB every 5 minutes, for 6 hours.
+        for k in 0..4320 {
+            let c = if (k / 60) % 2 == 0 { GIB } else { 3 * GIB };
+            w = feed(&mut p, f64::from(k) * 5.0, c);
+        }
+        // Whatever the phase, the wish covers the next jump to 3 GiB.
+        assert!(w >= 3 * GIB, "{w}");
+    }
+
+    #[test]
+    fn freed_memory_is_held_then_released() {
+        let mut p = Ballast::default();
+        for k in 0..100 {
+            feed(&mut p, f64::from(k) * 5.0, 4 * GIB);
+        }
+        let t0 = 500.0;
+        let held = feed(&mut p, t0, GIB);
+        assert!(held >= 4 * GIB, "just freed memory is kept: {held}");
+        let mut w = held;
+        let mut k = 1;
+        while f64::from(k) * 5.0 <= HOLD_S + 10.0 {
+            w = feed(&mut p, t0 + f64::from(k) * 5.0, GIB);
+            k += 1;
+        }
+        assert!(
+            w < 2 * GIB,
+            "slack unused for the hold time is released: {w}"
+        );
+    }
+
+    #[test]
+    fn rising_trend_is_granted_ahead() {
+        let mut p = Ballast::default();
+        let mut w = 0;
+        let mut c = GIB;
+        // A steady ramp of 1 MiB/s.
+        for k in 0..600 {
+            c = GIB + k * MIB;
+            w = feed(&mut p, k as f64, c);
+        }
+        let plain = c + FLOOR.max(c / 20);
+        assert!(
+            w > plain + 60 * MIB,
+            "lead of about {LEAD_S} s of slope: {w} vs {plain}"
+        );
+    }
+
+    #[test]
+    fn startup_before_report_and_extremes() {
+        let s = snap(vec![vm(3 * GIB)], 100 * GIB, 50 * GIB);
+        assert_eq!(Ballast::default().wishes(&s), vec![3 * GIB]);
+        let mut p = Ballast::default();
+        for t in [f64::NAN, 0.0, f64::INFINITY, -5.0, 1e300] {
+            for c in [0, u64::MAX, 1, u64::MAX / 2] {
+                let _ = feed(&mut p, t, c);
+            }
+        }
+    }
+}
