@@ -82,7 +82,15 @@ pub struct Rules {
     pub grant_hold_s: f64,
     /// A busy VM whose assigned memory has not moved towards its target for this long is
     /// stuck, seconds.
+    ///
+    /// A NaN in a hold counts as no hold; a NaN here means "never stuck by time" (an
+    /// unresponsive VM is still stuck).
     pub stuck_after_s: f64,
+}
+
+/// A hold in seconds, NaN read as none.
+fn hold(s: f64) -> f64 {
+    if s.is_nan() { 0.0 } else { s }
 }
 
 impl Default for Rules {
@@ -163,8 +171,9 @@ struct VmState {
     last_gap: u64,
     /// Last time the VM made progress (or had nothing to do), seconds.
     progress_s: f64,
-    /// Direction of the last change issued.
+    /// Direction and time of the last change issued.
     last_move: Move,
+    last_move_s: f64,
     /// Since when the wish has been below the target by more than the reclaim band.
     below_since: Option<f64>,
     /// Since when the wish has been above the target by more than the grant band.
@@ -259,16 +268,18 @@ impl Arbiter {
             } else {
                 None
             };
+            // A reclaim under way (a reduction issued within the hold) goes on step by
+            // step; any other reduction, and every grant, must clear its band and hold.
+            let reclaiming = st.last_move == Move::Down
+                && elapsed(now, st.last_move_s) <= hold(rules.reclaim_hold_s);
             let allowed = if w < cur {
-                st.last_move == Move::Down
+                reclaiming
                     || st
                         .below_since
-                        .is_some_and(|s| elapsed(now, s) >= rules.reclaim_hold_s)
+                        .is_some_and(|s| elapsed(now, s) >= hold(rules.reclaim_hold_s))
             } else if w > cur {
-                st.last_move == Move::Up
-                    || st
-                        .above_since
-                        .is_some_and(|s| elapsed(now, s) >= rules.grant_hold_s)
+                st.above_since
+                    .is_some_and(|s| elapsed(now, s) >= hold(rules.grant_hold_s))
             } else {
                 true
             };
@@ -377,6 +388,7 @@ impl Arbiter {
             let st = &mut self.vms[c.vm];
             let old = snap.vms[c.vm].target;
             st.last_move = if c.target > old { Move::Up } else { Move::Down };
+            st.last_move_s = now;
             st.below_since = None;
             st.above_since = None;
         }

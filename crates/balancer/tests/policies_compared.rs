@@ -61,7 +61,9 @@ fn fleet() -> Vec<Vec<u64>> {
                     }
                     level
                 }
-                Kind::Smooth => base * (1.0 + 0.5 * (phase + t * std::f64::consts::TAU / period).sin()),
+                Kind::Smooth => {
+                    base * (1.0 + 0.5 * (phase + t * std::f64::consts::TAU / period).sin())
+                }
                 Kind::Spiky => {
                     if i % 60 == 0 {
                         level = base * (0.2 + 2.8 * rng.unit() * rng.unit());
