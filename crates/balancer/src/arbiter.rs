@@ -8,8 +8,9 @@
 //!
 //! 1. stuck detection (stuck VMs keep their memory and get no new target);
 //! 2. clamping of every wish to `[minimum, maximum]`;
-//! 3. hysteresis (a reduction after a grant waits for the wish to stay below the target by
-//!    more than a band for a while; a grant after a reduction needs a band);
+//! 3. hysteresis (a reduction that does not continue a reclaim under way waits for the
+//!    wish to stay below the target by more than a band for a while; a grant needs the
+//!    wish above the target by a small band);
 //! 4. sharing by weight if the wishes do not fit (holds from step 3 are lifted then: slack
 //!    a VM keeps is exactly what another one lacks);
 //! 5. step bounds relative to the assigned memory;
