@@ -8,8 +8,9 @@
 //!
 //! 1. stuck detection (stuck VMs keep their memory and get no new target);
 //! 2. clamping of every wish to `[minimum, maximum]`;
-//! 3. hysteresis (a reduction after a grant waits for the wish to stay below the target by
-//!    more than a band for a while; a grant after a reduction needs a band);
+//! 3. hysteresis (a reduction that does not continue a reclaim under way waits for the
+//!    wish to stay below the target by more than a band for a while; a grant needs the
+//!    wish above the target by a small band);
 //! 4. sharing by weight if the wishes do not fit (holds from step 3 are lifted then: slack
 //!    a VM keeps is exactly what another one lacks);
 //! 5. step bounds relative to the assigned memory;
@@ -82,7 +83,15 @@ pub struct Rules {
     pub grant_hold_s: f64,
     /// A busy VM whose assigned memory has not moved towards its target for this long is
     /// stuck, seconds.
+    ///
+    /// A NaN in a hold counts as no hold; a NaN here means "never stuck by time" (an
+    /// unresponsive VM is still stuck).
     pub stuck_after_s: f64,
+}
+
+/// A hold in seconds, NaN read as none.
+fn hold(s: f64) -> f64 {
+    if s.is_nan() { 0.0 } else { s }
 }
 
 impl Default for Rules {
@@ -163,8 +172,9 @@ struct VmState {
     last_gap: u64,
     /// Last time the VM made progress (or had nothing to do), seconds.
     progress_s: f64,
-    /// Direction of the last change issued.
+    /// Direction and time of the last change issued.
     last_move: Move,
+    last_move_s: f64,
     /// Since when the wish has been below the target by more than the reclaim band.
     below_since: Option<f64>,
     /// Since when the wish has been above the target by more than the grant band.
@@ -259,16 +269,18 @@ impl Arbiter {
             } else {
                 None
             };
+            // A reclaim under way (a reduction issued within the hold) goes on step by
+            // step; any other reduction, and every grant, must clear its band and hold.
+            let reclaiming = st.last_move == Move::Down
+                && elapsed(now, st.last_move_s) <= hold(rules.reclaim_hold_s);
             let allowed = if w < cur {
-                st.last_move == Move::Down
+                reclaiming
                     || st
                         .below_since
-                        .is_some_and(|s| elapsed(now, s) >= rules.reclaim_hold_s)
+                        .is_some_and(|s| elapsed(now, s) >= hold(rules.reclaim_hold_s))
             } else if w > cur {
-                st.last_move == Move::Up
-                    || st
-                        .above_since
-                        .is_some_and(|s| elapsed(now, s) >= rules.grant_hold_s)
+                st.above_since
+                    .is_some_and(|s| elapsed(now, s) >= hold(rules.grant_hold_s))
             } else {
                 true
             };
@@ -377,6 +389,7 @@ impl Arbiter {
             let st = &mut self.vms[c.vm];
             let old = snap.vms[c.vm].target;
             st.last_move = if c.target > old { Move::Up } else { Move::Down };
+            st.last_move_s = now;
             st.below_since = None;
             st.above_since = None;
         }

@@ -12,6 +12,21 @@
 //! the VM's minimum and maximum, sharing by weight under contention, reclaim before grant,
 //! bounded steps, a minimum change, stuck detection and hysteresis.
 //!
+//! # Policies
+//!
+//! [`POLICIES`] names them; [`Balancer::by_name`] builds one.
+//!
+//! - `ballast` ([`policies::Ballast`]): headroom from each VM's own volatility (its rises
+//!   within a minute, capped at where its demand usually peaks), a one-minute hold on
+//!   freed memory, a lead on sustained rises.
+//! - `static` ([`policies::Static`]): the startup memory, as with Dynamic Memory off.
+//! - `hyperv` ([`policies::HyperV`]): committed x (1 + buffer), Hyper-V's rule.
+//! - `proportional` ([`policies::Proportional`]): squeezed's one fraction of every VM's
+//!   range, ignoring demand.
+//! - `vpa` ([`policies::Vpa`]): the Kubernetes VPA recommender on 5-minute peaks.
+//! - `oracle` ([`policies::Oracle`]): the demand peak of the simulator's lookahead with no
+//!   pacing, the lower bound.
+//!
 //! # Sources
 //!
 //! - **Hyper-V Dynamic Memory** (the `Set-VMMemory` documentation and Microsoft's
@@ -36,6 +51,9 @@
 //! - Hysteresis is asymmetric: reductions wait (30 s below a band), grants only need to
 //!   clear a small band, because a VM short of memory pages while a VM with slack only
 //!   costs host memory. Under contention holds are lifted.
+//! - A grant may take up to 25% of the VM's maximum per tick (MOM moves 5%): the step
+//!   bound guards against one wrong wish, and only reclaim has a pressure-spike history
+//!   (vm0); a grant cannot over-commit the host since reclaim comes first.
 //! - VPA's 24 h windows become 5-minute windows (see [`policies::vpa`]).
 //!
 //! # Example
@@ -75,6 +93,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod arbiter;
 mod histogram;

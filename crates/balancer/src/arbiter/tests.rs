@@ -287,6 +287,32 @@ fn a_dip_inside_the_hold_restarts_it() {
 }
 
 #[test]
+fn a_reclaim_under_way_goes_on_without_a_new_hold_but_a_later_one_waits() {
+    let a = vm(4 * GIB);
+    let mut s = snap(vec![a], 100 * GIB, 90 * GIB);
+    let rules = Rules {
+        reclaim_step: Amount::new(GIB, 0),
+        ..Rules::default()
+    };
+    let mut arb = Arbiter::new(rules);
+    arb.arbitrate(&s, &[GIB]);
+    s.host.now_s = 30.0;
+    assert_eq!(target_of(&arb.arbitrate(&s, &[GIB]), 0), Some(3 * GIB));
+    // The next step follows at once.
+    s.vms[0].assigned = 3 * GIB;
+    s.vms[0].target = 3 * GIB;
+    s.host.now_s = 35.0;
+    assert_eq!(target_of(&arb.arbitrate(&s, &[GIB]), 0), Some(2 * GIB));
+    // Much later, a new dip is held again.
+    s.vms[0].assigned = 2 * GIB;
+    s.vms[0].target = 2 * GIB;
+    s.host.now_s = 40.0;
+    assert_eq!(arb.arbitrate(&s, &[2 * GIB]).changes, vec![]);
+    s.host.now_s = 1000.0;
+    assert_eq!(arb.arbitrate(&s, &[GIB]).changes, vec![]);
+}
+
+#[test]
 fn wish_within_the_band_costs_no_reduction() {
     let a = vm(4 * GIB);
     let mut s = snap(vec![a], 100 * GIB, 90 * GIB);
@@ -335,6 +361,18 @@ fn contention_lifts_the_hold() {
 }
 
 // Robustness.
+
+#[test]
+fn nan_holds_count_as_none() {
+    let a = vm(4 * GIB);
+    let s = snap(vec![a], 100 * GIB, 90 * GIB);
+    let rules = Rules {
+        reclaim_hold_s: f64::NAN,
+        ..Rules::default()
+    };
+    let d = Arbiter::new(rules).arbitrate(&s, &[GIB]);
+    assert!(target_of(&d, 0).is_some_and(|t| t < 4 * GIB));
+}
 
 #[test]
 fn wishes_shorter_than_the_vms_keep_targets() {
@@ -404,9 +442,20 @@ proptest! {
         let mut s = snap(vms, total, free);
         s.host.reserve = reserve;
         let mut balancer = crate::Balancer::by_name(crate::POLICIES[policy]).unwrap();
+        let mut policies: Vec<Box<dyn crate::Policy>> = vec![
+            Box::new(crate::policies::Ballast::default()),
+            Box::new(crate::policies::Static),
+            Box::new(crate::policies::HyperV),
+            Box::new(crate::policies::Proportional),
+            Box::new(crate::policies::Vpa::default()),
+            Box::new(crate::policies::Oracle),
+        ];
         let mut arb = Arbiter::new(Rules::default());
         for t in times {
             s.host.now_s = t;
+            for p in &mut policies {
+                prop_assert_eq!(p.wishes(&s).len(), s.vms.len(), "{}", p.name());
+            }
             for d in [arb.arbitrate(&s, &wishes), balancer.tick(&s)] {
                 let mut granted: u128 = 0;
                 let mut last = None;
