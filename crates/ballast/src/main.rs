@@ -50,7 +50,7 @@ With no SCENARIO, runs the embedded default: 8 guests (4 Dynamic Memory, 4 Xen) 
     /// Run every policy on the same scenario or trace and compare them.
     #[command(
         long_about = "Run every balancing policy (ballast, static, hyperv, proportional, vpa, oracle) on the same scenario and seed, and print them side by side.\n\n\
-With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes, as the bundled Bitbrains trace), one guest per VM replays its memory use. The host's memory then defaults to the sum of the VMs' provisioned memory: what a host without ballooning needs, so that `static` (every VM keeps its provisioned memory) fits. A host larger than half of this machine's memory runs in accounting mode: the same stack with no guest memory behind it."
+With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes, as the bundled Bitbrains trace), one guest per VM replays its memory use. The host's memory then defaults to the sum of the VMs' provisioned memory, plus 16 MiB per VM for the hypervisor's own use and the 256 MiB reserve: what a host without ballooning needs, so that `static` (every VM keeps its provisioned memory) fits. A host larger than half of this machine's memory runs in accounting mode: the same stack with no guest memory behind it."
     )]
     Compare {
         /// A scenario TOML file; default: the embedded default scenario.
@@ -60,7 +60,7 @@ With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes
         #[arg(long, value_name = "FILE.csv")]
         trace: Option<PathBuf>,
         /// The host's memory (K/M/G/T suffixes); default: the scenario's, or for a trace
-        /// the sum of the VMs' provisioned memory.
+        /// the sum of the VMs' provisioned memory plus 16 MiB per VM and the reserve.
         #[arg(long, value_name = "SIZE", value_parser = size)]
         host_memory: Option<u64>,
         /// Policies to run, comma-separated; default: all.

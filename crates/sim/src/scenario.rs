@@ -704,7 +704,13 @@ impl Scenario {
             })
             .collect();
         let total: u64 = guests.iter().fold(0u64, |s, g| s.saturating_add(g.startup));
-        let host = host_memory.map_or(total, round_down);
+        // The default host holds every VM's provisioned memory, the hypervisor's own
+        // memory for each partition and the balancer's reserve: what a host without
+        // ballooning needs, so that `static` fits.
+        let overhead = (guests.len() as u64)
+            .saturating_mul(TRACE_HYPERVISOR_SHARE)
+            .saturating_add(default_reserve());
+        let host = host_memory.map_or(total.saturating_add(overhead), round_down);
         if host < total {
             scale_startups(&mut guests, host);
         }
@@ -784,6 +790,10 @@ fn scale_startups(guests: &mut [Guest], host: u64) {
         }
     }
 }
+
+/// Host memory a trace scenario's default host adds per guest for the hypervisor's own
+/// use (the partition's pool: creation, initialization and VP charges), bytes.
+pub const TRACE_HYPERVISOR_SHARE: u64 = 16 << 20;
 
 /// The mode a scenario of this host size should run in on this machine: real memory if
 /// it fits in half of the machine's memory (`MemTotal` of `/proc/meminfo`; the other half
