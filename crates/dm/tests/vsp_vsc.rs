@@ -151,7 +151,11 @@ impl World {
                 let _ = self.vsp.unballoon(self.now, n, &mut ProtocolOnly);
             }
             Action::HotAdd(n) => {
-                if self.vsp.hot_add(self.now, self.guest_pages, n, &mut ProtocolOnly).is_ok() {
+                if self
+                    .vsp
+                    .hot_add(self.now, self.guest_pages, n, &mut ProtocolOnly)
+                    .is_ok()
+                {
                     // The host makes the hot-added range guest RAM before asking.
                     self.guest_pages += n;
                 }

@@ -182,7 +182,7 @@ enum Link {
     Dm {
         session: Box<HostSession<()>>,
         /// The guest's end, until the guest takes it.
-        guest_end: Option<Channel>,
+        guest_end: Option<Box<Channel>>,
         /// The hot-add in flight: (first gfn, pages backed).
         hot_add: Option<(u64, u64)>,
     },
@@ -378,7 +378,7 @@ impl Host {
                 let vsp = Vsp::new(self.config.vsp.clone());
                 Link::Dm {
                     session: Box::new(HostSession::open(vsp, host_end, (), self.now)),
-                    guest_end: Some(guest_end),
+                    guest_end: Some(Box::new(guest_end)),
                     hot_add: None,
                 }
             }
@@ -416,7 +416,7 @@ impl Host {
     /// The guest end of a DM guest's ring, once.
     pub fn take_dm_channel(&mut self, vm: VmId) -> Option<Channel> {
         match &mut self.vms.get_mut(&vm)?.link {
-            Link::Dm { guest_end, .. } => guest_end.take(),
+            Link::Dm { guest_end, .. } => guest_end.take().map(|c| *c),
             Link::Xen => None,
         }
     }
@@ -797,8 +797,9 @@ impl Host {
             return;
         };
         if assigned > target + SLACK_PAGES {
-            if now < v.balloon_backoff || session.vsp.balloon(now, assigned - target).is_err() {
-                return;
+            // A refusal (not ready, another operation) is retried on a later step.
+            if now >= v.balloon_backoff {
+                let _ = session.vsp.balloon(now, assigned - target);
             }
         } else if target > assigned + SLACK_PAGES {
             let want = target - assigned;

@@ -140,10 +140,13 @@ pub fn compare(
         }
     });
     let mut runs = Vec::with_capacity(policies.len());
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        if let Some(r) = r {
-            runs.push(r?);
-        }
+    for r in results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+    {
+        runs.push(r?);
     }
     Ok(finish(s, runs))
 }

@@ -199,7 +199,9 @@ impl Direct {
     fn round(&mut self, seen: &mut dyn FnMut(bool, Vec<Vec<u8>>)) -> usize {
         self.vsp.balloon(Self::T, BALLOON).unwrap();
         let mut moved = self.exchange(seen);
-        self.vsp.unballoon(Self::T, BALLOON, &mut ProtocolOnly).unwrap();
+        self.vsp
+            .unballoon(Self::T, BALLOON, &mut ProtocolOnly)
+            .unwrap();
         moved += self.exchange(seen);
         let events: Vec<_> = std::iter::from_fn(|| self.vsp.poll_event()).collect();
         assert!(events.iter().any(is_balloon_done), "{events:?}");
@@ -575,7 +577,9 @@ fn two_processes(pattern: Pattern, bursts: &[Burst]) {
             &mut || {
                 host.vsp.balloon(clock(), BALLOON).unwrap();
                 run(&mut host, is_balloon_done);
-                host.vsp.unballoon(clock(), BALLOON, &mut ProtocolOnly).unwrap();
+                host.vsp
+                    .unballoon(clock(), BALLOON, &mut ProtocolOnly)
+                    .unwrap();
                 run(&mut host, is_unballoon_done);
                 // Half the messages are counted in the other process; `in_process` checks
                 // that the sessions exchange exactly the schedule's.

@@ -844,7 +844,9 @@ mod tests {
         assert_eq!(host.vsp.ballooned(), guest.vsc.ballooned());
 
         host.guest.end += 32_768;
-        host.vsp.hot_add(now, TOTAL, 32_768, &mut ProtocolOnly).unwrap();
+        host.vsp
+            .hot_add(now, TOTAL, 32_768, &mut ProtocolOnly)
+            .unwrap();
         let events = settle(&mut host, &mut guest, now);
         assert!(events.contains(&VspEvent::HotAddComplete {
             requested: 32_768,

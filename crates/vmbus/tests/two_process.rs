@@ -17,7 +17,9 @@ use ballast_abi::dm::{Body, Message, Version};
 use ballast_abi::types::GfnRange;
 use ballast_dm::PageSet;
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig, VscEvent};
-use ballast_dm::vsp::{HotAddResult, ProtocolOnly, Transaction, Vsp, VspConfig, VspEvent, VspState};
+use ballast_dm::vsp::{
+    HotAddResult, ProtocolOnly, Transaction, Vsp, VspConfig, VspEvent, VspState,
+};
 use ballast_vmbus::ring::{Channel, ChannelSetup, DEFAULT_DATA_SIZE};
 use ballast_vmbus::session::{GuestSession, HostSession};
 
@@ -353,7 +355,11 @@ fn full_session() {
     );
 
     let now = host.now();
-    let runs = host.session.vsp.unballoon(now, UNBALLOON, &mut ProtocolOnly).unwrap();
+    let runs = host
+        .session
+        .vsp
+        .unballoon(now, UNBALLOON, &mut ProtocolOnly)
+        .unwrap();
     assert_eq!(runs.iter().map(|r| r.count()).sum::<u64>(), UNBALLOON);
     let done = host.wait_for("the unballoon", |e| {
         matches!(e, VspEvent::UnballoonComplete { .. })
@@ -364,7 +370,9 @@ fn full_session() {
     host.session.guest.end += HOT_ADD;
     let now = host.now();
     assert_eq!(
-        host.session.vsp.hot_add(now, GUEST_PAGES, HOT_ADD, &mut ProtocolOnly),
+        host.session
+            .vsp
+            .hot_add(now, GUEST_PAGES, HOT_ADD, &mut ProtocolOnly),
         Ok(HOT_ADD)
     );
     let done = host.wait_for("the hot-add", |e| {

@@ -574,7 +574,10 @@ fn hot_add_backs_the_range_before_the_request() {
         seen.extend_from_slice(runs);
         Ok(())
     };
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut record), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut record),
+        Ok(32_768)
+    );
     assert_eq!(seen, vec![r(0x100000, 32_768)]);
     assert_eq!(h.sent().len(), 1);
 }
@@ -595,7 +598,10 @@ fn t16_full_page_unballoon_is_4096_bytes() {
 #[test]
 fn t17_hot_add_with_region_to_2_0_guest() {
     let mut h = Host::linux();
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
     assert_eq!(
         h.sent(),
         vec![hex(
@@ -620,7 +626,9 @@ fn t17_hot_add_with_region_to_2_0_guest() {
 #[test]
 fn t18_hot_add_without_region_to_0_3_guest() {
     let mut h = Host::ready(VspConfig::default(), Version::V0_3, LINUX_CAPS);
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     assert_eq!(
         h.sent(),
         vec![hex("0a 00 10 00 00 00 00 00 00 00 10 00 00 00 80 00")]
@@ -631,7 +639,9 @@ fn t18_hot_add_without_region_to_0_3_guest() {
 fn t19_hot_add_permanent_and_transient_failure() {
     // {0, 1}: never again on this connection.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 01 00 00 00"));
     assert!(h.events().contains(&VspEvent::HotAddComplete {
@@ -650,11 +660,16 @@ fn t19_hot_add_permanent_and_transient_failure() {
     h.recv(&version_request(1, Version::V2_0, false));
     h.recv(&caps_report(2, LINUX_CAPS));
     h.wait(secs(50));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
 
     // {0, 0}: Hyper-V's "retry later".
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
     let retry_at = h.now + secs(10);
@@ -674,7 +689,10 @@ fn t19_hot_add_permanent_and_transient_failure() {
         Err(VspError::NotReady { until: retry_at })
     );
     h.wait(secs(5));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
 
     // {0, 0} with QEMU's policy: off until reset.
     let mut h = Host::ready(
@@ -685,7 +703,9 @@ fn t19_hot_add_permanent_and_transient_failure() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.events();
     h.recv(&hex("0b 00 10 00 0b 00 00 00 00 00 00 00 00 00 00 00"));
     assert!(h.events().contains(&VspEvent::HotAddComplete {
@@ -703,7 +723,9 @@ fn t19_hot_add_permanent_and_transient_failure() {
 #[test]
 fn t20_hot_add_over_report_clamped() {
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.events();
     h.recv(&hot_add_response(40_000, 1));
     let events = h.events();
@@ -738,7 +760,10 @@ fn t21_hot_add_alignment() {
     );
     assert!(h.sent().is_empty());
     assert_eq!(h.vsp.state(), VspState::Idle);
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 786_432, &mut ProtocolOnly), Ok(524_288));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 786_432, &mut ProtocolOnly),
+        Ok(524_288)
+    );
     let sent = h.sent();
     let Body::HotAddRequest { range, region } = parse(&sent[0]).body else {
         panic!()
@@ -953,7 +978,9 @@ fn checklist_01_every_output_is_one_dm_message() {
     h.vsp.unballoon(h.now, 600, &mut ProtocolOnly).unwrap();
     out.extend(h.sent());
     h.recv(&msg(5, Body::UnballoonResponse));
-    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly)
+        .unwrap();
     out.extend(h.sent());
     h.recv(&hot_add_response(65_536, 1));
     h.vsp.hot_remove(h.now, 0, 512, 0).unwrap();
@@ -1118,7 +1145,10 @@ fn checklist_05_requests_honour_caps() {
         h.vsp.balloon(h.now, 8),
         Err(VspError::NotCapable(_))
     ));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
     assert!(
         h.sent()
             .iter()
@@ -1141,11 +1171,17 @@ fn checklist_06_post_caps_wait_refuses_requests() {
         h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
         Err(VspError::NotReady { until })
     );
-    assert_eq!(h.vsp.unballoon(h.now, 1, &mut ProtocolOnly), Err(VspError::NotReady { until }));
+    assert_eq!(
+        h.vsp.unballoon(h.now, 1, &mut ProtocolOnly),
+        Err(VspError::NotReady { until })
+    );
     assert!(h.sent().is_empty());
     // The wait ends at its time even if no tick came.
     h.now = until;
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
     // A zero wait means at once.
     let mut h = Host::open(VspConfig {
         post_caps_wait: Duration::ZERO,
@@ -1162,15 +1198,26 @@ fn checklist_07_one_operation_at_a_time() {
     balloon_these(&mut h, &[(0x1000, 64)]);
     h.vsp.balloon(h.now, 10).unwrap();
     assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
-    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::Busy));
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly), Err(VspError::Busy));
+    assert_eq!(
+        h.vsp.unballoon(h.now, 10, &mut ProtocolOnly),
+        Err(VspError::Busy)
+    );
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
+        Err(VspError::Busy)
+    );
     assert_eq!(h.sent().len(), 1);
     h.recv(&balloon_response(1, false, &[]));
     h.vsp.unballoon(h.now, 10, &mut ProtocolOnly).unwrap();
     assert_eq!(h.vsp.balloon(h.now, 10), Err(VspError::Busy));
     h.recv(&msg(1, Body::UnballoonResponse));
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
-    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::Busy));
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
+    assert_eq!(
+        h.vsp.unballoon(h.now, 10, &mut ProtocolOnly),
+        Err(VspError::Busy)
+    );
     h.recv(&hot_add_response(32_768, 1));
     assert_eq!(h.vsp.state(), VspState::Idle);
 }
@@ -1280,10 +1327,16 @@ fn checklist_09_returned_pages_checked() {
 #[test]
 fn checklist_10_unballoon_returns_only_ballooned_pages() {
     let mut h = Host::linux();
-    assert_eq!(h.vsp.unballoon(h.now, 10, &mut ProtocolOnly), Err(VspError::NothingToDo));
+    assert_eq!(
+        h.vsp.unballoon(h.now, 10, &mut ProtocolOnly),
+        Err(VspError::NothingToDo)
+    );
     balloon_these(&mut h, &[(0x1000, 512), (0x3000, 100)]);
     // More than ballooned: what there is.
-    let runs = h.vsp.unballoon(h.now, 1_000_000, &mut ProtocolOnly).unwrap();
+    let runs = h
+        .vsp
+        .unballoon(h.now, 1_000_000, &mut ProtocolOnly)
+        .unwrap();
     assert_eq!(runs, vec![r(0x1000, 512), r(0x3000, 100)]);
     let sent = h.sent();
     assert_eq!(
@@ -1308,7 +1361,10 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
     );
     // Part of a set, lowest pages first; a second response is unexpected.
     balloon_these(&mut h, &[(0x1000, 512)]);
-    assert_eq!(h.vsp.unballoon(h.now, 100, &mut ProtocolOnly).unwrap(), vec![r(0x1000, 100)]);
+    assert_eq!(
+        h.vsp.unballoon(h.now, 100, &mut ProtocolOnly).unwrap(),
+        vec![r(0x1000, 100)]
+    );
     assert_eq!(
         h.vsp.ballooned().ranges().collect::<Vec<_>>(),
         vec![r(0x1064, 412)]
@@ -1342,7 +1398,10 @@ fn checklist_10_unballoon_returns_only_ballooned_pages() {
 fn checklist_11_hot_add_chunks_progress_and_barrier() {
     let mut h = Host::linux();
     // 5 GiB: chunks of 2 GiB, 2 GiB, 1 GiB, contiguous, each its own transaction.
-    assert_eq!(h.vsp.hot_add(h.now, 0x100000, 1_310_720, &mut ProtocolOnly), Ok(1_310_720));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x100000, 1_310_720, &mut ProtocolOnly),
+        Ok(1_310_720)
+    );
     let mut got = Vec::new();
     for _ in 0..3 {
         let sent = h.sent();
@@ -1369,7 +1428,9 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
         result: HotAddResult::Success
     }));
     // Fewer pages than asked: the barrier; no further hot-add on this connection.
-    h.vsp.hot_add(h.now, 0x300000, 1_048_576, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x300000, 1_048_576, &mut ProtocolOnly)
+        .unwrap();
     h.sent();
     h.recv(&hot_add_response(100_000, 1));
     assert!(h.sent().is_empty());
@@ -1384,7 +1445,9 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
     );
     // "Failed" with pages: counted, and a barrier.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly)
+        .unwrap();
     h.events();
     h.recv(&hot_add_response(32_768, 0));
     let events = h.events();
@@ -1399,8 +1462,12 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
     // Ranges the host cannot name, or that cover ballooned pages, are refused.
     let mut h = Host::linux();
     assert_eq!(
-        h.vsp
-            .hot_add(h.now, PageRange::MAX_START_PAGE + 1 - 32_768, 65_536, &mut ProtocolOnly),
+        h.vsp.hot_add(
+            h.now,
+            PageRange::MAX_START_PAGE + 1 - 32_768,
+            65_536,
+            &mut ProtocolOnly
+        ),
         Err(VspError::OutOfRange)
     );
     balloon_these(&mut h, &[(0x8000, 1)]);
@@ -1417,7 +1484,9 @@ fn checklist_11_hot_add_chunks_progress_and_barrier() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly)
+        .unwrap();
     let Body::HotAddRequest { range, .. } = parse(&h.sent()[0]).body else {
         panic!()
     };
@@ -1553,7 +1622,9 @@ fn checklist_15_every_wait_times_out() {
         ),
         (
             |h| {
-                h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+                h.vsp
+                    .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+                    .unwrap();
                 Transaction::HotAdd {
                     requested: 32_768,
                     added: 0,
@@ -1601,7 +1672,9 @@ fn checklist_15_every_wait_times_out() {
     }
     // A hot-add that timed out may still be running in the guest: no second one.
     let mut h = Host::linux();
-    h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.wait(secs(120));
     assert_eq!(
         h.vsp.hot_add(h.now, 0x100000, 32_768, &mut ProtocolOnly),
@@ -1727,7 +1800,13 @@ fn hot_remove_pages_join_ballooned() {
         ]
     );
     assert_eq!(h.vsp.ballooned().len(), 1024);
-    assert_eq!(h.vsp.unballoon(h.now, 1024, &mut ProtocolOnly).unwrap().len(), 2);
+    assert_eq!(
+        h.vsp
+            .unballoon(h.now, 1024, &mut ProtocolOnly)
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -2199,7 +2278,9 @@ fn late_unballoon_and_hot_add_responses_are_late_completions() {
         Version::V2_0,
         LINUX_CAPS,
     );
-    h.vsp.hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x100000, 65_536, &mut ProtocolOnly)
+        .unwrap();
     h.sent();
     h.wait(secs(120));
     h.events();
@@ -2218,11 +2299,16 @@ fn late_unballoon_and_hot_add_responses_are_late_completions() {
         }]
     );
     assert!(h.sent().is_empty());
-    assert_eq!(h.vsp.hot_add(h.now, 0x108000, 32_768, &mut ProtocolOnly), Ok(32_768));
+    assert_eq!(
+        h.vsp.hot_add(h.now, 0x108000, 32_768, &mut ProtocolOnly),
+        Ok(32_768)
+    );
     h.recv(&hot_add_response(32_768, 1));
     h.events();
     // A late answer that reports a failure keeps hot-add off, as an answer in time would.
-    h.vsp.hot_add(h.now, 0x110000, 32_768, &mut ProtocolOnly).unwrap();
+    h.vsp
+        .hot_add(h.now, 0x110000, 32_768, &mut ProtocolOnly)
+        .unwrap();
     h.wait(secs(120));
     h.events();
     h.recv(&hot_add_response(0, 1));
