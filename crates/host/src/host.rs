@@ -624,7 +624,16 @@ impl Host {
         let id = v.id;
         match e {
             VspEvent::StatusReport { committed, .. } => {
-                v.committed = Some(committed * PAGE);
+                // Linux counts the pages in its balloon as committed (hv_balloon.c,
+                // `get_pages_committed`: the host expects the pressure report to include
+                // them), so the guest's own need is the report less the pages the host
+                // holds ballooned. Its balloon floor stays in: Linux adds it so that the
+                // host never asks for it.
+                let ballooned = match &v.link {
+                    Link::Dm { session, .. } => session.vsp.ballooned().len(),
+                    Link::Xen => 0,
+                };
+                v.committed = Some(committed.saturating_sub(ballooned) * PAGE);
                 v.reported_at = now;
                 v.unresponsive = false;
             }

@@ -1,0 +1,121 @@
+//! The Host with guests on the other end of real in-process rings.
+
+use std::time::Duration;
+
+use ballast_balancer::{Balancer, VmSettings};
+use ballast_dm::vsc::{SimGuest, Vsc, VscConfig};
+use ballast_dm::vsp::VspConfig;
+use ballast_host::{BackingMode, Host, HostConfig, VmConfig, VmKind};
+use ballast_vmbus::session::GuestSession;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+fn dm_vm(name: &str) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        kind: VmKind::Dm,
+        settings: VmSettings {
+            startup: 512 * MIB,
+            minimum: 128 * MIB,
+            maximum: 1024 * MIB,
+            buffer_percent: 20,
+            weight: 50,
+        },
+        vps: 2,
+    }
+}
+
+#[test]
+fn a_guest_that_stops_answering_is_marked_stuck_and_keeps_its_memory_accounted() {
+    let mut host = Host::new(
+        HostConfig {
+            memory_bytes: 2048 * MIB,
+            backing: BackingMode::RealMemory,
+            reserve_bytes: 64 * MIB,
+            vsp: VspConfig {
+                post_caps_wait: Duration::from_secs(2),
+                ..VspConfig::default()
+            },
+            balance_interval: Duration::from_secs(1),
+        },
+        Balancer::by_name("hyperv").unwrap(),
+    )
+    .unwrap();
+    let boot = 512 * MIB / PAGE;
+    let mut guests = Vec::new();
+    for name in ["alive", "hangs"] {
+        let vm = host.create_vm(dm_vm(name)).unwrap();
+        let channel = host.take_dm_channel(vm).unwrap();
+        // Little in use: the balancer wants most of the startup memory back.
+        let model = SimGuest::new(boot, boot - 100 * MIB / PAGE);
+        let vsc = Vsc::new(VscConfig {
+            status_delay_periods: 1,
+            ..VscConfig::newest_linux()
+        });
+        guests.push((
+            vm,
+            GuestSession::connect(vsc, channel, model, Duration::ZERO),
+        ));
+    }
+    let hang_at = Duration::from_secs(10);
+    let frames = host.total_bytes();
+    let mut stuck_seen = false;
+    for s in 0..200u64 {
+        let now = Duration::from_secs(s);
+        host.step(now);
+        for _ in 0..64 {
+            let mut moved = false;
+            for (i, (_, g)) in guests.iter_mut().enumerate() {
+                // The second guest's OS hangs: its end of the ring is never read again.
+                if i == 1 && now >= hang_at {
+                    continue;
+                }
+                moved |= !g.pump(now).unwrap().is_idle();
+            }
+            moved |= host.pump(now);
+            if !moved {
+                break;
+            }
+        }
+        host.hv().check().unwrap();
+        let hung = host.vm(guests[1].0).unwrap();
+        if hung.stuck {
+            stuck_seen = true;
+            // Its memory stays its own and counted: nothing was taken from it.
+            assert_eq!(hung.assigned, 512 * MIB);
+        }
+        // Every frame is somewhere: free, assigned to a guest, or in a pool.
+        let assigned: u64 = guests
+            .iter()
+            .map(|(vm, _)| host.vm(*vm).unwrap().assigned)
+            .sum();
+        let pools: u64 = host
+            .hv()
+            .partitions()
+            .map(|p| (p.pool_available() + p.pool_in_use()) * PAGE)
+            .sum();
+        assert_eq!(host.free_bytes() + assigned + pools, frames);
+    }
+    let alive = host.vm(guests[0].0).unwrap();
+    let hung = host.vm(guests[1].0).unwrap();
+    assert!(stuck_seen && hung.stuck && hung.unresponsive, "{hung:?}");
+    assert!(
+        hung.ops.failures > 0,
+        "the timed-out balloon is counted: {hung:?}"
+    );
+    // The other guest was balanced as if nothing had happened.
+    assert!(alive.assigned < 256 * MIB, "{alive:?}");
+    assert!(!alive.stuck);
+    // Teardown gives every frame back.
+    for (vm, _) in &guests {
+        host.destroy_vm(*vm).unwrap();
+    }
+    host.hv().check().unwrap();
+    let root_pool: u64 = host
+        .hv()
+        .partitions()
+        .map(|p| (p.pool_available() + p.pool_in_use()) * PAGE)
+        .sum();
+    assert_eq!(host.free_bytes() + root_pool, frames);
+}
