@@ -501,6 +501,26 @@ impl Host {
         }
     }
 
+    /// Sets a guest's target, bytes (rounded down to pages): an operator's target, as
+    /// `xl mem-set` or Hyper-V's memory demand override. The host moves the guest towards
+    /// it on its next steps or pumps (for a Xen guest its `max_pages` follows at once);
+    /// the next balancer tick may change it, so an owner that wants it kept runs a policy
+    /// whose wish is this target, or pumps without stepping.
+    pub fn set_target(&mut self, vm: VmId, bytes: u64) -> Result<(), VmError> {
+        let v = self.vms.get_mut(&vm).ok_or(VmError::NoVm(vm))?;
+        let pages = bytes / PAGE;
+        if pages != v.target {
+            v.target = pages;
+            v.ops.target_changes += 1;
+            // A new target deserves a fresh ask, whatever the guest last answered.
+            v.balloon_backoff = Duration::ZERO;
+            if v.config.kind == VmKind::Xen {
+                self.xen_enforce_target(vm);
+            }
+        }
+        Ok(())
+    }
+
     /// A Xen guest's balloon target, pages (its xenstore `memory/target`, in KiB there).
     pub fn xen_target_pages(&self, vm: VmId) -> Option<u64> {
         let v = self.vms.get(&vm)?;
@@ -556,7 +576,7 @@ impl Host {
         self.now = now;
         self.pump_all();
         if now >= self.next_balance {
-            self.next_balance = now + self.config.balance_interval;
+            self.next_balance = now.saturating_add(self.config.balance_interval);
             self.balance();
         }
         self.drive();
