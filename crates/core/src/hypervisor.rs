@@ -25,6 +25,11 @@ pub const ROOT_DOMID: DomId = DomId(0);
 /// Xen's `DOMID_FIRST_RESERVED`: ordinary domids are below it (defined once, in the ABI).
 pub use ballast_abi::xen::DOMID_FIRST_RESERVED;
 
+/// Order of the 2 MiB blocks the host's populate and release move in one step.
+const BLOCK_ORDER: u32 = 9;
+/// Pages of such a block.
+const BLOCK: u64 = 1 << BLOCK_ORDER;
+
 /// A broken invariant, found by [`Hypervisor::check`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invariant violated: {0}")]
@@ -817,11 +822,25 @@ impl Hypervisor {
             return Err(MemoryError::P2mBudget(b));
         }
         let sel = home_sel(self.part(slot).home);
-        for gfn in start..end {
+        let mut gfn = start;
+        while gfn < end {
+            // A 2 MiB-aligned run takes a 2 MiB block in one allocation (as Xen backs a
+            // guest's order-9 extents), so a large populate costs one buddy operation per
+            // 512 pages; a fragmented heap falls back to single frames.
+            if gfn % BLOCK == 0 && end - gfn >= BLOCK {
+                if let Some(m) = self.heap_alloc(sel, BLOCK_ORDER, NO_FRAME) {
+                    for i in 0..BLOCK {
+                        self.map(slot, gfn + i, m + i as Mfn);
+                    }
+                    gfn += BLOCK;
+                    continue;
+                }
+            }
             let m = self
                 .heap_alloc(sel, 0, NO_FRAME)
                 .ok_or(MemoryError::NoMemory)?;
             self.map(slot, gfn, m);
+            gfn += 1;
         }
         Ok(())
     }
@@ -847,13 +866,40 @@ impl Hypervisor {
             }
         }
         let mut released = 0;
+        let mut block = [0 as Mfn; BLOCK as usize];
         for r in ranges {
-            for gfn in r.iter() {
+            let mut gfn = r.start();
+            while gfn < r.end() {
+                // A 2 MiB-aligned run whose frames form one aligned 2 MiB block (what a
+                // block populate made) goes back to the heap as one block.
+                if gfn % BLOCK == 0 && r.end() - gfn >= BLOCK {
+                    let mut n = 0;
+                    for i in 0..BLOCK {
+                        if let Some(m) = self.unmap(slot, gfn + i) {
+                            block[n] = m;
+                            n += 1;
+                        }
+                    }
+                    let whole = n == BLOCK as usize
+                        && block[0] % BLOCK as Mfn == 0
+                        && block.iter().enumerate().all(|(i, &m)| m == block[0] + i as Mfn);
+                    if whole {
+                        self.heap_free(block[0], BLOCK_ORDER);
+                    } else {
+                        for &m in &block[..n] {
+                            self.heap_free(m, 0);
+                        }
+                    }
+                    released += n as u64;
+                    gfn += BLOCK;
+                    continue;
+                }
                 // A gfn listed twice is released once.
                 if let Some(m) = self.unmap(slot, gfn) {
                     self.heap_free(m, 0);
                     released += 1;
                 }
+                gfn += 1;
             }
         }
         Ok(released)
