@@ -882,7 +882,10 @@ impl Hypervisor {
                     }
                     let whole = n == BLOCK as usize
                         && block[0] % BLOCK as Mfn == 0
-                        && block.iter().enumerate().all(|(i, &m)| m == block[0] + i as Mfn);
+                        && block
+                            .iter()
+                            .enumerate()
+                            .all(|(i, &m)| m == block[0] + i as Mfn);
                     if whole {
                         self.heap_free(block[0], BLOCK_ORDER);
                     } else {

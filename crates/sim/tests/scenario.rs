@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use ballast_sim::record::{GuestKind, Mode};
-use ballast_sim::scenario::{BUNDLED, GRANULE, Scenario, ScenarioError, TRACE_TICK_S};
+use ballast_sim::scenario::{
+    BUNDLED, GRANULE, Scenario, ScenarioError, TRACE_HYPERVISOR_SHARE, TRACE_TICK_S,
+};
 use ballast_sim::size::{GIB, MIB};
 use ballast_sim::trace::Trace;
 use ballast_sim::workload::WorkloadSpec;
@@ -359,7 +361,9 @@ fn from_trace_defaults() {
     let s = Scenario::from_trace(&path, None).unwrap();
     assert_eq!(s.guests.len(), 100);
     assert_eq!(s.tick_s, TRACE_TICK_S);
-    assert_eq!(s.host_memory, s.total_startup());
+    // Every VM's provisioned memory, the hypervisor's share per VM and the reserve.
+    let overhead = 100 * TRACE_HYPERVISOR_SHARE + s.reserve;
+    assert_eq!(s.host_memory, s.total_startup() + overhead);
     // 698 GiB is more than half of any test machine: accounting.
     assert_eq!(s.mode, Mode::Accounting);
     assert!(s.duration_s >= 172_500.0 && s.duration_s <= 172_800.0);
@@ -453,7 +457,10 @@ fn from_trace_on_a_small_file() {
     assert_eq!(s.guests[1].startup, 102 * MIB);
     assert_eq!(s.guests[1].minimum, 102 * MIB);
     assert_eq!(s.guests[0].minimum, 512 * MIB);
-    assert_eq!(s.host_memory, GIB + 102 * MIB + 4 * GIB);
+    assert_eq!(
+        s.host_memory,
+        GIB + 102 * MIB + 4 * GIB + 3 * TRACE_HYPERVISOR_SHARE + s.reserve
+    );
     assert_eq!(s.duration_s, 310.0);
     assert_eq!(s.name, "trace:t");
     std::fs::write(
