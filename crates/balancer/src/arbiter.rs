@@ -287,6 +287,24 @@ impl Arbiter {
             filtered[i] = if allowed { w } else { cur };
         }
 
+        // A grant that free memory cannot pay for lifts the reclaim holds: memory kept
+        // back from a reduction is then memory another VM lacks now.
+        let free_now = u128::from(snap.host.free.saturating_sub(snap.host.reserve));
+        let wanted: u128 = (0..n)
+            .filter(|&i| !stuck[i])
+            .map(|i| {
+                let vm = &snap.vms[i];
+                u128::from(clamped[i].saturating_sub(vm.assigned.max(vm.target)))
+            })
+            .sum();
+        if wanted > free_now {
+            for i in 0..n {
+                if clamped[i] < filtered[i] {
+                    filtered[i] = clamped[i];
+                }
+            }
+        }
+
         // 4. Sharing by weight under contention.
         let capacity = snap.host.total.saturating_sub(snap.host.reserve);
         let held: u128 = (0..n)
@@ -302,7 +320,24 @@ impl Arbiter {
             let lo: Vec<u64> = live.iter().map(|&i| bounds(&snap.vms[i]).0).collect();
             let want: Vec<u64> = live.iter().map(|&i| clamped[i]).collect();
             let weight: Vec<u32> = live.iter().map(|&i| snap.vms[i].settings.weight).collect();
-            let shares = share_by_weight(capacity, &lo, &want, &weight);
+            // What a VM needs now (its committed memory, within its wish and bounds)
+            // comes before the headroom any VM keeps for what it may need: shares go
+            // first to every VM's need, then by weight towards the wishes. If even the
+            // needs do not fit, they are what is shared by weight.
+            let need: Vec<u64> = live
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let vm = &snap.vms[i];
+                    vm.committed.map_or(lo[k], |c| c.min(want[k]).max(lo[k]))
+                })
+                .collect();
+            let needed: u128 = need.iter().map(|&v| u128::from(v)).sum();
+            let shares = if needed <= u128::from(capacity) {
+                share_by_weight(capacity, &need, &want, &weight)
+            } else {
+                share_by_weight(capacity, &lo, &need, &weight)
+            };
             for (k, &i) in live.iter().enumerate() {
                 alloc[i] = shares[k];
             }

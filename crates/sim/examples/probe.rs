@@ -1,27 +1,31 @@
 use ballast_sim::record::Mode;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let policy = args.get(1).map(String::as_str).unwrap_or("hyperv");
-    let dur: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1800.0);
-    let mut s = ballast_sim::scenario::Scenario::from_trace(
-        "traces/bitbrains-gwa-t-12-rnd/vm_mem.csv",
-        None,
-    )
-    .unwrap();
+    let path = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("crates/sim/scenarios/bursty.toml");
+    let mut s = ballast_sim::scenario::Scenario::load(path).unwrap();
     s.mode = Mode::Accounting;
-    s.duration_s = dur;
-    let r = ballast_sim::compare::run_scenario(&s, policy, false, &mut |_| {}).unwrap();
-    println!("wall {:.1}", r.wall_s);
-    for g in r.series.guests.iter().take(6) {
-        println!("{} {:?}", g.name, g.kind);
-        for i in (0..g.assigned.len()).step_by(12) {
-            println!(
-                "  t={:6} a={:6} t={:6} d={:6}",
-                r.series.t_s[i],
+    for policy in ["ballast", "hyperv", "oracle"] {
+        let r = ballast_sim::compare::run_scenario(&s, policy, false, &mut |_| {}).unwrap();
+        print!("{policy:8}");
+        for g in r.series.guests.iter() {
+            let n = g.assigned.len() as f64;
+            let a: f64 = g.assigned.iter().map(|&x| x as f64).sum::<f64>() / n / 1048576.0;
+            let d: f64 = g.committed.iter().map(|&x| x as f64).sum::<f64>() / n / 1048576.0;
+            print!(" {}:{:.0}/{:.0}", &g.name[..g.name.len().min(7)], a, d);
+        }
+        println!();
+        let g = &r.series.guests[1];
+        for i in (0..g.assigned.len()).step_by(10).take(60) {
+            print!(
+                " {}/{}/{}",
                 g.assigned[i] >> 20,
                 g.target[i] >> 20,
                 g.committed[i] >> 20
             );
         }
+        println!();
     }
 }

@@ -49,9 +49,11 @@ pub const FLOOR: u64 = 16 * MIB;
 /// Headroom as a share of committed memory, percent: a quarter of Hyper-V's default
 /// buffer, enough for the allocation noise of a steady guest.
 pub const PERCENT: u64 = 5;
-/// How long freed memory is kept at least, seconds: a dip lasting less than a minute is
-/// not worth a balloon and an unballoon.
-pub const HOLD_S: f64 = 60.0;
+/// How long freed memory is kept at least, seconds: long enough that the jitter of one
+/// report does not cost a balloon and an unballoon, short enough that a burst's memory
+/// goes back soon after it ends (grants are quick: a second or two through the stack, so
+/// holding memory for longer buys little).
+pub const HOLD_S: f64 = 5.0;
 /// Window over which a rise above the level is measured, seconds: a minute is longer than
 /// the balancer needs to react (a tick plus a hot-add), so the rise it sees is what
 /// headroom must cover.
@@ -71,18 +73,20 @@ pub const PEAK_WINDOW_S: f64 = 300.0;
 /// Percentile of window peaks rise headroom reaches up to. It is the newsvendor's
 /// critical ratio: holding a byte through a window pays off if the window's peak
 /// exceeds it with a probability above the cost of holding relative to the cost of
-/// missing. A missed byte costs more than a held one (paging is far slower than RAM),
-/// so the ratio sits a little above the median.
-pub const PEAK_PERCENTILE: f64 = 0.6;
+/// missing. A missed byte costs paging only until the next grant lands, a second or two,
+/// so the ratio sits below the median: room is kept for peaks that come in most windows,
+/// not for the occasional one.
+pub const PEAK_PERCENTILE: f64 = 0.4;
 /// Half-life of the peak history, seconds (as [`RISE_HALF_LIFE_S`]).
 pub const PEAK_HALF_LIFE_S: f64 = 6.0 * 3600.0;
 /// Time constant of the fast average behind the trend, seconds.
 pub const FAST_TAU_S: f64 = 60.0;
 /// Time constant of the slow average behind the trend, seconds.
 pub const SLOW_TAU_S: f64 = 300.0;
-/// How far ahead a rising trend is granted, seconds: two minutes, so a grant bounded by
-/// the arbiter's step is under way before the demand arrives.
-pub const LEAD_S: f64 = 120.0;
+/// How far ahead a rising trend is granted, seconds: a few reaction times, so a grant
+/// bounded by the arbiter's step is under way before the demand arrives (capped by how
+/// far the ramp has climbed in the current window).
+pub const LEAD_S: f64 = 20.0;
 /// Least time the balancer needs to follow a ramp (a report, a tick, a hot-add), seconds;
 /// slower ticks stretch it to [`REACTION_TICKS`] ticks.
 pub const REACTION_S: f64 = 10.0;
@@ -236,7 +240,10 @@ impl VmHistory {
         let sustained = self.rates[0].min(self.rates[1]);
         let lead = if sustained > 0.0 {
             let ramp = sustained * REACTION_S.max(REACTION_TICKS * self.step_s);
-            bytes(slope * LEAD_S).max(bytes(ramp))
+            // A ramp is granted ahead by at most as far as it has climbed in this
+            // window: a burst that rose in seconds is not taken for a ramp that goes on
+            // at that pace.
+            bytes(slope * LEAD_S).max(bytes(ramp)).min(open_rise)
         } else {
             0
         };
@@ -389,8 +396,9 @@ mod tests {
             w = feed(&mut p, k as f64, c);
         }
         let plain = c + FLOOR.max(c / 20);
+        // About LEAD_S (20) s of the 1 MiB/s slope ahead of the plain headroom.
         assert!(
-            w > plain + 60 * MIB,
+            w > plain + 15 * MIB,
             "lead of about {LEAD_S} s of slope: {w} vs {plain}"
         );
     }
