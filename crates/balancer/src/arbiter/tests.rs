@@ -492,3 +492,46 @@ proptest! {
         }
     }
 }
+
+// Rule 2, needs first: under contention what a VM needs now comes before headroom.
+
+#[test]
+fn under_contention_needs_come_before_headroom() {
+    // Two VMs of equal weight: one needs 3 GiB and wishes 3.5, the other needs 1 GiB
+    // but wishes 4 GiB of headroom. 5 GiB to share: the first gets its need, not a
+    // weight-split half of its wish.
+    let mut a = vm(2 * GIB);
+    a.committed = Some(3 * GIB);
+    let mut b = vm(2 * GIB);
+    b.committed = Some(GIB);
+    let s = snap(vec![a, b], 5 * GIB, GIB);
+    let d = Arbiter::new(bare()).arbitrate(&s, &[3 * GIB + GIB / 2, 4 * GIB]);
+    let ta = target_of(&d, 0).unwrap();
+    let tb = target_of(&d, 1).unwrap();
+    assert!(ta >= 3 * GIB, "the need is served: {ta}");
+    assert!(tb >= GIB, "so is the other's: {tb}");
+    assert!(ta + tb <= 5 * GIB);
+}
+
+// Rule 7, hysteresis yields to a grant: a reclaim hold never keeps memory another VM
+// needs now.
+
+#[test]
+fn a_grant_free_memory_cannot_pay_lifts_the_reclaim_hold() {
+    let rules = Rules::default();
+    // VM 0 could give 2 GiB back (its wish fell just now, so its hold has not passed);
+    // VM 1 wants 1 GiB more, and the host has nothing free.
+    let a = vm(4 * GIB);
+    let b = vm(2 * GIB);
+    let s = snap(vec![a.clone(), b.clone()], 6 * GIB, 0);
+    let mut arb = Arbiter::new(rules);
+    let d = arb.arbitrate(&s, &[2 * GIB, 3 * GIB]);
+    assert!(
+        target_of(&d, 0).is_some_and(|t| t < 4 * GIB),
+        "the reclaim is issued at once: {d:?}"
+    );
+    // With free memory to pay the grant, the same fall waits for its hold.
+    let s = snap(vec![a, b], 16 * GIB, 10 * GIB);
+    let d = Arbiter::new(rules).arbitrate(&s, &[2 * GIB, 3 * GIB]);
+    assert_eq!(target_of(&d, 0), None, "held: {d:?}");
+}
