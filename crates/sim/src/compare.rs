@@ -117,6 +117,10 @@ pub fn compare(
     } else {
         policies.to_vec()
     };
+    // The policies that move the most memory run first, so that the last to finish is a
+    // short one (`static` and `proportional` hardly move memory at all).
+    let mut order: Vec<usize> = (0..policies.len()).collect();
+    order.sort_by_key(|&i| matches!(policies[i], "static" | "proportional" | "vpa"));
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<Result<PolicyRun, CompareError>>>> =
         Mutex::new((0..policies.len()).map(|_| None).collect());
@@ -130,9 +134,10 @@ pub fn compare(
                         *n += 1;
                         i
                     };
-                    let Some(&policy) = policies.get(i) else {
+                    let Some(&i) = order.get(i) else {
                         break;
                     };
+                    let policy = policies[i];
                     let r = run_scenario(s, policy, false, &mut |f| progress(policy, f));
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                 }
