@@ -880,12 +880,18 @@ impl Hypervisor {
                             n += 1;
                         }
                     }
+                    // One block of one node: node ranges need not be 2 MiB-aligned, and a
+                    // run of single frames can straddle two nodes.
                     let whole = n == BLOCK as usize
                         && block[0] % BLOCK as Mfn == 0
                         && block
                             .iter()
                             .enumerate()
-                            .all(|(i, &m)| m == block[0] + i as Mfn);
+                            .all(|(i, &m)| m == block[0] + i as Mfn)
+                        && self
+                            .frames
+                            .node_range(self.frames.node_of(block[0]))
+                            .contains(&(block[0] + (BLOCK - 1) as Mfn));
                     if whole {
                         self.heap_free(block[0], BLOCK_ORDER);
                     } else {

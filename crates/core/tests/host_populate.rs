@@ -13,7 +13,8 @@ proptest! {
     fn populate_and_release_keep_every_frame_accounted(
         ops in proptest::collection::vec((any::<bool>(), 0u64..6000, 1u64..1600), 1..40),
     ) {
-        let mut hv = Hypervisor::new(Config::single_node(8192)).unwrap();
+        // Two nodes whose boundary is not 2 MiB-aligned, so runs of frames can straddle it.
+        let mut hv = Hypervisor::new(Config::with_nodes(vec![4100, 4092])).unwrap();
         let free = hv.frames().total_free();
         let id = hv.create_guest(1 << 20, HvProximityDomainInfo::ANY).unwrap();
         hv.set_guest_physical_limit(id, 8192).unwrap();

@@ -296,7 +296,7 @@ fn punch(m: &PartitionMemory) {
 }
 
 enum State {
-    Rig(Rig),
+    Rig(Box<Rig>),
     Limit,
 }
 
@@ -311,7 +311,7 @@ fn case(name: &str, limit: &PartitionMemory, make: &dyn Fn() -> Rig, down_first:
                 if down_first {
                     r.move_to(low);
                 }
-                State::Rig(r)
+                State::Rig(Box::new(r))
             } else {
                 fill(limit);
                 State::Limit

@@ -183,8 +183,9 @@ enum Link {
         session: Box<HostSession<()>>,
         /// The guest's end, until the guest takes it.
         guest_end: Option<Box<Channel>>,
-        /// The hot-add in flight: (first gfn, pages backed).
-        hot_add: Option<(u64, u64)>,
+        /// The hot-add in flight or timed out: (first gfn, pages backed, pages the guest
+        /// reported added before a timeout).
+        hot_add: Option<(u64, u64, u64)>,
     },
     Xen,
 }
@@ -373,8 +374,14 @@ impl Host {
         let domid = self.hv().partition(id).map_or(DomId(0), |p| p.domid());
         let link = match config.kind {
             VmKind::Dm => {
-                let (host_end, guest_end) = Channel::pair_in_process(RING_DATA_BYTES)
-                    .map_err(|e| VmError::Channel(e.to_string()))?;
+                let (host_end, guest_end) = match Channel::pair_in_process(RING_DATA_BYTES) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        let _ = self.mem.run(|hv| root::destroy_partition(hv, id));
+                        self.mem.detach_memory(id);
+                        return Err(VmError::Channel(e.to_string()));
+                    }
+                };
                 let vsp = Vsp::new(self.config.vsp.clone());
                 Link::Dm {
                     session: Box::new(HostSession::open(vsp, host_end, (), self.now)),
@@ -617,7 +624,10 @@ impl Host {
         let id = v.id;
         let hv = self.mem.hv();
         let p2m = hv.partition(id).map(|p| p.p2m());
-        // The VSP's ownership question, answered by a range query on the p2m.
+        // The VSP's ownership question, answered by a range query on the p2m. A DM
+        // partition maps only RAM frames: the special frames of Xen's add_to_physmap
+        // cannot reach it (`xen_memory_op` refuses DM guests), so every mapped frame is
+        // one the core's release accepts.
         let owns = |start: u64, count: u64| p2m.is_some_and(|m| m.all_mapped(start, count));
         let moved = match session.pump_with(now, &owns) {
             Ok(p) => !p.is_idle(),
@@ -688,7 +698,7 @@ impl Host {
                     v.ops.failures += 1;
                 }
                 if let Link::Dm { hot_add, .. } = &mut v.link {
-                    if let Some((start, backed)) = hot_add.take() {
+                    if let Some((start, backed, _)) = hot_add.take() {
                         // Pages the guest did not add were backed for nothing: release
                         // them (they were never the guest's to touch).
                         if added < backed {
@@ -703,13 +713,34 @@ impl Host {
                 v.ops.failures += 1;
                 v.unresponsive = true;
                 // A hot-add that timed out keeps its pages backed: the guest may still
-                // add them (a late reply), and it may touch them the moment it does.
-                if let (Transaction::HotAdd { .. }, Link::Dm { hot_add, .. }) = (what, &mut v.link)
+                // add them (a late reply), and it may touch them the moment it does. The
+                // host remembers what it added so far until that reply comes.
+                if let (Transaction::HotAdd { added, .. }, Link::Dm { hot_add, .. }) =
+                    (what, &mut v.link)
                 {
-                    hot_add.take();
+                    if let Some(h) = hot_add.as_mut() {
+                        h.2 = added;
+                    }
                 }
             }
-            VspEvent::LateReply { .. } => v.unresponsive = false,
+            VspEvent::LateReply { what } => {
+                v.unresponsive = false;
+                // The late chunk says how much more the guest added; what it did not add
+                // was backed for nothing and goes back.
+                if let (Transaction::HotAdd { added, .. }, Link::Dm { hot_add, .. }) =
+                    (what, &mut v.link)
+                {
+                    if let Some((start, backed, before)) = hot_add.take() {
+                        let total = before.saturating_add(added);
+                        v.ops.hot_add_pages += added;
+                        if total < backed {
+                            if let Ok(r) = GfnRange::new(start + total, backed - total) {
+                                let _ = self.mem.run(|hv| hv.release(id, &[r]));
+                            }
+                        }
+                    }
+                }
+            }
             VspEvent::Reset => v.unresponsive = true,
             VspEvent::ProtocolViolation { .. } => v.ops.failures += 1,
             _ => {}
@@ -809,6 +840,7 @@ impl Host {
         }
         let assigned = self.assigned_pages(v);
         let (target, id, region, region_max) = (v.target, v.id, v.region, v.region_max);
+        let max_pages = v.config.settings.maximum / PAGE;
         let ballooned = session.vsp.ballooned().len();
         let align = session
             .vsp
@@ -843,20 +875,22 @@ impl Host {
                 }
             } else if region < region_max {
                 let start = region.next_multiple_of(align);
+                // Whole blocks only (the guest's unit), and never past the VM's maximum:
+                // its `max_pages` would refuse the backing.
+                let room = max_pages.saturating_sub(assigned);
                 let pages = want
                     .next_multiple_of(align)
-                    .min(region_max.saturating_sub(start));
+                    .min(region_max.saturating_sub(start))
+                    .min(room - room % align.max(1));
                 if pages == 0 {
                     return;
                 }
-                let mut backer = HotAdd {
-                    mem,
-                    id,
-                    end: start + pages,
-                };
-                if session.vsp.hot_add(now, start, pages, &mut backer).is_ok() {
-                    *hot_add = Some((start, pages));
-                    v.region = start + pages;
+                let mut backer = HotAdd { mem, id };
+                // The VSP rounds the size down to the guest's alignment and backs (and
+                // asks for) that much: its answer is what the host records.
+                if let Ok(asked) = session.vsp.hot_add(now, start, pages, &mut backer) {
+                    *hot_add = Some((start, asked, 0));
+                    v.region = start + asked;
                 }
             }
         }
@@ -879,7 +913,6 @@ impl Backer for Populate<'_> {
 struct HotAdd<'a> {
     mem: &'a mut MemoryHost,
     id: PartitionId,
-    end: u64,
 }
 
 impl Backer for HotAdd<'_> {
@@ -889,9 +922,10 @@ impl Backer for HotAdd<'_> {
             .hv()
             .partition(self.id)
             .map_or(0, |p| p.gfn_limit());
-        if self.end > limit {
+        let end = ranges.iter().map(|r| r.end()).max().unwrap_or(0);
+        if end > limit {
             self.mem
-                .grow_memory(self.id, self.end)
+                .grow_memory(self.id, end)
                 .map_err(|_| BackingRefused)?;
         }
         populate_all(self.mem, self.id, ranges)
@@ -904,14 +938,16 @@ fn populate_all(
     ranges: &[GfnRange],
 ) -> Result<(), BackingRefused> {
     for (i, r) in ranges.iter().enumerate() {
-        let ok = matches!(
-            mem.run(|hv| hv.populate(id, r.start(), r.count())),
-            Ok((Ok(()), _))
-        );
-        if !ok {
-            // All or nothing: what this call populated goes back.
-            let _ = mem.run(|hv| hv.release(id, &ranges[..i]));
-            return Err(BackingRefused);
+        match mem.run(|hv| hv.populate(id, r.start(), r.count())) {
+            Ok((Ok(()), _)) => {}
+            r => {
+                // All or nothing: what this call populated goes back, this range too if
+                // the core mapped it before an effect failed.
+                let mapped = matches!(r, Err(ref e) if e.result.is_ok());
+                let upto = if mapped { i + 1 } else { i };
+                let _ = mem.run(|hv| hv.release(id, &ranges[..upto]));
+                return Err(BackingRefused);
+            }
         }
     }
     Ok(())

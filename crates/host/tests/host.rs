@@ -119,3 +119,51 @@ fn a_guest_that_stops_answering_is_marked_stuck_and_keeps_its_memory_accounted()
         .sum();
     assert_eq!(host.free_bytes() + root_pool, frames);
 }
+
+#[test]
+fn hot_add_stays_within_the_maximum_when_it_is_not_block_aligned() {
+    let mut host = Host::new(
+        HostConfig {
+            memory_bytes: 2048 * MIB,
+            backing: BackingMode::RealMemory,
+            reserve_bytes: 64 * MIB,
+            vsp: VspConfig {
+                post_caps_wait: Duration::from_secs(1),
+                ..VspConfig::default()
+            },
+            balance_interval: Duration::MAX,
+        },
+        Balancer::by_name("static").unwrap(),
+    )
+    .unwrap();
+    let mut cfg = dm_vm("odd");
+    // 128 MiB memory blocks: 512 MiB boots, 800 MiB is two blocks and a half above it.
+    cfg.settings.maximum = 800 * MIB;
+    let vm = host.create_vm(cfg).unwrap();
+    let channel = host.take_dm_channel(vm).unwrap();
+    let boot = 512 * MIB / PAGE;
+    let vsc = Vsc::new(VscConfig {
+        status_delay_periods: 1,
+        ..VscConfig::newest_linux()
+    });
+    let mut g = GuestSession::connect(vsc, channel, SimGuest::new(boot, boot), Duration::ZERO);
+    host.step(Duration::ZERO);
+    host.set_target(vm, 800 * MIB).unwrap();
+    for s in 1..60u64 {
+        let now = Duration::from_secs(s);
+        for _ in 0..64 {
+            let moved = !g.pump(now).unwrap().is_idle() | host.pump(now);
+            if !moved {
+                break;
+            }
+        }
+        let v = host.vm(vm).unwrap();
+        assert!(v.assigned <= 800 * MIB, "{v:?}");
+        host.hv().check().unwrap();
+    }
+    let v = host.vm(vm).unwrap();
+    // Two whole blocks were added; the half block that would pass the maximum was not.
+    assert_eq!(v.assigned, 768 * MIB, "{v:?}");
+    assert_eq!(v.ops.hot_add_pages, 256 * MIB / PAGE);
+    assert_eq!(v.ops.failures, 0);
+}
