@@ -866,52 +866,60 @@ impl Hypervisor {
             }
         }
         let mut released = 0;
-        let mut block = [0 as Mfn; BLOCK as usize];
         for r in ranges {
-            let mut gfn = r.start();
-            while gfn < r.end() {
-                // A 2 MiB-aligned run whose frames form one aligned 2 MiB block (what a
-                // block populate made) goes back to the heap as one block.
-                if gfn % BLOCK == 0 && r.end() - gfn >= BLOCK {
-                    let mut n = 0;
-                    for i in 0..BLOCK {
-                        if let Some(m) = self.unmap(slot, gfn + i) {
-                            block[n] = m;
-                            n += 1;
-                        }
-                    }
-                    // One block of one node: node ranges need not be 2 MiB-aligned, and a
-                    // run of single frames can straddle two nodes.
-                    let whole = n == BLOCK as usize
-                        && block[0] % BLOCK as Mfn == 0
-                        && block
-                            .iter()
-                            .enumerate()
-                            .all(|(i, &m)| m == block[0] + i as Mfn)
-                        && self
-                            .frames
-                            .node_range(self.frames.node_of(block[0]))
-                            .contains(&(block[0] + (BLOCK - 1) as Mfn));
-                    if whole {
-                        self.heap_free(block[0], BLOCK_ORDER);
-                    } else {
-                        for &m in &block[..n] {
-                            self.heap_free(m, 0);
-                        }
-                    }
-                    released += n as u64;
-                    gfn += BLOCK;
-                    continue;
-                }
-                // A gfn listed twice is released once.
-                if let Some(m) = self.unmap(slot, gfn) {
-                    self.heap_free(m, 0);
-                    released += 1;
-                }
-                gfn += 1;
-            }
+            released += self.release_run(slot, r.start(), r.end());
         }
         Ok(released)
+    }
+
+    /// Unmaps the gfns of `[start, end)` of `slot` that are mapped and returns their
+    /// frames to the heap; returns how many. The caller has checked that they are RAM.
+    /// A 2 MiB-aligned run whose frames form one aligned 2 MiB block of one node (what a
+    /// block populate or an order-9 extent made) goes back to the heap as one block.
+    pub(crate) fn release_run(&mut self, slot: u32, start: u64, end: u64) -> u64 {
+        let mut released = 0;
+        let mut block = [0 as Mfn; BLOCK as usize];
+        let mut gfn = start;
+        while gfn < end {
+            if gfn % BLOCK == 0 && end - gfn >= BLOCK {
+                let mut n = 0;
+                for i in 0..BLOCK {
+                    if let Some(m) = self.unmap(slot, gfn + i) {
+                        block[n] = m;
+                        n += 1;
+                    }
+                }
+                // One block of one node: node ranges need not be 2 MiB-aligned, and a run
+                // of single frames can straddle two nodes.
+                let whole = n == BLOCK as usize
+                    && block[0] % BLOCK as Mfn == 0
+                    && block
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &m)| m == block[0] + i as Mfn)
+                    && self
+                        .frames
+                        .node_range(self.frames.node_of(block[0]))
+                        .contains(&(block[0] + (BLOCK - 1) as Mfn));
+                if whole {
+                    self.heap_free(block[0], BLOCK_ORDER);
+                } else {
+                    for &m in &block[..n] {
+                        self.heap_free(m, 0);
+                    }
+                }
+                released += n as u64;
+                gfn += BLOCK;
+                continue;
+            }
+            // A gfn listed twice is released once.
+            if let Some(m) = self.unmap(slot, gfn) {
+                self.heap_free(m, 0);
+                released += 1;
+            }
+            gfn += 1;
+        }
+        released
     }
 
     /// Creates a guest as a toolstack would (Xen `XEN_DOMCTL_createdomain`): a child of

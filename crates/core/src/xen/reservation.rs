@@ -158,6 +158,27 @@ impl Hypervisor {
                 *done += 1;
                 continue;
             }
+            // A 2 MiB extent of a translated guest (what a balloon driver moving order-9
+            // extents gives): every page checked as RAM first, then the run released as
+            // the host's release does, one heap block when its frames form one.
+            if c.fast_paths && r.extent_order == 9 && self.part(target).xen.translated {
+                let end = base
+                    .checked_add(512)
+                    .filter(|&e| e <= GFN_LIMIT)
+                    .ok_or(StopReason::BadGfn)?;
+                let p2m = &self.part(target).p2m;
+                let ram = (base..end).all(|g| {
+                    p2m.get(g)
+                        .is_some_and(|m| self.frames.state(m) == crate::frame::FrameState::Mapped)
+                });
+                if !ram {
+                    return Err(StopReason::NotMapped.into());
+                }
+                c.spend(512);
+                self.release_run(target, base, end);
+                *done += 1;
+                continue;
+            }
             let pages = self.xen_extent_pages(target, base, r.extent_order)?;
             c.spend(pages.len() as u64);
             for (gfn, m) in pages {
