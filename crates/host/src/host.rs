@@ -331,13 +331,10 @@ impl Host {
                 free: free * PAGE,
             });
         }
-        let id = self
-            .mem
-            .run(|hv| root::create_partition(hv, config.vps.max(1)));
-        let id = match id {
-            Ok((r, _)) => r?,
-            Err(e) => e.result?,
-        };
+        let id = outcome(
+            self.mem
+                .run(|hv| root::create_partition(hv, config.vps.max(1))),
+        )?;
         let max = s.maximum / PAGE;
         let (region, region_max) = match config.kind {
             VmKind::Dm => (
@@ -355,15 +352,8 @@ impl Host {
                 BackingMode::Accounting => self.mem.attach_accounting(id, region)?,
             }
             // Room for the startup memory; a Xen guest's follows its target from now on.
-            match self.mem.run(|hv| set_max_pages(hv, id, max.max(startup))) {
-                Ok((r, _)) => r?,
-                Err(e) => e.result?,
-            }
-            let populated = match self.mem.run(|hv| hv.populate(id, 0, startup)) {
-                Ok((r, _)) => r,
-                Err(e) => e.result,
-            };
-            populated.map_err(HostError::from)?;
+            outcome(self.mem.run(|hv| set_max_pages(hv, id, max.max(startup))))?;
+            outcome(self.mem.run(|hv| hv.populate(id, 0, startup))).map_err(HostError::from)?;
             Ok(())
         })();
         if let Err(e) = made {
@@ -437,10 +427,7 @@ impl Host {
         drop(v.link);
         let r = self.mem.run(|hv| root::destroy_partition(hv, v.id));
         self.mem.detach_memory(v.id);
-        match r {
-            Ok((r, _)) => r.map(drop).map_err(Into::into),
-            Err(e) => e.result.map(drop).map_err(Into::into),
-        }
+        outcome(r).map(drop).map_err(Into::into)
     }
 
     /// The guests, in creation order.
@@ -473,10 +460,7 @@ impl Host {
     /// HvGetMemoryBalance of a guest's pool: (available, in use) pages.
     pub fn memory_balance(&mut self, vm: VmId) -> Result<(u64, u64), VmError> {
         let id = self.vms.get(&vm).ok_or(VmError::NoVm(vm))?.id;
-        match self.mem.run(|hv| root::memory_balance(hv, id)) {
-            Ok((r, _)) => Ok(r?),
-            Err(e) => Ok(e.result?),
-        }
+        Ok(outcome(self.mem.run(|hv| root::memory_balance(hv, id)))?)
     }
 
     /// Free managed memory, bytes.
@@ -667,20 +651,16 @@ impl Host {
                 v.reported_at = now;
                 v.unresponsive = false;
             }
-            VspEvent::PagesReturned(ranges) => {
-                let pages: u64 = ranges.iter().map(|r| r.count()).sum();
-                match self.mem.run(|hv| hv.release(id, &ranges)) {
-                    Ok((Ok(n), _)) => v.ops.balloon_pages += n,
-                    Ok((Err(_), _)) => v.ops.failures += 1,
-                    Err(e) => {
-                        v.ops.failures += 1;
-                        if let Ok(n) = e.result {
-                            v.ops.balloon_pages += n;
-                        }
+            VspEvent::PagesReturned(ranges) => match self.mem.run(|hv| hv.release(id, &ranges)) {
+                Ok((Ok(n), _)) => v.ops.balloon_pages += n,
+                Ok((Err(_), _)) => v.ops.failures += 1,
+                Err(e) => {
+                    v.ops.failures += 1;
+                    if let Ok(n) = e.result {
+                        v.ops.balloon_pages += n;
                     }
                 }
-                let _ = pages;
-            }
+            },
             VspEvent::BalloonComplete {
                 requested,
                 returned,
@@ -951,6 +931,16 @@ fn populate_all(
         }
     }
     Ok(())
+}
+
+/// The operation's own result from [`MemoryHost::run`], whether or not every effect it
+/// recorded applied: the core has changed either way, and the effects that could be
+/// applied were.
+fn outcome<T>(r: Result<(T, crate::memory::ApplyStats), crate::memory::EffectsFailed<T>>) -> T {
+    match r {
+        Ok((t, _)) => t,
+        Err(e) => e.result,
+    }
 }
 
 fn set_max_pages(hv: &mut Hypervisor, id: PartitionId, pages: u64) -> Result<(), HostError> {

@@ -93,13 +93,7 @@ pub fn parallel_runs(s: &Scenario) -> usize {
     if s.mode == Mode::Accounting {
         return cores;
     }
-    let avail = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024);
+    let avail = crate::scenario::meminfo("MemAvailable").unwrap_or(0);
     let fit = (avail / 2 / s.host_memory.max(1)) as usize;
     cores.min(fit).max(1)
 }

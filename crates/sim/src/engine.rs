@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use ballast_balancer::{Balancer, VmSettings};
+use ballast_core::PartitionId;
 use ballast_dm::vsc::{Vsc, VscConfig};
 use ballast_dm::vsp::VspConfig;
 use ballast_host::{BackingMode, Host, HostConfig, VmConfig, VmError, VmId, VmKind};
@@ -32,6 +33,8 @@ const PAGE: u64 = 4096;
 /// Most pump rounds per tick: enough for a 1 GiB balloon of 4 KiB pages (519 messages
 /// through a 16 KiB ring) to finish within one tick.
 const MAX_ROUNDS: usize = 1024;
+/// Pages a guest writes per call when it touches the memory it was given.
+const TOUCH_CHUNK: u64 = 512;
 /// Samples kept for the report, at most.
 const MAX_SAMPLES: usize = 2000;
 
@@ -113,6 +116,8 @@ enum Side {
 
 struct Guest {
     vm: VmId,
+    /// Its partition, whose memfd the guest writes.
+    partition: PartitionId,
     spec_kind: GuestKind,
     name: String,
     side: Side,
@@ -203,8 +208,13 @@ pub fn run(
             }
             GuestKind::Xen => Side::Xen(XenGuest::new(vm, boot, g.settings.minimum / PAGE)),
         };
+        let partition = host
+            .vm(vm)
+            .map(|v| v.partition)
+            .ok_or_else(|| RunError::Config("a guest without a partition".into()))?;
         gs.push(Guest {
             vm,
+            partition,
             spec_kind: g.kind,
             name: g.name,
             side,
@@ -232,6 +242,8 @@ pub fn run(
     let mut acc = Acc::default();
     let oracle = policy == "oracle";
     let dt = config.tick_s;
+    // What a guest writes into a page it is given, a 2 MiB chunk at a time.
+    let touch_buf = vec![0x5au8; (TOUCH_CHUNK * PAGE) as usize];
     for tick in 0..=ticks {
         let t = tick as f64 * dt;
         let now = Duration::from_secs_f64(t);
@@ -275,7 +287,7 @@ pub fn run(
                     Side::Dm(s) => std::mem::take(&mut s.model.to_touch),
                     Side::Xen(x) => std::mem::take(&mut x.to_touch),
                 };
-                touch_pages(&host, g.vm, &touch);
+                touch_pages(&host, g.partition, &touch, &touch_buf);
             }
         }
         if config.check_every_tick {
@@ -411,24 +423,26 @@ pub fn run(
 
 /// Writes one byte into every page of `ranges` of the guest's memory (a page written once
 /// is resident; the byte is what a guest's first use leaves there).
-fn touch_pages(host: &Host, vm: VmId, ranges: &[ballast_abi::types::GfnRange]) {
-    let Some(view) = host.vm(vm) else { return };
-    const CHUNK: u64 = 512;
-    let buf = vec![0x5au8; (CHUNK * PAGE) as usize];
+fn touch_pages(
+    host: &Host,
+    partition: PartitionId,
+    ranges: &[ballast_abi::types::GfnRange],
+    buf: &[u8],
+) {
     for r in ranges {
         let mut g = r.start();
         while g < r.end() {
-            let n = CHUNK.min(r.end() - g);
+            let n = TOUCH_CHUNK.min(r.end() - g);
             // A page the host no longer maps (ballooned meanwhile) is not the guest's to
             // write: skip what is not mapped now.
             if host
                 .hv()
-                .partition(view.partition)
+                .partition(partition)
                 .is_some_and(|p| p.p2m().all_mapped(g, n))
             {
                 let _ = host
                     .memory()
-                    .write_guest(view.partition, g, &buf[..(n * PAGE) as usize]);
+                    .write_guest(partition, g, &buf[..(n * PAGE) as usize]);
             }
             g += n;
         }

@@ -815,14 +815,27 @@ pub fn mode_for(host_memory: u64, mem_total: Option<u64>) -> Mode {
 
 /// The machine's memory from `/proc/meminfo`, bytes.
 fn mem_total() -> Option<u64> {
+    meminfo("MemTotal")
+}
+
+/// A field of `/proc/meminfo` (`MemTotal`, `MemAvailable`), bytes.
+pub(crate) fn meminfo(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total(&text)
+    parse_meminfo(&text, field)
 }
 
 /// `MemTotal:  24576000 kB` -> bytes.
+#[cfg(test)]
 fn parse_mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut parts = line["MemTotal:".len()..].split_whitespace();
+    parse_meminfo(meminfo, "MemTotal")
+}
+
+/// `FIELD:  24576000 kB` -> bytes.
+fn parse_meminfo(meminfo: &str, field: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let mut parts = line[field.len() + 1..].split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     match parts.next() {
         Some("kB") => value.checked_mul(1024),
