@@ -26,7 +26,7 @@ use ballast_core::{Config, DomId, GfnRange, GuestMemory, Hypervisor, MemoryOpRes
 use ballast_dm::vsp::{
     Backer, BackingRefused, HotAddResult, Transaction, Vsp, VspConfig, VspEvent, VspState,
 };
-use ballast_vmbus::ring::Channel;
+use ballast_vmbus::ring::{Channel, ChannelSetup};
 use ballast_vmbus::session::HostSession;
 use thiserror::Error;
 
@@ -178,11 +178,31 @@ pub enum VmError {
     WrongKind(VmId, &'static str),
 }
 
+/// How a DM guest's ring reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmRing {
+    /// Both ends in this process, signalled in process: the guest's end is taken with
+    /// [`Host::take_dm_channel`] and driven on a thread or in the same loop.
+    #[default]
+    InProcess,
+    /// Shared memory and eventfd doorbells: the guest's half is taken with
+    /// [`Host::take_dm_setup`] and sent to the guest's process over a Unix socket
+    /// ([`ChannelSetup::send`], SCM_RIGHTS), where [`ChannelSetup::receive`] makes it a
+    /// channel.
+    Shared,
+}
+
+/// The guest's end of a DM ring, until the guest takes it.
+enum GuestEnd {
+    InProcess(Box<Channel>),
+    Shared(Box<ChannelSetup>),
+}
+
 enum Link {
     Dm {
         session: Box<HostSession<()>>,
         /// The guest's end, until the guest takes it.
-        guest_end: Option<Box<Channel>>,
+        guest_end: Option<GuestEnd>,
         /// The hot-add in flight or timed out: (first gfn, pages backed, pages the guest
         /// reported added before a timeout).
         hot_add: Option<(u64, u64, u64)>,
@@ -308,6 +328,12 @@ impl Host {
     /// for a DM guest a VSP on a fresh in-process ring whose guest end
     /// [`take_dm_channel`](Self::take_dm_channel) hands out.
     pub fn create_vm(&mut self, config: VmConfig) -> Result<VmId, VmError> {
+        self.create_vm_with_ring(config, DmRing::InProcess)
+    }
+
+    /// As [`create_vm`](Self::create_vm), with the DM guest's ring set up as `ring` says
+    /// (a Xen guest has no ring; `ring` is then ignored).
+    pub fn create_vm_with_ring(&mut self, config: VmConfig, ring: DmRing) -> Result<VmId, VmError> {
         let s = config.settings;
         let bad = |why| VmError::Settings {
             name: config.name.clone(),
@@ -364,7 +390,13 @@ impl Host {
         let domid = self.hv().partition(id).map_or(DomId(0), |p| p.domid());
         let link = match config.kind {
             VmKind::Dm => {
-                let (host_end, guest_end) = match Channel::pair_in_process(RING_DATA_BYTES) {
+                let made = match ring {
+                    DmRing::InProcess => Channel::pair_in_process(RING_DATA_BYTES)
+                        .map(|(h, g)| (h, GuestEnd::InProcess(Box::new(g)))),
+                    DmRing::Shared => ChannelSetup::create(RING_DATA_BYTES)
+                        .map(|(h, g)| (h, GuestEnd::Shared(Box::new(g)))),
+                };
+                let (host_end, guest_end) = match made {
                     Ok(pair) => pair,
                     Err(e) => {
                         let _ = self.mem.run(|hv| root::destroy_partition(hv, id));
@@ -375,7 +407,7 @@ impl Host {
                 let vsp = Vsp::new(self.config.vsp.clone());
                 Link::Dm {
                     session: Box::new(HostSession::open(vsp, host_end, (), self.now)),
-                    guest_end: Some(Box::new(guest_end)),
+                    guest_end: Some(guest_end),
                     hot_add: None,
                 }
             }
@@ -413,7 +445,28 @@ impl Host {
     /// The guest end of a DM guest's ring, once.
     pub fn take_dm_channel(&mut self, vm: VmId) -> Option<Channel> {
         match &mut self.vms.get_mut(&vm)?.link {
-            Link::Dm { guest_end, .. } => guest_end.take().map(|c| *c),
+            Link::Dm { guest_end, .. } => match guest_end.take() {
+                Some(GuestEnd::InProcess(c)) => Some(*c),
+                other => {
+                    *guest_end = other;
+                    None
+                }
+            },
+            Link::Xen => None,
+        }
+    }
+
+    /// The guest's half of a DM guest's shared ring ([`DmRing::Shared`]), once, to send
+    /// to the guest's process.
+    pub fn take_dm_setup(&mut self, vm: VmId) -> Option<ChannelSetup> {
+        match &mut self.vms.get_mut(&vm)?.link {
+            Link::Dm { guest_end, .. } => match guest_end.take() {
+                Some(GuestEnd::Shared(c)) => Some(*c),
+                other => {
+                    *guest_end = other;
+                    None
+                }
+            },
             Link::Xen => None,
         }
     }

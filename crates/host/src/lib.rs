@@ -12,7 +12,9 @@ mod host;
 mod memory;
 pub mod root;
 
-pub use host::{BackingMode, Host, HostConfig, OpCounts, VmConfig, VmError, VmId, VmKind, VmView};
+pub use host::{
+    BackingMode, DmRing, Host, HostConfig, OpCounts, VmConfig, VmError, VmId, VmKind, VmView,
+};
 pub use memory::{ApplyReport, ApplyStats, EffectFailure, EffectsFailed, HostError, MemoryHost};
 
 // The README's examples are compiled and run as doc tests, so they cannot drift.
