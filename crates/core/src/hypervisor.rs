@@ -815,7 +815,7 @@ impl Hypervisor {
         if self.frames.total_free() < count {
             return Err(MemoryError::NoMemory);
         }
-        if let Some(g) = (start..end).find(|&g| self.part(slot).p2m.get(g).is_some()) {
+        if let Some(g) = self.part(slot).p2m.first_frame(start, count) {
             return Err(MemoryError::AlreadyMapped(g));
         }
         if let Err(SpaceError::Budget(b)) = self.guest_space_ok(slot, start, count) {
@@ -829,9 +829,7 @@ impl Hypervisor {
             // 512 pages; a fragmented heap falls back to single frames.
             if gfn % BLOCK == 0 && end - gfn >= BLOCK {
                 if let Some(m) = self.heap_alloc(sel, BLOCK_ORDER, NO_FRAME) {
-                    for i in 0..BLOCK {
-                        self.map(slot, gfn + i, m + i as Mfn);
-                    }
+                    self.map_block(slot, gfn, m);
                     gfn += BLOCK;
                     continue;
                 }
@@ -855,13 +853,7 @@ impl Hypervisor {
         }
         // Every range ends at or below GFN_LIMIT: `GfnRange` cannot be built otherwise.
         for r in ranges {
-            let ram = |g| {
-                self.part(slot)
-                    .p2m
-                    .get(g)
-                    .is_some_and(|m| self.frames.state(m) == FrameState::Mapped)
-            };
-            if let Some(g) = r.iter().find(|&g| !ram(g)) {
+            if let Some(g) = self.first_not_ram(slot, r.start(), r.count()) {
                 return Err(MemoryError::NotMapped(g));
             }
         }
@@ -870,6 +862,72 @@ impl Hypervisor {
             released += self.release_run(slot, r.start(), r.end());
         }
         Ok(released)
+    }
+
+    /// The first gfn of `[start, start + count)` of `slot` that is not RAM (a hole, a PoD
+    /// entry, a hypervisor page), leaf by leaf.
+    pub(crate) fn first_not_ram(&self, slot: u32, start: u64, count: u64) -> Option<u64> {
+        let frames = &self.frames;
+        self.part(slot)
+            .p2m
+            .first_not(start, count, |m| frames.state(m) == FrameState::Mapped)
+    }
+
+    /// Maps the 2 MiB-aligned block of `BLOCK` frames from `base` (state Hypervisor) at
+    /// the unmapped 2 MiB of `slot` from `gfn`: one p2m leaf written in one step where the
+    /// 2 MiB is empty, page by page where it holds PoD entries.
+    fn map_block(&mut self, slot: u32, gfn: u64, base: Mfn) {
+        if self.part_mut(slot).p2m.put_block(gfn, base) {
+            for i in 0..BLOCK {
+                self.frames
+                    .set(base + i as Mfn, FrameState::Mapped, slot, gfn + i);
+            }
+        } else {
+            for i in 0..BLOCK {
+                self.map(slot, gfn + i, base + i as Mfn);
+            }
+        }
+    }
+
+    /// Unmaps the 2 MiB of `slot` from `gfn` (aligned) in one step if all of it is RAM,
+    /// returning its frames to the heap (as one block when they form one) and how many;
+    /// `None`, changing nothing, if any gfn of it is not RAM.
+    fn release_block(&mut self, slot: u32, gfn: u64) -> Option<u64> {
+        let frames = &self.frames;
+        let p = self.slots[slot as usize].as_mut().expect("live slot");
+        let block = p
+            .p2m
+            .take_block(gfn, |m| frames.state(m) == FrameState::Mapped)?;
+        let id = p.id;
+        for &m in &block {
+            self.frames.set(m, FrameState::Hypervisor, 0, 0);
+        }
+        self.effects.discard(id, gfn, BLOCK);
+        self.free_run(&block);
+        Some(BLOCK)
+    }
+
+    /// Returns `BLOCK` unmapped frames to the heap: as one block when they are one
+    /// aligned 2 MiB block of one node (node ranges need not be 2 MiB-aligned, and a run
+    /// of single frames can straddle two nodes), one by one otherwise.
+    fn free_run(&mut self, block: &[Mfn]) {
+        let whole = block.len() == BLOCK as usize
+            && block[0] % BLOCK as Mfn == 0
+            && block
+                .iter()
+                .enumerate()
+                .all(|(i, &m)| m == block[0] + i as Mfn)
+            && self
+                .frames
+                .node_range(self.frames.node_of(block[0]))
+                .contains(&(block[0] + (BLOCK - 1) as Mfn));
+        if whole {
+            self.heap_free(block[0], BLOCK_ORDER);
+        } else {
+            for &m in block {
+                self.heap_free(m, 0);
+            }
+        }
     }
 
     /// Unmaps the gfns of `[start, end)` of `slot` that are mapped and returns their
@@ -882,6 +940,11 @@ impl Hypervisor {
         let mut gfn = start;
         while gfn < end {
             if gfn % BLOCK == 0 && end - gfn >= BLOCK {
+                if let Some(n) = self.release_block(slot, gfn) {
+                    released += n;
+                    gfn += BLOCK;
+                    continue;
+                }
                 let mut n = 0;
                 for i in 0..BLOCK {
                     if let Some(m) = self.unmap(slot, gfn + i) {
@@ -889,25 +952,7 @@ impl Hypervisor {
                         n += 1;
                     }
                 }
-                // One block of one node: node ranges need not be 2 MiB-aligned, and a run
-                // of single frames can straddle two nodes.
-                let whole = n == BLOCK as usize
-                    && block[0] % BLOCK as Mfn == 0
-                    && block
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &m)| m == block[0] + i as Mfn)
-                    && self
-                        .frames
-                        .node_range(self.frames.node_of(block[0]))
-                        .contains(&(block[0] + (BLOCK - 1) as Mfn));
-                if whole {
-                    self.heap_free(block[0], BLOCK_ORDER);
-                } else {
-                    for &m in &block[..n] {
-                        self.heap_free(m, 0);
-                    }
-                }
+                self.free_run(&block[..n]);
                 released += n as u64;
                 gfn += BLOCK;
                 continue;

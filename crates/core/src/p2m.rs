@@ -390,6 +390,184 @@ impl P2m {
         Some(old)
     }
 
+    /// Maps the 512 gfns of the leaf at `gfn` (2 MiB-aligned) to `base .. base + 512` in
+    /// one step, if no leaf is there yet (the whole 2 MiB is empty, PoD entries
+    /// included); returns false and changes nothing otherwise. What a block populate does
+    /// for every 2 MiB it backs: one walk and one fill where 512 [`set`](Self::set)s take
+    /// 512 walks.
+    ///
+    /// # Panics
+    /// If `gfn` is not 2 MiB-aligned or `gfn >= GFN_LIMIT`.
+    pub(crate) fn put_block(&mut self, gfn: u64, base: Mfn) -> bool {
+        const LEAF: u64 = 1 << LEAF_BITS;
+        assert!(gfn % LEAF == 0 && gfn < GFN_LIMIT, "block gfn {gfn:#x}");
+        debug_assert!(is_frame(base) && is_frame(base + (LEAF as Mfn - 1)));
+        let (a, b, c, _) = split(gfn);
+        if self.top[a]
+            .as_ref()
+            .and_then(|l2| l2.slots[b].as_ref())
+            .is_some_and(|l3| l3.slots[c].is_some())
+        {
+            return false;
+        }
+        let spare = &mut self.spare;
+        let bytes = &mut self.table_bytes;
+        let l2 = self.top[a].get_or_insert_with(|| {
+            spare.l2.pop().unwrap_or_else(|| {
+                *bytes += NODE_BYTES;
+                Box::new(Node {
+                    slots: [const { None }; FAN],
+                    used: 0,
+                    full: 0,
+                })
+            })
+        });
+        if l2.slots[b].is_none() {
+            l2.used += 1;
+        }
+        let l3 = l2.slots[b].get_or_insert_with(|| {
+            spare.l3.pop().unwrap_or_else(|| {
+                *bytes += NODE_BYTES;
+                Box::new(Node {
+                    slots: [const { None }; FAN],
+                    used: 0,
+                    full: 0,
+                })
+            })
+        });
+        let mut leaf = spare.leaves.pop().unwrap_or_else(|| {
+            *bytes += LEAF_BYTES;
+            Box::new(Node {
+                slots: [NO_FRAME; 1 << LEAF_BITS],
+                used: 0,
+                full: 0,
+            })
+        });
+        for (i, slot) in leaf.slots.iter_mut().enumerate() {
+            *slot = base + i as Mfn;
+        }
+        leaf.used = FAN as u32;
+        l3.slots[c] = Some(leaf);
+        l3.used += 1;
+        l3.full += 1;
+        if l3.full == FAN as u32 {
+            l2.full += 1;
+        }
+        self.mapped += LEAF;
+        let last = gfn + LEAF - 1;
+        self.max_mapped = Some(self.max_mapped.map_or(last, |m| m.max(last)));
+        true
+    }
+
+    /// Unmaps the 512 gfns of the leaf at `gfn` (2 MiB-aligned) in one step, if every one
+    /// holds a frame that `take` accepts, and returns their frames in gfn order; returns
+    /// `None` and changes nothing otherwise (a hole, a PoD entry or a refused frame in
+    /// the 2 MiB). The emptied leaf becomes a spare.
+    pub(crate) fn take_block(
+        &mut self,
+        gfn: u64,
+        take: impl Fn(Mfn) -> bool,
+    ) -> Option<[Mfn; 1 << LEAF_BITS]> {
+        if gfn % (1 << LEAF_BITS) != 0 || gfn >= GFN_LIMIT {
+            return None;
+        }
+        let (a, b, c, _) = split(gfn);
+        let l2 = self.top[a].as_mut()?;
+        let l3 = l2.slots[b].as_mut()?;
+        let leaf = l3.slots[c].as_ref()?;
+        if leaf.used != FAN as u32 || !leaf.slots.iter().all(|&m| is_frame(m) && take(m)) {
+            return None;
+        }
+        let mut leaf = l3.slots[c].take()?;
+        let frames = leaf.slots;
+        leaf.slots.fill(NO_FRAME);
+        leaf.used = 0;
+        if l3.full == FAN as u32 {
+            l2.full -= 1;
+        }
+        l3.full -= 1;
+        l3.used -= 1;
+        self.mapped -= 1 << LEAF_BITS;
+        let bytes = &mut self.table_bytes;
+        keep(&mut self.spare.leaves, leaf, bytes);
+        if l3.used == 0 {
+            if let Some(t) = l2.slots[b].take() {
+                keep(&mut self.spare.l3, t, bytes);
+            }
+            l2.used -= 1;
+            if l2.used == 0 {
+                if let Some(t) = self.top[a].take() {
+                    keep(&mut self.spare.l2, t, bytes);
+                }
+            }
+        }
+        Some(frames)
+    }
+
+    /// The first gfn of `[start, start + count)` holding a frame, walking only the tables
+    /// that exist: a missing table passes its whole span in one step, so checking that a
+    /// range about to be populated is empty costs what the map holds there, not the
+    /// range's length.
+    pub fn first_frame(&self, start: u64, count: u64) -> Option<u64> {
+        let end = start.saturating_add(count).min(GFN_LIMIT);
+        let leaf_span = 1u64 << LEAF_BITS;
+        let l3_span = leaf_span << MID_BITS;
+        let l2_span = l3_span << MID_BITS;
+        let mut g = start;
+        while g < end {
+            let (a, b, c, d) = split(g);
+            let Some(l2) = self.top[a].as_ref() else {
+                g = (g / l2_span + 1) * l2_span;
+                continue;
+            };
+            let Some(l3) = l2.slots[b].as_ref() else {
+                g = (g / l3_span + 1) * l3_span;
+                continue;
+            };
+            let leaf_end = (g - d as u64 + leaf_span).min(end);
+            if let Some(leaf) = l3.slots[c].as_ref() {
+                let n = (leaf_end - g) as usize;
+                if let Some(i) = leaf.slots[d..d + n].iter().position(|&m| is_frame(m)) {
+                    return Some(g + i as u64);
+                }
+            }
+            g = leaf_end;
+        }
+        None
+    }
+
+    /// The first gfn of `[start, start + count)` that does not hold a frame `ok` accepts
+    /// (a hole, a PoD entry or a refused frame), leaf by leaf; `None` if there is none.
+    /// Ranges past the gfn limit answer the limit.
+    pub fn first_not(&self, start: u64, count: u64, ok: impl Fn(Mfn) -> bool) -> Option<u64> {
+        let end = start.saturating_add(count);
+        let leaf_span = 1u64 << LEAF_BITS;
+        let mut g = start;
+        while g < end {
+            if g >= GFN_LIMIT {
+                return Some(g);
+            }
+            let (a, b, c, d) = split(g);
+            let leaf = self.top[a]
+                .as_ref()
+                .and_then(|l2| l2.slots[b].as_ref())
+                .and_then(|l3| l3.slots[c].as_ref());
+            let Some(leaf) = leaf else {
+                return Some(g);
+            };
+            let leaf_end = (g - d as u64 + leaf_span).min(end);
+            let n = (leaf_end - g) as usize;
+            if let Some(i) = leaf.slots[d..d + n]
+                .iter()
+                .position(|&m| !(is_frame(m) && ok(m)))
+            {
+                return Some(g + i as u64);
+            }
+            g = leaf_end;
+        }
+        None
+    }
+
     /// The highest gfn holding a frame or a PoD entry.
     pub fn highest_entry(&self) -> Option<u64> {
         for (a, l2) in self.top.iter().enumerate().rev() {
@@ -754,6 +932,57 @@ mod tests {
             for (s, n) in queries {
                 let naive = (s..s + n).all(|g| p.get(g).is_some());
                 prop_assert_eq!(p.all_mapped(s, n), naive, "range {}+{}", s, n);
+            }
+        }
+
+        /// The block operations and the range queries agree with a page-by-page model,
+        /// and leave counters (frames, PoD entries, table bytes, fullness) that match a
+        /// recount and the page-by-page queries, whatever is around them.
+        #[test]
+        fn block_operations_match_pages(
+            ops in proptest::collection::vec((0u8..6, 0u64..(8 << 9)), 0..300),
+            queries in proptest::collection::vec((0u64..(8 << 9), 0u64..3000), 1..20),
+        ) {
+            let mut p = P2m::new();
+            let mut m: BTreeMap<u64, Mfn> = BTreeMap::new();
+            let mut pods = std::collections::BTreeSet::new();
+            for (op, g) in ops {
+                let block = g & !511;
+                match op {
+                    0 => { if p.get(g).is_none() { pods.remove(&g); } p.set(g, g as Mfn); m.insert(g, g as Mfn); }
+                    1 => { p.remove(g); m.remove(&g); }
+                    2 => { if p.set_pod(g).is_none() { pods.insert(g); } }
+                    3 => {
+                        let empty = !(block..block + 512).any(|x| m.contains_key(&x) || pods.contains(&x));
+                        prop_assert_eq!(p.put_block(block, 7000 + block as Mfn), empty);
+                        if empty {
+                            for x in block..block + 512 { m.insert(x, 7000 + x as Mfn); }
+                        }
+                    }
+                    _ => {
+                        // Half the time every frame is accepted, half the time one in
+                        // seven is refused (a block then always holds one).
+                        let strict = g % 2 == 0;
+                        let ok = |f: Mfn| !strict || f % 7 != 0;
+                        let all = (block..block + 512).all(|x| m.get(&x).is_some_and(|&f| ok(f)));
+                        let got = p.take_block(block, ok);
+                        prop_assert_eq!(got.is_some(), all);
+                        if let Some(frames) = got {
+                            for (i, x) in (block..block + 512).enumerate() {
+                                prop_assert_eq!(Some(frames[i]), m.remove(&x));
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(p.recount(), (p.mapped(), p.pod_entries(), p.table_bytes()));
+                prop_assert_eq!(p.mapped(), m.len() as u64);
+            }
+            for (s, n) in queries {
+                let first = (s..s + n).find(|g| m.contains_key(g));
+                prop_assert_eq!(p.first_frame(s, n), first);
+                let not = (s..s + n).find(|g| m.get(g).is_none_or(|&f| f % 3 == 0));
+                prop_assert_eq!(p.first_not(s, n, |f| f % 3 != 0), not);
+                prop_assert_eq!(p.all_mapped(s, n), (s..s + n).all(|g| m.contains_key(&g)));
             }
         }
 

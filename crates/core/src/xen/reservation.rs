@@ -166,12 +166,7 @@ impl Hypervisor {
                     .checked_add(512)
                     .filter(|&e| e <= GFN_LIMIT)
                     .ok_or(StopReason::BadGfn)?;
-                let p2m = &self.part(target).p2m;
-                let ram = (base..end).all(|g| {
-                    p2m.get(g)
-                        .is_some_and(|m| self.frames.state(m) == crate::frame::FrameState::Mapped)
-                });
-                if !ram {
+                if self.first_not_ram(target, base, end - base).is_some() {
                     return Err(StopReason::NotMapped.into());
                 }
                 c.spend(512);
