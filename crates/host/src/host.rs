@@ -222,6 +222,8 @@ struct Vm {
     /// Guest-physical pages it may grow to.
     region_max: u64,
     committed: Option<u64>,
+    /// The guest's last report of its free memory (DM `num_avail`), bytes.
+    available: Option<u64>,
     reported_at: Duration,
     unresponsive: bool,
     stuck: bool,
@@ -229,6 +231,8 @@ struct Vm {
     /// No balloon request before this time: the guest last gave less than asked (it is
     /// at its floor), and asking again at once would only repeat the answer.
     balloon_backoff: Duration,
+    /// An operator's fixed target, pages ([`Host::pin_target`]).
+    pinned: Option<u64>,
     ops: OpCounts,
 }
 
@@ -251,6 +255,12 @@ pub struct VmView {
     pub target: u64,
     /// Its last reported committed memory, bytes.
     pub committed: Option<u64>,
+    /// Its last reported free memory, bytes (Dynamic Memory's `num_avail`; `None` for a
+    /// Xen guest, whose reports carry only what it commits).
+    pub available: Option<u64>,
+    /// Memory in its balloon now, bytes: for a DM guest the pages the VSP holds
+    /// ballooned, for a Xen guest what its guest-physical space holds unpopulated.
+    pub ballooned: u64,
     /// Resident bytes of its memfd (`None` in accounting mode).
     pub resident: Option<u64>,
     /// The host gave up waiting on it.
@@ -426,11 +436,13 @@ impl Host {
                 region,
                 region_max,
                 committed: None,
+                available: None,
                 reported_at: self.now,
                 unresponsive: false,
                 stuck: false,
                 future_peak: None,
                 balloon_backoff: Duration::ZERO,
+                pinned: None,
                 ops: OpCounts::default(),
             },
         );
@@ -500,6 +512,11 @@ impl Host {
             assigned: self.assigned_pages(v) * PAGE,
             target: v.target * PAGE,
             committed: v.committed,
+            available: v.available,
+            ballooned: match &v.link {
+                Link::Dm { session, .. } => session.vsp.ballooned().len() * PAGE,
+                Link::Xen => v.region.saturating_sub(self.assigned_pages(v)) * PAGE,
+            },
             resident: match self.config.backing {
                 BackingMode::RealMemory => self.mem.resident_bytes(v.id).ok(),
                 BackingMode::Accounting => None,
@@ -508,6 +525,47 @@ impl Host {
             stuck: v.stuck,
             ops: v.ops,
         })
+    }
+
+    /// Changes a running guest's memory settings (as `Set-VMMemory` on a running VM):
+    /// minimum, maximum, buffer and weight take effect at the next balancer tick, and for
+    /// a Xen guest its `max_pages` follows at once. Startup memory matters only at boot
+    /// and is kept as given. The maximum cannot pass what the guest's memory was reserved
+    /// for when it was created (its guest-physical space), and the new settings must
+    /// order as a new guest's must (minimum <= startup <= maximum).
+    pub fn set_settings(&mut self, vm: VmId, settings: VmSettings) -> Result<(), VmError> {
+        let v = self.vms.get_mut(&vm).ok_or(VmError::NoVm(vm))?;
+        let bad = |why| VmError::Settings {
+            name: v.config.name.clone(),
+            why,
+        };
+        let s = settings;
+        if s.minimum > s.startup || s.startup > s.maximum {
+            return Err(bad("minimum <= startup <= maximum must hold"));
+        }
+        if s.maximum / PAGE > v.region_max {
+            return Err(bad(
+                "maximum above what the running guest's memory was reserved for: it takes effect at its next start",
+            ));
+        }
+        v.config.settings = s;
+        // The target may not stay above the new maximum; a Xen guest's `max_pages` follows.
+        let max = s.maximum / PAGE;
+        if v.target > max {
+            v.target = max;
+            v.ops.target_changes += 1;
+        }
+        if v.config.kind == VmKind::Xen {
+            self.xen_enforce_target(vm);
+        }
+        Ok(())
+    }
+
+    /// The memfd behind a guest's memory (real-memory mode), for a guest in its own
+    /// process to map: the file is sealed against shrinking, and grows with hot-adds.
+    pub fn memory_fd(&self, vm: VmId) -> Option<std::os::fd::BorrowedFd<'_>> {
+        let id = self.vms.get(&vm)?.id;
+        Some(self.mem.backing().get(id)?.fd())
     }
 
     /// HvGetMemoryBalance of a guest's pool: (available, in use) pages.
@@ -563,6 +621,31 @@ impl Host {
             }
         }
         Ok(())
+    }
+
+    /// Pins a guest's target at `bytes` (rounded down to pages), as `xl mem-set` or
+    /// `virsh setmem` set a fixed size, until `None` gives it back to the balancer. The pin
+    /// must lie within the guest's minimum and maximum; the host starts towards it at once.
+    pub fn pin_target(&mut self, vm: VmId, bytes: Option<u64>) -> Result<(), VmError> {
+        let v = self.vms.get_mut(&vm).ok_or(VmError::NoVm(vm))?;
+        let Some(bytes) = bytes else {
+            v.pinned = None;
+            return Ok(());
+        };
+        let s = v.config.settings;
+        if bytes < s.minimum || bytes > s.maximum {
+            return Err(VmError::Settings {
+                name: v.config.name.clone(),
+                why: "a fixed target must lie within the minimum and the maximum",
+            });
+        }
+        v.pinned = Some(bytes / PAGE);
+        self.set_target(vm, bytes)
+    }
+
+    /// The operator's fixed target, bytes, if one is set.
+    pub fn pinned_target(&self, vm: VmId) -> Option<u64> {
+        Some(self.vms.get(&vm)?.pinned? * PAGE)
     }
 
     /// A Xen guest's balloon target, pages (its xenstore `memory/target`, in KiB there).
@@ -690,7 +773,11 @@ impl Host {
         };
         let id = v.id;
         match e {
-            VspEvent::StatusReport { committed, .. } => {
+            VspEvent::StatusReport {
+                committed,
+                available,
+            } => {
+                v.available = Some(available * PAGE);
                 // Linux counts the pages in its balloon as committed (hv_balloon.c,
                 // `get_pages_committed`: the host expects the pressure report to include
                 // them), so the guest's own need is the report less the pages the host
@@ -787,7 +874,16 @@ impl Host {
             .iter()
             .filter_map(|id| self.vms.get(id))
             .map(|v| VmSnapshot {
-                settings: v.config.settings,
+                // A pinned guest is one whose range is the pin: the arbiter's clamp holds it
+                // there, and its memory still counts in every share.
+                settings: match v.pinned {
+                    Some(p) => VmSettings {
+                        minimum: p * PAGE,
+                        maximum: p * PAGE,
+                        ..v.config.settings
+                    },
+                    None => v.config.settings,
+                },
                 assigned: self.assigned_pages(v) * PAGE,
                 target: v.target * PAGE,
                 committed: v.committed,
