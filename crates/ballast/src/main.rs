@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ctl;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -31,6 +33,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    socket: ctl::SocketArg,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +76,19 @@ With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes
         #[command(flatten)]
         common: Common,
     },
+    /// Run the host service: a host on real time, its control API on a Unix socket,
+    /// guests attaching over the guest socket, and optionally Prometheus metrics.
+    #[command(long_about = "Run the host service.\n\n\
+Owns a host of --memory managed memory on real time, balanced by the policy. Serves the control API (HTTP/JSON, /v1/..., see crates/daemon/openapi.json) on STATE_DIR/control.sock and takes guests (`ballast guest`) on STATE_DIR/guest.sock; both sockets are 0600 and each connection's peer uid is checked. VM definitions persist in STATE_DIR/vms.json. Stops in order on SIGTERM or Ctrl-C.")]
+    Daemon(ctl::DaemonArgs),
+    /// Run a guest in this process, attached to a running daemon.
+    #[command(
+        long_about = "Run a guest in this process, attached to a running daemon.\n\n\
+The guest proves which VM it is with the token `ballast create` printed, receives the VM's memory (a memfd) and, for a Dynamic Memory VM, its VMBus ring, and runs the guest side: the Dynamic Memory VSC (as Linux's hv_balloon) or a Xen balloon driver, with the workload's demand, writing every page it is given. Runs until the daemon closes the link, --duration passes, or it is killed; the VM then stops and its memory goes back to the host."
+    )]
+    Guest(ctl::GuestArgs),
+    #[command(flatten)]
+    Ctl(ctl::Ctl),
 }
 
 #[derive(clap::Args)]
@@ -184,6 +201,9 @@ fn describe(s: &Scenario) -> String {
 fn run(cli: Cli) -> Result<(), String> {
     let started = Instant::now();
     let (result, out) = match cli.command {
+        Command::Daemon(a) => return ctl::daemon(a),
+        Command::Guest(a) => return ctl::guest(a),
+        Command::Ctl(verb) => return ctl::ctl(verb, cli.socket),
         Command::Run {
             scenario,
             policy,
@@ -275,4 +295,14 @@ fn write(result: &RunResult, out: &Path) -> Result<(), String> {
     println!("results: {}", json.display());
     println!("report:  {}", html.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

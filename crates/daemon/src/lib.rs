@@ -19,4 +19,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod guest;
+pub mod guests;
 pub mod link;
+pub mod metrics;
+pub mod peer;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -545,7 +545,7 @@ impl Host {
         }
         if s.maximum / PAGE > v.region_max {
             return Err(bad(
-                "maximum above what the running guest's memory was reserved for: it takes effect at its next start",
+                "maximum above what the running guest's memory was reserved for at its start; stop the guest to raise it",
             ));
         }
         v.config.settings = s;

@@ -20,7 +20,7 @@
 
 use ballast_abi::types::GfnRange;
 use ballast_abi::xen::{DOMID_SELF, MemFlags, MemoryOp, MemoryOpCmd, XenMemoryReservation};
-use ballast_core::FlatMemory;
+use ballast_core::{FlatMemory, MemoryOpResult};
 use ballast_dm::vsc::{GuestMemoryModel, HotAddError, SimGuest};
 use ballast_host::{Host, VmError, VmId};
 use zerocopy::IntoBytes;
@@ -103,6 +103,54 @@ impl GuestMemoryModel for DmModel {
     }
 }
 
+/// What a Xen balloon driver needs of its hypervisor and toolstack: its target (xenstore
+/// `memory/target`), the `memory_op` hypercall as itself, and a place for its reports
+/// (`data/meminfo`). The host in the same process ([`HostXen`]) is one; a guest in its own
+/// process reaches the daemon's over its link.
+pub trait XenHypervisor {
+    /// What a call can fail with (not the hypercall's own errors, which are results).
+    type Error;
+    /// The balloon target, pages; `None` if there is none yet.
+    fn target_pages(&self) -> Option<u64>;
+    /// `memory_op(cmd, arg)` with argument memory `mem`.
+    fn memory_op(
+        &mut self,
+        cmd: u64,
+        arg: u64,
+        mem: &mut FlatMemory,
+    ) -> Result<MemoryOpResult, Self::Error>;
+    /// The guest's committed memory, bytes.
+    fn report(&mut self, committed_bytes: u64) -> Result<(), Self::Error>;
+}
+
+/// A guest of a [`Host`] in this process.
+#[derive(Debug)]
+pub struct HostXen<'a> {
+    /// The host.
+    pub host: &'a mut Host,
+    /// The guest.
+    pub vm: VmId,
+}
+
+impl XenHypervisor for HostXen<'_> {
+    type Error = VmError;
+    fn target_pages(&self) -> Option<u64> {
+        self.host.xen_target_pages(self.vm)
+    }
+    fn memory_op(
+        &mut self,
+        cmd: u64,
+        arg: u64,
+        mem: &mut FlatMemory,
+    ) -> Result<MemoryOpResult, VmError> {
+        self.host.xen_memory_op(self.vm, cmd, arg, mem)
+    }
+    fn report(&mut self, committed_bytes: u64) -> Result<(), VmError> {
+        self.host.xen_report(self.vm, committed_bytes);
+        Ok(())
+    }
+}
+
 /// Extents per hypercall: Linux's balloon batches a page of `xen_pfn_t`s (512).
 const EXTENTS_PER_CALL: usize = 512;
 /// Pages in a 2 MiB extent (order 9, the largest a guest may ask for).
@@ -162,7 +210,13 @@ impl XenGuest {
     /// `memory/target`), at most [`MAX_PAGES_PER_TICK`] pages, giving back only free
     /// pages; then the committed-memory report (a guest agent's `data/meminfo`).
     pub fn step(&mut self, host: &mut Host) -> Result<(), VmError> {
-        let target = host.xen_target_pages(self.vm).unwrap_or(self.pages);
+        let vm = self.vm;
+        self.step_with(&mut HostXen { host, vm })
+    }
+
+    /// [`step`](Self::step) against any [`XenHypervisor`].
+    pub fn step_with<H: XenHypervisor>(&mut self, host: &mut H) -> Result<(), H::Error> {
+        let target = host.target_pages().unwrap_or(self.pages);
         if self.pages > target {
             // Free pages are those above the demand; the OS keeps its floor.
             let keep = target.max(self.demand).max(self.floor);
@@ -174,12 +228,11 @@ impl XenGuest {
             let take = (target - self.pages).min(MAX_PAGES_PER_TICK);
             self.populate(host, take)?;
         }
-        host.xen_report(self.vm, self.demand * 4096);
-        Ok(())
+        host.report(self.demand * 4096)
     }
 
     /// Gives the top `n` pages back.
-    fn decrease(&mut self, host: &mut Host, n: u64) -> Result<(), VmError> {
+    fn decrease<H: XenHypervisor>(&mut self, host: &mut H, n: u64) -> Result<(), H::Error> {
         let mut left = n;
         while left > 0 {
             let (order, extents) = self.batch(left, true);
@@ -198,7 +251,7 @@ impl XenGuest {
     }
 
     /// Takes `n` pages above the top back.
-    fn populate(&mut self, host: &mut Host, n: u64) -> Result<(), VmError> {
+    fn populate<H: XenHypervisor>(&mut self, host: &mut H, n: u64) -> Result<(), H::Error> {
         let mut left = n;
         while left > 0 {
             let (order, extents) = self.batch(left, false);
@@ -252,13 +305,13 @@ impl XenGuest {
     }
 
     /// One reservation hypercall, re-issued on its continuations; returns extents done.
-    fn call(
+    fn call<H: XenHypervisor>(
         &mut self,
-        host: &mut Host,
+        host: &mut H,
         op: MemoryOp,
         order: u32,
         extents: &[u64],
-    ) -> Result<usize, VmError> {
+    ) -> Result<usize, H::Error> {
         let list: Vec<u8> = extents.iter().flat_map(|g| g.to_le_bytes()).collect();
         let off = (LIST_GPA - ARG_GPA) as usize;
         self.args.bytes[off..off + list.len()].copy_from_slice(&list);
@@ -274,7 +327,7 @@ impl XenGuest {
             .copy_from_slice(arg.as_bytes());
         let mut cmd = MemoryOpCmd::new(op).encode().unwrap_or(0);
         loop {
-            let r = host.xen_memory_op(self.vm, cmd, ARG_GPA, &mut self.args)?;
+            let r = host.memory_op(cmd, ARG_GPA, &mut self.args)?;
             match r.continuation {
                 Some(next) => cmd = next,
                 None => return Ok(usize::try_from(r.ret.max(0)).unwrap_or(0)),

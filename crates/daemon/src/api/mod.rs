@@ -1,0 +1,4 @@
+//! The control API: versioned HTTP/JSON routes over the control socket.
+
+pub mod routes;
+pub mod types;

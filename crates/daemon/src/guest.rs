@@ -1,0 +1,380 @@
+//! `ballast guest`: a guest in its own process.
+//!
+//! It connects to the daemon's guest socket, proves which VM it is, and receives its
+//! memory (the VM's memfd, mapped here) and, for a Dynamic Memory guest, its VMBus ring.
+//! Then it runs the guest side of the main job's model on real time: the VSC (as Linux's
+//! `hv_balloon`) over the simulator's guest memory model, or the Xen balloon driver, with
+//! a workload's demand, and it writes every page it is given, so the host's resident
+//! memory is what it holds and a balloon really gives memory back. It runs until the
+//! daemon closes the link (the VM was destroyed, or the daemon stopped), until
+//! `duration`, or until it is killed.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ballast_abi::types::GfnRange;
+use ballast_backing::SharedRegion;
+use ballast_core::{FlatMemory, MemoryOpResult};
+use ballast_dm::vsc::{Vsc, VscConfig};
+use ballast_host::VmId;
+use ballast_sim::guest::{DmModel, XenGuest, XenHypervisor};
+use ballast_sim::workload::{Workload, WorkloadSpec};
+use ballast_vmbus::ring::ChannelSetup;
+use ballast_vmbus::session::GuestSession;
+use thiserror::Error;
+
+use crate::link::{self, Frame, GuestKind, Hello, LinkError, Welcome};
+
+const PAGE: u64 = 4096;
+/// How often the workload's demand is read and the Xen driver runs.
+const STEP: Duration = Duration::from_millis(100);
+
+/// What the guest is told to be.
+#[derive(Debug, Clone)]
+pub struct GuestOptions {
+    /// The daemon's guest socket.
+    pub socket: PathBuf,
+    /// The VM.
+    pub name: String,
+    /// The VM's secret.
+    pub token: String,
+    /// Its demand over time.
+    pub workload: WorkloadSpec,
+    /// The workload's seed.
+    pub seed: u64,
+    /// Seconds before a Dynamic Memory guest's first pressure report (Linux: 45).
+    pub report_delay_s: u32,
+    /// Stop after this long; `None`: until the daemon closes the link.
+    pub duration: Option<Duration>,
+}
+
+/// Why the guest stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// The socket could not be reached.
+    #[error("cannot reach the daemon's guest socket {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon refused this guest.
+    #[error("the daemon refused: {0}")]
+    Refused(String),
+    /// The link failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The memory or ring could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How the guest ended, when it ended in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The daemon closed the link.
+    Closed,
+    /// `duration` passed.
+    Done,
+}
+
+/// What the guest reports as it runs, about once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestStatus {
+    /// Seconds since it started.
+    pub elapsed_s: u64,
+    /// Pages the workload wants.
+    pub demand_pages: u64,
+    /// Pages of RAM the guest has.
+    pub ram_pages: u64,
+}
+
+/// The guest's memory: the VM's memfd, mapped to its current size and remapped when a
+/// hot-add grows it.
+struct Memory {
+    fd: OwnedFd,
+    region: SharedRegion,
+}
+
+impl Memory {
+    fn new(fd: OwnedFd, bytes: u64) -> Result<Self, GuestError> {
+        let region = Self::map(&fd, bytes)?;
+        Ok(Memory { fd, region })
+    }
+
+    fn map(fd: &OwnedFd, bytes: u64) -> Result<SharedRegion, GuestError> {
+        let dup = fd
+            .try_clone()
+            .map_err(|e| GuestError::Setup(format!("dup of the memfd: {e}")))?;
+        let len =
+            usize::try_from(bytes).map_err(|_| GuestError::Setup("memfd too large".into()))?;
+        SharedRegion::from_fd(dup, len).map_err(|e| GuestError::Setup(format!("memory: {e}")))
+    }
+
+    /// Writes one word into every page of `ranges`: each becomes resident, as pages a
+    /// guest zeroes and uses do.
+    fn touch(&mut self, ranges: &mut Vec<GfnRange>) -> Result<(), GuestError> {
+        for r in ranges.drain(..) {
+            let end = r.end() * PAGE;
+            if end > self.region.len() as u64 {
+                let size = rustix::fs::fstat(&self.fd)
+                    .map_err(|e| GuestError::Setup(format!("fstat of the memfd: {e}")))?
+                    .st_size as u64;
+                self.region = Self::map(&self.fd, size)?;
+            }
+            for g in r.iter() {
+                let off = (g * PAGE) as usize;
+                // A page beyond the file (a range the host has not grown the file for)
+                // is refused by the region, not faulted: skip it.
+                let _ = self.region.write(off, &g.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Xen guest's hypervisor: the daemon, over the link.
+struct LinkXen<'a> {
+    socket: &'a UnixStream,
+    target: Option<u64>,
+    closed: bool,
+}
+
+impl LinkXen<'_> {
+    /// Takes a frame the daemon sent unasked (a target); false if the link ended.
+    fn unasked(&mut self, f: Frame) -> Result<(), LinkError> {
+        match f {
+            Frame::XenTarget { pages } => {
+                self.target = Some(pages);
+                Ok(())
+            }
+            Frame::Refused(why) => Err(LinkError::Malformed {
+                kind: "refused",
+                why,
+            }),
+            _ => Err(LinkError::Malformed {
+                kind: "unexpected",
+                why: "a frame the daemon does not send".into(),
+            }),
+        }
+    }
+
+    /// Takes every target waiting on the link without blocking.
+    fn poll(&mut self) -> Result<(), LinkError> {
+        loop {
+            match peek(self.socket) {
+                Peek::Closed => return Err(LinkError::Closed),
+                Peek::Empty => return Ok(()),
+                Peek::Data => {
+                    let (f, _) = link::recv(self.socket)?;
+                    self.unasked(f)?;
+                }
+            }
+        }
+    }
+}
+
+impl XenHypervisor for LinkXen<'_> {
+    type Error = LinkError;
+    fn target_pages(&self) -> Option<u64> {
+        self.target
+    }
+    fn memory_op(
+        &mut self,
+        cmd: u64,
+        arg: u64,
+        mem: &mut FlatMemory,
+    ) -> Result<MemoryOpResult, LinkError> {
+        let call = Frame::XenMemoryOp {
+            cmd,
+            arg,
+            base: mem.base,
+            bytes: mem.bytes.clone(),
+        };
+        link::send(self.socket, &call, &[])?;
+        loop {
+            match link::recv(self.socket) {
+                Ok((
+                    Frame::XenResult {
+                        ret,
+                        continuation,
+                        bytes,
+                    },
+                    _,
+                )) => {
+                    if bytes.len() == mem.bytes.len() {
+                        mem.bytes = bytes;
+                    }
+                    return Ok(MemoryOpResult {
+                        ret,
+                        continuation,
+                        stop: None,
+                    });
+                }
+                Ok((f, _)) => self.unasked(f)?,
+                Err(e) => {
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+    fn report(&mut self, committed_bytes: u64) -> Result<(), LinkError> {
+        link::send(self.socket, &Frame::XenReport { committed_bytes }, &[])
+    }
+}
+
+enum Peek {
+    Data,
+    Empty,
+    Closed,
+}
+
+/// What waits on `socket`, without blocking or reading.
+fn peek(socket: &UnixStream) -> Peek {
+    let mut b = [0u8; 1];
+    match rustix::net::recv(
+        socket,
+        &mut b[..],
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        Ok((0, _)) => Peek::Closed,
+        Ok(_) => Peek::Data,
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Peek::Empty,
+        Err(_) => Peek::Closed,
+    }
+}
+
+/// Whether the daemon has closed `socket`.
+fn closed(socket: &UnixStream) -> bool {
+    matches!(peek(socket), Peek::Closed)
+}
+
+/// Connects, attaches and runs the guest; `status` is called about once a second.
+pub fn run(
+    opts: &GuestOptions,
+    mut status: impl FnMut(&Welcome, GuestStatus),
+) -> Result<GuestExit, GuestError> {
+    let socket = UnixStream::connect(&opts.socket).map_err(|source| GuestError::Connect {
+        path: opts.socket.clone(),
+        source,
+    })?;
+    link::send(
+        &socket,
+        &Frame::Hello(Hello {
+            version: link::VERSION,
+            name: opts.name.clone(),
+            token: opts.token.clone(),
+        }),
+        &[],
+    )?;
+    let (welcome, mut fds) = match link::recv(&socket)? {
+        (Frame::Welcome(w), fds) => (w, fds),
+        (Frame::Refused(why), _) => return Err(GuestError::Refused(why)),
+        _ => {
+            return Err(GuestError::Setup(
+                "the daemon answered with no welcome".into(),
+            ));
+        }
+    };
+    if fds.len() != 1 {
+        return Err(GuestError::Setup(format!(
+            "the welcome came with {} descriptors, not the memfd",
+            fds.len()
+        )));
+    }
+    let mut memory = Memory::new(fds.remove(0), welcome.memory_bytes)?;
+    let workload = Workload::new(&opts.workload, opts.seed, 0)
+        .map_err(|e| GuestError::Setup(format!("workload: {e}")))?;
+    let boot = welcome.startup_bytes / PAGE;
+    let start = Instant::now();
+    let mut last_status = Duration::ZERO;
+    let done = |now: Duration| opts.duration.is_some_and(|d| now >= d);
+    match welcome.kind {
+        GuestKind::Dm => {
+            let channel = ChannelSetup::receive(&socket)
+                .map_err(|e| GuestError::Setup(format!("ring: {e}")))?;
+            let vsc = Vsc::new(VscConfig {
+                status_delay_periods: opts.report_delay_s,
+                ..VscConfig::newest_linux()
+            });
+            let mut session =
+                GuestSession::connect(vsc, channel, DmModel::new(boot), Duration::ZERO);
+            let mut next_step = Duration::ZERO;
+            loop {
+                let now = start.elapsed();
+                if done(now) {
+                    return Ok(GuestExit::Done);
+                }
+                if now >= next_step {
+                    next_step = now + STEP;
+                    let demand = workload.demand_at(now.as_secs_f64()) / PAGE;
+                    session.model.set_demand(demand);
+                    if closed(&socket) {
+                        return Ok(GuestExit::Closed);
+                    }
+                    if now >= last_status + Duration::from_secs(1) {
+                        last_status = now;
+                        status(
+                            &welcome,
+                            GuestStatus {
+                                elapsed_s: now.as_secs(),
+                                demand_pages: demand,
+                                ram_pages: session.model.total_pages(),
+                            },
+                        );
+                    }
+                }
+                if session.pump(now).is_err() || session.is_ended() {
+                    return Ok(GuestExit::Closed);
+                }
+                memory.touch(&mut session.model.to_touch)?;
+                let wait = next_step.saturating_sub(start.elapsed());
+                let _ = session.channel().wait(Some(wait.min(STEP)));
+            }
+        }
+        GuestKind::Xen => {
+            let mut xen = XenGuest::new(VmId(0), boot, 0);
+            let mut hv = LinkXen {
+                socket: &socket,
+                target: None,
+                closed: false,
+            };
+            loop {
+                let now = start.elapsed();
+                if done(now) {
+                    return Ok(GuestExit::Done);
+                }
+                let demand = workload.demand_at(now.as_secs_f64()) / PAGE;
+                xen.set_demand(demand);
+                match hv.poll().and_then(|()| xen.step_with(&mut hv)) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        return if hv.closed || matches!(e, LinkError::Closed) || closed(&socket) {
+                            Ok(GuestExit::Closed)
+                        } else {
+                            Err(e.into())
+                        };
+                    }
+                }
+                memory.touch(&mut xen.to_touch)?;
+                if now >= last_status + Duration::from_secs(1) {
+                    last_status = now;
+                    status(
+                        &welcome,
+                        GuestStatus {
+                            elapsed_s: now.as_secs(),
+                            demand_pages: demand,
+                            ram_pages: xen.pages(),
+                        },
+                    );
+                }
+                std::thread::sleep(STEP);
+            }
+        }
+    }
+}
