@@ -11,6 +11,7 @@
 //! reserve = "256M"                     # what the balancer leaves free
 //! policy = "ballast"
 //! balance_interval_ms = 1000
+//! dm_start_delay_s = 50                # quiet time before a DM guest's first request
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9848"            # off when absent
@@ -68,6 +69,7 @@ struct HostSection {
     reserve: Option<String>,
     policy: Option<String>,
     balance_interval_ms: Option<u64>,
+    dm_start_delay_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +97,10 @@ pub struct DaemonConfig {
     pub policy: String,
     /// How often the balancer runs, milliseconds.
     pub balance_interval_ms: u64,
+    /// Quiet time after a Dynamic Memory guest's capabilities before the first request,
+    /// seconds: 50 by default, as Hyper-V and QEMU wait (Windows Server 2019 crashes on
+    /// requests right after boot).
+    pub dm_start_delay_s: f64,
     /// The Prometheus endpoint's address; `None`: off.
     pub metrics: Option<SocketAddr>,
 }
@@ -117,6 +123,7 @@ impl DaemonConfig {
             reserve_bytes: DEFAULT_RESERVE,
             policy: "ballast".into(),
             balance_interval_ms: 1000,
+            dm_start_delay_s: 50.0,
             metrics: None,
         }
     }
@@ -165,6 +172,9 @@ impl DaemonConfig {
         if let Some(ms) = f.host.balance_interval_ms {
             c.balance_interval_ms = ms;
         }
+        if let Some(d) = f.host.dm_start_delay_s {
+            c.dm_start_delay_s = d;
+        }
         c.metrics = f.metrics.listen;
         c.validate()?;
         Ok(c)
@@ -192,6 +202,11 @@ impl DaemonConfig {
         if !(10..=60_000).contains(&self.balance_interval_ms) {
             return Err(ConfigError::Invalid(
                 "host.balance_interval_ms: 10 to 60000".to_string(),
+            ));
+        }
+        if !(self.dm_start_delay_s.is_finite() && (0.0..=3600.0).contains(&self.dm_start_delay_s)) {
+            return Err(ConfigError::Invalid(
+                "host.dm_start_delay_s: 0 to 3600".to_string(),
             ));
         }
         if let Some(a) = self.metrics {

@@ -22,7 +22,12 @@ fn label(v: &str) -> String {
 /// The exposition of `host` and `vms`.
 pub fn render(host: &HostInfo, vms: &[VmInfo]) -> String {
     let mut o = String::new();
-    let gauges: [(&str, &str, u64); 4] = [
+    let gauges: [(&str, &str, u64); 5] = [
+        (
+            "ballast_host_pools_bytes",
+            "Memory in the partitions' pools (the hypervisor's own use for them).",
+            host.pools_bytes,
+        ),
         (
             "ballast_host_memory_bytes",
             "Managed memory for guests.",

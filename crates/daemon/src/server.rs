@@ -35,12 +35,9 @@ impl axum::serve::Listener for Checked {
                 Ok((s, a)) => match self.access.check(&s) {
                     Ok(()) => return (s, a),
                     Err(why) => {
-                        let body = serde_json::json!({ "error": why }).to_string();
-                        let answer = format!(
-                            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = s.try_write(answer.as_bytes());
+                        // Answered as HTTP, so the client reads why; nothing else is
+                        // served on the connection.
+                        tokio::spawn(forbid(s, why));
                     }
                 },
                 // Out of descriptors, say: wait rather than spin.
@@ -52,6 +49,28 @@ impl axum::serve::Listener for Checked {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
     }
+}
+
+/// Answers every request on `s` with 403 and `why`.
+async fn forbid(s: UnixStream, why: String) {
+    let body = serde_json::json!({ "error": why }).to_string();
+    let service = hyper::service::service_fn(move |_req| {
+        let body = body.clone();
+        async move {
+            hyper::Response::builder()
+                .status(403)
+                .header("content-type", "application/json")
+                .header("connection", "close")
+                .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+        }
+    });
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(hyper_util::rt::TokioIo::new(s), service),
+    )
+    .await;
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; `ready` is called once every socket is bound.

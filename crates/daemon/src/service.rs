@@ -192,7 +192,10 @@ impl Service {
                 memory_bytes: config.memory_bytes,
                 backing: BackingMode::RealMemory,
                 reserve_bytes: config.reserve_bytes,
-                vsp: VspConfig::default(),
+                vsp: VspConfig {
+                    post_caps_wait: Duration::from_secs_f64(config.dm_start_delay_s),
+                    ..VspConfig::default()
+                },
                 balance_interval: Duration::from_millis(config.balance_interval_ms),
             },
             balancer,
@@ -374,6 +377,12 @@ impl Service {
             policy: s.host.policy().to_string(),
             memory_bytes: s.host.total_bytes(),
             free_bytes: s.host.free_bytes(),
+            pools_bytes: s
+                .host
+                .hv()
+                .partitions()
+                .map(|p| (p.pool_available() + p.pool_in_use()) * PAGE)
+                .sum(),
             resident_bytes: resident,
             discarded_bytes: s.discarded_bytes(),
             reserve_bytes: self.config.reserve_bytes,

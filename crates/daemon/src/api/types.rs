@@ -184,6 +184,10 @@ pub struct HostInfo {
     pub memory_bytes: u64,
     /// Free managed memory, bytes.
     pub free_bytes: u64,
+    /// Memory in the partitions' pools (the hypervisor's own use for them: VPs, tables),
+    /// bytes. Free, pools and every running VM's assigned memory add up to the managed
+    /// memory.
+    pub pools_bytes: u64,
     /// Resident bytes of all guests' memory.
     pub resident_bytes: u64,
     /// Bytes the host took back from guests (ballooned and decreased) since it started.
