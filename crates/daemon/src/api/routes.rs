@@ -48,9 +48,18 @@ impl IntoResponse for ServiceError {
     }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+/// A request body that did not decode: its status and why.
+struct Rejected(u16, String);
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Rejected> {
     b.map(|Json(t)| t)
-        .map_err(|e| error(e.status().as_u16(), e.body_text()))
+        .map_err(|e| Rejected(e.status().as_u16(), e.body_text()))
 }
 
 fn answer<T: serde::Serialize>(r: Result<T, ServiceError>) -> Response {
@@ -82,7 +91,7 @@ async fn create(State(s): Svc, b: Result<Json<CreateVm>, JsonRejection>) -> Resp
             Ok(c) => (StatusCode::CREATED, Json(c)).into_response(),
             Err(e) => e.into_response(),
         },
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -97,7 +106,7 @@ async fn update(
 ) -> Response {
     match body(b) {
         Ok(u) => answer(s.update(&name, u)),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -115,7 +124,7 @@ async fn target(
 ) -> Response {
     match body(b) {
         Ok(t) => answer(s.set_target(&name, t.bytes)),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -126,7 +135,7 @@ async fn maximum(
 ) -> Response {
     match body(b) {
         Ok(m) => answer(s.set_maximum(&name, m.bytes)),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -146,4 +155,108 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DaemonConfig;
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn service() -> (Arc<Service>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ballast-routes-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = DaemonConfig::with_state_dir(&dir);
+        c.memory_bytes = 256 << 20;
+        (Arc::new(Service::new(c).unwrap()), dir)
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, body: &str) -> (u16, String) {
+        let req = Request::builder()
+            .method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap())
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let status = r.status().as_u16();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// The OpenAPI document names exactly the routes the router serves, and every one
+    /// of them is served (not the fallback, not "method not allowed").
+    #[tokio::test]
+    async fn the_openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    documented.push((method.clone(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every $ref resolves.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for r in OPENAPI.match_indices("#/components/schemas/") {
+            let rest = &OPENAPI[r.0 + r.1.len()..];
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(schemas.contains_key(&name), "{name}");
+        }
+
+        let (svc, dir) = service();
+        let app = router(svc);
+        let (s, _) = call(
+            &app,
+            "post",
+            "/v1/vms",
+            r#"{"name":"a","startup":67108864}"#,
+        )
+        .await;
+        assert_eq!(s, 201);
+        // Deletion last: the other routes need the VM.
+        let mut order: Vec<_> = ROUTES.iter().collect();
+        order.sort_by_key(|(m, _)| *m == "delete");
+        for (method, path) in order {
+            let path = path.replace("{name}", "a");
+            let body = match (*method, path.as_str()) {
+                ("post", _) => r#"{"name":"b","startup":67108864}"#,
+                ("patch", _) => r#"{"weight":60}"#,
+                ("put", p) if p.ends_with("/target") => r#"{"bytes":null}"#,
+                ("put", _) => r#"{"bytes":134217728}"#,
+                _ => "",
+            };
+            let (status, text) = call(&app, method, &path, body).await;
+            assert!(
+                (200..300).contains(&status),
+                "{method} {path}: {status} {text}"
+            );
+        }
+        let (s, t) = call(&app, "get", "/v1/nothing", "").await;
+        assert_eq!(s, 404);
+        assert!(t.contains("no such route"), "{t}");
+        let (s, t) = call(&app, "post", "/v1/vms", "{").await;
+        assert_eq!(s, 400, "{t}");
+        assert!(serde_json::from_str::<ApiError>(&t).is_ok(), "{t}");
+        let (s, _) = call(&app, "get", "/v1/vms/zz", "").await;
+        assert_eq!(s, 404);
+        let (s, _) = call(&app, "post", "/v1/vms", &"x".repeat(MAX_BODY + 1)).await;
+        assert_eq!(s, 413);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
