@@ -28,6 +28,9 @@
 //! Wish = level + max([`FLOOR`], [`PERCENT`] of committed, min(rise, usual peak - level))
 //! + lead (0 unless on a ramp). Before the first report: the startup memory.
 //!
+//! A wish that falls short of the VM's maximum by less than the arbiter would move is
+//! raised to the maximum (see `reachable`).
+//!
 //! Freed memory thus goes back in two speeds: slack on a calm VM returns after
 //! [`HOLD_S`] and the arbiter's 30 s hold; slack a volatile VM keeps under its usual
 //! peak returns only as that VM's history calms down (the peak half-life), i.e. memory
@@ -38,7 +41,7 @@ use std::collections::VecDeque;
 
 use super::{bytes, dt, scale};
 use crate::histogram::DecayingHistogram;
-use crate::{Policy, Snapshot};
+use crate::{Policy, Rules, Snapshot, VmSnapshot};
 
 const MIB: u64 = 1 << 20;
 
@@ -257,6 +260,27 @@ impl VmHistory {
     }
 }
 
+/// `wish`, raised to the VM's maximum when it falls short of it by no more than the
+/// arbiter moves a target (its minimum change and its grant band).
+///
+/// The arbiter skips a change smaller than its minimum, so a target that lands just below
+/// the maximum stays there once demand reaches the maximum (the wish is then clamped to the
+/// maximum, a change too small to make): the VM pages by that difference for as long as it
+/// stays at its maximum, which in a trace of VMs at their provisioned size is hours.
+/// Granting the last few MiB costs nothing beside that.
+fn reachable(wish: u64, vm: &VmSnapshot, rules: &Rules) -> u64 {
+    let max = vm.settings.maximum.max(vm.settings.minimum);
+    let gap = rules
+        .min_change
+        .of(vm.target)
+        .max(rules.grant_band.of(vm.target));
+    if wish < max && max - wish <= gap {
+        max
+    } else {
+        wish
+    }
+}
+
 /// The ballast policy, one history per VM.
 #[derive(Debug, Clone, Default)]
 pub struct Ballast {
@@ -270,12 +294,13 @@ impl Policy for Ballast {
 
     fn wishes(&mut self, snap: &Snapshot) -> Vec<u64> {
         let now = snap.host.now_s;
+        let rules = self.rules();
         self.vms.resize_with(snap.vms.len(), VmHistory::default);
         snap.vms
             .iter()
             .zip(self.vms.iter_mut())
             .map(|(vm, h)| match vm.committed {
-                Some(c) => h.observe(now, c),
+                Some(c) => reachable(h.observe(now, c), vm, &rules),
                 None => vm.settings.startup,
             })
             .collect()
@@ -362,6 +387,32 @@ mod tests {
         }
         // The 10 s reaction time at 10 MiB/s is covered above the usual headroom.
         assert!(w >= c + c / 20 + 100 * MIB, "{w} for {c}");
+    }
+
+    #[test]
+    fn a_wish_just_below_the_maximum_is_raised_to_it() {
+        let mut b = crate::Balancer::by_name("ballast").unwrap();
+        let mut v = vm(3 * GIB);
+        v.settings.maximum = 4 * GIB;
+        let mut s = snap(vec![v], 100 * GIB, 50 * GIB);
+        // 3.8 GiB plus 5% falls 10 MiB short of the maximum; then demand reaches it.
+        for (k, c) in [3891 * MIB, 4 * GIB, 4 * GIB].into_iter().enumerate() {
+            s.host.now_s = k as f64 * 5.0;
+            s.vms[0].committed = Some(c);
+            for ch in b.tick(&s).changes {
+                s.vms[0].target = ch.target;
+                s.vms[0].assigned = ch.target;
+            }
+        }
+        // Not stuck 10 MiB below, a change smaller than the arbiter would make.
+        assert_eq!(s.vms[0].target, 4 * GIB);
+        // A wish far below the maximum is left alone.
+        let mut p = Ballast::default();
+        let mut v = vm(3 * GIB);
+        v.settings.maximum = 4 * GIB;
+        v.committed = Some(3 * GIB);
+        let w = p.wishes(&snap(vec![v], 100 * GIB, 50 * GIB))[0];
+        assert_eq!(w, 3 * GIB + 3 * GIB / 20);
     }
 
     #[test]
