@@ -21,9 +21,10 @@
 //!   Rises above the usual peak are too rare to pay for holding the memory all the time
 //!   (the newsvendor rule).
 //! - **trend**: a rise sustained over two report intervals is a ramp. While it lasts, the
-//!   [`REACTION_S`] it takes to follow it are covered at its rate, and [`LEAD_S`] seconds
-//!   of the slope (the gap between a fast and a slow moving average of demand) are
-//!   granted ahead. One jump is not a ramp: a step in demand costs no lead.
+//!   time it takes to follow it (the report's age plus one interval) is covered at its
+//!   rate, and [`LEAD_S`] seconds of the slope (the gap between a fast and a slow moving
+//!   average of demand) are granted ahead. One jump is not a ramp: a step in demand costs
+//!   no lead.
 //!
 //! Wish = level + max([`FLOOR`], [`PERCENT`] of committed, min(rise, usual peak - level))
 //! + lead (0 unless on a ramp). Before the first report: the startup memory.
@@ -90,11 +91,6 @@ pub const SLOW_TAU_S: f64 = 300.0;
 /// bounded by the arbiter's step is under way before the demand arrives (capped by how
 /// far the ramp has climbed in the current window).
 pub const LEAD_S: f64 = 20.0;
-/// Least time the balancer needs to follow a ramp (a report, a tick, a hot-add), seconds;
-/// slower ticks stretch it to [`REACTION_TICKS`] ticks.
-pub const REACTION_S: f64 = 10.0;
-/// Report intervals a ramp must be covered for when ticks are slow.
-pub const REACTION_TICKS: f64 = 2.0;
 /// Shortest interval a rise rate is computed over, seconds: two reports a few
 /// milliseconds apart must not make a rate out of noise.
 const MIN_RATE_INTERVAL_S: f64 = 1.0;
@@ -129,6 +125,8 @@ struct VmHistory {
     rates: [f64; 2],
     /// The interval between the last two samples, seconds.
     step_s: f64,
+    /// The age of the last report when it was read, seconds.
+    age_s: f64,
 }
 
 impl Default for VmHistory {
@@ -149,6 +147,7 @@ impl Default for VmHistory {
             last_c: 0,
             rates: [0.0; 2],
             step_s: 0.0,
+            age_s: 0.0,
         }
     }
 }
@@ -158,8 +157,14 @@ impl VmHistory {
         self.level.front().map(|&(_, v)| v)
     }
 
-    fn observe(&mut self, now: f64, c: u64) -> u64 {
+    /// Takes a report of `c` bytes read at `now`, `age_s` seconds after it was made.
+    fn observe(&mut self, now: f64, c: u64, age_s: f64) -> u64 {
         let cf = c as f64;
+        self.age_s = if age_s.is_finite() {
+            age_s.max(0.0)
+        } else {
+            0.0
+        };
         let Some(last) = self.last_s else {
             self.last_s = Some(now);
             self.level.push_back((now, c));
@@ -242,7 +247,12 @@ impl VmHistory {
         // reaction time at its slower rate, and grant the trend ahead while it lasts.
         let sustained = self.rates[0].min(self.rates[1]);
         let lead = if sustained > 0.0 {
-            let ramp = sustained * REACTION_S.max(REACTION_TICKS * self.step_s);
+            // The reaction time is the report's age (the ramp has gone on since it was
+            // made) plus one interval (until the grant made on the next report), the
+            // grant itself landing within the tick. Not more: the arbiter holds a grant
+            // for its reclaim hold once the ramp stops, so every second of ramp covered
+            // beyond the reaction time is paid for that long.
+            let ramp = sustained * (self.age_s + self.step_s);
             // A ramp is granted ahead by at most as far as it has climbed in this
             // window: a burst that rose in seconds is not taken for a ramp that goes on
             // at that pace.
@@ -300,7 +310,7 @@ impl Policy for Ballast {
             .iter()
             .zip(self.vms.iter_mut())
             .map(|(vm, h)| match vm.committed {
-                Some(c) => reachable(h.observe(now, c), vm, &rules),
+                Some(c) => reachable(h.observe(now, c, vm.report_age_s), vm, &rules),
                 None => vm.settings.startup,
             })
             .collect()
@@ -315,8 +325,14 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn feed(p: &mut Ballast, t: f64, c: u64) -> u64 {
+        feed_aged(p, t, c, 0.0)
+    }
+
+    /// A report of `c` made `age` seconds before `t`.
+    fn feed_aged(p: &mut Ballast, t: f64, c: u64, age: f64) -> u64 {
         let mut v = vm(GIB);
         v.committed = Some(c);
+        v.report_age_s = age;
         let mut s = snap(vec![v], 1000 * GIB, 500 * GIB);
         s.host.now_s = t;
         p.wishes(&s)[0]
@@ -379,14 +395,38 @@ mod tests {
             feed(&mut p, f64::from(k) * 5.0, GIB);
         }
         // 10 MiB/s from t = 1000 s; three ticks later the averages have barely moved.
+        // Each report is read a tick after it was made.
         let mut w = 0;
         let mut c = GIB;
         for k in 1..=3 {
             c = GIB + k * 50 * MIB;
-            w = feed(&mut p, 1000.0 + k as f64 * 5.0, c);
+            w = feed_aged(&mut p, 1000.0 + k as f64 * 5.0, c, 5.0);
         }
-        // The 10 s reaction time at 10 MiB/s is covered above the usual headroom.
+        // The 10 s reaction time (the report's age and a tick) at 10 MiB/s is covered
+        // above the usual headroom.
         assert!(w >= c + c / 20 + 100 * MIB, "{w} for {c}");
+    }
+
+    #[test]
+    fn a_ramp_is_covered_for_the_reaction_time_not_more() {
+        // 1 s ticks, reports a tick old (as the simulator's): a ramp of 100 MiB/s for
+        // 30 s after an hour at 2 GiB.
+        let mut p = Ballast::default();
+        for k in 0..3600 {
+            feed_aged(&mut p, f64::from(k), 2 * GIB, 1.0);
+        }
+        let mut w = 0;
+        let mut c = 2 * GIB;
+        for k in 1..=30u64 {
+            c = 2 * GIB + k * 100 * MIB;
+            w = feed_aged(&mut p, 3600.0 + k as f64, c, 1.0);
+        }
+        let plain = c + c / 20;
+        // Two seconds of the ramp (the report's age and a tick) are covered, not ten: the
+        // grant lands within the tick, and what is granted beyond is held for the
+        // arbiter's reclaim hold once the ramp stops.
+        assert!(w >= plain + 200 * MIB, "{w} vs {plain}");
+        assert!(w <= plain + 300 * MIB, "{w} vs {plain}");
     }
 
     #[test]
