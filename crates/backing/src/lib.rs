@@ -123,6 +123,21 @@ impl Backing {
         Ok(self.partitions.entry(partition).or_insert(mem))
     }
 
+    /// Takes over existing guest memory for `partition` (see [`PartitionMemory::adopt`]):
+    /// a memfd of its current size, growable to `max_size`.
+    pub fn adopt(
+        &mut self,
+        partition: PartitionId,
+        fd: std::os::fd::OwnedFd,
+        max_size: u64,
+    ) -> Result<&PartitionMemory, BackingError> {
+        if self.partitions.contains_key(&partition) {
+            return Err(BackingError::Exists(partition));
+        }
+        let mem = PartitionMemory::adopt(fd, max_size)?;
+        Ok(self.partitions.entry(partition).or_insert(mem))
+    }
+
     /// Drops a partition's memory (closing the memfd frees all of it).
     pub fn remove(&mut self, partition: PartitionId) -> Option<PartitionMemory> {
         self.partitions.remove(&partition)

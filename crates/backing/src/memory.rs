@@ -135,10 +135,6 @@ impl PartitionMemory {
                 max_size: MAX_GUEST_BYTES,
             });
         }
-        let reserved = usize::try_from(max_size)
-            .ok()
-            .and_then(NonZeroUsize::new)
-            .ok_or(BackingError::TooLarge { size, max_size })?;
         // Sealable, so the size can be sealed against shrinking: whoever else holds the fd
         // (a VMM, KVM) could otherwise truncate it under our mapping and turn every later
         // access into SIGBUS.
@@ -160,6 +156,49 @@ impl PartitionMemory {
         rustix::fs::ftruncate(&fd, size).map_err(|e| BackingError::Syscall("ftruncate", e))?;
         rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)
             .map_err(|e| BackingError::Syscall("fcntl(F_ADD_SEALS)", e))?;
+        Self::map_fd(fd, size, max_size, page_size)
+    }
+
+    /// Takes over guest memory that already exists: the memfd a guest kept while its host
+    /// process restarted, with its contents. The file must be a shmem memfd of 4 KiB pages
+    /// sealed against shrinking (every memfd [`new`](Self::new) makes is), whose size is
+    /// a page multiple no larger than `max_size`; it is mapped as `new` maps a fresh one.
+    pub fn adopt(fd: OwnedFd, max_size: u64) -> Result<Self, BackingError> {
+        let page_size = PageSize::Base;
+        crate::shared::check_shmem_fd(fd.as_fd())?;
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| BackingError::Syscall("fcntl(F_GET_SEALS)", e))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(BackingError::Syscall(
+                "fcntl(F_GET_SEALS) (not sealed against shrinking)",
+                Errno::INVAL,
+            ));
+        }
+        let size = rustix::fs::fstat(&fd)
+            .map_err(|e| BackingError::Syscall("fstat", e))?
+            .st_size;
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        check_multiple("size", size, page_size)?;
+        check_multiple("max_size", max_size, page_size)?;
+        if size > max_size || max_size > MAX_GUEST_BYTES {
+            return Err(BackingError::TooLarge { size, max_size });
+        }
+        Self::map_fd(fd, size, max_size, page_size)
+    }
+
+    /// Reserves `max_size` bytes of address space and maps `size` bytes of `fd` at its
+    /// start (checked by the callers: page multiples, `size <= max_size <= MAX_GUEST_BYTES`,
+    /// the file sealed against shrinking and `size` long).
+    fn map_fd(
+        fd: OwnedFd,
+        size: u64,
+        max_size: u64,
+        page_size: PageSize,
+    ) -> Result<Self, BackingError> {
+        let reserved = usize::try_from(max_size)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(BackingError::TooLarge { size, max_size })?;
         // hugetlb mappings must start on a huge page boundary, which an anonymous mapping
         // only guarantees by luck: reserve one page more and align inside it.
         let align = page_size.bytes() as usize;
@@ -553,6 +592,30 @@ mod tests {
                 .syscalls,
             0
         );
+    }
+
+    #[test]
+    fn adopted_memory_keeps_its_bytes_and_only_sealed_memfds_are_adopted() {
+        let m = PartitionMemory::new("a", 4 * MIB, 8 * MIB, PageSize::Base).unwrap();
+        touch(&m, [0, 7]);
+        let fd = m.fd().try_clone_to_owned().unwrap();
+        drop(m);
+        // Too small a reservation for the file.
+        let small = PartitionMemory::adopt(fd.try_clone().unwrap(), 2 * MIB);
+        assert!(matches!(small, Err(BackingError::TooLarge { .. })), "{small:?}");
+        let mut a = PartitionMemory::adopt(fd, 8 * MIB).unwrap();
+        assert_eq!(a.size(), 4 * MIB);
+        assert_eq!(read_page(&a, 7), pattern(7));
+        assert_eq!(a.resident_bytes().unwrap(), 2 * PAGE_BYTES);
+        a.grow(8 * MIB).unwrap();
+        assert_eq!(read_page(&a, 0), pattern(0));
+        // A memfd that can still shrink is refused: a peer could truncate it under us.
+        let loose = rustix::fs::memfd_create("l", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&loose, 4 * MIB).unwrap();
+        assert!(PartitionMemory::adopt(loose, 8 * MIB).is_err());
+        // So is a file that is not a memfd.
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(PartitionMemory::adopt(file.into(), 8 * MIB).is_err());
     }
 
     #[test]

@@ -321,6 +321,12 @@ impl SharedRegion {
 /// Linux's mm/shmem.c). The internal mount memfds live on has no limit, and statfs then
 /// reports zero blocks (`shmem_statfs` fills the block counts only when `max_blocks` is
 /// set).
+/// Refuses a file that is not shmem without a size limit (where a refault can never
+/// SIGBUS).
+pub(crate) fn check_shmem_fd(fd: BorrowedFd<'_>) -> Result<(), BackingError> {
+    check_shmem(fd)
+}
+
 fn check_shmem(fd: BorrowedFd<'_>) -> Result<(), BackingError> {
     let fs = rustix::fs::fstatfs(fd).map_err(|e| BackingError::Syscall("fstatfs", e))?;
     #[allow(clippy::unnecessary_cast)] // the field types differ between libcs
