@@ -602,7 +602,10 @@ mod tests {
         drop(m);
         // Too small a reservation for the file.
         let small = PartitionMemory::adopt(fd.try_clone().unwrap(), 2 * MIB);
-        assert!(matches!(small, Err(BackingError::TooLarge { .. })), "{small:?}");
+        assert!(
+            matches!(small, Err(BackingError::TooLarge { .. })),
+            "{small:?}"
+        );
         let mut a = PartitionMemory::adopt(fd, 8 * MIB).unwrap();
         assert_eq!(a.size(), 4 * MIB);
         assert_eq!(read_page(&a, 7), pattern(7));

@@ -23,6 +23,7 @@ use std::time::Duration;
 use ballast_backing::PageSize;
 use ballast_balancer::{Balancer, HostSnapshot, Snapshot, VmSettings, VmSnapshot};
 use ballast_core::{Config, DomId, GfnRange, GuestMemory, Hypervisor, MemoryOpResult, PartitionId};
+use ballast_dm::PageSet;
 use ballast_dm::vsp::{
     Backer, BackingRefused, HotAddResult, Transaction, Vsp, VspConfig, VspEvent, VspState,
 };
@@ -236,6 +237,17 @@ struct Vm {
     ops: OpCounts,
 }
 
+/// What [`Host::resume_vm`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeReport {
+    /// Memory the guest keeps, bytes.
+    pub kept_bytes: u64,
+    /// Memory it had given the host, bytes.
+    pub ballooned_bytes: u64,
+    /// Resident memory outside what it keeps, punched by the audit, bytes.
+    pub punched_bytes: u64,
+}
+
 /// One guest as the owner sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmView {
@@ -397,6 +409,133 @@ impl Host {
             self.mem.detach_memory(id);
             return Err(e);
         }
+        self.finish_vm(
+            config,
+            id,
+            ring,
+            Vsp::new(self.config.vsp.clone()),
+            startup,
+            region,
+            region_max,
+        )
+    }
+
+    /// Takes over a guest that ran on while its host restarted: a new partition made by
+    /// hypercalls as for [`create_vm_with_ring`](Self::create_vm_with_ring), on the guest's
+    /// own memory (`memory`, the memfd it kept), owning the guest-physical pages
+    /// `[0, ram_top)` except `ballooned` (what the guest had given the host). Those pages
+    /// are mapped, and the memfd is audited against them: anything resident outside them
+    /// (a page ballooned but not yet punched when the old host died, or a guest that
+    /// lies) is punched. A DM guest's VSP starts holding `ballooned`, to give back by
+    /// unballoon later.
+    ///
+    /// The guest's word is checked against what it may hold, not trusted: `ram_top`
+    /// within its memfd, the ranges within `[0, ram_top)`, the pages it keeps within its
+    /// maximum and the host's free memory. A guest that claims more than it had can
+    /// keep at most its maximum, which the balancer then reclaims as from any guest.
+    pub fn resume_vm(
+        &mut self,
+        config: VmConfig,
+        ring: DmRing,
+        memory: std::os::fd::OwnedFd,
+        ram_top: u64,
+        ballooned: &[GfnRange],
+    ) -> Result<(VmId, ResumeReport), VmError> {
+        let s = config.settings;
+        let bad = |why| VmError::Settings {
+            name: config.name.clone(),
+            why,
+        };
+        if s.minimum > s.startup || s.startup > s.maximum {
+            return Err(bad("minimum <= startup <= maximum must hold"));
+        }
+        if s.maximum / PAGE >= u64::from(u32::MAX) {
+            return Err(bad("maximum beyond 16 TiB"));
+        }
+        if self.config.backing != BackingMode::RealMemory {
+            return Err(bad(
+                "a guest's own memory can be taken over only in real-memory mode",
+            ));
+        }
+        let max = s.maximum / PAGE;
+        let region_max = match config.kind {
+            VmKind::Dm => max.next_multiple_of(ballast_dm::vsc::DEFAULT_BLOCK_PAGES),
+            VmKind::Xen => max,
+        };
+        let mut held = PageSet::new();
+        for r in ballooned {
+            if r.end() > ram_top {
+                return Err(bad("a ballooned range beyond the guest's RAM"));
+            }
+            held.insert(*r);
+        }
+        let keeps = ram_top.saturating_sub(held.len());
+        if keeps > max {
+            return Err(bad("the guest claims more memory than its maximum"));
+        }
+        let free = self.hv().frames().total_free();
+        if keeps > free {
+            return Err(VmError::NoMemory {
+                name: config.name.clone(),
+                needed: keeps * PAGE,
+                free: free * PAGE,
+            });
+        }
+        let id = outcome(
+            self.mem
+                .run(|hv| root::create_partition(hv, config.vps.max(1))),
+        )?;
+        let made = (|| -> Result<(u64, ResumeReport), VmError> {
+            let region = self.mem.adopt_memory(id, memory, region_max)?;
+            if ram_top > region {
+                return Err(bad("the guest's RAM extends beyond its memory"));
+            }
+            outcome(self.mem.run(|hv| set_max_pages(hv, id, max.max(keeps))))?;
+            let mut next = 0;
+            for r in held.ranges().chain(GfnRange::new(ram_top, 0)) {
+                if r.start() > next {
+                    let n = r.start() - next;
+                    outcome(self.mem.run(|hv| hv.populate(id, next, n)))
+                        .map_err(HostError::from)?;
+                }
+                next = r.end();
+            }
+            let audit = self.mem.audit(id, true)?;
+            Ok((
+                region,
+                ResumeReport {
+                    kept_bytes: keeps * PAGE,
+                    ballooned_bytes: held.len() * PAGE,
+                    punched_bytes: audit.violating_gfns() * PAGE,
+                },
+            ))
+        })();
+        let (region, report) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.mem.run(|hv| root::destroy_partition(hv, id));
+                self.mem.detach_memory(id);
+                return Err(e);
+            }
+        };
+        let vsp = Vsp::with_ballooned(self.config.vsp.clone(), held);
+        let vm = self.finish_vm(config, id, ring, vsp, keeps, region, region_max)?;
+        Ok((vm, report))
+    }
+
+    /// The common end of making a guest: its link (a VSP on a fresh ring for a DM guest),
+    /// its record, a Xen guest's `max_pages` set from its target.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_vm(
+        &mut self,
+        config: VmConfig,
+        id: PartitionId,
+        ring: DmRing,
+        vsp: Vsp,
+        target: u64,
+        region: u64,
+        region_max: u64,
+    ) -> Result<VmId, VmError> {
         let domid = self.hv().partition(id).map_or(DomId(0), |p| p.domid());
         let link = match config.kind {
             VmKind::Dm => {
@@ -414,7 +553,6 @@ impl Host {
                         return Err(VmError::Channel(e.to_string()));
                     }
                 };
-                let vsp = Vsp::new(self.config.vsp.clone());
                 Link::Dm {
                     session: Box::new(HostSession::open(vsp, host_end, (), self.now)),
                     guest_end: Some(guest_end),
@@ -432,7 +570,7 @@ impl Host {
                 id,
                 domid,
                 link,
-                target: startup,
+                target,
                 region,
                 region_max,
                 committed: None,

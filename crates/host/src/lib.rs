@@ -13,7 +13,8 @@ mod memory;
 pub mod root;
 
 pub use host::{
-    BackingMode, DmRing, Host, HostConfig, OpCounts, VmConfig, VmError, VmId, VmKind, VmView,
+    BackingMode, DmRing, Host, HostConfig, OpCounts, ResumeReport, VmConfig, VmError, VmId, VmKind,
+    VmView,
 };
 pub use memory::{ApplyReport, ApplyStats, EffectFailure, EffectsFailed, HostError, MemoryHost};
 

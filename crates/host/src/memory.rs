@@ -128,6 +128,29 @@ impl MemoryHost {
         Ok(())
     }
 
+    /// Gives partition `id` the memory in `fd` (a memfd a guest kept while its host
+    /// restarted; see [`PartitionMemory::adopt`](ballast_backing::PartitionMemory::adopt)),
+    /// growable to `max_gfns`, and makes its size the partition's guest-physical limit.
+    /// Returns its size in pages. The core maps nothing: the caller populates what the
+    /// guest owns, then audits the rest away.
+    pub fn adopt_memory(
+        &mut self,
+        id: PartitionId,
+        fd: std::os::fd::OwnedFd,
+        max_gfns: u64,
+    ) -> Result<u64, HostError> {
+        if self.hv.partition(id).is_none() {
+            return Err(NoSuchPartition(id).into());
+        }
+        let max_size = GfnRange::new(0, max_gfns)?.byte_len();
+        let gfns = self.backing.adopt(id, fd, max_size)?.gfns();
+        if let Err(e) = self.hv.set_guest_physical_limit(id, gfns) {
+            self.backing.remove(id);
+            return Err(e.into());
+        }
+        Ok(gfns)
+    }
+
     /// Gives partition `id` a guest-physical space of `gfns` pages with no memory behind
     /// it: the core keeps every account, discards are counted and dropped. For simulating
     /// hosts larger than the machine; [`resident_bytes`](Self::resident_bytes), reads,

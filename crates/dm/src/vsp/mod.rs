@@ -770,6 +770,15 @@ impl Vsp {
         }
     }
 
+    /// A host endpoint taking over a guest that already gave the host `ballooned` (a host
+    /// that restarted while the guest ran on): those pages are the host's, to give back
+    /// with an unballoon as if this endpoint had taken them.
+    pub fn with_ballooned(config: VspConfig, ballooned: PageSet) -> Self {
+        let mut v = Self::new(config);
+        v.ballooned = ballooned;
+        v
+    }
+
     /// The settings.
     pub fn config(&self) -> &VspConfig {
         &self.config
