@@ -188,6 +188,10 @@ pub struct GuestArgs {
     /// hv_balloon waits 45.
     #[arg(long, default_value_t = 45, value_name = "SECONDS")]
     pub report_delay: u32,
+    /// After losing the daemon (killed or restarted), keep trying to attach again for
+    /// this many seconds, on the guest's own memory, before giving up.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub reconnect_for: f64,
     /// Print nothing while running.
     #[arg(long)]
     pub quiet: bool,
@@ -255,6 +259,7 @@ pub fn guest(a: GuestArgs) -> Result<(), String> {
         workload: workload(&a.workload)?,
         seed: a.seed,
         report_delay_s: a.report_delay,
+        reconnect_for: Duration::from_secs_f64(a.reconnect_for.max(0.0)),
         duration: a
             .duration
             .filter(|d| d.is_finite() && *d >= 0.0)
@@ -275,7 +280,7 @@ pub fn guest(a: GuestArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     if !quiet {
         match exit {
-            GuestExit::Closed => eprintln!("{}: the daemon closed the link", opts.name),
+            GuestExit::Closed => eprintln!("{}: the VM was stopped", opts.name),
             GuestExit::Done => eprintln!("{}: done", opts.name),
         }
     }

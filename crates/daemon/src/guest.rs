@@ -9,7 +9,7 @@
 //! daemon closes the link (the VM was destroyed, or the daemon stopped), until
 //! `duration`, or until it is killed.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,9 +25,11 @@ use ballast_vmbus::ring::ChannelSetup;
 use ballast_vmbus::session::GuestSession;
 use thiserror::Error;
 
-use crate::link::{self, Frame, GuestKind, Hello, LinkError, Welcome};
+use crate::link::{self, Frame, GuestKind, Hello, LinkError, Resume, Welcome};
 
 const PAGE: u64 = 4096;
+/// How often a guest that lost its link tries to attach again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
 /// How often the workload's demand is read and the Xen driver runs.
 const STEP: Duration = Duration::from_millis(100);
 
@@ -46,8 +48,10 @@ pub struct GuestOptions {
     pub seed: u64,
     /// Seconds before a Dynamic Memory guest's first pressure report (Linux: 45).
     pub report_delay_s: u32,
-    /// Stop after this long; `None`: until the daemon closes the link.
+    /// Stop after this long; `None`: until the daemon stops the VM.
     pub duration: Option<Duration>,
+    /// How long to keep trying to attach again after the link is lost.
+    pub reconnect_for: Duration,
 }
 
 /// Why the guest stopped.
@@ -156,6 +160,8 @@ impl LinkXen<'_> {
                 kind: "refused",
                 why,
             }),
+            // The VM was destroyed.
+            Frame::Stop(why) => Err(LinkError::Malformed { kind: "stop", why }),
             _ => Err(LinkError::Malformed {
                 kind: "unexpected",
                 why: "a frame the daemon does not send".into(),
@@ -254,33 +260,124 @@ fn closed(socket: &UnixStream) -> bool {
     matches!(peek(socket), Peek::Closed)
 }
 
-/// Connects, attaches and runs the guest; `status` is called about once a second.
-pub fn run(
+/// The guest's side of the machine, kept across reconnections.
+enum Side {
+    /// The VSC and the OS's memory; the VSC is out of its session between links.
+    Dm(Option<Box<Vsc>>, Box<DmModel>),
+    /// The balloon driver.
+    Xen(XenGuest),
+}
+
+impl Side {
+    /// What the guest holds, for a resume: its RAM's top and the ranges it gave the host.
+    fn holding(&self) -> (u64, Vec<(u64, u64)>) {
+        match self {
+            Side::Dm(vsc, model) => (
+                model.ram_top(),
+                vsc.as_ref()
+                    .map(|v| {
+                        v.ballooned()
+                            .ranges()
+                            .map(|r| (r.start(), r.count()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
+            Side::Xen(x) => (x.pages(), Vec::new()),
+        }
+    }
+}
+
+/// How one attachment ended.
+enum Ended {
+    /// The daemon said the VM is gone.
+    Stopped,
+    /// `duration` passed.
+    Done,
+    /// The link was lost: the daemon died or restarted.
+    Lost,
+}
+
+/// A resume: the memfd, the top of RAM and the ranges given to the host.
+type Resuming<'a> = (&'a OwnedFd, u64, &'a [(u64, u64)]);
+
+/// Connects and says hello (with a resume and the memfd if `resume` is set).
+fn attach(
     opts: &GuestOptions,
-    mut status: impl FnMut(&Welcome, GuestStatus),
-) -> Result<GuestExit, GuestError> {
+    resume: Option<Resuming<'_>>,
+) -> Result<(UnixStream, Welcome, Vec<OwnedFd>), GuestError> {
     let socket = UnixStream::connect(&opts.socket).map_err(|source| GuestError::Connect {
         path: opts.socket.clone(),
         source,
     })?;
-    link::send(
-        &socket,
-        &Frame::Hello(Hello {
-            version: link::VERSION,
-            name: opts.name.clone(),
-            token: opts.token.clone(),
+    let hello = Hello {
+        version: link::VERSION,
+        name: opts.name.clone(),
+        token: opts.token.clone(),
+        resume: resume.map(|(_, ram_top, ranges)| Resume {
+            ram_top,
+            ranges: ranges.len() as u64,
         }),
-        &[],
-    )?;
-    let (welcome, mut fds) = match link::recv(&socket)? {
-        (Frame::Welcome(w), fds) => (w, fds),
-        (Frame::Refused(why), _) => return Err(GuestError::Refused(why)),
-        _ => {
-            return Err(GuestError::Setup(
-                "the daemon answered with no welcome".into(),
-            ));
+    };
+    let sent = match resume {
+        None => link::send(&socket, &Frame::Hello(hello), &[]),
+        Some((fd, _, ranges)) => {
+            link::send(&socket, &Frame::Hello(hello), &[fd.as_fd()]).and_then(|()| {
+                ranges
+                    .chunks(link::MAX_RANGES_PER_FRAME)
+                    .try_for_each(|c| link::send(&socket, &Frame::Ranges(c.to_vec()), &[]))
+            })
         }
     };
+    // A daemon that refuses may do so before it reads the hello, and close: its reason
+    // is still there to read when the send failed.
+    match (link::recv(&socket), sent) {
+        (Ok((Frame::Refused(why), _)), _) => Err(GuestError::Refused(why)),
+        (_, Err(e)) => Err(e.into()),
+        (Ok((Frame::Welcome(w), fds)), Ok(())) => Ok((socket, w, fds)),
+        (Ok(_), Ok(())) => Err(GuestError::Setup(
+            "the daemon answered with no welcome".into(),
+        )),
+        (Err(e), Ok(())) => Err(e.into()),
+    }
+}
+
+/// Checks that every page the guest owns still holds what it wrote there: a restart of
+/// the daemon must not lose a byte of guest memory.
+fn verify(memory: &Memory, ram_top: u64, ballooned: &[(u64, u64)]) -> Result<(), GuestError> {
+    let mut given = ballooned.to_vec();
+    given.sort_unstable();
+    let mut next = given.iter().peekable();
+    let mut g = 0;
+    while g < ram_top {
+        if let Some(&&(start, count)) = next.peek() {
+            if g >= start {
+                g = g.max(start + count);
+                next.next();
+                continue;
+            }
+        }
+        let mut b = [0u8; 8];
+        if memory.region.read((g * PAGE) as usize, &mut b).is_ok() && b != g.to_le_bytes() {
+            return Err(GuestError::Setup(format!(
+                "memory lost: page {g:#x} no longer holds what the guest wrote"
+            )));
+        }
+        g += 1;
+    }
+    Ok(())
+}
+
+/// Connects, attaches and runs the guest; `status` is called about once a second. If
+/// the link is lost without the daemon saying the VM stopped (the daemon was killed or
+/// restarted), the guest runs on, on its own memory, and attaches again for up to
+/// `reconnect_for`, bringing its memfd and what it holds; it checks then that none of
+/// its memory was lost.
+pub fn run(
+    opts: &GuestOptions,
+    mut status: impl FnMut(&Welcome, GuestStatus),
+) -> Result<GuestExit, GuestError> {
+    let (mut socket, mut welcome, mut fds) = attach(opts, None)?;
     if fds.len() != 1 {
         return Err(GuestError::Setup(format!(
             "the welcome came with {} descriptors, not the memfd",
@@ -292,35 +389,110 @@ pub fn run(
         .map_err(|e| GuestError::Setup(format!("workload: {e}")))?;
     let boot = welcome.startup_bytes / PAGE;
     let start = Instant::now();
-    let mut last_status = Duration::ZERO;
-    let done = |now: Duration| opts.duration.is_some_and(|d| now >= d);
-    match welcome.kind {
-        GuestKind::Dm => {
-            let channel = ChannelSetup::receive(&socket)
-                .map_err(|e| GuestError::Setup(format!("ring: {e}")))?;
-            let vsc = Vsc::new(VscConfig {
+    let mut side = match welcome.kind {
+        GuestKind::Dm => Side::Dm(
+            Some(Box::new(Vsc::new(VscConfig {
                 status_delay_periods: opts.report_delay_s,
                 ..VscConfig::newest_linux()
-            });
-            let mut session =
-                GuestSession::connect(vsc, channel, DmModel::new(boot), Duration::ZERO);
+            }))),
+            Box::new(DmModel::new(boot)),
+        ),
+        GuestKind::Xen => Side::Xen(XenGuest::new(VmId(0), boot, 0)),
+    };
+    loop {
+        match run_attached(
+            opts,
+            &socket,
+            &welcome,
+            &mut side,
+            &mut memory,
+            &workload,
+            start,
+            &mut status,
+        )? {
+            Ended::Stopped => return Ok(GuestExit::Closed),
+            Ended::Done => return Ok(GuestExit::Done),
+            Ended::Lost => {}
+        }
+        let (ram_top, ranges) = side.holding();
+        let given_up = start.elapsed() + opts.reconnect_for;
+        let attached = loop {
+            if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+                return Ok(GuestExit::Done);
+            }
+            match attach(opts, Some((&memory.fd, ram_top, &ranges))) {
+                Ok(a) => break a,
+                Err(GuestError::Connect { .. } | GuestError::Link(_))
+                    if start.elapsed() < given_up =>
+                {
+                    std::thread::sleep(RECONNECT_EVERY);
+                }
+                Err(GuestError::Connect { .. } | GuestError::Link(_)) => {
+                    return Ok(GuestExit::Closed);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        (socket, welcome, _) = attached;
+        verify(&memory, ram_top, &ranges)?;
+    }
+}
+
+/// Runs the guest on one link until it ends.
+#[allow(clippy::too_many_arguments)]
+fn run_attached(
+    opts: &GuestOptions,
+    socket: &UnixStream,
+    welcome: &Welcome,
+    side: &mut Side,
+    memory: &mut Memory,
+    workload: &Workload,
+    start: Instant,
+    status: &mut impl FnMut(&Welcome, GuestStatus),
+) -> Result<Ended, GuestError> {
+    let mut last_status = Duration::ZERO;
+    let done = |now: Duration| opts.duration.is_some_and(|d| now >= d);
+    // The daemon says a VM is gone with a stop frame; an end of file without one is a
+    // daemon that died.
+    let ended = |socket: &UnixStream| -> Ended {
+        match link::recv(socket) {
+            Ok((Frame::Stop(_), _)) => Ended::Stopped,
+            _ => Ended::Lost,
+        }
+    };
+    match side {
+        Side::Dm(vsc_slot, model) => {
+            let channel = ChannelSetup::receive(socket)
+                .map_err(|e| GuestError::Setup(format!("ring: {e}")))?;
+            let vsc = vsc_slot
+                .take()
+                .ok_or_else(|| GuestError::Setup("no VSC".into()))?;
+            let placeholder = DmModel::new(0);
+            let mut session = GuestSession::connect(
+                *vsc,
+                channel,
+                std::mem::replace(&mut **model, placeholder),
+                start.elapsed(),
+            );
             let mut next_step = Duration::ZERO;
-            loop {
+            let result = loop {
                 let now = start.elapsed();
                 if done(now) {
-                    return Ok(GuestExit::Done);
+                    break Ok(Ended::Done);
                 }
                 if now >= next_step {
                     next_step = now + STEP;
                     let demand = workload.demand_at(now.as_secs_f64()) / PAGE;
                     session.model.set_demand(demand);
-                    if closed(&socket) {
-                        return Ok(GuestExit::Closed);
+                    match peek(socket) {
+                        Peek::Closed => break Ok(Ended::Lost),
+                        Peek::Data => break Ok(ended(socket)),
+                        Peek::Empty => {}
                     }
                     if now >= last_status + Duration::from_secs(1) {
                         last_status = now;
                         status(
-                            &welcome,
+                            welcome,
                             GuestStatus {
                                 elapsed_s: now.as_secs(),
                                 demand_pages: demand,
@@ -330,32 +502,42 @@ pub fn run(
                     }
                 }
                 if session.pump(now).is_err() || session.is_ended() {
-                    return Ok(GuestExit::Closed);
+                    break Ok(ended(socket));
                 }
-                memory.touch(&mut session.model.to_touch)?;
+                if let Err(e) = memory.touch(&mut session.model.to_touch) {
+                    break Err(e);
+                }
                 let wait = next_step.saturating_sub(start.elapsed());
                 let _ = session.channel().wait(Some(wait.min(STEP)));
-            }
+            };
+            let GuestSession {
+                mut vsc, model: m, ..
+            } = session;
+            vsc.reset();
+            **model = m;
+            *vsc_slot = Some(Box::new(vsc));
+            memory.touch(&mut model.to_touch)?;
+            result
         }
-        GuestKind::Xen => {
-            let mut xen = XenGuest::new(VmId(0), boot, 0);
+        Side::Xen(xen) => {
             let mut hv = LinkXen {
-                socket: &socket,
+                socket,
                 target: None,
                 closed: false,
             };
             loop {
                 let now = start.elapsed();
                 if done(now) {
-                    return Ok(GuestExit::Done);
+                    return Ok(Ended::Done);
                 }
                 let demand = workload.demand_at(now.as_secs_f64()) / PAGE;
                 xen.set_demand(demand);
                 match hv.poll().and_then(|()| xen.step_with(&mut hv)) {
                     Ok(()) => {}
+                    Err(LinkError::Malformed { kind: "stop", .. }) => return Ok(Ended::Stopped),
                     Err(e) => {
-                        return if hv.closed || matches!(e, LinkError::Closed) || closed(&socket) {
-                            Ok(GuestExit::Closed)
+                        return if hv.closed || matches!(e, LinkError::Closed) || closed(socket) {
+                            Ok(Ended::Lost)
                         } else {
                             Err(e.into())
                         };
@@ -365,7 +547,7 @@ pub fn run(
                 if now >= last_status + Duration::from_secs(1) {
                     last_status = now;
                     status(
-                        &welcome,
+                        welcome,
                         GuestStatus {
                             elapsed_s: now.as_secs(),
                             demand_pages: demand,

@@ -17,6 +17,8 @@ use crate::service::Service;
 
 /// How long a new connection has to say who it is.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+/// The most ranges a resuming guest may bring (16 MiB of them).
+pub const MAX_RESUME_RANGES: u64 = 1 << 20;
 /// The most frames a guest's connection is served per second.
 pub const MAX_FRAMES_PER_SECOND: u32 = 5000;
 
@@ -44,16 +46,41 @@ fn serve_one(service: &Service, stream: UnixStream, access: Access) {
         return;
     }
     let _ = stream.set_read_timeout(Some(HELLO_DEADLINE));
-    let hello = match link::recv(&stream) {
-        Ok((Frame::Hello(h), _fds)) => h,
+    let (hello, mut fds) = match link::recv(&stream) {
+        Ok((Frame::Hello(h), fds)) => (h, fds),
         Ok(_) => return refuse(&stream, "the first frame must be a hello"),
         Err(e) => return refuse(&stream, &format!("no hello: {e}")),
     };
+    // A resuming guest's ranges follow its hello, as many as it said, each checked as it
+    // comes: at most one range per two pages of the most any guest may hold.
+    let mut ballooned = Vec::new();
+    if let Some(r) = hello.resume {
+        if r.ranges > MAX_RESUME_RANGES {
+            return refuse(&stream, "too many ranges to resume");
+        }
+        while (ballooned.len() as u64) < r.ranges {
+            match link::recv(&stream) {
+                Ok((Frame::Ranges(rs), _))
+                    if ballooned.len() as u64 + rs.len() as u64 <= r.ranges =>
+                {
+                    for (start, count) in rs {
+                        match ballast_core::GfnRange::new(start, count) {
+                            Ok(g) => ballooned.push(g),
+                            Err(e) => return refuse(&stream, &format!("bad range: {e}")),
+                        }
+                    }
+                }
+                Ok(_) => return refuse(&stream, "the resume's ranges do not add up"),
+                Err(e) => return refuse(&stream, &format!("resume: {e}")),
+            }
+        }
+    }
+    let memory = (fds.len() == 1).then(|| fds.remove(0));
     let Ok(w) = stream.try_clone() else {
         return refuse(&stream, "the daemon could not keep the link");
     };
     let writer = Arc::new(Mutex::new(w));
-    let attached = match service.attach(&hello, Arc::clone(&writer)) {
+    let attached = match service.attach(&hello, Arc::clone(&writer), memory, &ballooned) {
         Ok(a) => a,
         Err(why) => return refuse(&stream, &why),
     };
@@ -75,6 +102,7 @@ fn serve_one(service: &Service, stream: UnixStream, access: Access) {
     drop(attached.memory);
     drop(attached.ring);
     if sent.is_ok() {
+        service.welcomed(&name, generation);
         let _ = stream.set_read_timeout(None);
         serve_link(service, &stream, &writer, &name, generation);
     }

@@ -60,6 +60,21 @@ pub struct Hello {
     pub name: String,
     /// The VM's secret, as the daemon gave it out when the VM was created.
     pub token: String,
+    /// Set by a guest that ran on while its daemon restarted: what it holds. Its memfd
+    /// travels with the hello, and `ranges` [`Frame::Ranges`] frames of what it had
+    /// given the host follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// What a guest that outlived its daemon holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// Its RAM is guest-physical `[0, ram_top)`, pages...
+    pub ram_top: u64,
+    /// ...except this many ranges it had given the host, sent next.
+    pub ranges: u64,
 }
 
 /// The daemon's answer to a [`Hello`] it accepts.
@@ -109,6 +124,11 @@ pub enum Frame {
         /// The argument memory.
         bytes: Vec<u8>,
     },
+    /// A resuming guest to the daemon: ranges `(start, count)` of pages it had given the
+    /// host, at most [`MAX_RANGES_PER_FRAME`] a frame.
+    Ranges(Vec<(u64, u64)>),
+    /// Daemon to guest: the VM is stopped for good (destroyed); do not reconnect.
+    Stop(String),
     /// The daemon's answer to a [`Frame::XenMemoryOp`]: what the hypercall returned, the
     /// command word to re-issue if it was preempted, and the argument memory after it.
     XenResult {
@@ -128,6 +148,11 @@ const XEN_TARGET: u32 = 4;
 const XEN_REPORT: u32 = 5;
 const XEN_MEMORY_OP: u32 = 6;
 const XEN_RESULT: u32 = 7;
+const RANGES: u32 = 8;
+const STOP: u32 = 9;
+
+/// Ranges one [`Frame::Ranges`] carries: 16 bytes each.
+pub const MAX_RANGES_PER_FRAME: usize = MAX_PAYLOAD / 16;
 
 /// What went wrong on the link.
 #[derive(Debug, Error)]
@@ -214,6 +239,8 @@ impl Frame {
             Frame::XenReport { .. } => XEN_REPORT,
             Frame::XenMemoryOp { .. } => XEN_MEMORY_OP,
             Frame::XenResult { .. } => XEN_RESULT,
+            Frame::Ranges(_) => RANGES,
+            Frame::Stop(_) => STOP,
         }
     }
 
@@ -228,7 +255,13 @@ impl Frame {
             Frame::Welcome(w) => {
                 payload = serde_json::to_vec(w).map_err(|e| malformed("welcome", e))?;
             }
-            Frame::Refused(why) => payload.extend_from_slice(why.as_bytes()),
+            Frame::Refused(why) | Frame::Stop(why) => payload.extend_from_slice(why.as_bytes()),
+            Frame::Ranges(rs) => {
+                for (start, count) in rs {
+                    payload.extend_from_slice(&start.to_le_bytes());
+                    payload.extend_from_slice(&count.to_le_bytes());
+                }
+            }
             Frame::XenTarget { pages } => payload.extend_from_slice(&pages.to_le_bytes()),
             Frame::XenReport { committed_bytes } => {
                 payload.extend_from_slice(&committed_bytes.to_le_bytes())
@@ -291,6 +324,21 @@ impl Frame {
                     .map_err(|e| malformed("refused", e))?
                     .to_string(),
             ),
+            STOP => Frame::Stop(
+                std::str::from_utf8(p)
+                    .map_err(|e| malformed("stop", e))?
+                    .to_string(),
+            ),
+            RANGES => {
+                if p.len() % 16 != 0 {
+                    return Err(malformed("ranges", format!("{} bytes", p.len())));
+                }
+                Frame::Ranges(
+                    p.chunks_exact(16)
+                        .map(|c| (u64_at(c, 0).unwrap_or(0), u64_at(c, 8).unwrap_or(0)))
+                        .collect(),
+                )
+            }
             XEN_TARGET => Frame::XenTarget {
                 pages: exact_u64("target")?,
             },
@@ -424,7 +472,19 @@ mod tests {
             version: VERSION,
             name: "web-1".into(),
             token: "ab".repeat(16),
+            resume: None,
         }));
+        roundtrip(Frame::Hello(Hello {
+            version: VERSION,
+            name: "web-1".into(),
+            token: "ab".repeat(16),
+            resume: Some(Resume {
+                ram_top: 1 << 18,
+                ranges: 3,
+            }),
+        }));
+        roundtrip(Frame::Ranges(vec![(1, 2), (100, 1 << 40)]));
+        roundtrip(Frame::Stop("destroyed".into()));
         roundtrip(Frame::Welcome(Welcome {
             name: "web-1".into(),
             kind: GuestKind::Xen,

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use ballast_balancer::Balancer;
 use ballast_core::FlatMemory;
+use ballast_core::GfnRange;
 use ballast_dm::vsp::VspConfig;
-use ballast_host::{BackingMode, DmRing, Host, HostConfig, VmConfig, VmError, VmId, VmKind};
+use ballast_host::{
+    BackingMode, DmRing, Host, HostConfig, ResumeReport, VmConfig, VmError, VmId, VmKind,
+};
 use ballast_vmbus::ring::ChannelSetup;
 use thiserror::Error;
 
@@ -78,6 +81,8 @@ struct Running {
     writer: LinkWriter,
     /// The Xen target last sent to the guest, pages.
     sent_target: Option<u64>,
+    /// The welcome has gone out: until then nothing else may be sent on the link.
+    welcomed: bool,
 }
 
 /// Everything under the lock.
@@ -89,6 +94,8 @@ pub struct State {
     next_generation: u64,
     /// Bytes taken back from guests that have stopped since the daemon started.
     discarded_by_stopped: u64,
+    /// What each VM taken over from a guest that outlived an earlier daemon held.
+    resumed: BTreeMap<String, ResumeReport>,
 }
 
 /// The daemon's service.
@@ -209,6 +216,7 @@ impl Service {
                 violations: BTreeMap::new(),
                 next_generation: 1,
                 discarded_by_stopped: 0,
+                resumed: BTreeMap::new(),
             }),
             store,
             config,
@@ -358,7 +366,12 @@ impl Service {
         self.store.save(&defs)?;
         s.defs = defs;
         s.violations.remove(name);
+        s.resumed.remove(name);
         if let Some(r) = s.running.remove(name) {
+            {
+                let w = r.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = link::send(&w, &Frame::Stop(format!("VM {name:?} was destroyed")), &[]);
+            }
             s.stop(name, r)?;
         }
         Ok(())
@@ -394,7 +407,17 @@ impl Service {
 
     /// A guest's hello: checks who it is and, if it may, starts its VM. `writer` is the
     /// link the daemon will write to (Xen targets, a shutdown).
-    pub fn attach(&self, hello: &Hello, writer: LinkWriter) -> Result<Attached, String> {
+    ///
+    /// A resuming guest (`hello.resume`) brings its memory (`memory`, the memfd it kept)
+    /// and the ranges it had given the host: its VM is taken over as it was, not started
+    /// afresh (see `Host::resume_vm`).
+    pub fn attach(
+        &self,
+        hello: &Hello,
+        writer: LinkWriter,
+        memory: Option<OwnedFd>,
+        ballooned: &[GfnRange],
+    ) -> Result<Attached, String> {
         if hello.version != link::VERSION {
             return Err(format!(
                 "guest link version {} (this daemon speaks {})",
@@ -417,18 +440,27 @@ impl Service {
             GuestKind::Dm => VmKind::Dm,
             GuestKind::Xen => VmKind::Xen,
         };
-        let vm = s
-            .host
-            .create_vm_with_ring(
-                VmConfig {
-                    name: def.name.clone(),
-                    kind,
-                    settings: def.settings(),
-                    vps: def.vps,
-                },
-                DmRing::Shared,
-            )
-            .map_err(|e| e.to_string())?;
+        let config = VmConfig {
+            name: def.name.clone(),
+            kind,
+            settings: def.settings(),
+            vps: def.vps,
+        };
+        let vm = match (hello.resume, memory) {
+            (None, _) => s
+                .host
+                .create_vm_with_ring(config, DmRing::Shared)
+                .map_err(|e| e.to_string())?,
+            (Some(r), Some(fd)) => {
+                let (vm, report) = s
+                    .host
+                    .resume_vm(config, DmRing::Shared, fd, r.ram_top, ballooned)
+                    .map_err(|e| format!("cannot take the VM over: {e}"))?;
+                s.resumed.insert(def.name.clone(), report);
+                vm
+            }
+            (Some(_), None) => return Err("a resuming guest must bring its memfd".into()),
+        };
         let started = (|| -> Result<Attached, String> {
             if let Some(p) = def.pinned_target {
                 s.host.pin_target(vm, Some(p)).map_err(|e| e.to_string())?;
@@ -470,6 +502,7 @@ impl Service {
                         generation: a.generation,
                         writer,
                         sent_target: None,
+                        welcomed: false,
                     },
                 );
                 Ok(a)
@@ -491,6 +524,15 @@ impl Service {
         {
             if let Some(r) = s.running.remove(name) {
                 let _ = s.stop(name, r);
+            }
+        }
+    }
+
+    /// The guest's welcome (and ring) went out: the link is open for the daemon's frames.
+    pub fn welcomed(&self, name: &str, generation: u64) {
+        if let Some(r) = self.lock().running.get_mut(name) {
+            if r.generation == generation {
+                r.welcomed = true;
             }
         }
     }
@@ -549,7 +591,7 @@ impl Service {
         }
         let mut sends = Vec::new();
         let st = &mut *s;
-        for r in st.running.values_mut() {
+        for r in st.running.values_mut().filter(|r| r.welcomed) {
             if let Some(t) = st.host.xen_target_pages(r.vm) {
                 if r.sent_target != Some(t) {
                     r.sent_target = Some(t);
@@ -661,6 +703,11 @@ impl State {
                 violations,
             },
         })
+    }
+
+    /// What a VM taken over after a restart held, if it was.
+    pub fn resumed(&self, name: &str) -> Option<ResumeReport> {
+        self.resumed.get(name).copied()
     }
 
     /// Bytes taken back from guests since the daemon started.

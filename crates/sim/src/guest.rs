@@ -58,6 +58,11 @@ impl DmModel {
     pub fn total_pages(&self) -> u64 {
         self.os.total_pages()
     }
+
+    /// The top of its guest-physical RAM, pages: boot memory and every hot-added page.
+    pub fn ram_top(&self) -> u64 {
+        self.os.ram_pages()
+    }
 }
 
 impl GuestMemoryModel for DmModel {

@@ -108,6 +108,13 @@ pub struct SimGuest {
 }
 
 impl SimGuest {
+    /// Guest-physical RAM the OS was given: boot memory and every hot-added page, online
+    /// or not, ballooned or not (hot-added blocks extend boot memory upwards, so this is
+    /// also the top of RAM).
+    pub fn ram_pages(&self) -> u64 {
+        self.boot_pages + self.added.len()
+    }
+
     /// A guest with `total_pages` of boot RAM of which `available_pages` are free (the
     /// highest ones), 128 MiB memory blocks, and committed memory equal to the pages in
     /// use.
