@@ -122,6 +122,19 @@ impl PageSet {
             return 0;
         }
         let (s0, e0) = (range.start(), range.end());
+        // The last run starting at or before `e0` is the only one that can reach `s0`
+        // from the left. If it starts at or before `s0` it is also the only run the range
+        // meets at all (no other run starts in `(rs, e0]`), so it grows in place: one
+        // lookup, no node change. This is the balloon's case, a page or block appended to
+        // the run before it, on every page a balloon moves.
+        if let Some((&rs, re)) = self.ranges.range_mut(..=e0).next_back() {
+            if rs <= s0 && *re >= s0 {
+                let added = e0.saturating_sub(*re);
+                *re = (*re).max(e0);
+                self.len += added;
+                return added;
+            }
+        }
         let (mut s, mut e) = (s0, e0);
         let mut added = e0 - s0;
         // Absorb, right to left, every range that overlaps or touches [s, e). Ranges are
@@ -151,6 +164,22 @@ impl PageSet {
             return 0;
         }
         let (s0, e0) = (range.start(), range.end());
+        // A range inside the last run starting before `e0` that leaves that run's start
+        // in place (its tail, or a hole in its middle) only shortens the run where it
+        // lies: no other run meets the range, so the end moves in place and at most the
+        // part after the range is inserted.
+        if let Some((&rs, re)) = self.ranges.range_mut(..e0).next_back() {
+            if rs < s0 && *re > s0 {
+                let old_end = *re;
+                *re = s0;
+                let removed = old_end.min(e0) - s0;
+                if old_end > e0 {
+                    self.ranges.insert(e0, old_end);
+                }
+                self.len -= removed;
+                return removed;
+            }
+        }
         let mut removed = 0;
         while let Some((&rs, &re)) = self.ranges.range(..e0).next_back() {
             if re <= s0 {
@@ -236,6 +265,28 @@ mod tests {
         assert!(!s.contains_all(r(12, 2)));
         assert_eq!(s.take(3, 2), vec![r(10, 1), r(13, 2)]);
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn in_place_paths_keep_the_runs() {
+        let mut s = PageSet::new();
+        // Appended page by page: one run that grows in place.
+        for g in 100..110 {
+            assert_eq!(s.insert(r(g, 1)), 1);
+        }
+        // Overlapping the tail, reaching past it.
+        assert_eq!(s.insert(r(105, 10)), 5);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![r(100, 15)]);
+        // A hole in the middle, then the tail, then a range reaching past the end.
+        assert_eq!(s.remove(r(104, 2)), 2);
+        assert_eq!(s.remove(r(113, 2)), 2);
+        assert_eq!(s.remove(r(111, 10)), 2);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![r(100, 4), r(106, 5)]);
+        assert_eq!(s.len(), 9);
+        // Filling the hole joins the runs again.
+        assert_eq!(s.insert(r(104, 2)), 2);
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![r(100, 11)]);
+        assert_eq!(s.len(), 11);
     }
 
     proptest! {
