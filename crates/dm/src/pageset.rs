@@ -34,6 +34,22 @@ pub(crate) fn run(start: Gfn, end: Gfn) -> GfnRange {
     })
 }
 
+/// The ranges of `ranges` with each run of neighbours (each starting where the one before
+/// it ends) joined into one range, in order. Only neighbours next to each other in the
+/// sequence join: nothing is sorted, and overlapping ranges stay apart.
+pub(crate) fn joined(ranges: impl IntoIterator<Item = GfnRange>) -> impl Iterator<Item = GfnRange> {
+    let mut ranges = ranges.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let first = ranges.next()?;
+        let (start, mut end) = (first.start(), first.end());
+        while let Some(next) = ranges.next_if(|n| n.start() == end) {
+            end = next.end();
+        }
+        // Neighbouring gfn ranges: the last ends below the gfn limit.
+        Some(run(start, end))
+    })
+}
+
 impl PageSet {
     /// An empty set.
     pub fn new() -> Self {
@@ -265,6 +281,15 @@ mod tests {
         assert!(!s.contains_all(r(12, 2)));
         assert_eq!(s.take(3, 2), vec![r(10, 1), r(13, 2)]);
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn neighbours_join_in_sequence_only() {
+        let got: Vec<_> = joined([r(5, 1), r(6, 1), r(7, 3), r(20, 1), r(3, 2), r(5, 1)]).collect();
+        assert_eq!(got, vec![r(5, 5), r(20, 1), r(3, 3)]);
+        assert_eq!(joined([]).count(), 0);
+        // Overlapping ranges are not neighbours.
+        assert_eq!(joined([r(0, 4), r(2, 4)]).count(), 2);
     }
 
     #[test]
