@@ -878,10 +878,12 @@ impl Hypervisor {
     /// block populate or an order-9 extent made) goes back to the heap as one block.
     pub(crate) fn release_run(&mut self, slot: u32, start: u64, end: u64) -> u64 {
         let mut released = 0;
-        let mut block = [0 as Mfn; BLOCK as usize];
         let mut gfn = start;
         while gfn < end {
             if gfn % BLOCK == 0 && end - gfn >= BLOCK {
+                // Filled here only: a balloon of 4 KiB pages calls this once per page,
+                // and zeroing 2 KiB for each of those would cost more than the page.
+                let mut block = [0 as Mfn; BLOCK as usize];
                 let mut n = 0;
                 for i in 0..BLOCK {
                     if let Some(m) = self.unmap(slot, gfn + i) {
