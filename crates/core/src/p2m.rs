@@ -467,6 +467,10 @@ impl P2m {
     /// partial leaves at the ends are scanned (at most 2 x 512 entries). This is how the
     /// host answers the DM VSP's ownership question for every run a guest gives back.
     pub fn all_mapped(&self, start: u64, count: u64) -> bool {
+        if count == 1 {
+            // The question a guest returning 4 KiB pages asks for every page: one lookup.
+            return self.get(start).is_some();
+        }
         let Some(end) = start.checked_add(count).filter(|&e| e <= GFN_LIMIT) else {
             return false;
         };
@@ -655,6 +659,12 @@ mod tests {
         p.set_pod(77);
         assert!(!p.all_mapped(0, gib));
         assert!(p.all_mapped(78, gib));
+        // One page: the lookup, which sees holes, PoD entries and the limit alike.
+        assert!(p.all_mapped(76, 1));
+        assert!(!p.all_mapped(77, 1));
+        assert!(!p.all_mapped(2 * gib + 700, 1));
+        assert!(!p.all_mapped(GFN_LIMIT, 1));
+        assert!(!p.all_mapped(u64::MAX, 1));
     }
 
     #[test]
