@@ -91,6 +91,11 @@ impl PageSet {
         self.ranges.len() + usize::from(self.top.is_some())
     }
 
+    /// One past the highest page in the set; `None` if it is empty.
+    pub fn end(&self) -> Option<Gfn> {
+        self.top.map(|(_, e)| e)
+    }
+
     /// True if empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -468,6 +473,7 @@ mod tests {
                 prop_assert_eq!(&again, &s);
                 prop_assert_eq!(s.run_count(), s.ranges().count());
                 prop_assert_eq!(s.is_empty(), m.is_empty());
+                prop_assert_eq!(s.end(), m.last().map(|p| p + 1));
                 prop_assert_eq!(s.len(), m.len() as u64);
                 let flat: BTreeSet<u64> = s.ranges().flat_map(|g| g.iter()).collect();
                 prop_assert_eq!(&flat, &m);

@@ -804,17 +804,18 @@ impl Vsc {
             // The run of blocks `starts[i..j]`, checked in one step when it is sound.
             let pages = (j - i) as u64 * n;
             let whole = GfnRange::new(starts[i], pages).ok().filter(|g| {
-                u32::try_from(n).is_ok()
+                n <= u64::from(PageRange::MAX_PAGE_CNT)
                     && !self.ballooned.intersects(*g)
                     && !self.in_flight.intersects(*g)
             });
             if let Some(g) = whole {
                 self.in_flight.insert(g);
-                // A gfn range, so every block of it is a page range.
+                // A gfn range, so every block of it is a page range: each start is below
+                // the 40-bit limit and the count fits 24 bits (checked above).
                 ranges.extend(
                     starts[i..j]
                         .iter()
-                        .filter_map(|&s| PageRange::try_new(s, n as u32)),
+                        .map(|&s| PageRange::new().with_start_page(s).with_page_cnt(n as u32)),
                 );
                 i = j;
                 continue;

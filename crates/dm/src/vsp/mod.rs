@@ -1693,12 +1693,23 @@ impl Vsp {
                 let mut resume = end;
                 // `at..end` lies inside the range checked above.
                 let window = GfnRange::from_bounds(at, end).unwrap_or(GfnRange::EMPTY);
-                for gap in self.ballooned.gaps_in(window) {
-                    if gaps.len() == WALK_CHUNK || !work.spend(1) {
-                        resume = gap.start();
-                        break;
+                if self.ballooned.end().is_none_or(|e| at >= e) {
+                    // At or above every ballooned page (a guest giving pages from the
+                    // bottom up, each above the last): the window is one gap, found
+                    // without a walk and paid for as the walk's one step.
+                    if work.spend(1) {
+                        gaps.push((window.start(), window.count()));
+                    } else {
+                        resume = window.start();
                     }
-                    gaps.push((gap.start(), gap.count()));
+                } else {
+                    for gap in self.ballooned.gaps_in(window) {
+                        if gaps.len() == WALK_CHUNK || !work.spend(1) {
+                            resume = gap.start();
+                            break;
+                        }
+                        gaps.push((gap.start(), gap.count()));
+                    }
                 }
                 for &(gs, gn) in &gaps {
                     // QEMU takes a returned range page by page; bisecting keeps the owned
