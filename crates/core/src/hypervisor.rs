@@ -865,9 +865,30 @@ impl Hypervisor {
                 return Err(MemoryError::NotMapped(g));
             }
         }
+        // A range holding an aligned 2 MiB block may free it as one block. A range that
+        // holds none is released page by page, in order; so is a run of such ranges,
+        // each starting where the last ended (a balloon of 4 KiB pages names one page
+        // per range), which is the same pages in the same order: they go as one run,
+        // walking each p2m leaf once.
+        let holds_block = |r: &GfnRange| r.start().next_multiple_of(BLOCK) + BLOCK <= r.end();
         let mut released = 0;
-        for r in ranges {
-            released += self.release_run(slot, r.start(), r.end());
+        let mut i = 0;
+        while i < ranges.len() {
+            let r = ranges[i];
+            i += 1;
+            if holds_block(&r) {
+                released += self.release_run(slot, r.start(), r.end());
+                continue;
+            }
+            let mut end = r.end();
+            while let Some(next) = ranges
+                .get(i)
+                .filter(|n| n.start() == end && !holds_block(n))
+            {
+                end = next.end();
+                i += 1;
+            }
+            released += self.unmap_run(slot, r.start(), end, |frames, m| frames.free(m, 0));
         }
         Ok(released)
     }
@@ -881,16 +902,12 @@ impl Hypervisor {
         let mut gfn = start;
         while gfn < end {
             if gfn % BLOCK == 0 && end - gfn >= BLOCK {
-                // Filled here only: a balloon of 4 KiB pages calls this once per page,
-                // and zeroing 2 KiB for each of those would cost more than the page.
                 let mut block = [0 as Mfn; BLOCK as usize];
                 let mut n = 0;
-                for i in 0..BLOCK {
-                    if let Some(m) = self.unmap(slot, gfn + i) {
-                        block[n] = m;
-                        n += 1;
-                    }
-                }
+                self.unmap_run(slot, gfn, gfn + BLOCK, |_, m| {
+                    block[n] = m;
+                    n += 1;
+                });
                 // One block of one node: node ranges need not be 2 MiB-aligned, and a run
                 // of single frames can straddle two nodes.
                 let whole = n == BLOCK as usize
@@ -914,14 +931,43 @@ impl Hypervisor {
                 gfn += BLOCK;
                 continue;
             }
-            // A gfn listed twice is released once.
-            if let Some(m) = self.unmap(slot, gfn) {
-                self.heap_free(m, 0);
-                released += 1;
-            }
-            gfn += 1;
+            // Page by page up to the next aligned block that fits, or the end. A gfn
+            // listed twice is released once: the second time it is a hole.
+            let next_block = gfn.next_multiple_of(BLOCK);
+            let stop = if next_block > gfn && end - next_block.min(end) >= BLOCK {
+                next_block
+            } else {
+                end
+            };
+            released += self.unmap_run(slot, gfn, stop, |frames, m| frames.free(m, 0));
+            gfn = stop;
         }
         released
+    }
+
+    /// [`unmap`](Self::unmap) of every gfn of `[start, end)` of `slot` in order, one
+    /// walk of each p2m leaf; `then` gets each frame unmapped right after its unmap, as a
+    /// caller of `unmap` would have it. Returns how many were unmapped.
+    fn unmap_run(
+        &mut self,
+        slot: u32,
+        start: u64,
+        end: u64,
+        mut then: impl FnMut(&mut Frames, Mfn),
+    ) -> u64 {
+        let p = self.slots[slot as usize].as_mut().expect("live slot");
+        let id = p.id;
+        let (frames, effects) = (&mut self.frames, &mut self.effects);
+        p.p2m.remove_run(start, end, |gfn, mfn| {
+            if frames.state(mfn) == FrameState::Special {
+                // Stays mapped, as `unmap` leaves it.
+                return false;
+            }
+            frames.set(mfn, FrameState::Hypervisor, 0, 0);
+            effects.discard(id, gfn, 1);
+            then(frames, mfn);
+            true
+        })
     }
 
     /// Creates a guest as a toolstack would (Xen `XEN_DOMCTL_createdomain`): a child of
