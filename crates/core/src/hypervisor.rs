@@ -958,16 +958,39 @@ impl Hypervisor {
         let p = self.slots[slot as usize].as_mut().expect("live slot");
         let id = p.id;
         let (frames, effects) = (&mut self.frames, &mut self.effects);
-        p.p2m.remove_run(start, end, |gfn, mfn| {
+        // Discards are recorded a run of neighbouring gfns at a time, the queue left as
+        // page by page would leave it: the run's first page meets the effect before it
+        // as a page alone would (appended or prepended to it, or not), and each later
+        // page is appended to the effect holding the page before it exactly when that
+        // effect ends there, which is what recording the rest as one range does.
+        let record = |effects: &mut Effects, s: u64, c: u64| {
+            effects.discard(id, s, 1);
+            if c > 1 {
+                effects.discard(id, s + 1, c - 1);
+            }
+        };
+        let mut pending: Option<(u64, u64)> = None;
+        let n = p.p2m.remove_run(start, end, |gfn, mfn| {
             if frames.state(mfn) == FrameState::Special {
                 // Stays mapped, as `unmap` leaves it.
                 return false;
             }
             frames.set(mfn, FrameState::Hypervisor, 0, 0);
-            effects.discard(id, gfn, 1);
+            pending = match pending {
+                Some((s, c)) if s + c == gfn => Some((s, c + 1)),
+                Some((s, c)) => {
+                    record(effects, s, c);
+                    Some((gfn, 1))
+                }
+                None => Some((gfn, 1)),
+            };
             then(frames, mfn);
             true
-        })
+        });
+        if let Some((s, c)) = pending {
+            record(&mut self.effects, s, c);
+        }
+        n
     }
 
     /// Creates a guest as a toolstack would (Xen `XEN_DOMCTL_createdomain`): a child of

@@ -109,3 +109,58 @@ proptest! {
         prop_assert!(a == b, "the models differ");
     }
 }
+
+/// The discards a release records are the ones page by page would: neighbours merge into
+/// the effect before them when they touch it, in the order released.
+#[test]
+fn released_runs_record_the_discards_of_their_pages_in_order() {
+    use ballast_core::Effect;
+    let page = |g| GfnRange::new(g, 1).unwrap();
+    // The ranges released, and the discards (start, count) expected.
+    type Case = (Vec<GfnRange>, Vec<(u64, u64)>);
+    let cases: Vec<Case> = vec![
+        // A page, then the run below it up to it: one effect each way it meets.
+        (
+            [10].into_iter().chain(5..10).map(page).collect(),
+            vec![(10, 1), (5, 5)],
+        ),
+        // A page, then a run ending right below it: the run's pages are appended to
+        // their own effect, which ends where the first effect starts.
+        (
+            [9].into_iter().chain(5..9).map(page).collect(),
+            vec![(9, 1), (5, 4)],
+        ),
+        // A run, then the page after it, then a page before it.
+        ((20..30).chain([30, 19]).map(page).collect(), vec![(19, 12)]),
+        // Two runs apart, and a large range between them.
+        (
+            (40..44)
+                .map(page)
+                .chain([GfnRange::new(44, 600).unwrap()])
+                .chain((700..703).map(page))
+                .collect(),
+            vec![(40, 4 + 600), (700, 3)],
+        ),
+    ];
+    for (ranges, want) in cases {
+        let mut hv = Hypervisor::new(Config::with_nodes(vec![4096])).unwrap();
+        let id = hv
+            .create_guest(1 << 20, HvProximityDomainInfo::ANY)
+            .unwrap();
+        hv.set_guest_physical_limit(id, 4096).unwrap();
+        hv.populate(id, 0, 2048).unwrap();
+        hv.take_effects();
+        let n: u64 = ranges.iter().map(|r| r.count()).sum();
+        assert_eq!(hv.release(id, &ranges).unwrap(), n);
+        let got: Vec<(u64, u64)> = hv
+            .take_effects()
+            .into_iter()
+            .map(|e| match e {
+                Effect::Discard { range, .. } => (range.start(), range.count()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want, "{ranges:?}");
+        hv.check().unwrap();
+    }
+}
