@@ -812,10 +812,11 @@ impl Vsc {
                 self.in_flight.insert(g);
                 // A gfn range, so every block of it is a page range: each start is below
                 // the 40-bit limit and the count fits 24 bits (checked above).
+                // Packed as the wire has it: the start in bits 39:0, the count above.
                 ranges.extend(
                     starts[i..j]
                         .iter()
-                        .map(|&s| PageRange::new().with_start_page(s).with_page_cnt(n as u32)),
+                        .map(|&s| PageRange::from_u64(s | n << 40)),
                 );
                 i = j;
                 continue;

@@ -1670,7 +1670,7 @@ impl Vsp {
         let mut owned = Vec::new();
         let mut gaps = Vec::with_capacity(WALK_CHUNK);
         let mut new = 0;
-        // Ranges before this index are not tried as a run again (one run check failed).
+        // Ranges before this index go one by one (their run could not be taken at once).
         let mut one_by_one_until = 0;
         let mut i = 0;
         while let Some(r) = ranges.get(i) {
@@ -1685,7 +1685,7 @@ impl Vsp {
                         i += k;
                         continue;
                     }
-                    PageRun::Refused(k) => one_by_one_until = i + k,
+                    PageRun::OneByOne(k) => one_by_one_until = i + k,
                     PageRun::None => {}
                 }
             }
@@ -1817,11 +1817,10 @@ impl Vsp {
         let pages = k as u64;
         let absorbed = pages - 1 + u64::from(end == Some(start));
         let cost = (LOOKUP_COST + 1 + 1 + INSERT_COST) * pages + MERGE_COST * absorbed;
-        if work.left < cost {
-            return PageRun::None;
-        }
-        if !guest.owns(start, pages) {
-            return PageRun::Refused(k);
+        // Short of budget, or not all the guest's: range by range, where each range
+        // gets what the budget still pays for and each page its own answer.
+        if work.left < cost || !guest.owns(start, pages) {
+            return PageRun::OneByOne(k);
         }
         work.spend(cost);
         self.ballooned.insert(run);
@@ -1966,9 +1965,9 @@ impl Work {
 enum PageRun {
     /// Took this many one-page ranges.
     Taken(usize),
-    /// Found a run of this many that the guest does not wholly own: they go range by
-    /// range.
-    Refused(usize),
+    /// Found a run of this many that the budget does not cover or the guest does not
+    /// wholly own: they go range by range.
+    OneByOne(usize),
     /// Found no run to take at once.
     None,
 }
