@@ -854,14 +854,19 @@ impl Hypervisor {
             return Err(MemoryError::Root);
         }
         // Every range ends at or below GFN_LIMIT: `GfnRange` cannot be built otherwise.
-        for r in ranges {
-            let ram = |g| {
-                self.part(slot)
-                    .p2m
-                    .get(g)
-                    .is_some_and(|m| self.frames.state(m) == FrameState::Mapped)
-            };
-            if let Some(g) = r.iter().find(|&g| !ram(g)) {
+        // Neighbouring ranges are checked as one run: the same gfns in the same order, so
+        // the same first one refused.
+        let p2m = &self.part(slot).p2m;
+        let mut i = 0;
+        while let Some(r) = ranges.get(i) {
+            let mut end = r.end();
+            i += 1;
+            while let Some(next) = ranges.get(i).filter(|n| n.start() == end) {
+                end = next.end();
+                i += 1;
+            }
+            let ram = |m| self.frames.state(m) == FrameState::Mapped;
+            if let Some(g) = p2m.first_not(r.start(), end, ram) {
                 return Err(MemoryError::NotMapped(g));
             }
         }

@@ -591,6 +591,34 @@ impl P2m {
         true
     }
 
+    /// The first gfn of `[start, end)` that holds no frame, or whose frame `ok` refuses;
+    /// `None` if every one holds a frame `ok` accepts. Each leaf is walked once, so a run
+    /// costs a lookup per leaf and a step per page.
+    pub fn first_not(&self, start: u64, end: u64, mut ok: impl FnMut(Mfn) -> bool) -> Option<u64> {
+        let leaf_span = 1u64 << LEAF_BITS;
+        let mut g = start;
+        while g < end {
+            if g >= GFN_LIMIT {
+                return Some(g);
+            }
+            let (a, b, c, d) = split(g);
+            let leaf_end = (g - d as u64 + leaf_span).min(end);
+            let Some(leaf) = self.top[a]
+                .as_ref()
+                .and_then(|l2| l2.slots[b].as_ref())
+                .and_then(|l3| l3.slots[c].as_ref())
+            else {
+                return Some(g);
+            };
+            let slots = &leaf.slots[d..d + (leaf_end - g) as usize];
+            if let Some(i) = slots.iter().position(|&m| !is_frame(m) || !ok(m)) {
+                return Some(g + i as u64);
+            }
+            g = leaf_end;
+        }
+        None
+    }
+
     /// The mapped gfns as maximal runs `(start, count)`, in order.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
@@ -902,6 +930,30 @@ mod tests {
                 prop_assert_eq!(run.all_mapped(s, c), one.all_mapped(s, c));
             }
             prop_assert_eq!(run.pod_ranges_up_to(100), one.pod_ranges_up_to(100));
+        }
+
+        #[test]
+        fn first_not_matches_a_scan(
+            ops in proptest::collection::vec((0u8..3, 0u64..3000), 0..60),
+            start in 0u64..3000,
+            count in 0u64..2000,
+            refuse in 1u32..40,
+        ) {
+            let mut p = P2m::new();
+            for g in 0..2048 {
+                p.set(g, g as Mfn);
+            }
+            for (op, g) in ops {
+                match op {
+                    0 => { p.set(g, g as Mfn); }
+                    1 => { p.remove(g); }
+                    _ => { p.set_pod(g); }
+                }
+            }
+            let ok = |m: Mfn| m % refuse != 7;
+            let naive = (start..start + count).find(|&g| !p.get(g).is_some_and(ok));
+            prop_assert_eq!(p.first_not(start, start + count, ok), naive);
+            prop_assert_eq!(p.first_not(GFN_LIMIT - 1, GFN_LIMIT + 1, ok), Some(GFN_LIMIT - 1));
         }
 
         #[test]
