@@ -852,14 +852,46 @@ impl Hypervisor {
             return Err(MemoryError::Root);
         }
         // Every range ends at or below GFN_LIMIT: `GfnRange` cannot be built otherwise.
-        for r in ranges {
-            if let Some(g) = self.first_not_ram(slot, r.start(), r.count()) {
+        // Neighbouring ranges are checked as one run: the same gfns in the same order, so
+        // the same first one refused.
+        let p2m = &self.part(slot).p2m;
+        let mut i = 0;
+        while let Some(r) = ranges.get(i) {
+            let mut end = r.end();
+            i += 1;
+            while let Some(next) = ranges.get(i).filter(|n| n.start() == end) {
+                end = next.end();
+                i += 1;
+            }
+            let ram = |m| self.frames.state(m) == FrameState::Mapped;
+            if let Some(g) = p2m.first_not(r.start(), end, ram) {
                 return Err(MemoryError::NotMapped(g));
             }
         }
+        // A range holding an aligned 2 MiB block may free it as one block. A range that
+        // holds none is released page by page, in order; so is a run of such ranges,
+        // each starting where the last ended (a balloon of 4 KiB pages names one page
+        // per range), which is the same pages in the same order: they go as one run,
+        // walking each p2m leaf once.
+        let holds_block = |r: &GfnRange| r.start().next_multiple_of(BLOCK) + BLOCK <= r.end();
         let mut released = 0;
-        for r in ranges {
-            released += self.release_run(slot, r.start(), r.end());
+        let mut i = 0;
+        while i < ranges.len() {
+            let r = ranges[i];
+            i += 1;
+            if holds_block(&r) {
+                released += self.release_run(slot, r.start(), r.end());
+                continue;
+            }
+            let mut end = r.end();
+            while let Some(next) = ranges
+                .get(i)
+                .filter(|n| n.start() == end && !holds_block(n))
+            {
+                end = next.end();
+                i += 1;
+            }
+            released += self.unmap_run(slot, r.start(), end, |frames, m| frames.free(m, 0));
         }
         Ok(released)
     }
@@ -868,9 +900,9 @@ impl Hypervisor {
     /// entry, a hypervisor page), leaf by leaf.
     pub(crate) fn first_not_ram(&self, slot: u32, start: u64, count: u64) -> Option<u64> {
         let frames = &self.frames;
-        self.part(slot)
-            .p2m
-            .first_not(start, count, |m| frames.state(m) == FrameState::Mapped)
+        self.part(slot).p2m.first_not(start, start.saturating_add(count), |m| {
+            frames.state(m) == FrameState::Mapped
+        })
     }
 
     /// Maps the 2 MiB-aligned block of `BLOCK` frames from `base` (state Hypervisor) at
@@ -936,35 +968,86 @@ impl Hypervisor {
     /// block populate or an order-9 extent made) goes back to the heap as one block.
     pub(crate) fn release_run(&mut self, slot: u32, start: u64, end: u64) -> u64 {
         let mut released = 0;
-        let mut block = [0 as Mfn; BLOCK as usize];
         let mut gfn = start;
         while gfn < end {
             if gfn % BLOCK == 0 && end - gfn >= BLOCK {
+                // A whole leaf of RAM goes in one step; anything else gfn by gfn.
                 if let Some(n) = self.release_block(slot, gfn) {
                     released += n;
                     gfn += BLOCK;
                     continue;
                 }
+                let mut block = [0 as Mfn; BLOCK as usize];
                 let mut n = 0;
-                for i in 0..BLOCK {
-                    if let Some(m) = self.unmap(slot, gfn + i) {
-                        block[n] = m;
-                        n += 1;
-                    }
-                }
+                self.unmap_run(slot, gfn, gfn + BLOCK, |_, m| {
+                    block[n] = m;
+                    n += 1;
+                });
                 self.free_run(&block[..n]);
                 released += n as u64;
                 gfn += BLOCK;
                 continue;
             }
-            // A gfn listed twice is released once.
-            if let Some(m) = self.unmap(slot, gfn) {
-                self.heap_free(m, 0);
-                released += 1;
-            }
-            gfn += 1;
+            // Page by page up to the next aligned block that fits, or the end. A gfn
+            // listed twice is released once: the second time it is a hole.
+            let next_block = gfn.next_multiple_of(BLOCK);
+            let stop = if next_block > gfn && end - next_block.min(end) >= BLOCK {
+                next_block
+            } else {
+                end
+            };
+            released += self.unmap_run(slot, gfn, stop, |frames, m| frames.free(m, 0));
+            gfn = stop;
         }
         released
+    }
+
+    /// [`unmap`](Self::unmap) of every gfn of `[start, end)` of `slot` in order, one
+    /// walk of each p2m leaf; `then` gets each frame unmapped right after its unmap, as a
+    /// caller of `unmap` would have it. Returns how many were unmapped.
+    fn unmap_run(
+        &mut self,
+        slot: u32,
+        start: u64,
+        end: u64,
+        mut then: impl FnMut(&mut Frames, Mfn),
+    ) -> u64 {
+        let p = self.slots[slot as usize].as_mut().expect("live slot");
+        let id = p.id;
+        let (frames, effects) = (&mut self.frames, &mut self.effects);
+        // Discards are recorded a run of neighbouring gfns at a time, the queue left as
+        // page by page would leave it: the run's first page meets the effect before it
+        // as a page alone would (appended or prepended to it, or not), and each later
+        // page is appended to the effect holding the page before it exactly when that
+        // effect ends there, which is what recording the rest as one range does.
+        let record = |effects: &mut Effects, s: u64, c: u64| {
+            effects.discard(id, s, 1);
+            if c > 1 {
+                effects.discard(id, s + 1, c - 1);
+            }
+        };
+        let mut pending: Option<(u64, u64)> = None;
+        let n = p.p2m.remove_run(start, end, |gfn, mfn| {
+            if frames.state(mfn) == FrameState::Special {
+                // Stays mapped, as `unmap` leaves it.
+                return false;
+            }
+            frames.set(mfn, FrameState::Hypervisor, 0, 0);
+            pending = match pending {
+                Some((s, c)) if s + c == gfn => Some((s, c + 1)),
+                Some((s, c)) => {
+                    record(effects, s, c);
+                    Some((gfn, 1))
+                }
+                None => Some((gfn, 1)),
+            };
+            then(frames, mfn);
+            true
+        });
+        if let Some((s, c)) = pending {
+            record(&mut self.effects, s, c);
+        }
+        n
     }
 
     /// Creates a guest as a toolstack would (Xen `XEN_DOMCTL_createdomain`): a child of

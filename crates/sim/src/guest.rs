@@ -78,6 +78,9 @@ impl GuestMemoryModel for DmModel {
     fn alloc_block(&mut self, order: u32) -> Option<u64> {
         self.os.alloc_block(order)
     }
+    fn alloc_blocks(&mut self, order: u32, count: usize, out: &mut Vec<u64>) -> usize {
+        self.os.alloc_blocks(order, count, out)
+    }
     fn free_pages(&mut self, pages: GfnRange) {
         self.os.free_pages(pages);
         self.to_touch.push(pages);

@@ -61,7 +61,7 @@ pub use guest::{DEFAULT_BLOCK_PAGES, GuestMemoryModel, HotAddError, SimGuest};
 
 use ballast_abi::types::{GFN_LIMIT, GfnRange, GfnRangeError};
 
-use crate::pageset::{PageSet, run};
+use crate::pageset::{PageSet, joined, run};
 use crate::queue::{EventQueue, TxQueue};
 
 /// The gfns a page range names, if they are all below the gfn limit: a 40-bit start and
@@ -90,6 +90,15 @@ pub const MAX_RECEIVE_PACKET: usize = 2 * MAX_MESSAGE_SIZE;
 
 /// The allocation order tried first: 2 MiB, so one message carries up to ~1 GiB.
 const LARGE_ORDER: u32 = 9;
+
+/// Why a block the guest model gave cannot go into a balloon response.
+#[derive(Debug, Clone, Copy)]
+enum BadBlock {
+    /// Some page of it is ballooned or in flight already.
+    Given,
+    /// It passes the 40-bit PFN space (or its size no page range can name).
+    Beyond,
+}
 
 /// The balloon floor Linux keeps, in pages, for a guest managing `total_pages` pages
 /// (`compute_balloon_floor` in Linux `drivers/hv/hv_balloon.c`): a continuous
@@ -472,8 +481,10 @@ impl Vsc {
             ..
         }) = Message::parse(&buf[..len])
         {
-            // Ranges this side built from gfn ranges, so each converts back.
-            for g in ranges.iter().filter_map(|r| gfns(r).ok()) {
+            // Ranges this side built from gfn ranges, so each converts back. A response
+            // carries one range per block, mostly in runs of neighbours: moved a run at a
+            // time, which leaves both sets as moving them one by one would.
+            for g in joined(ranges.iter().filter_map(|r| gfns(r).ok())) {
                 self.in_flight.remove(g);
                 self.ballooned.insert(g);
             }
@@ -720,43 +731,118 @@ impl Vsc {
         self.events.push_back(VscEvent::Withdrawn { pages });
     }
 
-    /// Takes a block of `2^order` pages from the model for the balloon, if it is one the
-    /// host can be told about and not one already given (a model bug, which must not
-    /// make the guest report a page twice).
-    fn take_block(&mut self, order: u32, model: &mut dyn GuestMemoryModel) -> Option<PageRange> {
-        let n = 1u64 << order;
-        let start = model.alloc_block(order)?;
-        // Usable if it is a gfn range (below the gfn limit, which is the 40-bit PFN
-        // limit) that one page range can name.
+    /// Checks a block of `n` pages at `start` the model gave for the balloon: usable if it
+    /// is a gfn range (below the gfn limit, which is the 40-bit PFN limit) that one page
+    /// range can name, and not one already given (a model bug, which must not make the
+    /// guest report a page twice).
+    fn check_block(&self, start: u64, n: u64) -> Result<(GfnRange, PageRange), BadBlock> {
         let block = GfnRange::new(start, n);
-        let range = block
-            .ok()
-            .and_then(|b| Some((b, PageRange::try_new(start, n as u32)?)));
+        let range = block.ok().and_then(|b| {
+            let cnt = u32::try_from(n).ok()?;
+            Some((b, PageRange::try_new(start, cnt)?))
+        });
         match range {
             Some((b, r)) if !self.ballooned.intersects(b) && !self.in_flight.intersects(b) => {
-                Some(r)
+                Ok((b, r))
             }
-            Some(_) => {
+            Some(_) => Err(BadBlock::Given),
+            None => Err(BadBlock::Beyond),
+        }
+    }
+
+    /// Deals with a block [`check_block`](Self::check_block) refused: pages beyond the
+    /// PFN space go back to the model, pages already given stay where they are.
+    fn refuse_block(
+        &mut self,
+        start: u64,
+        n: u64,
+        why: BadBlock,
+        model: &mut dyn GuestMemoryModel,
+    ) {
+        match why {
+            BadBlock::Given => {
                 tracing::error!(
                     "dm vsc: the guest model gave pages already ballooned at {start:#x}"
                 );
-                None
             }
-            None => {
+            BadBlock::Beyond => {
                 tracing::error!(
                     "dm vsc: the guest model gave pages beyond 40-bit PFNs at {start:#x}"
                 );
                 // Back to the model, all of it when it is a gfn range (a block too large
                 // for one page range), else the part below the gfn limit: the rest is no
                 // guest page.
-                let back = block.unwrap_or_else(|_| {
+                let back = GfnRange::new(start, n).unwrap_or_else(|_| {
                     let below = n.min(GFN_LIMIT.saturating_sub(start));
                     GfnRange::new(start.min(GFN_LIMIT), below).unwrap_or(GfnRange::EMPTY)
                 });
                 model.free_pages(back);
-                None
             }
         }
+    }
+
+    /// Takes the blocks of `2^order` pages whose first PFNs the model gave in `starts`,
+    /// in order, for a balloon response: each goes in flight and into `ranges`, as one
+    /// range per block. Runs of consecutive blocks are checked and put in flight a run at
+    /// a time. At the first block that cannot be reported the message ends, as it did
+    /// when blocks were taken one by one: the blocks the model gave after it were never
+    /// reported and go back to it. Returns false if a block was refused.
+    fn take_blocks(
+        &mut self,
+        order: u32,
+        starts: &[u64],
+        ranges: &mut Vec<PageRange>,
+        model: &mut dyn GuestMemoryModel,
+    ) -> bool {
+        let n = 1u64 << order;
+        let mut i = 0;
+        while i < starts.len() {
+            let mut j = i + 1;
+            while j < starts.len() && starts[j - 1].checked_add(n) == Some(starts[j]) {
+                j += 1;
+            }
+            // The run of blocks `starts[i..j]`, checked in one step when it is sound.
+            let pages = (j - i) as u64 * n;
+            let whole = GfnRange::new(starts[i], pages).ok().filter(|g| {
+                n <= u64::from(PageRange::MAX_PAGE_CNT)
+                    && !self.ballooned.intersects(*g)
+                    && !self.in_flight.intersects(*g)
+            });
+            if let Some(g) = whole {
+                self.in_flight.insert(g);
+                // A gfn range, so every block of it is a page range: each start is below
+                // the 40-bit limit and the count fits 24 bits (checked above).
+                // Packed as the wire has it: the start in bits 39:0, the count above.
+                ranges.extend(
+                    starts[i..j]
+                        .iter()
+                        .map(|&s| PageRange::from_u64(s | n << 40)),
+                );
+                i = j;
+                continue;
+            }
+            // Some block of the run is unusable: block by block, up to the first.
+            for k in i..j {
+                match self.check_block(starts[k], n) {
+                    Ok((b, r)) => {
+                        self.in_flight.insert(b);
+                        ranges.push(r);
+                    }
+                    Err(why) => {
+                        self.refuse_block(starts[k], n, why, model);
+                        for &s in &starts[k + 1..] {
+                            match self.check_block(s, n) {
+                                Ok((b, _)) => model.free_pages(b),
+                                Err(why) => self.refuse_block(s, n, why, model),
+                            }
+                        }
+                        return false;
+                    }
+                }
+            }
+            i = j;
+        }
+        true
     }
 
     fn balloon(&mut self, requested: u32, model: &mut dyn GuestMemoryModel) {
@@ -778,21 +864,30 @@ impl Vsc {
         }
         let mut order = LARGE_ORDER;
         let mut given = 0;
+        let mut starts = Vec::new();
         loop {
             let unit = 1u64 << order;
             let mut ranges = Vec::new();
-            let mut got = 0;
-            while ranges.len() < MAX_RANGES_PER_MESSAGE && remaining - got >= unit {
-                let Some(r) = self.take_block(order, model) else {
-                    break;
-                };
-                // take_block gives only gfn ranges.
-                if let Ok(g) = gfns(&r) {
-                    self.in_flight.insert(g);
+            // The message's blocks in one batch from the model, as many as it has room
+            // for and the request still wants. A model that gives fewer has failed an
+            // allocation, which ends the message as a failed `alloc_block` did.
+            let want = ((remaining / unit) as usize).min(MAX_RANGES_PER_MESSAGE);
+            starts.clear();
+            if want > 0 {
+                model.alloc_blocks(order, want, &mut starts);
+                // More than asked for is a model bug: the extra blocks go back unreported.
+                if starts.len() > want {
+                    let extra = starts.split_off(want);
+                    for s in extra {
+                        match self.check_block(s, unit) {
+                            Ok((b, _)) => model.free_pages(b),
+                            Err(why) => self.refuse_block(s, unit, why, model),
+                        }
+                    }
                 }
-                ranges.push(r);
-                got += unit;
+                self.take_blocks(order, &starts, &mut ranges, model);
             }
+            let got = ranges.len() as u64 * unit;
             // A failed 2 MiB attempt switches this request to 4 KiB pages for good, as
             // Linux does, and the empty message is not sent.
             if order != 0 && got == 0 {

@@ -1583,3 +1583,75 @@ fn a_hostile_unballoon_costs_work_linear_in_the_runs_it_frees() {
     let ev = events(&mut vsc);
     assert!(ev.len() <= MAX_RANGES_PER_MESSAGE + 1);
 }
+
+/// A model that gives a block twice (a bug): the message ends before the second copy, as
+/// when blocks were taken one by one, and the blocks the model gave after it in the same
+/// batch go back to it unreported, to be taken again for the next message. Every page
+/// is reported once.
+#[test]
+fn a_block_given_twice_ends_the_message_and_the_rest_of_the_batch_goes_back() {
+    struct Twice {
+        os: SimGuest,
+        calls: u32,
+        first: Option<u64>,
+    }
+    impl GuestMemoryModel for Twice {
+        fn total_pages(&self) -> u64 {
+            self.os.total_pages()
+        }
+        fn available_pages(&self) -> u64 {
+            self.os.available_pages()
+        }
+        fn committed_pages(&self) -> u64 {
+            self.os.committed_pages()
+        }
+        fn alloc_block(&mut self, order: u32) -> Option<u64> {
+            self.calls += 1;
+            if self.calls == 2 {
+                return self.first;
+            }
+            let s = self.os.alloc_block(order);
+            self.first = self.first.or(s);
+            s
+        }
+        fn free_pages(&mut self, pages: GfnRange) {
+            self.os.free_pages(pages)
+        }
+        fn hot_add(&mut self, blocks: GfnRange, online: GfnRange) -> Result<u64, HotAddError> {
+            self.os.hot_add(blocks, online)
+        }
+        fn online_pages(&mut self, pages: GfnRange) -> u64 {
+            self.os.online_pages(pages)
+        }
+        fn block_pages(&self) -> u64 {
+            self.os.block_pages()
+        }
+    }
+    let mut m = Twice {
+        os: SimGuest::new(4096, 4096),
+        calls: 0,
+        first: None,
+    };
+    let mut vsc = Vsc::new(VscConfig {
+        balloon_floor: Some(0),
+        ..VscConfig::default()
+    });
+    vsc.connect(Duration::ZERO);
+    vsc.receive(Duration::ZERO, &version_response(true), &mut m);
+    vsc.receive(Duration::ZERO, &caps_response(true), &mut m);
+    drain(&mut vsc);
+    vsc.receive(secs(60), &balloon_request(2000), &mut m);
+    let out: Vec<_> = drain(&mut vsc).iter().map(|b| balloon_ranges(b)).collect();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0], (true, vec![(0, 512)]));
+    assert_eq!(out[1], (true, vec![(512, 512), (1024, 512)]));
+    let (more, small) = &out[2];
+    assert!(!more);
+    assert_eq!(small.len(), 2000 - 3 * 512);
+    assert!(small.iter().all(|&(_, n)| n == 1));
+    let all: Vec<(u64, u64)> = out.iter().flat_map(|(_, r)| r.clone()).collect();
+    assert_eq!(vsc.ballooned(), &set_of(&all));
+    assert_eq!(vsc.ballooned().len(), 2000);
+    assert_eq!(m.os.ballooned(), vsc.ballooned());
+    assert_eq!(m.os.available_pages(), 4096 - 2000);
+}

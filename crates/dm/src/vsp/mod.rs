@@ -723,6 +723,9 @@ pub struct Vsp {
     /// Work units the guest's messages have cost, for tests.
     #[cfg(test)]
     work_spent: u64,
+    /// Whether runs of one-page ranges are taken at once; tests turn it off to compare.
+    #[cfg(test)]
+    page_runs: bool,
 }
 
 /// A hot-remove that timed out, still taking its late responses.
@@ -767,6 +770,8 @@ impl Vsp {
             work_credit: MAX_WORK_CREDIT,
             #[cfg(test)]
             work_spent: 0,
+            #[cfg(test)]
+            page_runs: true,
         }
     }
 
@@ -1674,7 +1679,26 @@ impl Vsp {
         let mut owned = Vec::new();
         let mut gaps = Vec::with_capacity(WALK_CHUNK);
         let mut new = 0;
-        for r in ranges {
+        // Ranges before this index go one by one (their run could not be taken at once).
+        let mut one_by_one_until = 0;
+        let mut i = 0;
+        while let Some(r) = ranges.get(i) {
+            if i >= one_by_one_until {
+                match self.accept_page_run(&ranges[i..], &mut work, guest) {
+                    PageRun::Taken(k) => {
+                        new += k as u64;
+                        accepted.extend(
+                            (r.start_page()..r.start_page() + k as u64)
+                                .filter_map(|g| GfnRange::new(g, 1).ok()),
+                        );
+                        i += k;
+                        continue;
+                    }
+                    PageRun::OneByOne(k) => one_by_one_until = i + k,
+                    PageRun::None => {}
+                }
+            }
+            i += 1;
             let (start, count) = (r.start_page(), u64::from(r.page_cnt()));
             // A page past the 40-bit PFN space could never be named in an unballoon request.
             let inside = count.min(PFN_LIMIT - start);
@@ -1702,12 +1726,23 @@ impl Vsp {
                 let mut resume = end;
                 // `at..end` lies inside the range checked above.
                 let window = GfnRange::from_bounds(at, end).unwrap_or(GfnRange::EMPTY);
-                for gap in self.ballooned.gaps_in(window) {
-                    if gaps.len() == WALK_CHUNK || !work.spend(1) {
-                        resume = gap.start();
-                        break;
+                if self.ballooned.end().is_none_or(|e| at >= e) {
+                    // At or above every ballooned page (a guest giving pages from the
+                    // bottom up, each above the last): the window is one gap, found
+                    // without a walk and paid for as the walk's one step.
+                    if work.spend(1) {
+                        gaps.push((window.start(), window.count()));
+                    } else {
+                        resume = window.start();
                     }
-                    gaps.push((gap.start(), gap.count()));
+                } else {
+                    for gap in self.ballooned.gaps_in(window) {
+                        if gaps.len() == WALK_CHUNK || !work.spend(1) {
+                            resume = gap.start();
+                            break;
+                        }
+                        gaps.push((gap.start(), gap.count()));
+                    }
                 }
                 for &(gs, gn) in &gaps {
                     // QEMU takes a returned range page by page; bisecting keeps the owned
@@ -1748,6 +1783,57 @@ impl Vsp {
             );
         }
         (accepted, new)
+    }
+
+    /// The Linux 4 KiB balloon's message in one step: a run of one-page ranges at the
+    /// front of `ranges`, each the page after the one before, the first at or above every
+    /// ballooned page. Range by range, each would cost a lookup, a one-gap step, a
+    /// one-page ownership check, and an insertion that absorbs the run before it (all but
+    /// perhaps the first); with the budget for all of that, the run is charged exactly
+    /// that, checked with one ownership query (the guest owns every page of the run if
+    /// and only if it owns each) and inserted at once. Anything else, or a run the guest
+    /// does not wholly own, is left to the range-by-range walk.
+    fn accept_page_run(
+        &mut self,
+        ranges: &[PageRange],
+        work: &mut Work,
+        guest: &dyn GuestOwnership,
+    ) -> PageRun {
+        #[cfg(test)]
+        if !self.page_runs {
+            return PageRun::None;
+        }
+        let Some(first) = ranges.first().filter(|r| r.page_cnt() == 1) else {
+            return PageRun::None;
+        };
+        let start = first.start_page();
+        let end = self.ballooned.end();
+        if end.is_some_and(|e| start < e) {
+            return PageRun::None;
+        }
+        let k = 1 + ranges[1..]
+            .iter()
+            .zip(1u64..)
+            .take_while(|(r, n)| r.page_cnt() == 1 && r.start_page() == start + n)
+            .count();
+        if k < 2 {
+            return PageRun::None;
+        }
+        // Each start is a 40-bit field, so the run ends at or below the gfn limit.
+        let Ok(run) = GfnRange::new(start, k as u64) else {
+            return PageRun::None;
+        };
+        let pages = k as u64;
+        let absorbed = pages - 1 + u64::from(end == Some(start));
+        let cost = (LOOKUP_COST + 1 + 1 + INSERT_COST) * pages + MERGE_COST * absorbed;
+        // Short of budget, or not all the guest's: range by range, where each range
+        // gets what the budget still pays for and each page its own answer.
+        if work.left < cost || !guest.owns(start, pages) {
+            return PageRun::OneByOne(k);
+        }
+        work.spend(cost);
+        self.ballooned.insert(run);
+        PageRun::Taken(k)
     }
 
     /// Reports a guest's breach to the owner, and to the log within [`LogLimit`]: every
@@ -1882,6 +1968,17 @@ impl Work {
         }
         self.left = self.left.saturating_sub(n);
     }
+}
+
+/// What [`Vsp::accept_page_run`] did with the front of a message's ranges.
+enum PageRun {
+    /// Took this many one-page ranges.
+    Taken(usize),
+    /// Found a run of this many that the budget does not cover or the guest does not
+    /// wholly own: they go range by range.
+    OneByOne(usize),
+    /// Found no run to take at once.
+    None,
 }
 
 /// The pages of one message rejected: counts, and the first runs for the report, so a

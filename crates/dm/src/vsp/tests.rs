@@ -2584,3 +2584,110 @@ fn a_late_hot_remove_in_several_messages_completes_late() {
     assert_eq!(h.vsp.next_deadline(), None);
     h.vsp.balloon(h.now, 1).unwrap();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Runs of one-page ranges taken at once leave the VSP exactly as taking the ranges
+    /// one by one: the same events (pages returned, range by range), ballooned set, work
+    /// spent and credit left, whatever was ballooned before, whatever the guest owns and
+    /// however little credit it has.
+    #[test]
+    fn page_runs_are_taken_as_range_by_range(
+        before in proptest::collection::vec(0u64..3000, 0..400),
+        pieces in proptest::collection::vec((0u64..3200, 1u64..400, 0u8..4), 1..12),
+        holes in proptest::collection::vec(0u64..3200, 0..4),
+        ram_end in 2000u64..3300,
+        credit in proptest::option::of(0u64..6000),
+    ) {
+        let mut h = Host::linux();
+        h.vsp.balloon(h.now, 1 << 20).unwrap();
+        h.sent();
+        let owner = |s: u64, n: u64| {
+            s.checked_add(n)
+                .is_some_and(|e| e <= ram_end && !holes.iter().any(|&g| g >= s && g < e))
+        };
+        if !before.is_empty() {
+            let pages: Vec<(u64, u32)> = before.iter().map(|&p| (p, 1)).collect();
+            h.vsp.receive(h.now, &balloon_response(1, true, &pages), &owner);
+        }
+        h.events();
+        let mut rs: Vec<(u64, u32)> = Vec::new();
+        for (start, len, kind) in pieces {
+            match kind {
+                0 | 1 => rs.extend((start..start + len).map(|p| (p, 1))),
+                2 => rs.push((start, len as u32)),
+                // Long ranges over the fragmented set: walks and checks that eat the
+                // budget, so that a later run may find too little of it.
+                _ => rs.extend((0..len % 24).map(|_| (start / 4, PageRange::MAX_PAGE_CNT))),
+            }
+        }
+        rs.truncate(MAX_RANGES_PER_MESSAGE);
+        let m = balloon_response(1, true, &rs);
+        if let Some(c) = credit {
+            h.vsp.work_credit = c;
+        }
+        let mut runs = Host { vsp: h.vsp.clone(), now: h.now };
+        let mut each = h;
+        each.vsp.page_runs = false;
+        let (w0, w1) = (runs.vsp.work_spent, each.vsp.work_spent);
+        runs.vsp.receive(runs.now, &m, &owner);
+        each.vsp.receive(each.now, &m, &owner);
+        prop_assert_eq!(runs.events(), each.events());
+        prop_assert_eq!(runs.vsp.ballooned(), each.vsp.ballooned());
+        prop_assert_eq!(runs.vsp.work_spent - w0, each.vsp.work_spent - w1);
+        prop_assert_eq!(runs.vsp.work_credit(), each.vsp.work_credit());
+        prop_assert_eq!(runs.sent(), each.sent());
+    }
+}
+
+/// The budget's edge: a range walking a fragmented set spends most of the message's
+/// budget, then a run of pages finds enough for all of it, for part of it or for none;
+/// taken at once or range by range, the same pages are taken and the same work paid.
+#[test]
+fn a_page_run_at_the_budget_edge_is_taken_as_range_by_range() {
+    let mut base = Host::linux();
+    base.vsp.balloon(base.now, 1 << 20).unwrap();
+    base.sent();
+    let every_other: Vec<(u64, u32)> = (0..1000).step_by(2).map(|p| (p, 1)).collect();
+    let ram = 0..6000u64;
+    base.vsp
+        .receive(base.now, &balloon_response(1, true, &every_other), &ram);
+    base.events();
+    let mut taken_whole = 0;
+    let mut taken_part = 0;
+    for k in [2u64, 3, 50, 200, 509] {
+        let mut rs = vec![(1u64, 999u32)];
+        rs.extend((5000..5000 + k).map(|p| (p, 1)));
+        let m = balloon_response(1, true, &rs);
+        for credit in (0..12_000).step_by(53) {
+            let mut runs = Host {
+                vsp: base.vsp.clone(),
+                now: base.now,
+            };
+            runs.vsp.work_credit = credit;
+            let mut each = Host {
+                vsp: runs.vsp.clone(),
+                now: base.now,
+            };
+            each.vsp.page_runs = false;
+            runs.vsp.receive(runs.now, &m, &ram);
+            each.vsp.receive(each.now, &m, &ram);
+            assert_eq!(runs.events(), each.events(), "k {k} credit {credit}");
+            assert_eq!(runs.vsp.ballooned(), each.vsp.ballooned());
+            assert_eq!(runs.vsp.work_spent, each.vsp.work_spent);
+            assert_eq!(runs.vsp.work_credit(), each.vsp.work_credit());
+            let got = each.vsp.ballooned().count_in(r(5000, k));
+            if got == k {
+                taken_whole += 1;
+            } else if got > 0 {
+                taken_part += 1;
+            }
+        }
+    }
+    // Both sides of the edge were reached.
+    assert!(
+        taken_whole > 0 && taken_part > 0,
+        "{taken_whole} {taken_part}"
+    );
+}
