@@ -20,7 +20,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Gauge, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Borders, Cell, Gauge, Padding, Paragraph, Row, Table, TableState};
 
 /// The columns, in order.
 pub const COLUMNS: [&str; 13] = [
@@ -174,10 +174,14 @@ fn opt_size(b: Option<u64>) -> String {
 pub fn row_cells(v: &VmInfo) -> [String; 13] {
     let live = running(v);
     let live_size = |b: u64| if live { format_size(b) } else { "-".into() };
-    let mut target = format_size(v.target);
-    if v.pinned_target.is_some() {
-        target.push(FIXED_MARK);
-    }
+    // A stopped VM has no target of the host's, only the operator's, which it gets when
+    // its guest attaches.
+    let target = match (live, v.pinned_target) {
+        (true, None) => format_size(v.target),
+        (true, Some(_)) => format!("{}{FIXED_MARK}", format_size(v.target)),
+        (false, Some(p)) => format!("{}{FIXED_MARK}", format_size(p)),
+        (false, None) => "-".into(),
+    };
     [
         v.name.clone(),
         kind(v.kind).into(),
@@ -423,6 +427,7 @@ impl App {
     fn render_head(&self, f: &mut Frame, area: Rect) {
         let block = Block::default()
             .borders(Borders::ALL)
+            .padding(Padding::horizontal(1))
             .title(" ballast top ")
             .title(Line::from(format!(" {} ", self.socket.display())).right_aligned());
         let inner = block.inner(area);
@@ -507,12 +512,16 @@ impl App {
             Constraint::Length(6),
             Constraint::Length(4),
         ];
-        let title = format!(" VMs ({}) ", vms.len());
+        let title = match (&self.error, &self.last) {
+            (Some(_), Some(_)) => format!(" VMs ({}), the last figures received ", vms.len()),
+            _ => format!(" VMs ({}) ", vms.len()),
+        };
         let table = Table::new(rows, widths)
             .header(header)
             .block(
                 Block::default()
                     .borders(Borders::ALL)
+                    .padding(Padding::horizontal(1))
                     .title(title)
                     .title(Line::from(format!(" {} ", self.sort_label())).right_aligned()),
             )
@@ -522,15 +531,11 @@ impl App {
 
     fn status(&self) -> Paragraph<'static> {
         match &self.error {
+            // The retry comes first: a long error is cut at the screen's edge.
             Some((e, since)) => Paragraph::new(format!(
-                "error: {e}; retrying every {}, failing for {:.0} s{}",
-                secs(self.interval),
+                "error (for {:.0} s, retrying every {}): {e}",
                 since.elapsed().as_secs_f64(),
-                if self.last.is_some() {
-                    " (figures above are the last ones received)"
-                } else {
-                    ""
-                }
+                secs(self.interval),
             ))
             .style(Style::new().fg(Color::White).bg(Color::Red)),
             None => Paragraph::new(format!("refreshing every {}", secs(self.interval)))
@@ -837,12 +842,15 @@ mod tests {
         );
         v.unresponsive = true;
         assert_eq!(row_cells(&v)[11], "unresp");
-        let s = vm("db", GuestKind::Xen, 0);
+        let mut s = vm("db", GuestKind::Xen, 0);
         let c = row_cells(&s);
         assert_eq!(
-            [&c[2], &c[3], &c[5], &c[6], &c[7], &c[8], &c[11]],
-            ["stopped", "-", "-", "-", "-", "-", "-"]
+            [&c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8], &c[11]],
+            ["stopped", "-", "-", "-", "-", "-", "-", "-"]
         );
+        // A stopped VM's fixed target is the one it will get.
+        s.pinned_target = Some(200 * MIB);
+        assert_eq!(row_cells(&s)[4], "200.00 MiB*");
     }
 
     #[test]
@@ -965,7 +973,11 @@ mod tests {
         assert!(line_of(&s, "web") < line_of(&s, "db"), "{s}");
         app.update(Err("cannot reach the daemon".into()));
         let s = screen(&mut app, 160, 20);
-        assert!(s.contains("error: cannot reach the daemon; retrying every 1 s"));
+        assert!(
+            s.contains("error (for 0 s, retrying every 1 s): cannot reach the daemon"),
+            "{s}"
+        );
+        assert!(s.contains("VMs (2), the last figures received"), "{s}");
         assert!(s.contains("512.00 MiB*"), "the last figures stay");
         // A small terminal draws without panicking.
         screen(&mut app, 20, 5);
