@@ -42,6 +42,35 @@ pub const COLUMNS: [&str; 13] = [
 /// Marks a target fixed with `mem-set` (the balancer does not move it).
 pub const FIXED_MARK: char = '*';
 
+/// Columns left out, in this order, while the table does not fit the terminal: the
+/// settings first (they change only by hand), then the counters; the name, the state
+/// and the memory a VM holds, is headed for and uses stay.
+const DROP_ORDER: [usize; 7] = [9, 10, 12, 11, 7, 1, 5];
+
+/// Each column's width: the name's from the longest name; "1023.99 MiB" is the widest
+/// size, and the target has room for its mark.
+pub fn column_widths(name: u16) -> [u16; 13] {
+    [name, 4, 7, 11, 12, 11, 5, 11, 11, 11, 11, 6, 4]
+}
+
+/// The columns shown in `available` cells (one between columns), in order; `keep` (the
+/// sort column) is never left out.
+pub fn visible_columns(widths: &[u16; 13], available: u16, keep: usize) -> Vec<usize> {
+    let mut shown: Vec<usize> = (0..COLUMNS.len()).collect();
+    let need = |shown: &[usize]| -> u32 {
+        shown.iter().map(|&i| u32::from(widths[i])).sum::<u32>() + shown.len() as u32 - 1
+    };
+    for d in DROP_ORDER {
+        if need(&shown) <= u32::from(available) {
+            break;
+        }
+        if d != keep {
+            shown.retain(|&i| i != d);
+        }
+    }
+    shown
+}
+
 /// How long one refresh may take before it counts as failed: a daemon that accepts but
 /// does not answer must not freeze the view's figures silently.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -460,13 +489,22 @@ impl App {
     fn render_table(&mut self, f: &mut Frame, area: Rect) {
         let vms = self.sorted();
         let sorted_col = self.sort.column();
+        let name_w = vms
+            .iter()
+            .map(|v| v.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(4, 32) as u16;
+        let widths = column_widths(name_w);
+        // Inside the borders and the padding.
+        let shown = visible_columns(&widths, area.width.saturating_sub(4), sorted_col);
         // Figures align right, as in `ballast list`; the first three are words.
         let cell = |i: usize, s: String| {
             let line = Line::from(s);
             Cell::from(if i < 3 { line } else { line.right_aligned() })
         };
-        let header = Row::new(COLUMNS.iter().enumerate().map(|(i, c)| {
-            let c = cell(i, (*c).to_string());
+        let header = Row::new(shown.iter().map(|&i| {
+            let c = cell(i, COLUMNS[i].to_string());
             if i == sorted_col {
                 c.style(Style::new().add_modifier(Modifier::REVERSED))
             } else {
@@ -482,36 +520,13 @@ impl App {
             } else {
                 Style::new().add_modifier(Modifier::DIM)
             };
-            Row::new(
-                row_cells(v)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| cell(i, s)),
-            )
-            .style(style)
+            let cells = row_cells(v);
+            Row::new(shown.iter().map(|&i| cell(i, cells[i].clone()))).style(style)
         });
-        let name_w = vms
+        let widths: Vec<Constraint> = shown
             .iter()
-            .map(|v| v.name.chars().count())
-            .max()
-            .unwrap_or(0)
-            .clamp(4, 32) as u16;
-        // "1023.99 MiB" is the widest size; the target has room for its mark.
-        let widths = [
-            Constraint::Length(name_w),
-            Constraint::Length(4),
-            Constraint::Length(7),
-            Constraint::Length(11),
-            Constraint::Length(12),
-            Constraint::Length(11),
-            Constraint::Length(5),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(6),
-            Constraint::Length(4),
-        ];
+            .map(|&i| Constraint::Length(widths[i]))
+            .collect();
         let title = match (&self.error, &self.last) {
             (Some(_), Some(_)) => format!(" VMs ({}), the last figures received ", vms.len()),
             _ => format!(" VMs ({}) ", vms.len()),
@@ -854,6 +869,21 @@ mod tests {
     }
 
     #[test]
+    fn a_narrow_terminal_loses_the_settings_first_and_never_the_sort_column() {
+        let w = column_widths(8);
+        let all: u16 = w.iter().sum::<u16>() + 12;
+        assert_eq!(visible_columns(&w, all, 0).len(), 13);
+        assert_eq!(visible_columns(&w, 200, 0).len(), 13);
+        let v = visible_columns(&w, all - 1, 0);
+        assert!(!v.contains(&9) && v.contains(&10), "{v:?}");
+        // By MIN, then MAX goes first.
+        let v = visible_columns(&w, all - 1, 9);
+        assert!(v.contains(&9) && !v.contains(&10), "{v:?}");
+        let v = visible_columns(&w, 10, 12);
+        assert_eq!(v, [0, 2, 3, 4, 6, 8, 12]);
+    }
+
+    #[test]
     fn the_header_shows_the_host() {
         assert_eq!(uptime(3725.9), "01:02:05");
         assert_eq!(uptime(90061.0), "1d 01:01:01");
@@ -979,7 +1009,10 @@ mod tests {
         );
         assert!(s.contains("VMs (2), the last figures received"), "{s}");
         assert!(s.contains("512.00 MiB*"), "the last figures stay");
-        // A small terminal draws without panicking.
+        // A narrower terminal leaves out the settings and keeps the headers whole.
+        let s = screen(&mut app, 100, 12);
+        assert!(!s.contains("MIN") && s.contains(" ASSIGNED "), "{s}");
+        // A tiny one draws without panicking.
         screen(&mut app, 20, 5);
     }
 }

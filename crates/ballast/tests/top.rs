@@ -302,7 +302,14 @@ fn top_shows_the_daemon_live_in_a_terminal_sorts_survives_the_daemon_and_quits()
     });
 
     let t = Tmux::new(&dir);
-    let cmd = format!("'{BIN}' --socket '{}' top", d.control().display());
+    // The shell tmux runs the command with writes `top`'s exit status down: tmux's own
+    // #{pane_dead_status} is not always filled in (it may not reap the process at once).
+    let status = dir.with_extension("status");
+    let cmd = format!(
+        "'{BIN}' --socket '{}' top; echo \"exit $?\" > '{}'",
+        d.control().display(),
+        status.display()
+    );
     t.ok(&[
         "new-session",
         "-d",
@@ -371,9 +378,16 @@ fn top_shows_the_daemon_live_in_a_terminal_sorts_survives_the_daemon_and_quits()
     // `q`: the process exits 0 and the terminal is back on its main screen.
     t.ok(&["send-keys", "-t", "top", "q"]);
     wait_for("top to exit on q", Duration::from_secs(5), || {
+        std::fs::read_to_string(&status).is_ok_and(|s| s.contains("exit"))
+    });
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap().trim(),
+        "exit 0",
+        "top's exit status"
+    );
+    wait_for("the pane to close", Duration::from_secs(5), || {
         t.pane("#{pane_dead}") == "1"
     });
-    assert_eq!(t.pane("#{pane_dead_status}"), "0");
     let after = t.screen();
     assert!(
         !after.contains("ASSIGNED"),
@@ -382,5 +396,12 @@ fn top_shows_the_daemon_live_in_a_terminal_sorts_survives_the_daemon_and_quits()
     drop(t);
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
+    for f in [
+        status,
+        dir.with_extension("toml"),
+        dir.with_extension("tmux.conf"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
     println!("top end to end: {:.1} s", started.elapsed().as_secs_f64());
 }
