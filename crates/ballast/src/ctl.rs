@@ -1,6 +1,7 @@
 //! The daemon's verbs: `daemon`, `guest`, and the control verbs that talk to a running
 //! daemon over its control socket (`list`, `create`, `mem-set`, `mem-max`, `set`, `stats`,
-//! `destroy`), named as `xl` and `virsh` name them.
+//! `destroy`), named as `xl` and `virsh` name them. `ballast top` (the live view) is in
+//! `top.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;

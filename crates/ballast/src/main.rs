@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod ctl;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -89,6 +90,16 @@ The guest proves which VM it is with the token `ballast create` printed, receive
     Guest(ctl::GuestArgs),
     #[command(flatten)]
     Ctl(ctl::Ctl),
+    /// A live view of a running daemon (xentop): the host's memory and one row per VM.
+    #[command(
+        long_about = "A live view of a running daemon, as xentop is of a Xen host.\n\n\
+The header shows the host (policy, managed memory, free, resident, pools, VMs running and defined, uptime) and a gauge of the memory in use; the table has one row per VM (assigned, target, with * when fixed by mem-set, committed, pressure, ballooned, resident, minimum, maximum, stuck, protocol violations). Keys: s / S cycle the sort column, r reverses it, the arrows select a row, q, Esc or Ctrl-C quit. A daemon that goes away is shown as an error line and retried every interval."
+    )]
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -204,6 +215,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Daemon(a) => return ctl::daemon(a),
         Command::Guest(a) => return ctl::guest(a),
         Command::Ctl(verb) => return ctl::ctl(verb, cli.socket),
+        Command::Top { interval } => return top::top(&cli.socket.socket, interval),
         Command::Run {
             scenario,
             policy,
