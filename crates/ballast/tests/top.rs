@@ -96,7 +96,14 @@ impl Daemon {
     fn guest(&self, name: &str, token: &str) -> Kill {
         Kill(
             Command::new(BIN)
-                .args(["guest", "--quiet", "--report-delay", "1"])
+                .args([
+                    "guest",
+                    "--quiet",
+                    "--report-delay",
+                    "1",
+                    "--reconnect-for",
+                    "0",
+                ])
                 .args(["--workload", "96M"])
                 .arg("--connect")
                 .arg(self.guests())
@@ -361,7 +368,7 @@ fn top_shows_the_daemon_live_in_a_terminal_sorts_survives_the_daemon_and_quits()
     drop(child);
     assert!(
         web.0.wait().unwrap().success(),
-        "the guest sees its link end"
+        "the guest, told not to wait for a new daemon, sees its link end"
     );
     let s = wait_screen(&t, "the error line", Duration::from_secs(10), |s| {
         s.contains("error (for") && s.contains("cannot reach the daemon")

@@ -900,9 +900,11 @@ impl Hypervisor {
     /// entry, a hypervisor page), leaf by leaf.
     pub(crate) fn first_not_ram(&self, slot: u32, start: u64, count: u64) -> Option<u64> {
         let frames = &self.frames;
-        self.part(slot).p2m.first_not(start, start.saturating_add(count), |m| {
-            frames.state(m) == FrameState::Mapped
-        })
+        self.part(slot)
+            .p2m
+            .first_not(start, start.saturating_add(count), |m| {
+                frames.state(m) == FrameState::Mapped
+            })
     }
 
     /// Maps the 2 MiB-aligned block of `BLOCK` frames from `base` (state Hypervisor) at
