@@ -75,6 +75,7 @@ fn serve_one(service: &Service, stream: UnixStream, access: Access) {
     drop(attached.memory);
     drop(attached.ring);
     if sent.is_ok() {
+        service.welcomed(&name, generation);
         let _ = stream.set_read_timeout(None);
         serve_link(service, &stream, &writer, &name, generation);
     }
