@@ -275,10 +275,11 @@ pub fn run(
     let (welcome, mut fds) = match link::recv(&socket)? {
         (Frame::Welcome(w), fds) => (w, fds),
         (Frame::Refused(why), _) => return Err(GuestError::Refused(why)),
-        _ => {
-            return Err(GuestError::Setup(
-                "the daemon answered with no welcome".into(),
-            ));
+        (other, _) => {
+            return Err(GuestError::Setup(format!(
+                "the daemon answered with no welcome: {}",
+                other.name()
+            )));
         }
     };
     if fds.len() != 1 {
@@ -302,8 +303,12 @@ pub fn run(
                 status_delay_periods: opts.report_delay_s,
                 ..VscConfig::newest_linux()
             });
-            let mut session =
-                GuestSession::connect(vsc, channel, DmModel::new(boot), Duration::ZERO);
+            // A guest's boot memory is in use before its balloon driver loads; the
+            // handshake's timeout starts after it is written, or a slow start (many
+            // guests faulting their memory in at once) would fail the handshake.
+            let mut model = DmModel::new(boot);
+            memory.touch(&mut model.to_touch)?;
+            let mut session = GuestSession::connect(vsc, channel, model, start.elapsed());
             let mut next_step = Duration::ZERO;
             loop {
                 let now = start.elapsed();
