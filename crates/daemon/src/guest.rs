@@ -263,7 +263,7 @@ pub fn run(
         path: opts.socket.clone(),
         source,
     })?;
-    link::send(
+    let hello = link::send(
         &socket,
         &Frame::Hello(Hello {
             version: link::VERSION,
@@ -271,8 +271,18 @@ pub fn run(
             token: opts.token.clone(),
         }),
         &[],
-    )?;
-    let (welcome, mut fds) = match link::recv(&socket)? {
+    );
+    // A daemon that refuses a peer (another uid, say) answers and closes without reading
+    // the hello, so the hello's write may fail; its answer says why, where the write
+    // would only say that the pipe broke.
+    let answer = match link::recv(&socket) {
+        Ok(a) => a,
+        Err(e) => {
+            hello?;
+            return Err(e.into());
+        }
+    };
+    let (welcome, mut fds) = match answer {
         (Frame::Welcome(w), fds) => (w, fds),
         (Frame::Refused(why), _) => return Err(GuestError::Refused(why)),
         (other, _) => {
