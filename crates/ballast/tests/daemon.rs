@@ -365,7 +365,11 @@ fn the_daemon_balances_guest_processes_of_both_kinds_and_survives_their_deaths_a
         .arg(d.guests())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&other.stderr).contains("uid 65534"));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("uid 65534"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
 
     // SIGKILL the DM guest in the middle of a balloon: its VM stops, its memory returns.
     d.ok(&["mem-set", "web", "280M"]);

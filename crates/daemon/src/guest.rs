@@ -335,9 +335,10 @@ fn attach(
         (Ok((Frame::Refused(why), _)), _) => Err(GuestError::Refused(why)),
         (_, Err(e)) => Err(e.into()),
         (Ok((Frame::Welcome(w), fds)), Ok(())) => Ok((socket, w, fds)),
-        (Ok(_), Ok(())) => Err(GuestError::Setup(
-            "the daemon answered with no welcome".into(),
-        )),
+        (Ok((other, _)), Ok(())) => Err(GuestError::Setup(format!(
+            "the daemon answered with no welcome: {}",
+            other.name()
+        ))),
         (Err(e), Ok(())) => Err(e.into()),
     }
 }
@@ -467,6 +468,10 @@ fn run_attached(
             let vsc = vsc_slot
                 .take()
                 .ok_or_else(|| GuestError::Setup("no VSC".into()))?;
+            // A guest's boot memory is in use before its balloon driver loads; the
+            // handshake's timeout starts after it is written, or a slow start (many
+            // guests faulting their memory in at once) would fail the handshake.
+            memory.touch(&mut model.to_touch)?;
             let placeholder = DmModel::new(0);
             let mut session = GuestSession::connect(
                 *vsc,

@@ -230,6 +230,21 @@ fn u64_at(p: &[u8], at: usize) -> Option<u64> {
 }
 
 impl Frame {
+    /// The frame's kind, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Refused(_) => "refused",
+            Frame::XenTarget { .. } => "target",
+            Frame::XenReport { .. } => "report",
+            Frame::XenMemoryOp { .. } => "memory_op",
+            Frame::XenResult { .. } => "result",
+            Frame::Ranges(_) => "ranges",
+            Frame::Stop(_) => "stop",
+        }
+    }
+
     fn kind(&self) -> u32 {
         match self {
             Frame::Hello(_) => HELLO,

@@ -81,7 +81,8 @@ struct Running {
     writer: LinkWriter,
     /// The Xen target last sent to the guest, pages.
     sent_target: Option<u64>,
-    /// The welcome has gone out: until then nothing else may be sent on the link.
+    /// Whether the guest's connection has sent the welcome: nothing else may go on the
+    /// link before it, or the guest reads a target where its welcome should be.
     welcomed: bool,
 }
 
@@ -514,6 +515,16 @@ impl Service {
         }
     }
 
+    /// The guest's welcome (and ring) went out on its link: from now on the clock may
+    /// send it targets. A stale `generation` changes nothing.
+    pub fn welcomed(&self, name: &str, generation: u64) {
+        if let Some(r) = self.lock().running.get_mut(name) {
+            if r.generation == generation {
+                r.welcomed = true;
+            }
+        }
+    }
+
     /// A guest's link ended: its VM stops and its memory comes back. A stale
     /// `generation` (the VM was destroyed, or restarted by another guest) changes nothing.
     pub fn detach(&self, name: &str, generation: u64) {
@@ -524,15 +535,6 @@ impl Service {
         {
             if let Some(r) = s.running.remove(name) {
                 let _ = s.stop(name, r);
-            }
-        }
-    }
-
-    /// The guest's welcome (and ring) went out: the link is open for the daemon's frames.
-    pub fn welcomed(&self, name: &str, generation: u64) {
-        if let Some(r) = self.lock().running.get_mut(name) {
-            if r.generation == generation {
-                r.welcomed = true;
             }
         }
     }
@@ -758,5 +760,71 @@ impl State {
         let w = r.writer.lock().unwrap_or_else(|e| e.into_inner());
         let _ = w.shutdown(std::net::Shutdown::Both);
         result.map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::CreateVm;
+
+    fn service(tag: &str) -> (Service, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("ballast-service-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = DaemonConfig::with_state_dir(&dir);
+        c.memory_bytes = 256 << 20;
+        (Service::new(c).unwrap(), dir)
+    }
+
+    fn waiting(s: &UnixStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            rustix::net::recv(
+                s,
+                &mut b[..],
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            ),
+            Ok((n, _)) if n > 0
+        )
+    }
+
+    /// The clock sends a Xen guest nothing between its attach and its welcome: a target
+    /// sent in that gap reached the guest where it read its welcome, and the guest gave
+    /// up on the link.
+    #[test]
+    fn no_target_goes_out_before_the_welcome() {
+        let (svc, dir) = service("welcome");
+        let c = svc
+            .create(CreateVm {
+                name: "x".into(),
+                kind: GuestKind::Xen,
+                startup: 32 << 20,
+                minimum: Some(16 << 20),
+                maximum: Some(64 << 20),
+                buffer_percent: None,
+                weight: None,
+                vps: None,
+            })
+            .unwrap();
+        let (daemon_end, guest_end) = UnixStream::pair().unwrap();
+        let hello = Hello {
+            version: link::VERSION,
+            name: "x".into(),
+            token: c.token,
+            resume: None,
+        };
+        let a = svc
+            .attach(&hello, Arc::new(Mutex::new(daemon_end)), None, &[])
+            .unwrap();
+        for _ in 0..3 {
+            svc.tick();
+        }
+        assert!(!waiting(&guest_end), "a frame went out before the welcome");
+        svc.welcomed("x", a.generation);
+        svc.tick();
+        let (f, _) = link::recv(&guest_end).unwrap();
+        assert_eq!(f, Frame::XenTarget { pages: 8192 });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
