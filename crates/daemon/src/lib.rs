@@ -24,7 +24,7 @@ pub mod client;
 pub mod config;
 pub mod guest;
 pub mod guests;
-pub mod link;
+pub use ballast_link as link;
 pub mod metrics;
 pub mod peer;
 pub mod server;

@@ -1,5 +1,7 @@
-//! The guest link: the Unix-socket connection between the daemon and a guest in its own
-//! process.
+//! The guest link: the Unix-socket connection between the ballast daemon and a guest in
+//! its own process. No specification defines it: it carries what, for a real VM, the VMM
+//! and the hypervisor would (the guest's memory and its VMBus ring at start, a Xen guest's
+//! hypercalls and xenstore keys), between processes of one host.
 //!
 //! A guest connects to the daemon's guest socket and says who it is ([`Hello`]: the VM's
 //! name and the secret the daemon gave that VM). The daemon answers [`Welcome`] with the
@@ -15,6 +17,8 @@
 //! of at most [`MAX_PAYLOAD`] bytes. Decoding is total: any bytes give a frame or a
 //! [`LinkError`], and the memory one frame can make the reader allocate is bounded by its
 //! header's length, which is bounded by [`MAX_PAYLOAD`].
+
+#![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
