@@ -715,7 +715,10 @@ async fn run(
         }
     };
     drop(_stop);
-    let _ = reader.join();
+    // Not joined: on a terminal that hung up, crossterm's read spins inside its poll and
+    // never returns to see the stop, so joining would keep the process alive (and busy)
+    // for ever. The thread ends with the process.
+    drop(reader);
     result
 }
 
