@@ -102,6 +102,29 @@ fn keep<T>(spares: &mut Vec<Box<T>>, node: Box<T>, table_bytes: &mut u64) {
     }
 }
 
+/// An inner table whose slots hold tables of type `C`.
+type Inner<C> = Node<[Option<Box<C>>; FAN]>;
+
+/// The inner table in `slot`, made (from a spare, or new and counted) if missing.
+// The boxes are the tree's own: a spare moves back in without copying kilobytes.
+#[allow(clippy::vec_box)]
+fn inner<'a, C>(
+    slot: &'a mut Option<Box<Inner<C>>>,
+    spares: &mut Vec<Box<Inner<C>>>,
+    bytes: &mut u64,
+) -> &'a mut Inner<C> {
+    slot.get_or_insert_with(|| {
+        spares.pop().unwrap_or_else(|| {
+            *bytes += NODE_BYTES;
+            Box::new(Node {
+                slots: [const { None }; FAN],
+                used: 0,
+                full: 0,
+            })
+        })
+    })
+}
+
 #[inline]
 fn split(gfn: u64) -> (usize, usize, usize, usize) {
     (
@@ -265,29 +288,11 @@ impl P2m {
         let (a, b, c, d) = split(gfn);
         let spare = &mut self.spare;
         let bytes = &mut self.table_bytes;
-        let l2 = self.top[a].get_or_insert_with(|| {
-            spare.l2.pop().unwrap_or_else(|| {
-                *bytes += NODE_BYTES;
-                Box::new(Node {
-                    slots: [const { None }; FAN],
-                    used: 0,
-                    full: 0,
-                })
-            })
-        });
+        let l2 = inner(&mut self.top[a], &mut spare.l2, bytes);
         if l2.slots[b].is_none() {
             l2.used += 1;
         }
-        let l3 = l2.slots[b].get_or_insert_with(|| {
-            spare.l3.pop().unwrap_or_else(|| {
-                *bytes += NODE_BYTES;
-                Box::new(Node {
-                    slots: [const { None }; FAN],
-                    used: 0,
-                    full: 0,
-                })
-            })
-        });
+        let l3 = inner(&mut l2.slots[b], &mut spare.l3, bytes);
         if l3.slots[c].is_none() {
             l3.used += 1;
         }
@@ -489,29 +494,11 @@ impl P2m {
         }
         let spare = &mut self.spare;
         let bytes = &mut self.table_bytes;
-        let l2 = self.top[a].get_or_insert_with(|| {
-            spare.l2.pop().unwrap_or_else(|| {
-                *bytes += NODE_BYTES;
-                Box::new(Node {
-                    slots: [const { None }; FAN],
-                    used: 0,
-                    full: 0,
-                })
-            })
-        });
+        let l2 = inner(&mut self.top[a], &mut spare.l2, bytes);
         if l2.slots[b].is_none() {
             l2.used += 1;
         }
-        let l3 = l2.slots[b].get_or_insert_with(|| {
-            spare.l3.pop().unwrap_or_else(|| {
-                *bytes += NODE_BYTES;
-                Box::new(Node {
-                    slots: [const { None }; FAN],
-                    used: 0,
-                    full: 0,
-                })
-            })
-        });
+        let l3 = inner(&mut l2.slots[b], &mut spare.l3, bytes);
         let mut leaf = spare.leaves.pop().unwrap_or_else(|| {
             *bytes += LEAF_BYTES;
             Box::new(Node {
