@@ -135,6 +135,20 @@ impl Drop for Daemon {
     }
 }
 
+/// `ballast` as uid and gid 65534 (nobody), with no supplementary groups.
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        BIN,
+    ]);
+    c
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -331,15 +345,7 @@ fn the_daemon_balances_guest_processes_of_both_kinds_and_survives_their_deaths_a
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let other = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            BIN,
-        ])
+    let other = as_nobody()
         .arg("--socket")
         .arg(d.control())
         .arg("list")
@@ -351,15 +357,7 @@ fn the_daemon_balances_guest_processes_of_both_kinds_and_survives_their_deaths_a
         "{}",
         String::from_utf8_lossy(&other.stderr)
     );
-    let other = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            BIN,
-        ])
+    let other = as_nobody()
         .args(["guest", "--quiet", "--name", "db", "--token", &xen_token])
         .arg("--connect")
         .arg(d.guests())

@@ -373,7 +373,7 @@ impl Service {
                 let w = r.writer.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = link::send(&w, &Frame::Stop(format!("VM {name:?} was destroyed")), &[]);
             }
-            s.stop(name, r)?;
+            s.stop(r)?;
         }
         Ok(())
     }
@@ -534,7 +534,7 @@ impl Service {
             .is_some_and(|r| r.generation == generation)
         {
             if let Some(r) = s.running.remove(name) {
-                let _ = s.stop(name, r);
+                let _ = s.stop(r);
             }
         }
     }
@@ -617,7 +617,7 @@ impl Service {
         let names: Vec<String> = s.running.keys().cloned().collect();
         for n in names {
             if let Some(r) = s.running.remove(&n) {
-                let _ = s.stop(&n, r);
+                let _ = s.stop(r);
             }
         }
     }
@@ -752,7 +752,7 @@ impl State {
     }
 
     /// Tears a running VM down and closes its guest's link.
-    fn stop(&mut self, _name: &str, r: Running) -> Result<(), ServiceError> {
+    fn stop(&mut self, r: Running) -> Result<(), ServiceError> {
         if let Some(v) = self.host.vm(r.vm) {
             self.discarded_by_stopped += (v.ops.balloon_pages + v.ops.decrease_pages) * PAGE;
         }
