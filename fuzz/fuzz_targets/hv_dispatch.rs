@@ -1,6 +1,7 @@
 //! Sequences of arbitrary hypercalls from several callers into one small host: the root,
-//! an Active child holding CreatePartitions and AccessMemoryPool (so nested deposits are
-//! reachable), an unprivileged Uninitialized child, and a caller that does not exist.
+//! an Active child holding CreatePartitions, AccessMemoryPool and EnableExtendedHypercalls
+//! (so nested deposits and the cold discard hint are reachable), an unprivileged
+//! Uninitialized child, and a caller that does not exist.
 //! After every call the model's invariants must hold, every frame must be accounted for,
 //! and the result value must be well formed.
 //!
@@ -26,8 +27,8 @@ use ballast_core::hyperv::SELF;
 use ballast_core::{Config, FlatMemory, GuestMemory, Hypervisor, NodeSel, PartitionId, ROOT_ID};
 use libfuzzer_sys::fuzz_target;
 
-const CODES: [u16; 13] = [
-    0x40, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F, 0x50, 0x51,
+const CODES: [u16; 15] = [
+    0x40, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F, 0x50, 0x51, 0x8001, 0x8003,
 ];
 const GPA_BASE: u64 = 0x4000_0000;
 
@@ -77,9 +78,11 @@ fn template(layout: InputLayout, rep_budget: Option<u16>) -> Template {
         };
         hv.create_vp(ROOT_ID, &vp).unwrap();
     }
+    // The extended hypercalls too, so the heat hint reaches its ranges (gfns 0..64).
     let privileged = HvPartitionPrivilegeMask::new()
         .with_create_partitions(true)
-        .with_access_memory_pool(true);
+        .with_access_memory_pool(true)
+        .with_enable_extended_hypercalls(true);
     hv.set_partition_privileges(c, privileged).unwrap();
     // Partitions made by HvCreatePartition get memory only when the host grants it.
     hv.set_max_pages(c, u32::MAX).unwrap();

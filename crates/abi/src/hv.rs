@@ -7,7 +7,9 @@
 //! `include/hyperv/hvgdk_mini.h`); the data types and the partition-management and
 //! memory-pool calls (TLFS 2.0A, the last public version that documents them in full),
 //! with today's layouts as Linux's root writes them (`drivers/hv/mshv_root_hv_call.c`,
-//! `include/hyperv/hvhdk_mini.h`).
+//! `include/hyperv/hvhdk_mini.h`); and the two extended hypercalls of free page reporting,
+//! HvExtCallQueryCapabilities (the TLFS "Extended Hypercall Interface") and
+//! HvExtCallMemoryHeatHint (the layout Linux writes: `include/hyperv/hvgdk_ext.h`).
 //!
 //! What this module decides, and what it leaves to the dispatcher:
 //! - [`decode`] performs the generic checks G1-G4 (code lookup,
@@ -67,6 +69,12 @@ pub enum HypercallCode {
     HvCallGetVpRegisters = 0x0050,
     /// HvSetVpRegisters (rep).
     HvCallSetVpRegisters = 0x0051,
+    /// HvExtCallQueryCapabilities: which extended hypercalls the host offers (TLFS
+    /// "Extended Hypercall Interface").
+    HvExtCallQueryCapabilities = 0x8001,
+    /// HvExtCallMemoryHeatHint (rep): a guest's hint about its memory; the cold discard
+    /// type is free page reporting (Linux `hv_balloon.c` `hv_free_page_report`).
+    HvExtCallMemoryHeatHint = 0x8003,
 }
 
 /// Whether a call takes a repeated list (TLFS "rep" call) or a single input.
@@ -184,6 +192,21 @@ impl HypercallCode {
             Self::HvCallGetVpRegisters => ("HvGetVpRegisters", CallClass::Rep, false, 16, 4, 0, 16),
             // TLFS "HvCallSetVpRegisters": the same header, 32-byte {name, RsvdZ, value}.
             Self::HvCallSetVpRegisters => ("HvSetVpRegisters", CallClass::Rep, false, 16, 32, 0, 0),
+            // TLFS "HvExtCallQueryCapabilities": no input, a u64 capability mask out.
+            Self::HvExtCallQueryCapabilities => (
+                "HvExtCallQueryCapabilities",
+                CallClass::Simple,
+                false,
+                0,
+                0,
+                8,
+                0,
+            ),
+            // Linux `struct hv_memory_hint`: an 8-byte header, then one 8-byte
+            // `hv_gpa_page_range` per rep.
+            Self::HvExtCallMemoryHeatHint => {
+                ("HvExtCallMemoryHeatHint", CallClass::Rep, false, 8, 8, 0, 0)
+            }
             _ => return None,
         };
         Some(CallInfo {
@@ -1314,6 +1337,157 @@ impl<'a, T: FromBytes> ElementList<'a, T> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Extended hypercalls: capabilities and the memory heat hint
+// ---------------------------------------------------------------------------------------
+
+/// The HvExtCallQueryCapabilities output: which extended hypercalls the host offers.
+///
+/// Bits 0-4 are the TLFS table ("HvExtCallQueryCapabilities"); bit 8 is the cold discard
+/// hint, the bit Linux tests before it registers free page reporting
+/// (`HV_EXT_CAPABILITY_MEMORY_COLD_DISCARD_HINT`, `include/hyperv/hvgdk_ext.h`).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct HvExtCapabilities {
+    /// Bit 0: HvExtCallGetBootZeroedMemory.
+    pub get_boot_zeroed_memory: bool,
+    /// Bit 1: HvExtCallMemoryHeatHint.
+    pub memory_heat_hint: bool,
+    /// Bit 2: HvExtCallEpfSetup.
+    pub epf_setup: bool,
+    /// Bit 3: HvExtCallSchedulerAssistSetup.
+    pub scheduler_assist_setup: bool,
+    /// Bit 4: HvExtCallMemoryHeatHintAsync.
+    pub memory_heat_hint_async: bool,
+    #[bits(3)]
+    _rsvd_5_7: u8,
+    /// Bit 8: the heat hint takes the cold discard type.
+    pub memory_cold_discard_hint: bool,
+    #[bits(55)]
+    _rsvd_9_63: u64,
+}
+
+/// `HV_EXT_MEMORY_HEAT_HINT_TYPE` (Linux `include/hyperv/hvgdk_ext.h`).
+#[open_enum::open_enum]
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HvMemoryHeatHintType {
+    /// The guest will not use the pages soon.
+    COLD = 0,
+    /// The guest will use the pages soon.
+    HOT = 1,
+    /// The pages are free: their contents may be dropped.
+    COLD_DISCARD = 2,
+}
+
+/// The HvExtCallMemoryHeatHint input header (Linux `struct hv_memory_hint`, its first
+/// u64): a 2-bit hint type and 62 reserved bits.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct HvMemoryHeatHint {
+    /// Bits 1:0: the [`HvMemoryHeatHintType`].
+    #[bits(2)]
+    pub heat_type: u8,
+    /// Bits 63:2, reserved.
+    #[bits(62)]
+    pub reserved: u64,
+}
+
+impl HvMemoryHeatHint {
+    /// The hint type as a typed value.
+    pub const fn hint_type(&self) -> HvMemoryHeatHintType {
+        HvMemoryHeatHintType(self.heat_type())
+    }
+}
+
+/// The most ranges one heat hint carries: what fits in the input page after the header
+/// (Linux `HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES`).
+pub const HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES: u16 = ((crate::PAGE_SIZE - 8) / 8) as u16;
+
+/// Pages in one 2 MiB large page.
+const LARGE_PAGE_PAGES: u64 = 512;
+
+/// `HV_GPA_PAGE_RANGE` (Linux `union hv_gpa_page_range`): a run of guest pages in one
+/// u64, in one of two forms chosen by bit 11.
+///
+/// - small (bit 11 clear): `additional_pages` bits 10:0, `base_pfn` bits 63:12, in 4 KiB
+///   pages: 1 to 2048 pages from `base_pfn`;
+/// - large (bit 11 set): `additional_pages` bits 10:0, the page size at bit 12 (0 = 2 MiB,
+///   1 = 1 GiB), bits 20:13 reserved, the base in large pages at bits 63:21: 1 to 2048
+///   large pages. Linux writes this form for every block of order 9 and up.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq, Hash, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct HvGpaPageRange {
+    /// Bits 10:0: pages (small form) or large pages (large form) after the first.
+    #[bits(11)]
+    pub additional_pages: u16,
+    /// Bit 11: the large form.
+    pub large_page: bool,
+    /// Bits 63:12 of the small form: the first page number. In the large form bit 12 is
+    /// the page size and bits 63:21 the first large page.
+    #[bits(52)]
+    pub base_pfn: u64,
+}
+
+/// Why an [`HvGpaPageRange`] names no run of pages ballast serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpaPageRangeError {
+    /// The large form with the 1 GiB page size: Linux never writes it, and the TLFS does
+    /// not say which unit its base counts in.
+    GiantPages,
+    /// Reserved bits 20:13 of the large form are set.
+    Reserved,
+}
+
+impl HvGpaPageRange {
+    /// The small form: `count` (1 to 2048) pages from `base_pfn`; `None` if either does
+    /// not fit its field.
+    pub const fn small(base_pfn: u64, count: u64) -> Option<Self> {
+        if count == 0 || count > 2048 || base_pfn >= 1 << 52 {
+            return None;
+        }
+        Some(
+            Self::new()
+                .with_additional_pages((count - 1) as u16)
+                .with_base_pfn(base_pfn),
+        )
+    }
+
+    /// The large form in 2 MiB pages, as Linux writes it: `count` (1 to 2048) 2 MiB
+    /// pages from the 2 MiB page `base_large_pfn` (a page number shifted right by 9);
+    /// `None` if either does not fit its field.
+    pub const fn large_2m(base_large_pfn: u64, count: u64) -> Option<Self> {
+        if count == 0 || count > 2048 || base_large_pfn >= 1 << 43 {
+            return None;
+        }
+        Some(Self::from_bits(
+            (count - 1) | 1 << 11 | base_large_pfn << 21,
+        ))
+    }
+
+    /// Bit 12 of the large form: 1 GiB pages.
+    pub const fn giant(&self) -> bool {
+        self.into_bits() >> 12 & 1 != 0
+    }
+
+    /// The run as `(first page, pages)` in 4 KiB pages. The count is at most 2048 x 512,
+    /// and the end does not wrap: the first page is below 2^52.
+    pub const fn pages(&self) -> Result<(u64, u64), GpaPageRangeError> {
+        let n = self.additional_pages() as u64 + 1;
+        if !self.large_page() {
+            return Ok((self.base_pfn(), n));
+        }
+        let bits = self.into_bits();
+        if self.giant() {
+            return Err(GpaPageRangeError::GiantPages);
+        }
+        if bits >> 13 & 0xFF != 0 {
+            return Err(GpaPageRangeError::Reserved);
+        }
+        Ok(((bits >> 21) * LARGE_PAGE_PAGES, n * LARGE_PAGE_PAGES))
+    }
+}
+
 /// A decoded hypercall: which call, and its input read into typed structs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HvCall<'a> {
@@ -1344,6 +1518,10 @@ pub enum HvCall<'a> {
     GetVpRegisters(HvGetSetVpRegisters, ElementList<'a, HvRegisterName>),
     /// HvSetVpRegisters: the header and the whole {name, value} list (from element 0).
     SetVpRegisters(HvGetSetVpRegisters, ElementList<'a, HvRegisterAssoc>),
+    /// HvExtCallQueryCapabilities (no input).
+    QueryCapabilities,
+    /// HvExtCallMemoryHeatHint: the header and the whole range list (from element 0).
+    MemoryHeatHint(HvMemoryHeatHint, ElementList<'a, HvGpaPageRange>),
 }
 
 /// A hypercall that passed the generic checks.
@@ -1482,6 +1660,14 @@ pub fn decode(control: u64, input: &[u8], options: DecodeOptions) -> HvResult<De
                 .and_then(ElementList::new)
                 .ok_or(HvError::INVALID_HYPERCALL_INPUT)?;
             HvCall::SetVpRegisters(read(input)?, list)
+        }
+        HypercallCode::HvExtCallQueryCapabilities => HvCall::QueryCapabilities,
+        HypercallCode::HvExtCallMemoryHeatHint => {
+            let list = input
+                .get(info.input_size..)
+                .and_then(ElementList::new)
+                .ok_or(HvError::INVALID_HYPERCALL_INPUT)?;
+            HvCall::MemoryHeatHint(read(input)?, list)
         }
         // `info` only exists for the codes above.
         _ => return Err(HvError::INVALID_HYPERCALL_CODE),

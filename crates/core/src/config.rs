@@ -200,6 +200,10 @@ pub struct Config {
     /// re-issues with rep start = reps completed (Linux's `hv_do_rep_hypercall`). `None`
     /// (the default): every call runs to completion.
     pub rep_budget: Option<NonZeroU16>,
+    /// The host offers the cold discard hint (HvExtCallMemoryHeatHint, free page
+    /// reporting) to partitions with the EnableExtendedHypercalls privilege. On by
+    /// default: the privilege is what a host grants per partition.
+    pub cold_discard_hint: bool,
 }
 
 impl Config {
@@ -258,6 +262,7 @@ impl Config {
             xmm_fast_input: false,
             xen: XenConfig::default(),
             p2m: P2mBudget::default(),
+            cold_discard_hint: true,
             rep_budget: None,
         }
     }

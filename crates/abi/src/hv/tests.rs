@@ -208,12 +208,15 @@ fn call_table() {
     };
     assert_eq!((cp(InputLayout::Tlfs2), cp(InputLayout::Current)), (16, 56));
     for code in [
-        0x40u16, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F, 0x50, 0x51,
+        0x40u16, 0x41, 0x42, 0x43, 0x44, 0x47, 0x48, 0x49, 0x4A, 0x4E, 0x4F, 0x50, 0x51, 0x8001,
+        0x8003,
     ] {
         let info = HypercallCode(code).info(InputLayout::Tlfs2).unwrap();
         assert_eq!(info.code.0, code);
     }
-    for code in [0x45u16, 0x46, 0x4B, 0x4C, 0x4D, 0x52, 0, 0xFFFF] {
+    for code in [
+        0x45u16, 0x46, 0x4B, 0x4C, 0x4D, 0x52, 0, 0xFFFF, 0x8000, 0x8002, 0x8004,
+    ] {
         assert!(HypercallCode(code).info(InputLayout::Tlfs2).is_none());
     }
     // One deposit fills an input page exactly; one withdraw fills an output page.
@@ -225,6 +228,109 @@ fn call_table() {
         .info(InputLayout::Tlfs2)
         .unwrap();
     assert_eq!(wd.output_len(HV_WITHDRAW_BATCH_SIZE), crate::PAGE_SIZE);
+    // The most ranges one heat hint carries fill its input page exactly.
+    let hint = HypercallCode::HvExtCallMemoryHeatHint
+        .info(InputLayout::Tlfs2)
+        .unwrap();
+    assert_eq!(hint.class, CallClass::Rep);
+    assert_eq!(
+        hint.input_len(HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES),
+        crate::PAGE_SIZE
+    );
+    let caps = HypercallCode::HvExtCallQueryCapabilities
+        .info(InputLayout::Tlfs2)
+        .unwrap();
+    assert_eq!(
+        (caps.class, caps.input_size, caps.output_size),
+        (CallClass::Simple, 0, 8)
+    );
+}
+
+/// The cold discard bit is the one Linux tests (`HV_EXT_CAPABILITY_MEMORY_COLD_DISCARD_HINT`
+/// is BIT(8)); the heat hint's own bit is the TLFS table's bit 1.
+#[test]
+fn extended_capability_bits() {
+    let c = HvExtCapabilities::new()
+        .with_memory_heat_hint(true)
+        .with_memory_cold_discard_hint(true);
+    assert_eq!(c.into_bits(), 1 << 1 | 1 << 8);
+    assert_eq!(
+        HvExtCapabilities::new()
+            .with_get_boot_zeroed_memory(true)
+            .into_bits(),
+        1
+    );
+}
+
+/// The range bits as Linux's `hv_free_page_report` writes them for an order-9 block and
+/// for a run of 4 KiB pages.
+#[test]
+fn gpa_page_range_linux_forms() {
+    // 3 x 2 MiB from gfn 0x40000: largepage = 1, page_size = 0 (2 MiB),
+    // additional_pages = 2, base_large_pfn = 0x40000 >> 9.
+    let raw: u64 = 2 | 1 << 11 | (0x40000u64 >> 9) << 21;
+    let r = HvGpaPageRange::from_bits(raw);
+    assert_eq!(r.pages(), Ok((0x40000, 3 * 512)));
+    assert_eq!(HvGpaPageRange::large_2m(0x40000 >> 9, 3), Some(r));
+    // 16 pages from gfn 0x1234: largepage = 0, basepfn at bit 12.
+    let raw: u64 = 15 | 0x1234 << 12;
+    let r = HvGpaPageRange::from_bits(raw);
+    assert_eq!(r.pages(), Ok((0x1234, 16)));
+    assert_eq!(HvGpaPageRange::small(0x1234, 16), Some(r));
+    // The largest of each form.
+    assert_eq!(
+        HvGpaPageRange::large_2m(0, 2048).unwrap().pages(),
+        Ok((0, 2048 * 512))
+    );
+    assert_eq!(HvGpaPageRange::small(0, 2049), None);
+    assert_eq!(HvGpaPageRange::large_2m(1 << 43, 1), None);
+    // 1 GiB pages and reserved bits are refused.
+    assert_eq!(
+        HvGpaPageRange::from_bits(1 << 11 | 1 << 12).pages(),
+        Err(GpaPageRangeError::GiantPages)
+    );
+    assert_eq!(
+        HvGpaPageRange::from_bits(1 << 11 | 1 << 13).pages(),
+        Err(GpaPageRangeError::Reserved)
+    );
+    // In the small form bits 12-20 are the base, not reserved.
+    assert_eq!(HvGpaPageRange::from_bits(1 << 13).pages(), Ok((2, 1)));
+}
+
+#[test]
+fn heat_hint_decodes_header_and_ranges() {
+    let mut input = std::vec![0u8; 8 + 2 * 8];
+    input[..8].copy_from_slice(&2u64.to_le_bytes());
+    let r0 = HvGpaPageRange::large_2m(1, 1).unwrap();
+    let r1 = HvGpaPageRange::small(7, 3).unwrap();
+    input[8..16].copy_from_slice(r0.as_bytes());
+    input[16..].copy_from_slice(r1.as_bytes());
+    let d = decode(ctl(0x8003, 2, 0), &input, OPTS).unwrap();
+    let HvCall::MemoryHeatHint(h, list) = d.call else {
+        panic!("{:?}", d.call)
+    };
+    assert_eq!(h.hint_type(), HvMemoryHeatHintType::COLD_DISCARD);
+    assert_eq!(list.iter().collect::<std::vec::Vec<_>>(), [r0, r1]);
+    // A heat hint is a rep call; the capability query a simple one.
+    assert_eq!(
+        decode(ctl(0x8003, 0, 0), &input, OPTS).unwrap_err(),
+        HvError::INVALID_HYPERCALL_INPUT
+    );
+    assert_eq!(
+        decode(ctl(0x8001, 0, 0), &[], OPTS).unwrap().call,
+        HvCall::QueryCapabilities
+    );
+}
+
+proptest! {
+    /// Every u64 is a range or a refusal, never a panic, and a range never wraps.
+    #[test]
+    fn gpa_page_range_is_total(raw in any::<u64>()) {
+        if let Ok((start, count)) = HvGpaPageRange::from_bits(raw).pages() {
+            prop_assert!((1..=2048 * 512).contains(&count));
+            prop_assert!(start.checked_add(count).is_some());
+        }
+    }
 }
 
 /// The generic checks, one stage at a time, in ballast's G1-G6 order (the `hv` module

@@ -114,15 +114,17 @@
 //!     (ACCESS_DENIED, the TLFS "APIC IDs": only the parent may). Only VTL 0 exists: a
 //!     header naming another VTL, or with RsvdZ bytes set, is INVALID_PARAMETER. Reserved
 //!     bits of a value, and bits beyond the register's size, are INVALID_PARAMETER.
+//! 20. **HvExtCallQueryCapabilities and HvExtCallMemoryHeatHint** (free page
+//!     reporting): decisions 20-22 are in `ext.rs`.
 
 use ballast_abi::hv::{
     CallClass, Control, CreatePartitionInput, CreateVpInput, DecodeOptions, HV_ANY_VP,
-    HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE,
-    HvCall, HvDeleteVp, HvError, HvGetMemoryBalance, HvGetMemoryBalanceOutput,
-    HvGetNextChildPartition, HvGetPartitionProperty, HvPartitionPrivilegeMask,
-    HvPartitionPropertyCode, HvProximityDomainInfo, HvRegisterAssoc, HvRegisterName,
-    HvRegisterValue, HvRepResult, HvResult, HvSubnodeType, HvWithdrawMemory, HypercallOutput,
-    ProximitySelection, check_control, check_param_gpa, decode,
+    HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES, HV_PARTITION_ID_INVALID, HV_PARTITION_ID_SELF,
+    HV_VP_INDEX_SELF, HV_WITHDRAW_BATCH_SIZE, HvCall, HvDeleteVp, HvError, HvGetMemoryBalance,
+    HvGetMemoryBalanceOutput, HvGetNextChildPartition, HvGetPartitionProperty, HvGpaPageRange,
+    HvPartitionPrivilegeMask, HvPartitionPropertyCode, HvProximityDomainInfo, HvRegisterAssoc,
+    HvRegisterName, HvRegisterValue, HvRepResult, HvResult, HvSubnodeType, HvWithdrawMemory,
+    HypercallOutput, ProximitySelection, check_control, check_param_gpa, decode,
 };
 use zerocopy::{Immutable, IntoBytes};
 
@@ -232,6 +234,9 @@ impl Hypervisor {
         input: &[u8],
         output: &mut [u8],
     ) -> u64 {
+        if !self.offers(control as u16) {
+            return err(HvError::INVALID_HYPERCALL_CODE, 0);
+        }
         let options = self.decode_options();
         let (ctl, info) = match check_control(control, options) {
             Ok(v) => v,
@@ -326,6 +331,24 @@ impl Hypervisor {
                     .collect();
                 finish_rep(self.set_vp_registers(caller, &header, &entries), start, end)
             }
+            HvCall::QueryCapabilities => finish(self.query_capabilities(caller), output),
+            HvCall::MemoryHeatHint(header, list) => {
+                // Too many ranges is a property of the whole list, whatever the slice;
+                // it is checked after the privilege, as in `memory_heat_hint`.
+                if list.len() > usize::from(HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES) {
+                    let e = self
+                        .query_capabilities(caller)
+                        .err()
+                        .unwrap_or(HvError::INVALID_PARAMETER);
+                    return err(e, start);
+                }
+                let ranges: Vec<HvGpaPageRange> = list
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .collect();
+                finish_rep(self.memory_heat_hint(caller, header, &ranges), start, end)
+            }
         }
     }
 
@@ -347,6 +370,9 @@ impl Hypervisor {
         output_gpa: u64,
         mem: &mut dyn GuestMemory,
     ) -> u64 {
+        if !self.offers(control as u16) {
+            return err(HvError::INVALID_HYPERCALL_CODE, 0);
+        }
         let (ctl, info) = match check_control(control, self.decode_options()) {
             Ok(v) => v,
             Err(e) => return err(e, 0),
@@ -953,6 +979,7 @@ impl Hypervisor {
     }
 }
 
+mod ext;
 mod registers;
 #[cfg(test)]
 mod tests;
