@@ -446,6 +446,7 @@ impl Service {
             kind,
             settings: def.settings(),
             vps: def.vps,
+            free_page_reporting: false,
         };
         let vm = match (hello.resume, memory) {
             (None, _) => s

@@ -127,6 +127,7 @@ fn dm_rig(pattern: Pattern) -> Rig {
             kind: VmKind::Dm,
             settings: settings(),
             vps: 1,
+            free_page_reporting: false,
         })
         .expect("a DM guest");
     write_all(&host, vm);
@@ -165,6 +166,7 @@ fn xen_rig() -> Rig {
             kind: VmKind::Xen,
             settings: settings(),
             vps: 1,
+            free_page_reporting: false,
         })
         .expect("a Xen guest");
     write_all(&host, vm);

@@ -105,6 +105,10 @@ pub struct VmConfig {
     pub settings: VmSettings,
     /// Virtual processors (each charged to its pool by HvCreateVp).
     pub vps: u32,
+    /// The guest may report free memory with the cold discard hint
+    /// (HvExtCallMemoryHeatHint): its partition gets the EnableExtendedHypercalls
+    /// privilege. A Hyper-V interface: a Xen guest ignores it.
+    pub free_page_reporting: bool,
 }
 
 /// A guest of this host: an index into its guest list, never reused.
@@ -138,6 +142,10 @@ pub struct OpCounts {
     pub target_changes: u64,
     /// Operations that failed or timed out, and pages the core refused to release.
     pub failures: u64,
+    /// Cold discard hints (HvExtCallMemoryHeatHint calls), whatever their status.
+    pub hint: u64,
+    /// Pages whose contents hints discarded (they stay the guest's).
+    pub hint_pages: u64,
 }
 
 /// What went wrong in the host.
@@ -279,6 +287,8 @@ pub struct VmView {
     pub unresponsive: bool,
     /// The balancer considers it stuck.
     pub stuck: bool,
+    /// It may report free memory (cold discard hints).
+    pub free_page_reporting: bool,
     /// Operations so far.
     pub ops: OpCounts,
 }
@@ -537,6 +547,10 @@ impl Host {
         region_max: u64,
     ) -> Result<VmId, VmError> {
         let domid = self.hv().partition(id).map_or(DomId(0), |p| p.domid());
+        if config.free_page_reporting && config.kind == VmKind::Dm {
+            // Setting privileges records no effect; a failed apply cannot come of it.
+            let _ = self.mem.run(|hv| grant_reporting(hv, id, true));
+        }
         let link = match config.kind {
             VmKind::Dm => {
                 let made = match ring {
@@ -661,8 +675,58 @@ impl Host {
             },
             unresponsive: v.unresponsive,
             stuck: v.stuck,
+            free_page_reporting: v.config.free_page_reporting,
             ops: v.ops,
         })
+    }
+
+    /// Lets a guest report free memory with the cold discard hint, or stops it: grants
+    /// or takes back its partition's EnableExtendedHypercalls privilege (a guest asks for
+    /// the capability when its driver starts, so a change reaches a running guest's
+    /// next hint, which is refused with ACCESS_DENIED once the privilege is gone).
+    pub fn set_free_page_reporting(&mut self, vm: VmId, on: bool) -> Result<(), VmError> {
+        let v = self.vms.get_mut(&vm).ok_or(VmError::NoVm(vm))?;
+        if v.config.kind != VmKind::Dm {
+            return Err(VmError::WrongKind(vm, "Dynamic Memory"));
+        }
+        v.config.free_page_reporting = on;
+        let id = v.id;
+        // Setting privileges records no effect; a failed apply cannot come of it.
+        let _ = self.mem.run(|hv| grant_reporting(hv, id, on));
+        Ok(())
+    }
+
+    /// A Hyper-V hypercall made by a DM guest as itself (the extended hypercalls of free
+    /// page reporting are the ones a guest of this host has the privilege for): `control`
+    /// is RCX, `input` its input block, `output` its output page. The effects it records
+    /// are applied to the guest's memory; hints are counted. Returns the result value.
+    pub fn hv_hypercall(
+        &mut self,
+        vm: VmId,
+        control: u64,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<u64, VmError> {
+        let v = self.vms.get(&vm).ok_or(VmError::NoVm(vm))?;
+        if v.config.kind != VmKind::Dm {
+            return Err(VmError::WrongKind(vm, "Dynamic Memory"));
+        }
+        let id = v.id;
+        let (rax, discarded, failed) =
+            match self.mem.run(|hv| hv.hypercall(id, control, input, output)) {
+                Ok((rax, stats)) => (rax, stats.gfns, false),
+                Err(e) => (e.result, e.report.stats.gfns, true),
+            };
+        if let Some(v) = self.vms.get_mut(&vm) {
+            if control as u16 == ballast_abi::hv::HypercallCode::HvExtCallMemoryHeatHint.0 {
+                v.ops.hint += 1;
+                v.ops.hint_pages += discarded;
+            }
+            if failed {
+                v.ops.failures += 1;
+            }
+        }
+        Ok(rax)
     }
 
     /// Changes a running guest's memory settings (as `Set-VMMemory` on a running VM):
@@ -1234,4 +1298,14 @@ fn set_max_pages(hv: &mut Hypervisor, id: PartitionId, pages: u64) -> Result<(),
     let pages = u32::try_from(pages).unwrap_or(u32::MAX);
     hv.set_max_pages(id, pages)?;
     Ok(())
+}
+
+/// Grants partition `id` the EnableExtendedHypercalls privilege (free page reporting), or
+/// takes it back, keeping its other privileges.
+fn grant_reporting(hv: &mut Hypervisor, id: PartitionId, on: bool) {
+    if let Some(p) = hv.partition(id) {
+        let mask = p.privileges().with_enable_extended_hypercalls(on);
+        // `id` names a live partition: the call cannot fail.
+        let _ = hv.set_partition_privileges(id, mask);
+    }
 }

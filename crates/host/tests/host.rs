@@ -23,6 +23,7 @@ fn dm_vm(name: &str) -> VmConfig {
             weight: 50,
         },
         vps: 2,
+        free_page_reporting: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn config(kind: VmKind) -> VmConfig {
             weight: 50,
         },
         vps: 1,
+        free_page_reporting: false,
     }
 }
 

@@ -87,6 +87,7 @@ fn a_guest_in_its_own_process_is_ballooned_over_the_shared_ring_and_its_death_co
                     weight: 50,
                 },
                 vps: 1,
+                free_page_reporting: false,
             },
             DmRing::Shared,
         )

@@ -185,6 +185,7 @@ pub fn run(
             kind,
             settings: g.settings,
             vps: g.vps,
+            free_page_reporting: false,
         })?;
         let boot = g.settings.startup / PAGE;
         let side = match g.kind {
