@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ballast_balancer::POLICIES;
-use ballast_sim::compare::{self, CompareError};
+use ballast_sim::compare::{self, CompareError, Reporting};
 use ballast_sim::record::{Mode, RunResult};
 use ballast_sim::report;
 use ballast_sim::scenario::{Scenario, default_mode};
@@ -36,6 +36,30 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     socket: ctl::SocketArg,
+}
+
+/// `compare --free-page-reporting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportingChoice {
+    /// Each policy twice: without reporting, then with every DM guest reporting.
+    Both,
+    /// Every DM guest reports.
+    On,
+    /// No guest reports.
+    Off,
+    /// As the scenario says for each guest.
+    Scenario,
+}
+
+impl ReportingChoice {
+    fn variants(self) -> &'static [Reporting] {
+        match self {
+            Self::Both => &[Reporting::Off, Reporting::AllDm],
+            Self::On => &[Reporting::AllDm],
+            Self::Off => &[Reporting::Off],
+            Self::Scenario => &[Reporting::AsScenario],
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -74,6 +98,11 @@ With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes
         /// Runs at once; default: one per core (fewer in real memory if memory is short).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Free page reporting (the Hyper-V cold discard hint) in the DM guests: `both`
+        /// runs every policy without it and again with every DM guest reporting (rows
+        /// named POLICY+fpr); `on` and `off` run one way; `scenario` as each guest says.
+        #[arg(long, value_enum, default_value_t = ReportingChoice::Both)]
+        free_page_reporting: ReportingChoice,
         #[command(flatten)]
         common: Common,
     },
@@ -241,6 +270,7 @@ fn run(cli: Cli) -> Result<(), String> {
             host_memory,
             policies,
             jobs,
+            free_page_reporting,
             common,
         } => {
             let mut s = match &trace {
@@ -267,20 +297,26 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 names.clone()
             };
+            let variants = free_page_reporting.variants();
             let multi = MultiProgress::new();
             let bars: Vec<(String, ProgressBar)> = shown
                 .iter()
-                .map(|p| {
+                .flat_map(|p| {
+                    variants
+                        .iter()
+                        .map(move |v| compare::run_label(p, *v == Reporting::AllDm))
+                })
+                .map(|label| {
                     let b = multi.add(
                         ProgressBar::new(1000)
                             .with_style(bar_style())
-                            .with_prefix(p.to_string()),
+                            .with_prefix(label.clone()),
                     );
-                    (p.to_string(), b)
+                    (label, b)
                 })
                 .collect();
             let jobs = jobs.unwrap_or_else(|| compare::parallel_runs(&s));
-            let r = compare::compare(&s, &names, jobs, &|p, f| {
+            let r = compare::compare(&s, &names, variants, jobs, &|p, f| {
                 if let Some((_, b)) = bars.iter().find(|(n, _)| n == p) {
                     b.set_position((f * 1000.0) as u64);
                 }

@@ -7,7 +7,7 @@ use ballast_balancer::POLICIES;
 use thiserror::Error;
 
 use crate::engine::{self, Demand, GuestSpec, RunConfig, RunError};
-use crate::record::{Mode, PolicyRun, RunResult};
+use crate::record::{GuestKind, Mode, PolicyRun, RunResult};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::workload::Workload;
 
@@ -55,7 +55,19 @@ pub fn run_config(s: &Scenario, check_every_tick: bool) -> RunConfig {
     }
 }
 
-fn guests(s: &Scenario) -> Result<Vec<GuestSpec>, ScenarioError> {
+/// Which DM guests report their free memory in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reporting {
+    /// As the scenario says for each guest.
+    #[default]
+    AsScenario,
+    /// Every DM guest.
+    AllDm,
+    /// None.
+    Off,
+}
+
+fn guests(s: &Scenario, reporting: Reporting) -> Result<Vec<GuestSpec>, ScenarioError> {
     let workloads = s.workloads()?;
     Ok(s.guests
         .iter()
@@ -66,18 +78,35 @@ fn guests(s: &Scenario) -> Result<Vec<GuestSpec>, ScenarioError> {
             settings: g.settings(),
             vps: g.vps,
             demand: Box::new(w),
+            free_page_reporting: g.kind == GuestKind::Dm
+                && match reporting {
+                    Reporting::AsScenario => g.free_page_reporting,
+                    Reporting::AllDm => true,
+                    Reporting::Off => false,
+                },
         })
         .collect())
 }
 
-/// Runs `s` with `policy`.
+/// Runs `s` with `policy`, its guests reporting free memory as the scenario says.
 pub fn run_scenario(
     s: &Scenario,
     policy: &str,
     check_every_tick: bool,
     progress: &mut dyn FnMut(f64),
 ) -> Result<PolicyRun, CompareError> {
-    let guests = guests(s)?;
+    run_scenario_with(s, policy, Reporting::AsScenario, check_every_tick, progress)
+}
+
+/// Runs `s` with `policy`, free page reporting as `reporting` says.
+pub fn run_scenario_with(
+    s: &Scenario,
+    policy: &str,
+    reporting: Reporting,
+    check_every_tick: bool,
+    progress: &mut dyn FnMut(f64),
+) -> Result<PolicyRun, CompareError> {
+    let guests = guests(s, reporting)?;
     engine::run(&run_config(s, check_every_tick), policy, guests, progress).map_err(|source| {
         CompareError::Run {
             policy: policy.to_string(),
@@ -98,11 +127,25 @@ pub fn parallel_runs(s: &Scenario) -> usize {
     cores.min(fit).max(1)
 }
 
-/// Runs every policy of `policies` (all of them when empty) on `s`, `jobs` at a time;
-/// `progress(policy, fraction)` is called from the running threads.
+/// The name a run goes by in progress lines and tables: the policy, with `+fpr` when its
+/// guests report free memory.
+pub fn run_label(policy: &str, free_page_reporting: bool) -> String {
+    if free_page_reporting {
+        format!("{policy}+fpr")
+    } else {
+        policy.to_owned()
+    }
+}
+
+/// Runs every policy of `policies` (all of them when empty) on `s` once per entry of
+/// `reporting` (each policy as the scenario says when it is empty), `jobs` at a time;
+/// `progress(label, fraction)` is called from the running threads with the
+/// [`run_label`]. The runs come back policy by policy, in the order of `reporting`
+/// within each.
 pub fn compare(
     s: &Scenario,
     policies: &[&str],
+    reporting: &[Reporting],
     jobs: usize,
     progress: &(dyn Fn(&str, f64) + Sync),
 ) -> Result<RunResult, CompareError> {
@@ -111,6 +154,15 @@ pub fn compare(
     } else {
         policies.to_vec()
     };
+    let variants: &[Reporting] = if reporting.is_empty() {
+        &[Reporting::AsScenario]
+    } else {
+        reporting
+    };
+    let runs_wanted: Vec<(&str, Reporting)> = policies
+        .iter()
+        .flat_map(|&p| variants.iter().map(move |&r| (p, r)))
+        .collect();
     // Longest first (the usual rule for scheduling jobs on a few workers), so that the
     // last to finish is a short one: the more a policy follows demand, the more memory it
     // moves, and moving memory is the cost of a run.
@@ -123,13 +175,13 @@ pub fn compare(
         "static" => 5,
         _ => 2,
     };
-    let mut order: Vec<usize> = (0..policies.len()).collect();
-    order.sort_by_key(|&i| cost(policies[i]));
+    let mut order: Vec<usize> = (0..runs_wanted.len()).collect();
+    order.sort_by_key(|&i| cost(runs_wanted[i].0));
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<Result<PolicyRun, CompareError>>>> =
-        Mutex::new((0..policies.len()).map(|_| None).collect());
+        Mutex::new((0..runs_wanted.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, policies.len().max(1)) {
+        for _ in 0..jobs.clamp(1, runs_wanted.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let i = {
@@ -141,14 +193,17 @@ pub fn compare(
                     let Some(&i) = order.get(i) else {
                         break;
                     };
-                    let policy = policies[i];
-                    let r = run_scenario(s, policy, false, &mut |f| progress(policy, f));
+                    let (policy, reporting) = runs_wanted[i];
+                    let label = run_label(policy, reporting == Reporting::AllDm);
+                    let r = run_scenario_with(s, policy, reporting, false, &mut |f| {
+                        progress(&label, f)
+                    });
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                 }
             });
         }
     });
-    let mut runs = Vec::with_capacity(policies.len());
+    let mut runs = Vec::with_capacity(runs_wanted.len());
     for r in results
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
@@ -162,9 +217,11 @@ pub fn compare(
 
 /// The record of `runs` on `s`, with the savings against `static` where it ran.
 pub fn finish(s: &Scenario, mut runs: Vec<PolicyRun>) -> RunResult {
+    // The baseline is `static` as most hosts run it: without reporting, where it ran so.
     let base = runs
         .iter()
-        .find(|r| r.metrics.policy == "static")
+        .filter(|r| r.metrics.policy == "static")
+        .min_by_key(|r| r.metrics.free_page_reporting)
         .map(|r| r.metrics.footprint_assigned_bytes_avg);
     for r in &mut runs {
         r.metrics.saved_vs_static_fraction = base

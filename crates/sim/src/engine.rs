@@ -9,7 +9,8 @@
 //!    interval, every guest's next operation started), and the DM rings are pumped on
 //!    both sides until the messages of this tick have been answered (at most a bounded
 //!    number of rounds);
-//! 3. in real-memory mode the guests write the pages they were given;
+//! 3. in real-memory mode the guests write the pages they were given, and the guests that
+//!    report free memory hint their free blocks (free page reporting);
 //! 4. the figures are accumulated, and every `sample_every` ticks a sample is kept for
 //!    the report.
 //!
@@ -26,7 +27,7 @@ use ballast_host::{BackingMode, Host, HostConfig, VmConfig, VmError, VmId, VmKin
 use ballast_vmbus::session::GuestSession;
 use thiserror::Error;
 
-use crate::guest::{DmModel, XenGuest};
+use crate::guest::{DmModel, HostDm, XenGuest};
 use crate::record::{GuestKind, GuestSeries, Mode, Operations, PolicyMetrics, PolicyRun, Series};
 
 const PAGE: u64 = 4096;
@@ -58,6 +59,9 @@ pub struct GuestSpec {
     pub vps: u32,
     /// Its workload.
     pub demand: Box<dyn Demand>,
+    /// It reports its free memory (a DM guest only: free page reporting is a Hyper-V
+    /// interface).
+    pub free_page_reporting: bool,
 }
 
 /// A run's settings.
@@ -132,6 +136,7 @@ struct Acc {
     vm_seconds: f64,
     assigned_byte_seconds: f64,
     resident_byte_seconds: f64,
+    backed_byte_seconds: f64,
     slack_sum: f64,
     slack_samples: f64,
     paging_vm_seconds: f64,
@@ -174,6 +179,7 @@ pub fn run(
         },
         balancer,
     )?;
+    let reporting = guests.iter().any(|g| g.free_page_reporting);
     let mut gs = Vec::with_capacity(guests.len());
     for g in guests {
         let kind = match g.kind {
@@ -185,7 +191,7 @@ pub fn run(
             kind,
             settings: g.settings,
             vps: g.vps,
-            free_page_reporting: false,
+            free_page_reporting: g.free_page_reporting,
         })?;
         let boot = g.settings.startup / PAGE;
         let side = match g.kind {
@@ -200,10 +206,16 @@ pub fn run(
                     status_delay_periods: config.post_caps_wait_s.ceil() as u32,
                     ..VscConfig::newest_linux()
                 });
+                let model = DmModel::new(boot);
+                let model = if g.free_page_reporting {
+                    model.with_reporting()
+                } else {
+                    model
+                };
                 Side::Dm(Box::new(GuestSession::connect(
                     vsc,
                     channel,
-                    DmModel::new(boot),
+                    model,
                     Duration::ZERO,
                 )))
             }
@@ -291,6 +303,20 @@ pub fn run(
                 touch_pages(&host, g.partition, &touch, &touch_buf);
             }
         }
+        // 3b. Free page reporting: the DM guests that report hint their free blocks (after
+        // writing what they were given, which a block reported now must not be).
+        for g in gs.iter_mut() {
+            if let Side::Dm(s) = &mut g.side {
+                let vm = g.vm;
+                s.model.report(
+                    t,
+                    &mut HostDm {
+                        host: &mut host,
+                        vm,
+                    },
+                )?;
+            }
+        }
         if config.check_every_tick {
             check(&host, t)?;
         }
@@ -308,6 +334,11 @@ pub fn run(
             let a = view.assigned;
             acc.vm_seconds += w;
             acc.assigned_byte_seconds += a as f64 * w;
+            let reported = match &g.side {
+                Side::Dm(s) => s.model.reported_pages() * PAGE,
+                Side::Xen(_) => 0,
+            };
+            acc.backed_byte_seconds += a.saturating_sub(reported) as f64 * w;
             if a > 0 {
                 acc.slack_sum += a.saturating_sub(d) as f64 / a as f64 * w;
                 acc.slack_samples += w;
@@ -360,6 +391,8 @@ pub fn run(
             ops.populate_bytes += o.populate_pages * PAGE;
             ops.target_changes += o.target_changes;
             ops.failures += o.failures;
+            ops.hint += o.hint;
+            ops.hint_bytes += o.hint_pages * PAGE;
         }
     }
     let duration = ticks as f64 * dt;
@@ -373,8 +406,17 @@ pub fn run(
         let i = ((reactions.len() - 1) as f64 * p).round() as usize;
         reactions.get(i).copied()
     };
+    let avg = |byte_seconds: f64| {
+        if duration > 0.0 {
+            byte_seconds / duration
+        } else {
+            0.0
+        }
+    };
     let metrics = PolicyMetrics {
         policy: policy.to_string(),
+        free_page_reporting: reporting,
+        footprint_backed_bytes_avg: avg(acc.backed_byte_seconds),
         footprint_assigned_bytes_avg: if duration > 0.0 {
             acc.assigned_byte_seconds / duration
         } else {

@@ -25,6 +25,8 @@ use ballast_dm::vsc::{GuestMemoryModel, HotAddError, SimGuest};
 use ballast_host::{Host, VmError, VmId};
 use zerocopy::IntoBytes;
 
+use crate::reporting::{HvCaller, Reporter};
+
 /// A DM guest's memory: Linux's page allocator as `hv_balloon` sees it, with the demand
 /// set by the workload.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct DmModel {
     /// Ranges the guest was given and will write (real-memory mode).
     pub to_touch: Vec<GfnRange>,
     demand: u64,
+    /// Free page reporting, when the guest does it.
+    reporter: Option<Reporter>,
 }
 
 impl DmModel {
@@ -42,7 +46,14 @@ impl DmModel {
             os: SimGuest::new(boot_pages, boot_pages),
             to_touch: GfnRange::new(0, boot_pages).into_iter().collect(),
             demand: 0,
+            reporter: None,
         }
+    }
+
+    /// The same guest reporting its free memory ([`crate::reporting`]).
+    pub fn with_reporting(mut self) -> Self {
+        self.reporter = Some(Reporter::new());
+        self
     }
 
     /// Sets the pages the workload needs: that many are in use (as far as the guest has
@@ -52,11 +63,44 @@ impl DmModel {
         let total = self.os.total_pages();
         self.os.set_committed(pages);
         self.os.set_available(total.saturating_sub(pages));
+        if let Some(r) = &mut self.reporter {
+            // Reported pages the workload took are written again: backed again.
+            let back = r.reclaim_used(self.os.free());
+            self.to_touch.extend(back);
+        }
+    }
+
+    /// One step of free page reporting at `now_s` through `hv` (nothing if the guest
+    /// does not report).
+    pub fn report<H: HvCaller>(&mut self, now_s: f64, hv: &mut H) -> Result<(), H::Error> {
+        match &mut self.reporter {
+            Some(r) => r.step(now_s, self.os.free(), hv),
+            None => Ok(()),
+        }
+    }
+
+    /// Pages reported free and not used since: memory the host does not back.
+    pub fn reported_pages(&self) -> u64 {
+        self.reporter.as_ref().map_or(0, Reporter::reported_pages)
+    }
+
+    /// The reporter, if the guest reports.
+    pub fn reporter(&self) -> Option<&Reporter> {
+        self.reporter.as_ref()
     }
 
     /// The pages the guest OS manages.
     pub fn total_pages(&self) -> u64 {
         self.os.total_pages()
+    }
+
+    /// The balloon took `count` blocks of `order` from `start`: not reported any more.
+    fn forget_ballooned(&mut self, start: u64, order: u32, count: u64) {
+        if let Some(r) = &mut self.reporter {
+            if let Ok(g) = GfnRange::new(start, count << order) {
+                r.forget(g);
+            }
+        }
     }
 
     /// The top of its guest-physical RAM, pages: boot memory and every hot-added page.
@@ -76,10 +120,21 @@ impl GuestMemoryModel for DmModel {
         self.os.committed_pages()
     }
     fn alloc_block(&mut self, order: u32) -> Option<u64> {
-        self.os.alloc_block(order)
+        let b = self.os.alloc_block(order)?;
+        self.forget_ballooned(b, order, 1);
+        Some(b)
     }
     fn alloc_blocks(&mut self, order: u32, count: usize, out: &mut Vec<u64>) -> usize {
-        self.os.alloc_blocks(order, count, out)
+        let from = out.len();
+        let n = self.os.alloc_blocks(order, count, out);
+        if let Some(r) = &mut self.reporter {
+            for &b in &out[from..] {
+                if let Ok(g) = GfnRange::new(b, 1 << order) {
+                    r.forget(g);
+                }
+            }
+        }
+        n
     }
     fn free_pages(&mut self, pages: GfnRange) {
         self.os.free_pages(pages);
@@ -156,6 +211,22 @@ impl XenHypervisor for HostXen<'_> {
     fn report(&mut self, committed_bytes: u64) -> Result<(), VmError> {
         self.host.xen_report(self.vm, committed_bytes);
         Ok(())
+    }
+}
+
+/// A DM guest of a [`Host`] in this process, making its Hyper-V hypercalls.
+#[derive(Debug)]
+pub struct HostDm<'a> {
+    /// The host.
+    pub host: &'a mut Host,
+    /// The guest.
+    pub vm: VmId,
+}
+
+impl HvCaller for HostDm<'_> {
+    type Error = VmError;
+    fn hypercall(&mut self, control: u64, input: &[u8], output: &mut [u8]) -> Result<u64, VmError> {
+        self.host.hv_hypercall(self.vm, control, input, output)
     }
 }
 

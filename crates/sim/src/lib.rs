@@ -9,6 +9,8 @@
 //! - [`scenario`]: a scenario file: the host, its guests and their workloads.
 //! - [`guest`]: the guests' side: a DM guest's memory behind the VSC, a Xen guest's
 //!   balloon driver making `memory_op` calls.
+//! - [`reporting`]: free page reporting in a DM guest, as Linux's page reporting and
+//!   `hv_balloon` do it, through the cold discard hint.
 //! - [`engine`]: the run loop: a real `ballast_host::Host` stepped on virtual time with
 //!   the guests, and the figures of the run.
 //! - [`compare`]: a scenario run with one policy or with every policy.
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod guest;
 pub mod record;
 pub mod report;
+pub mod reporting;
 pub mod scenario;
 pub mod size;
 pub mod trace;

@@ -73,6 +73,12 @@ pub struct Operations {
     pub target_changes: u64,
     /// Host operations that failed or timed out.
     pub failures: u64,
+    /// Cold discard hints (free page reporting calls, HvExtCallMemoryHeatHint).
+    #[serde(default)]
+    pub hint: u64,
+    /// Bytes the hints discarded.
+    #[serde(default)]
+    pub hint_bytes: u64,
 }
 
 /// The figures of one policy on one scenario. Field names are `results.json`'s keys.
@@ -80,11 +86,21 @@ pub struct Operations {
 pub struct PolicyMetrics {
     /// The policy's name (`ballast`, `static`, `hyperv`, `proportional`, `vpa`, `oracle`).
     pub policy: String,
+    /// The DM guests reported their free memory (free page reporting, the cold discard
+    /// hint). A policy may be run both ways on one scenario: this tells the rows apart.
+    #[serde(default)]
+    pub free_page_reporting: bool,
     /// Time average of the memory assigned to all guests together, in bytes.
     pub footprint_assigned_bytes_avg: f64,
     /// Time average of the host's measured resident guest memory; `None` (JSON null) in
     /// accounting mode.
     pub footprint_resident_bytes_avg: Option<f64>,
+    /// Time average of the guest memory the host must back: assigned memory minus what
+    /// guests reported free and have not used since, in bytes. The model's count, so it
+    /// exists in accounting mode too; in real-memory mode it is what the resident memory
+    /// measures. Without reporting it equals the assigned footprint.
+    #[serde(default)]
+    pub footprint_backed_bytes_avg: f64,
     /// 1 - footprint / footprint of `static` on the same scenario; `None` when `static`
     /// was not run.
     pub saved_vs_static_fraction: Option<f64>,

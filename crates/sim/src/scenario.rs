@@ -15,7 +15,7 @@
 //! startup = "1G"
 //! minimum = "512M"
 //! maximum = "3G"
-//! # buffer = 20, weight = 50, vps = 2, count = 1
+//! # buffer = 20, weight = 50, vps = 2, count = 1, free_page_reporting = false
 //! workload = { kind = "bursty", base = "700M", peak = "2.5G", mean_interval_s = 90, mean_length_s = 40 }
 //! ```
 //!
@@ -149,6 +149,10 @@ pub struct Guest {
     pub vps: u32,
     /// What it demands over time.
     pub workload: WorkloadSpec,
+    /// It reports its free memory with the cold discard hint (free page reporting; DM
+    /// guests only). `ballast compare` runs every policy both ways.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub free_page_reporting: bool,
 }
 
 impl Guest {
@@ -277,6 +281,8 @@ struct GuestFile {
     vps: u32,
     workload: WorkloadSpec,
     count: Option<u32>,
+    #[serde(default)]
+    free_page_reporting: bool,
 }
 
 /// Rounds up to the granule (saturating at the largest multiple).
@@ -401,6 +407,7 @@ impl Scenario {
                 weight: g.weight,
                 vps: g.vps,
                 workload: g.workload.clone(),
+                free_page_reporting: g.free_page_reporting,
             };
             let adding = copies.map_or(1, |n| n as usize);
             if guests.len().saturating_add(adding) > MAX_GUESTS {
@@ -557,6 +564,12 @@ impl Scenario {
             if g.weight > 100 {
                 return invalid(&field("weight"), format!("{} is above 100", g.weight));
             }
+            if g.free_page_reporting && g.kind == GuestKind::Xen {
+                return invalid(
+                    &field("free_page_reporting"),
+                    "free page reporting is a Hyper-V interface (the cold discard hint): DM guests only".to_owned(),
+                );
+            }
             if !(1..=240).contains(&g.vps) {
                 return invalid(&field("vps"), format!("{} is outside 1-240", g.vps));
             }
@@ -693,6 +706,7 @@ impl Scenario {
                     buffer: default_buffer(),
                     weight: default_weight(),
                     vps: default_vps(),
+                    free_page_reporting: false,
                     workload: WorkloadSpec::Trace {
                         file: path.to_path_buf(),
                         vm_id: vm.vm_id,

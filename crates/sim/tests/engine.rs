@@ -50,6 +50,7 @@ fn guest(name: &str, kind: GuestKind, low: u64, high: u64, at: f64) -> GuestSpec
             at_s: at,
             until_s: at + 40.0,
         }),
+        free_page_reporting: false,
     }
 }
 
@@ -193,4 +194,59 @@ fn a_run_is_deterministic() {
     .unwrap();
     assert_eq!(a.metrics, b.metrics);
     assert_eq!(a.series, b.series);
+}
+
+#[test]
+fn reporting_guests_give_back_free_memory_without_changing_the_balance() {
+    let plain = run(
+        &config(Mode::RealMemory, false),
+        "hyperv",
+        guests(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut reporting = guests();
+    for g in &mut reporting {
+        g.free_page_reporting = g.kind == GuestKind::Dm;
+    }
+    let fpr = run(
+        &config(Mode::RealMemory, true),
+        "hyperv",
+        reporting,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (p, f) = (&plain.metrics, &fpr.metrics);
+    assert!(f.free_page_reporting && !p.free_page_reporting);
+    // The balancer sees the same guests: the same memory moves the same way.
+    assert_eq!(
+        f.footprint_assigned_bytes_avg,
+        p.footprint_assigned_bytes_avg
+    );
+    assert_eq!(f.paged_byte_seconds, p.paged_byte_seconds);
+    assert_eq!(f.operations.balloon_bytes, p.operations.balloon_bytes);
+    // The DM guests hinted their free blocks, and the host stopped backing them.
+    assert!(
+        f.operations.hint > 0 && f.operations.hint_bytes > 0,
+        "{:?}",
+        f.operations
+    );
+    assert_eq!(p.operations.hint, 0);
+    assert_eq!(p.footprint_backed_bytes_avg, p.footprint_assigned_bytes_avg);
+    let (res_p, res_f) = (
+        p.footprint_resident_bytes_avg.unwrap(),
+        f.footprint_resident_bytes_avg.unwrap(),
+    );
+    assert!(
+        res_f + 64.0 * MIB as f64 <= res_p,
+        "resident {res_f} with reporting, {res_p} without"
+    );
+    // The model's count of backed memory is what the host measures, within 4 MiB per
+    // guest (pages in flight within a tick).
+    let tolerance = 4.0 * 4.0 * MIB as f64;
+    assert!(
+        (f.footprint_backed_bytes_avg - res_f).abs() <= tolerance,
+        "backed {} against resident {res_f}",
+        f.footprint_backed_bytes_avg
+    );
 }

@@ -24,6 +24,9 @@ pub(crate) struct Columns {
     pub with_resident: bool,
     /// The unit of the paging volume column.
     pub paged_unit: format::ByteSecondsUnit,
+    /// Whether any run had free page reporting: then the backed footprint (assigned
+    /// minus reported) and the hint counts get columns.
+    pub with_reporting: bool,
 }
 
 impl Columns {
@@ -37,6 +40,10 @@ impl Columns {
             paged_unit: format::ByteSecondsUnit::for_values(
                 result.policies.iter().map(|p| p.metrics.paged_byte_seconds),
             ),
+            with_reporting: result
+                .policies
+                .iter()
+                .any(|p| p.metrics.free_page_reporting),
         }
     }
 }
@@ -48,7 +55,7 @@ pub(crate) fn cells(run: &PolicyRun, cols: Columns) -> Vec<Cell> {
     let mut out = vec![Cell {
         key: "policy",
         header: "policy",
-        text: m.policy.clone(),
+        text: crate::compare::run_label(&m.policy, m.free_page_reporting),
         raw: format::raw(&m.policy),
     }];
     let mut push = |key, header, text, raw| {
@@ -71,6 +78,14 @@ pub(crate) fn cells(run: &PolicyRun, cols: Columns) -> Vec<Cell> {
             "resident",
             format::opt_bytes(m.footprint_resident_bytes_avg),
             format::raw(&m.footprint_resident_bytes_avg),
+        );
+    }
+    if cols.with_reporting {
+        push(
+            "footprint_backed_bytes_avg",
+            "backed",
+            format::bytes(m.footprint_backed_bytes_avg),
+            format::raw(&m.footprint_backed_bytes_avg),
         );
     }
     push(
@@ -125,6 +140,14 @@ pub(crate) fn cells(run: &PolicyRun, cols: Columns) -> Vec<Cell> {
     ] {
         push(key, header, n.to_string(), n.to_string());
     }
+    if cols.with_reporting {
+        push(
+            "operations.hint",
+            "hints",
+            ops.hint.to_string(),
+            ops.hint.to_string(),
+        );
+    }
     out
 }
 
@@ -133,6 +156,8 @@ pub(crate) fn headers(cols: Columns) -> Vec<&'static str> {
     let probe = PolicyRun {
         metrics: crate::record::PolicyMetrics {
             policy: String::new(),
+            free_page_reporting: false,
+            footprint_backed_bytes_avg: 0.0,
             footprint_assigned_bytes_avg: 0.0,
             footprint_resident_bytes_avg: None,
             saved_vs_static_fraction: None,

@@ -201,10 +201,14 @@ fn metrics_from(policy: String, series: Series, step: f64, duration_s: f64) -> P
         populate_bytes: changes / 3 * 32 * MIB,
         target_changes: changes,
         failures: 0,
+        hint: 0,
+        hint_bytes: 0,
     };
     PolicyRun {
         metrics: PolicyMetrics {
             policy,
+            free_page_reporting: false,
+            footprint_backed_bytes_avg: footprint,
             footprint_assigned_bytes_avg: footprint,
             footprint_resident_bytes_avg: Some(resident),
             saved_vs_static_fraction: None,
