@@ -396,6 +396,7 @@ fn main() {
                 buffer_percent: None,
                 weight: None,
                 vps: None,
+                free_page_reporting: None,
             };
             tokens.push(lc.create(&req).await.unwrap().token);
             ic.create(&req).await.unwrap();

@@ -43,6 +43,25 @@ pub enum KindArg {
     Xen,
 }
 
+/// `on` or `off`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Switch {
+    /// Switched on.
+    On,
+    /// Switched off.
+    Off,
+}
+
+/// What `--free-page-reporting` does, for both verbs' help.
+macro_rules! reporting_help {
+    () => {
+        "Free page reporting: the guest reports its free 2 MiB blocks with Hyper-V's cold \
+         discard hint (HvExtCallMemoryHeatHint, as Linux's hv_balloon does) and the host \
+         stops backing them, so its resident memory drops; the blocks stay the guest's and \
+         read zero until it uses them again. Dynamic Memory guests only."
+    };
+}
+
 fn size(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
@@ -89,6 +108,9 @@ pub enum Ctl {
         /// The interface.
         #[arg(long, value_enum, default_value = "dm")]
         kind: KindArg,
+        /// Let the guest report free memory (the cold discard hint); DM guests only.
+        #[arg(long, long_help = reporting_help!())]
+        free_page_reporting: bool,
     },
     /// Fix a VM's target (xl mem-set); `auto` gives it back to the balancer.
     #[command(name = "mem-set")]
@@ -127,6 +149,20 @@ pub enum Ctl {
         /// Weight, 0-100.
         #[arg(long)]
         weight: Option<u32>,
+        /// Free page reporting on or off (the cold discard hint); DM guests only.
+        #[arg(
+            long,
+            value_enum,
+            value_name = "on|off",
+            long_help = concat!(
+                reporting_help!(),
+                "\n\nOff, a running guest's next hints are refused and it stops reporting \
+                 (what it reported stays unbacked until it uses it). On, a guest that was \
+                 refused the capability reports from its next start, as Linux's driver \
+                 asks for it once, when it loads."
+            )
+        )]
+        free_page_reporting: Option<Switch>,
     },
     /// One VM's memory figures (virsh dommemstat).
     Stats {
@@ -270,11 +306,16 @@ pub fn guest(a: GuestArgs) -> Result<(), String> {
     let exit = ballast_daemon::guest::run(&opts, |w, s| {
         if !quiet {
             eprintln!(
-                "{} [{}s]: demand {}, RAM {}",
+                "{} [{}s]: demand {}, RAM {}{}",
                 w.name,
                 s.elapsed_s,
                 format_size(s.demand_pages * 4096),
-                format_size(s.ram_pages * 4096)
+                format_size(s.ram_pages * 4096),
+                if s.reported_pages > 0 {
+                    format!(", reported free {}", format_size(s.reported_pages * 4096))
+                } else {
+                    String::new()
+                }
             );
         }
     })
@@ -344,6 +385,10 @@ fn stats(v: &VmInfo) -> String {
         ("startup", format_size(v.settings.startup)),
         ("buffer", format!("{}%", v.settings.buffer_percent)),
         ("weight", v.settings.weight.to_string()),
+        (
+            "page_reporting",
+            if v.free_page_reporting { "on" } else { "off" }.to_string(),
+        ),
         ("stuck", v.stuck.to_string()),
     ];
     lines.extend([
@@ -366,6 +411,10 @@ fn stats(v: &VmInfo) -> String {
         (
             "populate_ops",
             format!("{} ({})", o.populate, format_size(o.populate_bytes)),
+        ),
+        (
+            "hint_ops",
+            format!("{} ({})", o.hint_calls, format_size(o.hinted_bytes)),
         ),
         ("failures", o.failures.to_string()),
         ("violations", v.violations.to_string()),
@@ -413,6 +462,7 @@ pub fn ctl(verb: Ctl, sock: SocketArg) -> Result<(), String> {
                 weight,
                 vps,
                 kind,
+                free_page_reporting,
             } => {
                 let created = c
                     .create(&CreateVm {
@@ -427,6 +477,7 @@ pub fn ctl(verb: Ctl, sock: SocketArg) -> Result<(), String> {
                         buffer_percent: buffer,
                         weight,
                         vps,
+                        free_page_reporting: free_page_reporting.then_some(true),
                     })
                     .await
                     .map_err(e)?;
@@ -471,6 +522,7 @@ pub fn ctl(verb: Ctl, sock: SocketArg) -> Result<(), String> {
                 max,
                 buffer,
                 weight,
+                free_page_reporting,
             } => {
                 let v = c
                     .update(
@@ -481,6 +533,8 @@ pub fn ctl(verb: Ctl, sock: SocketArg) -> Result<(), String> {
                             maximum: max,
                             buffer_percent: buffer,
                             weight,
+                            free_page_reporting: free_page_reporting
+                                .map(|s| matches!(s, Switch::On)),
                         },
                     )
                     .await

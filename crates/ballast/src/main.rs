@@ -101,8 +101,10 @@ With --trace FILE.csv (columns vm_id,t_seconds,mem_capacity_bytes,mem_used_bytes
         /// Free page reporting (the Hyper-V cold discard hint) in the DM guests: `both`
         /// runs every policy without it and again with every DM guest reporting (rows
         /// named POLICY+fpr); `on` and `off` run one way; `scenario` as each guest says.
-        #[arg(long, value_enum, default_value_t = ReportingChoice::Both)]
-        free_page_reporting: ReportingChoice,
+        /// Default: `both` for a scenario, `off` for --trace (its runs take a minute or
+        /// more each, and `both` doubles them).
+        #[arg(long, value_enum, value_name = "WHICH")]
+        free_page_reporting: Option<ReportingChoice>,
         #[command(flatten)]
         common: Common,
     },
@@ -211,7 +213,7 @@ fn apply(s: &mut Scenario, c: &Common) -> Result<(), String> {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix:>12} [{bar:40}] {percent:>3}% {elapsed_precise}")
+    ProgressStyle::with_template("{prefix:>16} [{bar:40}] {percent:>3}% {elapsed_precise}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
@@ -297,7 +299,13 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 names.clone()
             };
-            let variants = free_page_reporting.variants();
+            let variants = free_page_reporting
+                .unwrap_or(if trace.is_some() {
+                    ReportingChoice::Off
+                } else {
+                    ReportingChoice::Both
+                })
+                .variants();
             let multi = MultiProgress::new();
             let bars: Vec<(String, ProgressBar)> = shown
                 .iter()

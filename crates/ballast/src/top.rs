@@ -749,6 +749,7 @@ mod tests {
                 vps: 1,
             },
             pinned_target: None,
+            free_page_reporting: false,
             assigned,
             target: assigned,
             committed: (assigned > 0).then_some(assigned / 2),

@@ -14,7 +14,8 @@ pub use ballast_abi::types::GfnRange;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Effect {
-    /// The gfns left the partition's guest physical space: release their backing bytes.
+    /// The gfns left the partition's guest physical space, or stayed and gave up their
+    /// contents (a cold discard hint): release their backing bytes.
     Discard {
         /// Whose guest space.
         partition: PartitionId,

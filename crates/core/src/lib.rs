@@ -8,10 +8,12 @@
 //! moves through the host API ([`Hypervisor::populate`], [`Hypervisor::release`]).
 //!
 //! The crate is deterministic and does no I/O. Whenever a gfn leaves a partition's guest
-//! space it records an [`Effect::Discard`]; the host applies those to real memory.
+//! space, or a guest gives up a page's contents with the cold discard hint (free page
+//! reporting), it records an [`Effect::Discard`]; the host applies those to real memory.
 //!
 //! Follows the Hyper-V TLFS (the hypercall interface, partition management and the
-//! memory pool: HvDepositMemory, HvWithdrawMemory, HvGetMemoryBalance, HvCreateVp) as
+//! memory pool: HvDepositMemory, HvWithdrawMemory, HvGetMemoryBalance, HvCreateVp; the
+//! extended hypercalls HvExtCallQueryCapabilities and HvExtCallMemoryHeatHint) as
 //! Linux's root drives it (`arch/x86/hyperv/hv_proc.c`, `drivers/hv/mshv_root_main.c`),
 //! and Xen's `memory_op` (`xen/include/public/memory.h`, `xen/common/memory.c`, Xen
 //! 4.17). Where those leave a choice, ballast's decisions and deliberate deviations are

@@ -8,18 +8,27 @@
 //! memory is what it holds and a balloon really gives memory back. It runs until the
 //! daemon closes the link (the VM was destroyed, or the daemon stopped), until
 //! `duration`, or until it is killed.
+//!
+//! A Dynamic Memory guest also runs free page reporting, as Linux's `hv_balloon` does
+//! (`ballast_sim::reporting`): it asks for the cold discard capability when its first
+//! pass is due and, if the host offers it, hints its free 2 MiB blocks, its hypercalls
+//! going to the daemon on the link. Whether the host offers it is the VM's
+//! `free_page_reporting` setting: without it the query is refused and the guest never
+//! reports.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ballast_abi::hv::{Control, HvGpaPageRange, HypercallCode};
 use ballast_abi::types::GfnRange;
 use ballast_backing::SharedRegion;
 use ballast_core::{FlatMemory, MemoryOpResult};
 use ballast_dm::vsc::{Vsc, VscConfig};
 use ballast_host::VmId;
 use ballast_sim::guest::{DmModel, XenGuest, XenHypervisor};
+use ballast_sim::reporting::HvCaller;
 use ballast_sim::workload::{Workload, WorkloadSpec};
 use ballast_vmbus::ring::ChannelSetup;
 use ballast_vmbus::session::GuestSession;
@@ -95,6 +104,8 @@ pub struct GuestStatus {
     pub demand_pages: u64,
     /// Pages of RAM the guest has.
     pub ram_pages: u64,
+    /// Pages it reported free (cold discard hints) and has not used since.
+    pub reported_pages: u64,
 }
 
 /// The guest's memory: the VM's memfd, mapped to its current size and remapped when a
@@ -234,6 +245,99 @@ impl XenHypervisor for LinkXen<'_> {
     }
 }
 
+/// A Dynamic Memory guest's Hyper-V hypercalls: made by the daemon, over the link. The
+/// daemon sends a DM guest nothing unasked but a stop, which ends a call with the error
+/// a [`LinkXen`] gives it.
+struct LinkHv<'a> {
+    socket: &'a UnixStream,
+    /// The pages of a cold discard hint whose answer never came (the link failed with
+    /// it in flight): the daemon may or may not have discarded them.
+    unanswered: Vec<GfnRange>,
+}
+
+impl LinkHv<'_> {
+    /// The pages a heat hint with `control` and `input` names (empty for any other
+    /// call), as far as they parse.
+    fn hinted(control: u64, input: &[u8]) -> Vec<GfnRange> {
+        if Control::from_bits(control).call_code() != HypercallCode::HvExtCallMemoryHeatHint {
+            return Vec::new();
+        }
+        input
+            .get(8..)
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .filter_map(|el| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(el);
+                let (start, count) = HvGpaPageRange::from_bits(u64::from_le_bytes(w))
+                    .pages()
+                    .ok()?;
+                GfnRange::new(start, count).ok()
+            })
+            .collect()
+    }
+
+    fn call(&mut self, control: u64, input: &[u8], output: &mut [u8]) -> Result<u64, LinkError> {
+        let output_len = u16::try_from(output.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= link::MAX_HV_OUTPUT)
+            .ok_or_else(|| LinkError::Malformed {
+                kind: "hv_call",
+                why: format!("an output of {} bytes, more than a page", output.len()),
+            })?;
+        let call = Frame::HvCall {
+            control,
+            input: input.to_vec(),
+            output_len,
+        };
+        link::send(self.socket, &call, &[])?;
+        // The answer is the next frame: a DM guest's link carries nothing unasked but a
+        // stop (no targets: its balloon runs on its ring).
+        match link::recv(self.socket)? {
+            (Frame::HvResult { rax, output: out }, _) => {
+                if out.len() != output.len() {
+                    return Err(LinkError::Malformed {
+                        kind: "hv_result",
+                        why: format!("{} bytes of output, not {}", out.len(), output.len()),
+                    });
+                }
+                output.copy_from_slice(&out);
+                Ok(rax)
+            }
+            (Frame::Stop(why), _) => Err(LinkError::Malformed { kind: "stop", why }),
+            (Frame::Refused(why), _) => Err(LinkError::Malformed {
+                kind: "refused",
+                why,
+            }),
+            (f, _) => Err(LinkError::Malformed {
+                kind: "unexpected",
+                why: format!(
+                    "a {} frame while waiting for a hypercall's result",
+                    f.name()
+                ),
+            }),
+        }
+    }
+}
+
+impl HvCaller for LinkHv<'_> {
+    type Error = LinkError;
+    fn hypercall(
+        &mut self,
+        control: u64,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<u64, LinkError> {
+        let r = self.call(control, input, output);
+        if r.is_err() {
+            // The reporter keeps the blocks of a failed call unreported, so their pages
+            // must hold what the guest wrote, as if the hint never happened.
+            self.unanswered.extend(Self::hinted(control, input));
+        }
+        r
+    }
+}
+
 enum Peek {
     Data,
     Empty,
@@ -284,6 +388,23 @@ impl Side {
                     .unwrap_or_default(),
             ),
             Side::Xen(x) => (x.pages(), Vec::new()),
+        }
+    }
+
+    /// Pages the guest owns whose contents it gave up (reported free with the cold
+    /// discard hint): they read zero, by design.
+    fn given_up_contents(&self) -> Vec<(u64, u64)> {
+        match self {
+            Side::Dm(_, model) => model
+                .reporter()
+                .map(|r| {
+                    r.reported()
+                        .ranges()
+                        .map(|g| (g.start(), g.count()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Side::Xen(_) => Vec::new(),
         }
     }
 }
@@ -344,9 +465,17 @@ fn attach(
 }
 
 /// Checks that every page the guest owns still holds what it wrote there: a restart of
-/// the daemon must not lose a byte of guest memory.
-fn verify(memory: &Memory, ram_top: u64, ballooned: &[(u64, u64)]) -> Result<(), GuestError> {
-    let mut given = ballooned.to_vec();
+/// the daemon must not lose a byte of guest memory. Pages it gave the host (`ballooned`)
+/// are not its own; pages it reported free (`reported`) are, but it gave up their
+/// contents, so they read zero and are skipped (reading them through the mapping would
+/// also make them resident again).
+fn verify(
+    memory: &Memory,
+    ram_top: u64,
+    ballooned: &[(u64, u64)],
+    reported: &[(u64, u64)],
+) -> Result<(), GuestError> {
+    let mut given: Vec<(u64, u64)> = ballooned.iter().chain(reported).copied().collect();
     given.sort_unstable();
     let mut next = given.iter().peekable();
     let mut g = 0;
@@ -396,7 +525,9 @@ pub fn run(
                 status_delay_periods: opts.report_delay_s,
                 ..VscConfig::newest_linux()
             }))),
-            Box::new(DmModel::new(boot)),
+            // Linux's driver always starts reporting if the host offers it; the
+            // VM's setting decides whether it does.
+            Box::new(DmModel::new(boot).with_reporting()),
         ),
         GuestKind::Xen => Side::Xen(XenGuest::new(VmId(0), boot, 0)),
     };
@@ -416,6 +547,7 @@ pub fn run(
             Ended::Lost => {}
         }
         let (ram_top, ranges) = side.holding();
+        let reported = side.given_up_contents();
         let given_up = start.elapsed() + opts.reconnect_for;
         let attached = loop {
             if opts.duration.is_some_and(|d| start.elapsed() >= d) {
@@ -435,7 +567,7 @@ pub fn run(
             }
         };
         (socket, welcome, _) = attached;
-        verify(&memory, ram_top, &ranges)?;
+        verify(&memory, ram_top, &ranges, &reported)?;
     }
 }
 
@@ -479,13 +611,18 @@ fn run_attached(
                 std::mem::replace(&mut **model, placeholder),
                 start.elapsed(),
             );
+            let mut hv = LinkHv {
+                socket,
+                unanswered: Vec::new(),
+            };
             let mut next_step = Duration::ZERO;
             let result = loop {
                 let now = start.elapsed();
                 if done(now) {
                     break Ok(Ended::Done);
                 }
-                if now >= next_step {
+                let stepped = now >= next_step;
+                if stepped {
                     next_step = now + STEP;
                     let demand = workload.demand_at(now.as_secs_f64()) / PAGE;
                     session.model.set_demand(demand);
@@ -502,6 +639,7 @@ fn run_attached(
                                 elapsed_s: now.as_secs(),
                                 demand_pages: demand,
                                 ram_pages: session.model.total_pages(),
+                                reported_pages: session.model.reported_pages(),
                             },
                         );
                     }
@@ -511,6 +649,28 @@ fn run_attached(
                 }
                 if let Err(e) = memory.touch(&mut session.model.to_touch) {
                     break Err(e);
+                }
+                // Free page reporting, once a step, after the pages the guest was given
+                // are written (a page written after its hint would be backed again).
+                if stepped {
+                    let reported = session.model.report(now.as_secs_f64(), &mut hv);
+                    // A hint the link lost: written again (they are free pages, so their
+                    // contents are the guest's to choose), before the guest checks its
+                    // memory at its next attach.
+                    session.model.to_touch.append(&mut hv.unanswered);
+                    match reported {
+                        Ok(()) => {}
+                        Err(LinkError::Malformed { kind: "stop", .. }) => {
+                            break Ok(Ended::Stopped);
+                        }
+                        Err(e) => {
+                            break if matches!(e, LinkError::Closed) || closed(socket) {
+                                Ok(Ended::Lost)
+                            } else {
+                                Err(e.into())
+                            };
+                        }
+                    }
                 }
                 let wait = next_step.saturating_sub(start.elapsed());
                 let _ = session.channel().wait(Some(wait.min(STEP)));
@@ -557,6 +717,7 @@ fn run_attached(
                             elapsed_s: now.as_secs(),
                             demand_pages: demand,
                             ram_pages: xen.pages(),
+                            reported_pages: 0,
                         },
                     );
                 }

@@ -2,8 +2,10 @@
 //!
 //! A connection must send its [`Hello`](crate::link::Hello) within [`HELLO_DEADLINE`];
 //! anything but a well-formed frame the guest may send ends the connection (and so the
-//! VM) and is counted as a violation; frames beyond [`MAX_FRAMES_PER_SECOND`] are slowed
-//! to that rate. What one guest does costs only its own connection's thread.
+//! VM) and is counted as a violation (a frame of the other interface among them: a Xen
+//! guest's Hyper-V call, a Dynamic Memory guest's `memory_op`); frames beyond
+//! [`MAX_FRAMES_PER_SECOND`] are slowed to that rate. What one guest does costs only its
+//! own connection's thread.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -148,6 +150,20 @@ fn serve_link(
                 base,
                 bytes,
             } => match service.xen_memory_op(name, generation, cmd, arg, base, bytes) {
+                Ok(r) => r,
+                Err(_) => {
+                    service.violation(name);
+                    return;
+                }
+            },
+            // A DM guest's Hyper-V hypercall (free page reporting). From a Xen guest, which
+            // has no Hyper-V interface, it is a violation, as a memory_op from a DM guest
+            // is; an input or output over a page never decodes.
+            Frame::HvCall {
+                control,
+                input,
+                output_len,
+            } => match service.hv_call(name, generation, control, &input, output_len) {
                 Ok(r) => r,
                 Err(_) => {
                     service.violation(name);

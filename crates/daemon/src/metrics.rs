@@ -75,7 +75,7 @@ pub fn render(host: &HostInfo, vms: &[VmInfo]) -> String {
     let _ = writeln!(o, "ballast_host_running_vms {}", host.running);
 
     type Get = fn(&VmInfo) -> Option<f64>;
-    let per_vm: [(&str, &str, &str, Get); 10] = [
+    let per_vm: [(&str, &str, &str, Get); 11] = [
         (
             "ballast_vm_running",
             "gauge",
@@ -136,6 +136,12 @@ pub fn render(host: &HostInfo, vms: &[VmInfo]) -> String {
             "1 if the balancer considers the VM stuck.",
             |v| Some(f64::from(u8::from(v.stuck))),
         ),
+        (
+            "ballast_vm_free_page_reporting",
+            "gauge",
+            "1 if the VM's guest may report free memory with the cold discard hint.",
+            |v| Some(f64::from(u8::from(v.free_page_reporting))),
+        ),
     ];
     let kind = |k: GuestKind| match k {
         GuestKind::Dm => "dm",
@@ -177,7 +183,7 @@ pub fn render(host: &HostInfo, vms: &[VmInfo]) -> String {
         }
     }
     type Count = fn(&VmInfo) -> u64;
-    let counters: [(&str, &str, Count); 4] = [
+    let counters: [(&str, &str, Count); 6] = [
         (
             "ballast_vm_moved_bytes_total",
             "Bytes moved out of (balloon, decrease) and into (unballoon, hot-add, populate) the VM.",
@@ -202,6 +208,16 @@ pub fn render(host: &HostInfo, vms: &[VmInfo]) -> String {
             "ballast_vm_violations_total",
             "Protocol violations counted against the VM's guest.",
             |v| v.violations,
+        ),
+        (
+            "ballast_vm_hint_calls_total",
+            "Cold discard hints (HvExtCallMemoryHeatHint calls) the guest made, whatever their status.",
+            |v| v.operations.hint_calls,
+        ),
+        (
+            "ballast_vm_hinted_bytes_total",
+            "Bytes whose contents the guest's cold discard hints gave up (the pages stay the VM's; the host stops backing them).",
+            |v| v.operations.hinted_bytes,
         ),
     ];
     for (name, help, get) in counters {

@@ -65,6 +65,8 @@ impl ServiceError {
             ServiceError::Conflict(_) => 409,
             ServiceError::Host(VmError::NoMemory { .. }) => 507,
             ServiceError::Host(VmError::Settings { .. }) => 400,
+            // An operation for the other interface: the request's fault, not the host's.
+            ServiceError::Host(VmError::WrongKind(..)) => 400,
             ServiceError::Host(_) | ServiceError::Store(_) => 500,
         }
     }
@@ -169,6 +171,18 @@ fn check_settings(d: &VmDef) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Free page reporting is Hyper-V's (the cold discard hint, an extended hypercall of a
+/// Dynamic Memory guest's partition): a Xen VM cannot have it switched on.
+fn check_reporting(d: &VmDef) -> Result<(), ServiceError> {
+    if d.free_page_reporting && d.kind == GuestKind::Xen {
+        return Err(ServiceError::Invalid(format!(
+            "VM {:?} is a Xen guest: free page reporting (Hyper-V's cold discard hint) is for Dynamic Memory guests only",
+            d.name
+        )));
+    }
+    Ok(())
+}
+
 fn new_token() -> String {
     let mut b = [0u8; 16];
     let mut filled = 0;
@@ -260,8 +274,10 @@ impl Service {
             vps: req.vps.unwrap_or(1),
             pinned_target: None,
             token: new_token(),
+            free_page_reporting: req.free_page_reporting.unwrap_or(false),
         };
         check_settings(&def)?;
+        check_reporting(&def)?;
         let mut s = self.lock();
         if s.defs.contains_key(&def.name) {
             return Err(ServiceError::Conflict(format!(
@@ -313,7 +329,9 @@ impl Service {
         d.maximum = u.maximum.unwrap_or(d.maximum);
         d.buffer_percent = u.buffer_percent.unwrap_or(d.buffer_percent);
         d.weight = u.weight.unwrap_or(d.weight);
+        d.free_page_reporting = u.free_page_reporting.unwrap_or(d.free_page_reporting);
         check_settings(&d)?;
+        check_reporting(&d)?;
         s.apply_and_save(&self.store, d)?;
         s.info(name)
             .ok_or_else(|| ServiceError::NotFound(name.to_string()))
@@ -446,7 +464,9 @@ impl Service {
             kind,
             settings: def.settings(),
             vps: def.vps,
-            free_page_reporting: false,
+            // The partition's privilege, granted as it is made (or taken over): the guest
+            // asks for the capability once its driver starts.
+            free_page_reporting: def.free_page_reporting && kind == VmKind::Dm,
         };
         let vm = match (hello.resume, memory) {
             (None, _) => s
@@ -570,6 +590,28 @@ impl Service {
         })
     }
 
+    /// A Dynamic Memory guest's Hyper-V hypercall, as itself: `control` and `input` as it
+    /// sent them, `output_len` bytes of output page (zeroed before the call) sent back.
+    /// A Xen guest has no Hyper-V interface: refused, as a protocol violation.
+    pub fn hv_call(
+        &self,
+        name: &str,
+        generation: u64,
+        control: u64,
+        input: &[u8],
+        output_len: u16,
+    ) -> Result<Frame, String> {
+        let mut s = self.lock();
+        let vm = s.current(name, generation)?;
+        // The link bounds `output_len` to a page.
+        let mut output = vec![0u8; usize::from(output_len)];
+        let rax = s
+            .host
+            .hv_hypercall(vm, control, input, &mut output)
+            .map_err(|e| e.to_string())?;
+        Ok(Frame::HvResult { rax, output })
+    }
+
     /// A Xen guest's report of what it commits.
     pub fn xen_report(&self, name: &str, generation: u64, committed: u64) -> Result<(), String> {
         let mut s = self.lock();
@@ -655,6 +697,7 @@ impl State {
                 state: VmState::Running,
                 settings,
                 pinned_target: d.pinned_target,
+                free_page_reporting: d.free_page_reporting,
                 assigned: v.assigned,
                 target: v.target,
                 committed: v.committed,
@@ -682,6 +725,8 @@ impl State {
                     populate_bytes: v.ops.populate_pages * PAGE,
                     target_changes: v.ops.target_changes,
                     failures: v.ops.failures,
+                    hint_calls: v.ops.hint,
+                    hinted_bytes: v.ops.hint_pages * PAGE,
                 },
                 violations,
             },
@@ -691,6 +736,7 @@ impl State {
                 state: VmState::Stopped,
                 settings,
                 pinned_target: d.pinned_target,
+                free_page_reporting: d.free_page_reporting,
                 assigned: 0,
                 target: 0,
                 committed: None,
@@ -736,12 +782,29 @@ impl State {
     fn apply_and_save(&mut self, store: &Store, d: VmDef) -> Result<(), ServiceError> {
         if let Some(r) = self.running.get(&d.name) {
             let vm = r.vm;
-            let old = self.defs.get(&d.name).map(VmDef::settings);
-            self.host.set_settings(vm, d.settings())?;
-            if let Err(e) = self.host.pin_target(vm, d.pinned_target) {
-                if let Some(old) = old {
-                    let _ = self.host.set_settings(vm, old);
+            let old = self.defs.get(&d.name).cloned();
+            let was_reporting = old.as_ref().is_some_and(|o| o.free_page_reporting);
+            // Reporting first: a Xen VM never gets here with it on (`check_reporting`),
+            // and for a DM VM the privilege change cannot fail; undone if what follows is
+            // refused.
+            if d.free_page_reporting != was_reporting {
+                self.host
+                    .set_free_page_reporting(vm, d.free_page_reporting)?;
+            }
+            let undo_reporting = |host: &mut Host| {
+                if d.free_page_reporting != was_reporting {
+                    let _ = host.set_free_page_reporting(vm, was_reporting);
                 }
+            };
+            if let Err(e) = self.host.set_settings(vm, d.settings()) {
+                undo_reporting(&mut self.host);
+                return Err(e.into());
+            }
+            if let Err(e) = self.host.pin_target(vm, d.pinned_target) {
+                if let Some(old) = &old {
+                    let _ = self.host.set_settings(vm, old.settings());
+                }
+                undo_reporting(&mut self.host);
                 return Err(e.into());
             }
         }
@@ -768,6 +831,9 @@ impl State {
 mod tests {
     use super::*;
     use crate::api::types::CreateVm;
+    use ballast_abi::hv::{
+        Control, HvError, HvExtCapabilities, HvStatus, HypercallCode, HypercallOutput,
+    };
 
     fn service(tag: &str) -> (Service, std::path::PathBuf) {
         let dir =
@@ -806,6 +872,7 @@ mod tests {
                 buffer_percent: None,
                 weight: None,
                 vps: None,
+                free_page_reporting: None,
             })
             .unwrap();
         let (daemon_end, guest_end) = UnixStream::pair().unwrap();
@@ -826,6 +893,106 @@ mod tests {
         svc.tick();
         let (f, _) = link::recv(&guest_end).unwrap();
         assert_eq!(f, Frame::XenTarget { pages: 8192 });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn vm(name: &str, kind: GuestKind, reporting: Option<bool>) -> CreateVm {
+        CreateVm {
+            name: name.into(),
+            kind,
+            startup: 32 << 20,
+            minimum: None,
+            maximum: None,
+            buffer_percent: None,
+            weight: None,
+            vps: None,
+            free_page_reporting: reporting,
+        }
+    }
+
+    fn attach(svc: &Service, name: &str, token: String) -> (Attached, UnixStream) {
+        let (daemon_end, guest_end) = UnixStream::pair().unwrap();
+        let hello = Hello {
+            version: link::VERSION,
+            name: name.into(),
+            token,
+            resume: None,
+        };
+        let a = svc
+            .attach(&hello, Arc::new(Mutex::new(daemon_end)), None, &[])
+            .unwrap();
+        (a, guest_end)
+    }
+
+    /// The capability query as the guest's driver makes it: its status and bits.
+    fn query(svc: &Service, name: &str, generation: u64) -> (HvStatus, u64) {
+        let control = Control::for_call(HypercallCode::HvExtCallQueryCapabilities, 0, 0);
+        match svc.hv_call(name, generation, control.into_bits(), &[], 8) {
+            Ok(Frame::HvResult { rax, output }) => (
+                HypercallOutput::from_bits(rax).status(),
+                u64::from_le_bytes(output.try_into().unwrap()),
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Free page reporting is a Dynamic Memory VM's setting: refused for a Xen VM at
+    /// create and in a change; persisted; for a running DM VM it is its partition's
+    /// privilege, which the guest's capability query over the link sees at once.
+    #[test]
+    fn free_page_reporting_is_a_dm_setting_that_reaches_the_running_partition() {
+        let (svc, dir) = service("reporting");
+        let e = svc.create(vm("x", GuestKind::Xen, Some(true))).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("Dynamic Memory"), "{e}");
+        let x = svc.create(vm("x", GuestKind::Xen, Some(false))).unwrap();
+        let on = UpdateVm {
+            free_page_reporting: Some(true),
+            ..UpdateVm::default()
+        };
+        assert_eq!(svc.update("x", on.clone()).unwrap_err().status(), 400);
+        assert!(!svc.get("x").unwrap().free_page_reporting);
+
+        let d = svc.create(vm("d", GuestKind::Dm, Some(true))).unwrap();
+        assert!(d.vm.free_page_reporting);
+        let plain = svc.create(vm("p", GuestKind::Dm, None)).unwrap();
+        assert!(!plain.vm.free_page_reporting);
+        let (a, _d_end) = attach(&svc, "d", d.token);
+        let (st, caps) = query(&svc, "d", a.generation);
+        assert_eq!(st, HvStatus::SUCCESS);
+        assert!(HvExtCapabilities::from_bits(caps).memory_cold_discard_hint());
+        let (p, _p_end) = attach(&svc, "p", plain.token);
+        assert_eq!(
+            query(&svc, "p", p.generation).0,
+            HvStatus::from(HvError::ACCESS_DENIED)
+        );
+
+        // Switched at run time, both ways, and kept in the definitions.
+        let off = UpdateVm {
+            free_page_reporting: Some(false),
+            ..UpdateVm::default()
+        };
+        assert!(!svc.update("d", off).unwrap().free_page_reporting);
+        assert_eq!(
+            query(&svc, "d", a.generation).0,
+            HvStatus::from(HvError::ACCESS_DENIED)
+        );
+        assert!(svc.update("p", on).unwrap().free_page_reporting);
+        assert_eq!(query(&svc, "p", p.generation).0, HvStatus::SUCCESS);
+        let defs = Store::open(&dir).unwrap().load().unwrap();
+        assert!(!defs["d"].free_page_reporting && defs["p"].free_page_reporting);
+
+        // A stale link, and a Xen guest (no Hyper-V interface), are refused.
+        let control = Control::for_call(HypercallCode::HvExtCallQueryCapabilities, 0, 0);
+        assert!(
+            svc.hv_call("p", p.generation + 100, control.into_bits(), &[], 8)
+                .is_err()
+        );
+        let (xa, _x_end) = attach(&svc, "x", x.token);
+        assert!(
+            svc.hv_call("x", xa.generation, control.into_bits(), &[], 8)
+                .is_err()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,7 +11,10 @@
 //! that each side sees the other die (end of file). A Xen guest has no ring: its
 //! `memory_op` hypercalls travel on the link ([`Frame::XenMemoryOp`], the argument memory
 //! with them, as a hypercall page would hold it), as do its target (xenstore
-//! `memory/target`) and its reports (`data/meminfo`).
+//! `memory/target`) and its reports (`data/meminfo`). A Dynamic Memory guest's Hyper-V
+//! hypercalls, the extended ones of free page reporting, travel on it the same way
+//! ([`Frame::HvCall`], its input block with it, and the output page back in
+//! [`Frame::HvResult`]).
 //!
 //! Frames are a 12-byte header (magic, kind, payload length, little-endian) and a payload
 //! of at most [`MAX_PAYLOAD`] bytes. Decoding is total: any bytes give a frame or a
@@ -43,6 +46,12 @@ pub const HEADER_LEN: usize = 12;
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// The most descriptors one frame carries.
 pub const MAX_FDS: usize = 4;
+/// The largest input block of a [`Frame::HvCall`]: a Hyper-V hypercall's input
+/// parameters are one page (TLFS "Hypercall Inputs and Outputs": they may not cross a
+/// page boundary), and a heat hint's 511 ranges fill exactly one.
+pub const MAX_HV_INPUT: usize = 4096;
+/// The largest output a [`Frame::HvCall`] may ask for: one page, as the input.
+pub const MAX_HV_OUTPUT: usize = 4096;
 
 /// The interface a guest moves memory through, on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +152,24 @@ pub enum Frame {
         /// The argument memory as the call left it.
         bytes: Vec<u8>,
     },
+    /// A Dynamic Memory guest's Hyper-V hypercall, made as itself: the control word, the
+    /// input block, and how many bytes of output page it wants back.
+    HvCall {
+        /// RCX: the call code, rep count and rep start.
+        control: u64,
+        /// The input parameters, at most [`MAX_HV_INPUT`] bytes.
+        input: Vec<u8>,
+        /// Bytes of output, at most [`MAX_HV_OUTPUT`].
+        output_len: u16,
+    },
+    /// The daemon's answer to a [`Frame::HvCall`]: the result value and the output.
+    HvResult {
+        /// RAX: the status and reps completed.
+        rax: u64,
+        /// The output page as the call left it, exactly the `output_len` bytes asked for
+        /// (so at most [`MAX_HV_OUTPUT`]).
+        output: Vec<u8>,
+    },
 }
 
 const HELLO: u32 = 1;
@@ -154,6 +181,8 @@ const XEN_MEMORY_OP: u32 = 6;
 const XEN_RESULT: u32 = 7;
 const RANGES: u32 = 8;
 const STOP: u32 = 9;
+const HV_CALL: u32 = 10;
+const HV_RESULT: u32 = 11;
 
 /// Ranges one [`Frame::Ranges`] carries: 16 bytes each.
 pub const MAX_RANGES_PER_FRAME: usize = MAX_PAYLOAD / 16;
@@ -226,6 +255,17 @@ fn malformed(kind: &'static str, why: impl ToString) -> LinkError {
     }
 }
 
+/// A Hyper-V call's input or output of `len` bytes, refused over `max` (a page).
+fn check_hv_len(kind: &'static str, what: &str, len: usize, max: usize) -> Result<(), LinkError> {
+    if len > max {
+        return Err(malformed(
+            kind,
+            format!("{what} of {len} bytes, more than a page ({max})"),
+        ));
+    }
+    Ok(())
+}
+
 fn u64_at(p: &[u8], at: usize) -> Option<u64> {
     let b = p.get(at..at + 8)?;
     let mut w = [0u8; 8];
@@ -246,6 +286,8 @@ impl Frame {
             Frame::XenResult { .. } => "result",
             Frame::Ranges(_) => "ranges",
             Frame::Stop(_) => "stop",
+            Frame::HvCall { .. } => "hv_call",
+            Frame::HvResult { .. } => "hv_result",
         }
     }
 
@@ -260,11 +302,14 @@ impl Frame {
             Frame::XenResult { .. } => XEN_RESULT,
             Frame::Ranges(_) => RANGES,
             Frame::Stop(_) => STOP,
+            Frame::HvCall { .. } => HV_CALL,
+            Frame::HvResult { .. } => HV_RESULT,
         }
     }
 
     /// The frame as bytes: header and payload. Fails only for a payload over
-    /// [`MAX_PAYLOAD`] (argument memory too large), which the peer would refuse.
+    /// [`MAX_PAYLOAD`] (argument memory too large), or a Hyper-V call's input or output
+    /// over a page, which the peer would refuse.
     pub fn encode(&self) -> Result<Vec<u8>, LinkError> {
         let mut payload = Vec::new();
         match self {
@@ -305,6 +350,22 @@ impl Frame {
                 payload.push(u8::from(continuation.is_some()));
                 payload.extend_from_slice(&continuation.unwrap_or(0).to_le_bytes());
                 payload.extend_from_slice(bytes);
+            }
+            Frame::HvCall {
+                control,
+                input,
+                output_len,
+            } => {
+                check_hv_len("hv_call", "input", input.len(), MAX_HV_INPUT)?;
+                check_hv_len("hv_call", "output", usize::from(*output_len), MAX_HV_OUTPUT)?;
+                payload.extend_from_slice(&control.to_le_bytes());
+                payload.extend_from_slice(&output_len.to_le_bytes());
+                payload.extend_from_slice(input);
+            }
+            Frame::HvResult { rax, output } => {
+                check_hv_len("hv_result", "output", output.len(), MAX_HV_OUTPUT)?;
+                payload.extend_from_slice(&rax.to_le_bytes());
+                payload.extend_from_slice(output);
             }
         }
         if payload.len() > MAX_PAYLOAD {
@@ -387,6 +448,29 @@ impl Frame {
                     ret,
                     continuation,
                     bytes: p[17..].to_vec(),
+                }
+            }
+            HV_CALL => {
+                let control = u64_at(p, 0).ok_or_else(|| malformed("hv_call", "short"))?;
+                let len = p.get(8..10).ok_or_else(|| malformed("hv_call", "short"))?;
+                let output_len = u16::from_le_bytes([len[0], len[1]]);
+                let input = &p[10..];
+                // Both limits before the input is copied.
+                check_hv_len("hv_call", "input", input.len(), MAX_HV_INPUT)?;
+                check_hv_len("hv_call", "output", usize::from(output_len), MAX_HV_OUTPUT)?;
+                Frame::HvCall {
+                    control,
+                    input: input.to_vec(),
+                    output_len,
+                }
+            }
+            HV_RESULT => {
+                let rax = u64_at(p, 0).ok_or_else(|| malformed("hv_result", "short"))?;
+                let output = &p[8..];
+                check_hv_len("hv_result", "output", output.len(), MAX_HV_OUTPUT)?;
+                Frame::HvResult {
+                    rax,
+                    output: output.to_vec(),
                 }
             }
             other => return Err(LinkError::Kind(other)),
@@ -532,6 +616,93 @@ mod tests {
             continuation: None,
             bytes: vec![],
         });
+        roundtrip(Frame::HvCall {
+            control: 0x8003 | 2 << 32,
+            input: vec![2, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9],
+            output_len: 0,
+        });
+        roundtrip(Frame::HvCall {
+            control: 0x8001,
+            input: vec![],
+            output_len: 8,
+        });
+        roundtrip(Frame::HvCall {
+            control: u64::MAX,
+            input: vec![0xAB; MAX_HV_INPUT],
+            output_len: MAX_HV_OUTPUT as u16,
+        });
+        roundtrip(Frame::HvResult {
+            rax: 0,
+            output: vec![2, 1, 0, 0, 0, 0, 0, 0],
+        });
+        roundtrip(Frame::HvResult {
+            rax: 3 << 32 | 6,
+            output: vec![],
+        });
+        roundtrip(Frame::HvResult {
+            rax: 1,
+            output: vec![0xCD; MAX_HV_OUTPUT],
+        });
+    }
+
+    #[test]
+    fn hyper_v_calls_are_held_to_a_page_both_ways() {
+        let big_input = Frame::HvCall {
+            control: 0,
+            input: vec![0; MAX_HV_INPUT + 1],
+            output_len: 0,
+        };
+        let big_output = Frame::HvCall {
+            control: 0,
+            input: vec![],
+            output_len: MAX_HV_OUTPUT as u16 + 1,
+        };
+        let big_result = Frame::HvResult {
+            rax: 0,
+            output: vec![0; MAX_HV_OUTPUT + 1],
+        };
+        for f in [&big_input, &big_output, &big_result] {
+            assert!(
+                matches!(f.encode(), Err(LinkError::Malformed { .. })),
+                "{}",
+                f.name()
+            );
+        }
+        // The same payloads, made by hand, do not decode.
+        let mut p = 0u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&0u16.to_le_bytes());
+        p.extend_from_slice(&[0; MAX_HV_INPUT + 1]);
+        assert!(matches!(
+            Frame::decode(HV_CALL, &p),
+            Err(LinkError::Malformed {
+                kind: "hv_call",
+                ..
+            })
+        ));
+        let mut p = 0u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&(MAX_HV_OUTPUT as u16 + 1).to_le_bytes());
+        assert!(matches!(
+            Frame::decode(HV_CALL, &p),
+            Err(LinkError::Malformed {
+                kind: "hv_call",
+                ..
+            })
+        ));
+        let p = vec![0; 8 + MAX_HV_OUTPUT + 1];
+        assert!(matches!(
+            Frame::decode(HV_RESULT, &p),
+            Err(LinkError::Malformed {
+                kind: "hv_result",
+                ..
+            })
+        ));
+        // Cut short: the control word and the output length are both needed.
+        for n in 0..10 {
+            assert!(Frame::decode(HV_CALL, &vec![0; n]).is_err(), "{n} bytes");
+        }
+        for n in 0..8 {
+            assert!(Frame::decode(HV_RESULT, &vec![0; n]).is_err(), "{n} bytes");
+        }
     }
 
     #[test]
@@ -585,8 +756,21 @@ mod tests {
     proptest! {
         /// Any bytes decode to a frame or an error, never a panic.
         #[test]
-        fn decoding_is_total(kind in 0u32..10, payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decoding_is_total(kind in 0u32..13, payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Frame::decode(kind, &payload);
+        }
+
+        /// A Hyper-V call or result decodes from exactly the bytes it encodes to, up to
+        /// and past its page limits.
+        #[test]
+        fn hyper_v_frames_reencode_to_their_bytes(
+            kind in HV_CALL..=HV_RESULT,
+            payload in proptest::collection::vec(any::<u8>(), 0..MAX_HV_INPUT + 64),
+        ) {
+            if let Ok(f) = Frame::decode(kind, &payload) {
+                let bytes = f.encode().unwrap();
+                prop_assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
+            }
         }
 
         /// A header of any bytes parses or is refused, and a parsed length is bounded.

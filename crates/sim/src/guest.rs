@@ -4,7 +4,8 @@
 //! - [`DmModel`]: a Hyper-V Dynamic Memory guest, the [`GuestMemoryModel`] behind the
 //!   VSC (which behaves as Linux's `hv_balloon`): pages in use are the guest's demand,
 //!   the balloon takes only free pages above Linux's floor, hot-added blocks come online
-//!   as the host backs them.
+//!   as the host backs them; with [`DmModel::with_reporting`] it also reports its free
+//!   blocks ([`crate::reporting`]) through a [`HvCaller`] such as [`HostDm`].
 //! - [`XenGuest`]: a Xen guest whose balloon driver follows the host's target as Linux's
 //!   `drivers/xen/balloon.c` does: above target it gives free pages back with
 //!   `XENMEM_decrease_reservation`, below it takes them with `XENMEM_populate_physmap`,

@@ -36,8 +36,10 @@ fn expected_charts(r: &RunResult) -> usize {
     scatter + per_policy
 }
 
-const POLICY_KEYS: [&str; 12] = [
+const POLICY_KEYS: [&str; 14] = [
     "policy",
+    "free_page_reporting",
+    "footprint_backed_bytes_avg",
     "footprint_assigned_bytes_avg",
     "footprint_resident_bytes_avg",
     "saved_vs_static_fraction",
@@ -51,7 +53,7 @@ const POLICY_KEYS: [&str; 12] = [
     "wall_s",
 ];
 
-const OPERATION_KEYS: [&str; 12] = [
+const OPERATION_KEYS: [&str; 14] = [
     "balloon",
     "balloon_bytes",
     "unballoon",
@@ -64,6 +66,8 @@ const OPERATION_KEYS: [&str; 12] = [
     "populate_bytes",
     "target_changes",
     "failures",
+    "hint",
+    "hint_bytes",
 ];
 
 fn read_json(path: &Path) -> Value {

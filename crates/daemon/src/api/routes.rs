@@ -236,7 +236,7 @@ mod tests {
             let path = path.replace("{name}", "a");
             let body = match (*method, path.as_str()) {
                 ("post", _) => r#"{"name":"b","startup":67108864}"#,
-                ("patch", _) => r#"{"weight":60}"#,
+                ("patch", _) => r#"{"weight":60,"free_page_reporting":true}"#,
                 ("put", p) if p.ends_with("/target") => r#"{"bytes":null}"#,
                 ("put", _) => r#"{"bytes":134217728}"#,
                 _ => "",

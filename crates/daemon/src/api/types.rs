@@ -28,6 +28,10 @@ pub struct CreateVm {
     pub weight: Option<u32>,
     /// Virtual processors; default 1.
     pub vps: Option<u32>,
+    /// Free page reporting: the guest reports its free 2 MiB blocks with Hyper-V's cold
+    /// discard hint and the host stops backing them. Dynamic Memory VMs only; default
+    /// off.
+    pub free_page_reporting: Option<bool>,
 }
 
 fn default_kind() -> GuestKind {
@@ -48,6 +52,11 @@ pub struct UpdateVm {
     pub buffer_percent: Option<u32>,
     /// Weight, 0-100.
     pub weight: Option<u32>,
+    /// Free page reporting on or off (Dynamic Memory VMs only). Once it is off a running
+    /// guest's hints are refused and it stops reporting; switched on, a guest that was
+    /// refused the capability reports from its next start (its driver asks once, when it
+    /// loads).
+    pub free_page_reporting: Option<bool>,
 }
 
 /// `PUT /v1/vms/{name}/target`: a fixed target (`mem-set`), or `null` to give the VM
@@ -121,6 +130,11 @@ pub struct Operations {
     pub target_changes: u64,
     /// Failed or timed-out operations.
     pub failures: u64,
+    /// Cold discard hints (HvExtCallMemoryHeatHint calls) the guest made, whatever
+    /// their status.
+    pub hint_calls: u64,
+    /// Bytes whose contents the hints discarded (they stay the VM's).
+    pub hinted_bytes: u64,
 }
 
 /// One VM: its definition and, while it runs, its memory (`virsh dommemstat`'s view).
@@ -136,6 +150,8 @@ pub struct VmInfo {
     pub settings: Settings,
     /// The operator's fixed target, bytes, if set.
     pub pinned_target: Option<u64>,
+    /// Its guest may report free memory with the cold discard hint.
+    pub free_page_reporting: bool,
     /// Memory it holds (`actual`), bytes; 0 when stopped.
     pub assigned: u64,
     /// Where the host is moving it, bytes.
