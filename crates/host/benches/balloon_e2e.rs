@@ -25,26 +25,21 @@
 //! Figures are GiB moved per second, median (min .. max); each ratio is ballast's rate
 //! over the limit's, the median of the per-round ratios (min .. max).
 
+mod common;
+
+use common::{GIB, MOVE, PAGE, STARTUP, fill, host, punch, settings, write_all};
+
 use std::time::Duration;
 
 use ballast_abi::xen::{DOMID_SELF, MemFlags, MemoryOp, MemoryOpCmd, XenMemoryReservation};
 use ballast_backing::{PageSize, PartitionMemory};
-use ballast_balancer::{Balancer, VmSettings};
 use ballast_benchkit::{Sampling, Spread, interleaved, sig};
 use ballast_core::{FlatMemory, GfnRange};
 use ballast_dm::vsc::{SimGuest, Vsc, VscConfig, VscState};
-use ballast_dm::vsp::VspConfig;
-use ballast_host::{BackingMode, Host, HostConfig, VmConfig, VmId, VmKind};
+use ballast_host::{Host, VmConfig, VmId, VmKind};
 use ballast_vmbus::session::GuestSession;
-use rustix::fs::FallocateFlags;
 use zerocopy::IntoBytes;
 
-const PAGE: u64 = 4096;
-const GIB: u64 = 1 << 30;
-/// The guest's startup memory: 1.25 GiB.
-const STARTUP: u64 = GIB + GIB / 4;
-/// The move: 1 GiB.
-const MOVE: u64 = GIB;
 /// Most pump rounds a move may take before the bench calls it stalled.
 const MAX_ROUNDS: usize = 100_000;
 /// Each sample needs a fresh 1.25 GiB guest written page by page (about a second of
@@ -75,48 +70,6 @@ struct Rig {
     host: Host,
     vm: VmId,
     guest: Guest,
-}
-
-fn host() -> Host {
-    Host::new(
-        HostConfig {
-            memory_bytes: 2 * GIB,
-            backing: BackingMode::RealMemory,
-            reserve_bytes: 0,
-            vsp: VspConfig {
-                post_caps_wait: Duration::ZERO,
-                ..VspConfig::default()
-            },
-            balance_interval: Duration::MAX,
-        },
-        // Never ticked: the bench only pumps, and sets the targets itself.
-        Balancer::by_name("static").expect("a known policy"),
-    )
-    .expect("a host")
-}
-
-fn settings() -> VmSettings {
-    VmSettings {
-        minimum: 64 << 20,
-        startup: STARTUP,
-        maximum: STARTUP,
-        buffer_percent: 20,
-        weight: 50,
-    }
-}
-
-/// Writes every page the guest holds, so that all of it is resident.
-fn write_all(host: &Host, vm: VmId) {
-    let p = host.vm(vm).expect("the guest").partition;
-    let buf = vec![0x5au8; 2 << 20];
-    let mut off = 0;
-    while off < STARTUP {
-        host.memory()
-            .write_guest(p, off / PAGE, &buf)
-            .expect("a mapped page");
-        off += buf.len() as u64;
-    }
-    assert_eq!(host.vm(vm).and_then(|v| v.resident), Some(STARTUP));
 }
 
 fn dm_rig(pattern: Pattern) -> Rig {
@@ -279,22 +232,6 @@ impl XenDriver {
         }
         done > 0
     }
-}
-
-/// The limit's memfd, 1 GiB, filled (resident) before each sample.
-fn fill(m: &PartitionMemory) {
-    rustix::fs::fallocate(m.fd(), FallocateFlags::empty(), 0, MOVE).expect("fallocate");
-    assert_eq!(m.resident_bytes().expect("resident"), MOVE);
-}
-
-fn punch(m: &PartitionMemory) {
-    rustix::fs::fallocate(
-        m.fd(),
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        0,
-        MOVE,
-    )
-    .expect("punch");
 }
 
 enum State {

@@ -26,6 +26,10 @@
 //! Figures are GiB discarded per second, median (min .. max); each ratio is ballast's rate
 //! over the limit's, the median of the per-round ratios (min .. max).
 
+mod common;
+
+use common::{GIB, MOVE, PAGE, STARTUP, fill, host, punch, settings, write_all};
+
 use std::time::Duration;
 
 use ballast_abi::hv::{
@@ -33,21 +37,12 @@ use ballast_abi::hv::{
     HvMemoryHeatHintType, HvStatus, HypercallCode, HypercallOutput,
 };
 use ballast_backing::{PageSize, PartitionMemory};
-use ballast_balancer::{Balancer, VmSettings};
 use ballast_benchkit::{Sampling, Spread, interleaved, sig};
-use ballast_dm::vsp::VspConfig;
-use ballast_host::{BackingMode, Host, HostConfig, VmConfig, VmId, VmKind};
-use rustix::fs::FallocateFlags;
+use ballast_host::{Host, VmConfig, VmId, VmKind};
 use zerocopy::IntoBytes;
 
-const PAGE: u64 = 4096;
-const GIB: u64 = 1 << 30;
 /// A 2 MiB block, in bytes.
 const BLOCK: u64 = 2 << 20;
-/// The guest's startup memory: 1.25 GiB.
-const STARTUP: u64 = GIB + GIB / 4;
-/// The hint: 1 GiB.
-const MOVE: u64 = GIB;
 /// The free blocks: the guest's top 1 GiB, as 2 MiB page numbers.
 const FIRST_BLOCK: u64 = (STARTUP - MOVE) / BLOCK;
 const BLOCKS: u64 = MOVE / BLOCK;
@@ -61,48 +56,6 @@ const SAMPLING: Sampling = Sampling {
     budget: Duration::from_secs(45),
     rel_ci: 0.03,
 };
-
-fn host() -> Host {
-    Host::new(
-        HostConfig {
-            memory_bytes: 2 * GIB,
-            backing: BackingMode::RealMemory,
-            reserve_bytes: 0,
-            vsp: VspConfig {
-                post_caps_wait: Duration::ZERO,
-                ..VspConfig::default()
-            },
-            balance_interval: Duration::MAX,
-        },
-        // Never ticked: the guest's memory stays where it started.
-        Balancer::by_name("static").expect("a known policy"),
-    )
-    .expect("a host")
-}
-
-fn settings() -> VmSettings {
-    VmSettings {
-        minimum: 64 << 20,
-        startup: STARTUP,
-        maximum: STARTUP,
-        buffer_percent: 20,
-        weight: 50,
-    }
-}
-
-/// Writes every page the guest holds, so that all of it is resident.
-fn write_all(host: &Host, vm: VmId) {
-    let p = host.vm(vm).expect("the guest").partition;
-    let buf = vec![0x5au8; BLOCK as usize];
-    let mut off = 0;
-    while off < STARTUP {
-        host.memory()
-            .write_guest(p, off / PAGE, &buf)
-            .expect("a mapped page");
-        off += buf.len() as u64;
-    }
-    assert_eq!(host.vm(vm).and_then(|v| v.resident), Some(STARTUP));
-}
 
 /// The input pages of the hint calls: the free blocks, one range each, `per_call` ranges
 /// a call.
@@ -196,22 +149,6 @@ impl Drop for Rig {
             self.check();
         }
     }
-}
-
-/// The limit's memfd, 1 GiB, filled (resident) before each sample.
-fn fill(m: &PartitionMemory) {
-    rustix::fs::fallocate(m.fd(), FallocateFlags::empty(), 0, MOVE).expect("fallocate");
-    assert_eq!(m.resident_bytes().expect("resident"), MOVE);
-}
-
-fn punch(m: &PartitionMemory) {
-    rustix::fs::fallocate(
-        m.fd(),
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        0,
-        MOVE,
-    )
-    .expect("punch");
 }
 
 enum State {
