@@ -267,25 +267,43 @@ fn axis_number(v: f64, span: f64) -> String {
     if s == "-0" { "0".to_owned() } else { s }
 }
 
-/// The "footprint against paging" scatter chart: one labelled point per policy, x the
-/// percentage of VM-seconds paging, y the average assigned footprint in GiB. Down and to
-/// the left is better. Policies whose figures are not finite are left out.
+/// The "footprint against paging" scatter chart: one labelled point per policy run, x the
+/// percentage of VM-seconds paging, y the average footprint in GiB: assigned memory, or
+/// for a run with free page reporting (`POLICY+fpr`) the backed memory, what the host
+/// really holds for it. Down and to the left is better. Runs whose figures are not finite
+/// are left out.
 pub fn footprint_paging_scatter(
     result: &RunResult,
     size: (u32, u32),
 ) -> Result<String, ChartError> {
+    let labels: Vec<String> = result
+        .policies
+        .iter()
+        .map(|p| crate::compare::run_label(&p.metrics.policy, p.metrics.free_page_reporting))
+        .collect();
     let points: Vec<(&str, f64, f64)> = result
         .policies
         .iter()
-        .map(|p| {
+        .zip(&labels)
+        .map(|(p, label)| {
+            let m = &p.metrics;
+            let footprint = if m.free_page_reporting {
+                m.footprint_backed_bytes_avg
+            } else {
+                m.footprint_assigned_bytes_avg
+            };
             (
-                p.metrics.policy.as_str(),
-                p.metrics.paging_vm_seconds_fraction * 100.0,
-                p.metrics.footprint_assigned_bytes_avg / GIB,
+                label.as_str(),
+                m.paging_vm_seconds_fraction * 100.0,
+                footprint / GIB,
             )
         })
         .filter(|(_, x, y)| x.is_finite() && y.is_finite())
         .collect();
+    let any_reporting = result
+        .policies
+        .iter()
+        .any(|p| p.metrics.free_page_reporting);
     let x_max = points.iter().map(|p| p.1).fold(0.0, f64::max);
     let y_max = points.iter().map(|p| p.2).fold(0.0, f64::max);
     let x_min = points.iter().map(|p| p.1).fold(0.0, f64::min);
@@ -313,7 +331,11 @@ pub fn footprint_paging_scatter(
         chart
             .configure_mesh()
             .x_desc("paging (% of VM-seconds)")
-            .y_desc("average assigned footprint (GiB)")
+            .y_desc(if any_reporting {
+                "average footprint (GiB; backed for +fpr)"
+            } else {
+                "average assigned footprint (GiB)"
+            })
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
             .label_style((FONT, 15))
@@ -487,6 +509,20 @@ mod tests {
             );
         }
         assert_eq!(svg.matches("<circle").count(), 6);
+    }
+
+    #[test]
+    fn a_reporting_run_is_its_own_point_at_its_backed_footprint() {
+        let mut r = synthetic_result(2, 3, 50);
+        r.policies[1].metrics.policy = r.policies[0].metrics.policy.clone();
+        r.policies[1].metrics.free_page_reporting = true;
+        r.policies[1].metrics.footprint_backed_bytes_avg =
+            r.policies[0].metrics.footprint_assigned_bytes_avg / 2.0;
+        let svg = footprint_paging_scatter(&r, (700, 420)).expect("draws");
+        let label = format!("{}+fpr", r.policies[0].metrics.policy);
+        assert!(svg.contains(&label), "{label} is labelled");
+        assert!(svg.contains("backed for +fpr"));
+        assert_eq!(svg.matches("<circle").count(), 2);
     }
 
     #[test]

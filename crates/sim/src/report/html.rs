@@ -70,6 +70,10 @@ const LEGEND: &[(&str, &str)] = &[
         "time average of the guest memory the host measured resident (real-memory mode only)",
     ),
     (
+        "backed",
+        "time average of assigned memory minus what the guests reported free (free page reporting) and have not used since: what the host must back",
+    ),
+    (
         "saved",
         "1 - assigned footprint / footprint of the static policy on the same scenario",
     ),
@@ -95,6 +99,10 @@ const LEGEND: &[(&str, &str)] = &[
         "protocol operations: DM balloon, unballoon and hot-add; Xen decrease_reservation and populate_physmap",
     ),
     ("failures", "host operations that failed or timed out"),
+    (
+        "hints",
+        "free page reporting calls (cold discard hints); a +fpr row is the policy with every Dynamic Memory guest reporting",
+    ),
 ];
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -211,7 +219,8 @@ fn legend(lines: &[Line<'_>]) -> String {
 /// One policy's time series: host chart, sums chart (many guests), per-guest charts.
 fn policy_section(out: &mut String, run: &PolicyRun, open: bool) {
     let s = &run.series;
-    let name = esc(&run.metrics.policy);
+    let label = crate::compare::run_label(&run.metrics.policy, run.metrics.free_page_reporting);
+    let name = esc(&label);
     let _ = writeln!(
         out,
         "<details{} data-policy=\"{name}\"><summary>{name}</summary>",
@@ -246,7 +255,7 @@ fn policy_section(out: &mut String, run: &PolicyRun, open: bool) {
         );
     }
     out.push_str(&chart_block(charts::time_chart(
-        &format!("{}: host memory", run.metrics.policy),
+        &format!("{label}: host memory"),
         &s.t_s,
         &host,
         WIDE,
@@ -261,7 +270,7 @@ fn policy_section(out: &mut String, run: &PolicyRun, open: bool) {
         let lines = guest_lines(&assigned, &target, &committed, &paged);
         out.push_str(&legend(&lines));
         out.push_str(&chart_block(charts::time_chart(
-            &format!("{}: sum over {} guests", run.metrics.policy, s.guests.len()),
+            &format!("{label}: sum over {} guests", s.guests.len()),
             &s.t_s,
             &lines,
             WIDE,
@@ -370,11 +379,12 @@ pub fn html(result: &RunResult) -> String {
         metrics_table(&mut out, result);
     }
     out.push_str("<dl class=\"legend\">\n");
-    let with_resident = table::Columns::for_result(result).with_resident;
-    for (k, v) in LEGEND
-        .iter()
-        .filter(|(k, _)| with_resident || *k != "resident")
-    {
+    let cols = table::Columns::for_result(result);
+    for (k, v) in LEGEND.iter().filter(|(k, _)| match *k {
+        "resident" => cols.with_resident,
+        "backed" | "hints" => cols.with_reporting,
+        _ => true,
+    }) {
         let _ = writeln!(out, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v));
     }
     out.push_str("</dl>\n</section>\n");
