@@ -42,6 +42,13 @@ const SLACK_PAGES: u64 = 512;
 /// Room above its target a Xen guest's `max_pages` keeps, as libxl's
 /// `LIBXL_MAXMEM_CONSTANT` (1 MiB).
 const XEN_MAXMEM_SLACK_PAGES: u64 = 256;
+/// How long a Dynamic Memory guest may stay silent after it was made before the host
+/// counts it unresponsive, at least: Linux sends its first status report 45 periods
+/// (about 47 s) after the capabilities exchange and Hyper-V balances a guest from 50 s
+/// after boot, so a guest with no report at all after two minutes has not finished its
+/// handshake, or hung before its first report. The host's own quiet time
+/// (`VspConfig::post_caps_wait`) plus a minute, when that is longer.
+const FIRST_REPORT_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the host waits before asking again a guest that gave less than asked.
 const BALLOON_BACKOFF: Duration = Duration::from_secs(5);
 /// Data bytes of each direction of a DM ring (the VMBus default for the DM channel).
@@ -904,12 +911,34 @@ impl Host {
     pub fn step(&mut self, now: Duration) {
         self.now = now;
         self.pump_all();
+        self.flag_silent(now);
         if now >= self.next_balance {
             self.next_balance = now.saturating_add(self.config.balance_interval);
             self.balance();
         }
         self.drive();
         self.pump_all();
+    }
+
+    /// Marks unresponsive every Dynamic Memory guest that has not sent one status report
+    /// since it was made, past [`FIRST_REPORT_DEADLINE`]: a handshake that never finished
+    /// leaves no transaction to time out, so nothing else would notice. Its first report
+    /// clears the mark, as any report does.
+    fn flag_silent(&mut self, now: Duration) {
+        let deadline = FIRST_REPORT_DEADLINE.max(
+            self.config
+                .vsp
+                .post_caps_wait
+                .saturating_add(Duration::from_secs(60)),
+        );
+        for v in self.vms.values_mut() {
+            if matches!(v.link, Link::Dm { .. })
+                && v.committed.is_none()
+                && now.saturating_sub(v.reported_at) > deadline
+            {
+                v.unresponsive = true;
+            }
+        }
     }
 
     fn assigned_pages(&self, v: &Vm) -> u64 {

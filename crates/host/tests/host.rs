@@ -168,3 +168,63 @@ fn hot_add_stays_within_the_maximum_when_it_is_not_block_aligned() {
     assert_eq!(v.ops.hot_add_pages, 256 * MIB / PAGE);
     assert_eq!(v.ops.failures, 0);
 }
+
+#[test]
+fn a_guest_that_never_finishes_its_handshake_is_marked_unresponsive() {
+    let mut host = Host::new(
+        HostConfig {
+            memory_bytes: 2048 * MIB,
+            backing: BackingMode::Accounting,
+            reserve_bytes: 64 * MIB,
+            vsp: VspConfig {
+                post_caps_wait: Duration::from_secs(2),
+                ..VspConfig::default()
+            },
+            balance_interval: Duration::from_secs(1),
+        },
+        Balancer::by_name("hyperv").unwrap(),
+    )
+    .unwrap();
+    let boot = 512 * MIB / PAGE;
+    // One guest answers; the other's end of the ring is never read: no version, no
+    // capabilities, no report, so no transaction of the host's can time out.
+    let alive = host.create_vm(dm_vm("alive")).unwrap();
+    let silent = host.create_vm(dm_vm("silent")).unwrap();
+    let vsc = Vsc::new(VscConfig {
+        status_delay_periods: 1,
+        ..VscConfig::newest_linux()
+    });
+    let mut guest = GuestSession::connect(
+        vsc,
+        host.take_dm_channel(alive).unwrap(),
+        SimGuest::new(boot, boot / 2),
+        Duration::ZERO,
+    );
+    let _never_read = host.take_dm_channel(silent).unwrap();
+    let mut flagged_at = None;
+    for s in 0..200u64 {
+        let now = Duration::from_secs(s);
+        host.step(now);
+        for _ in 0..64 {
+            let moved = !guest.pump(now).unwrap().is_idle() | host.pump(now);
+            if !moved {
+                break;
+            }
+        }
+        let v = host.vm(silent).unwrap();
+        if v.unresponsive && flagged_at.is_none() {
+            flagged_at = Some(s);
+        }
+        // Linux's first report can take 47 s: silence that long is no fault.
+        if s <= 60 {
+            assert!(!v.unresponsive, "flagged at {s} s");
+        }
+    }
+    let at = flagged_at.expect("the silent guest is flagged");
+    assert!((120..=122).contains(&at), "flagged at {at} s");
+    let s = host.vm(silent).unwrap();
+    assert!(s.stuck, "the balancer leaves it alone: {s:?}");
+    assert_eq!(s.assigned, 512 * MIB, "and its memory stays its own");
+    let a = host.vm(alive).unwrap();
+    assert!(!a.unresponsive && a.committed.is_some(), "{a:?}");
+}
