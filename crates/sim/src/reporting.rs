@@ -445,4 +445,97 @@ mod tests {
         assert!(!rep.active());
         assert_eq!(rep.reported_pages(), 0);
     }
+
+    /// What a guest's memory can do between two reporting steps.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The workload takes `n` pages at `at` (the lowest free ones there).
+        Use { at: u64, n: u64 },
+        /// It frees `n` pages at `at`.
+        Free { at: u64, n: u64 },
+        /// The balloon takes the aligned block at `block` if it is free.
+        Balloon { block: u64 },
+        /// Time passes: a step `dt` seconds later.
+        Step { dt: f64 },
+        /// The host starts or stops refusing hints.
+        Refuse(bool),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..8192, 1u64..2048).prop_map(|(at, n)| Op::Use { at, n }),
+            (0u64..8192, 1u64..2048).prop_map(|(at, n)| Op::Free { at, n }),
+            (0u64..16).prop_map(|b| Op::Balloon { block: b * 512 }),
+            (0.0f64..3.0).prop_map(|dt| Op::Step { dt }),
+            any::<bool>().prop_map(Op::Refuse),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the guest does: what is reported is always free; every hint names
+        /// whole aligned blocks that were free when hinted, and none the guest uses; a
+        /// page used again is handed back to be written; and once the guest stays
+        /// still, every whole free block is reported (unless the host refused it twice).
+        #[test]
+        fn reports_only_free_blocks_and_catches_up(
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let mut free = free_set(&[(0, 8192)]);
+            let mut rep = Reporter::new();
+            let mut host = Recorder { offer: true, ..Default::default() };
+            let mut t = 0.0;
+            for o in ops {
+                match o {
+                    Op::Use { at, n } => {
+                        let g = r(at, n.min(8192 - at));
+                        free.remove(g);
+                        for back in rep.reclaim_used(&free) {
+                            proptest::prop_assert!(!free.intersects(back));
+                        }
+                    }
+                    Op::Free { at, n } => {
+                        free.insert(r(at, n.min(8192 - at)));
+                    }
+                    Op::Balloon { block } => {
+                        let b = r(block, 512);
+                        if free.contains_all(b) {
+                            free.remove(b);
+                            rep.forget(b);
+                        }
+                    }
+                    Op::Step { dt } => {
+                        t += dt;
+                        let before = host.hinted.len();
+                        rep.step(t, &free, &mut host).unwrap();
+                        for b in &host.hinted[before..] {
+                            proptest::prop_assert_eq!(b.start() % BLOCK_PAGES, 0);
+                            proptest::prop_assert_eq!(b.count() % BLOCK_PAGES, 0);
+                            proptest::prop_assert!(free.contains_all(*b), "{b:?} not free");
+                        }
+                    }
+                    Op::Refuse(on) => host.refuse = on,
+                }
+                for g in rep.reported().ranges() {
+                    proptest::prop_assert!(free.contains_all(g), "reported {g:?} is not free");
+                }
+            }
+            // Still from here on, with a host that accepts: reporting catches up.
+            host.refuse = false;
+            for _ in 0..200 {
+                t += 1.0;
+                rep.step(t, &free, &mut host).unwrap();
+            }
+            if rep.active() {
+                let whole: u64 = free
+                    .ranges()
+                    .map(|g| {
+                        let a = g.start().next_multiple_of(BLOCK_PAGES);
+                        (g.end().saturating_sub(a) / BLOCK_PAGES) * BLOCK_PAGES
+                    })
+                    .sum();
+                proptest::prop_assert!(rep.reported_pages() >= whole);
+            }
+        }
+    }
 }
