@@ -21,7 +21,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ballast_abi::hv::{Control, HvGpaPageRange, HypercallCode};
 use ballast_abi::types::GfnRange;
 use ballast_backing::SharedRegion;
 use ballast_core::{FlatMemory, MemoryOpResult};
@@ -250,33 +249,9 @@ impl XenHypervisor for LinkXen<'_> {
 /// a [`LinkXen`] gives it.
 struct LinkHv<'a> {
     socket: &'a UnixStream,
-    /// The pages of a cold discard hint whose answer never came (the link failed with
-    /// it in flight): the daemon may or may not have discarded them.
-    unanswered: Vec<GfnRange>,
 }
 
 impl LinkHv<'_> {
-    /// The pages a heat hint with `control` and `input` names (empty for any other
-    /// call), as far as they parse.
-    fn hinted(control: u64, input: &[u8]) -> Vec<GfnRange> {
-        if Control::from_bits(control).call_code() != HypercallCode::HvExtCallMemoryHeatHint {
-            return Vec::new();
-        }
-        input
-            .get(8..)
-            .unwrap_or_default()
-            .chunks_exact(8)
-            .filter_map(|el| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(el);
-                let (start, count) = HvGpaPageRange::from_bits(u64::from_le_bytes(w))
-                    .pages()
-                    .ok()?;
-                GfnRange::new(start, count).ok()
-            })
-            .collect()
-    }
-
     fn call(&mut self, control: u64, input: &[u8], output: &mut [u8]) -> Result<u64, LinkError> {
         let output_len = u16::try_from(output.len())
             .ok()
@@ -328,13 +303,7 @@ impl HvCaller for LinkHv<'_> {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<u64, LinkError> {
-        let r = self.call(control, input, output);
-        if r.is_err() {
-            // The reporter keeps the blocks of a failed call unreported, so their pages
-            // must hold what the guest wrote, as if the hint never happened.
-            self.unanswered.extend(Self::hinted(control, input));
-        }
-        r
+        self.call(control, input, output)
     }
 }
 
@@ -611,10 +580,7 @@ fn run_attached(
                 std::mem::replace(&mut **model, placeholder),
                 start.elapsed(),
             );
-            let mut hv = LinkHv {
-                socket,
-                unanswered: Vec::new(),
-            };
+            let mut hv = LinkHv { socket };
             let mut next_step = Duration::ZERO;
             let result = loop {
                 let now = start.elapsed();
@@ -653,12 +619,9 @@ fn run_attached(
                 // Free page reporting, once a step, after the pages the guest was given
                 // are written (a page written after its hint would be backed again).
                 if stepped {
-                    let reported = session.model.report(now.as_secs_f64(), &mut hv);
-                    // A hint the link lost: written again (they are free pages, so their
-                    // contents are the guest's to choose), before the guest checks its
-                    // memory at its next attach.
-                    session.model.to_touch.append(&mut hv.unanswered);
-                    match reported {
+                    // A hint the link lost comes back in `to_touch`, written before the
+                    // guest checks its memory at its next attach.
+                    match session.model.report(now.as_secs_f64(), &mut hv) {
                         Ok(()) => {}
                         Err(LinkError::Malformed { kind: "stop", .. }) => {
                             break Ok(Ended::Stopped);

@@ -725,7 +725,8 @@ impl Host {
                 Err(e) => (e.result, e.report.stats.gfns, true),
             };
         if let Some(v) = self.vms.get_mut(&vm) {
-            if control as u16 == ballast_abi::hv::HypercallCode::HvExtCallMemoryHeatHint.0 {
+            let code = ballast_abi::hv::Control::from_bits(control).call_code();
+            if code == ballast_abi::hv::HypercallCode::HvExtCallMemoryHeatHint {
                 v.ops.hint += 1;
                 v.ops.hint_pages += discarded;
             }

@@ -72,12 +72,16 @@ impl DmModel {
     }
 
     /// One step of free page reporting at `now_s` through `hv` (nothing if the guest
-    /// does not report).
+    /// does not report). The blocks of a hint lost with its call are written again
+    /// (they are free, so their contents are the guest's to choose): the host may have
+    /// discarded them, and they stay unreported.
     pub fn report<H: HvCaller>(&mut self, now_s: f64, hv: &mut H) -> Result<(), H::Error> {
-        match &mut self.reporter {
-            Some(r) => r.step(now_s, self.os.free(), hv),
-            None => Ok(()),
-        }
+        let Some(r) = &mut self.reporter else {
+            return Ok(());
+        };
+        let result = r.step(now_s, self.os.free(), hv);
+        self.to_touch.extend(r.take_unanswered());
+        result
     }
 
     /// Pages reported free and not used since: memory the host does not back.
@@ -95,10 +99,10 @@ impl DmModel {
         self.os.total_pages()
     }
 
-    /// The balloon took `count` blocks of `order` from `start`: not reported any more.
-    fn forget_ballooned(&mut self, start: u64, order: u32, count: u64) {
+    /// The balloon took the block of `order` at `start`: not reported any more.
+    fn forget_ballooned(&mut self, start: u64, order: u32) {
         if let Some(r) = &mut self.reporter {
-            if let Ok(g) = GfnRange::new(start, count << order) {
+            if let Ok(g) = GfnRange::new(start, 1 << order) {
                 r.forget(g);
             }
         }
@@ -122,18 +126,14 @@ impl GuestMemoryModel for DmModel {
     }
     fn alloc_block(&mut self, order: u32) -> Option<u64> {
         let b = self.os.alloc_block(order)?;
-        self.forget_ballooned(b, order, 1);
+        self.forget_ballooned(b, order);
         Some(b)
     }
     fn alloc_blocks(&mut self, order: u32, count: usize, out: &mut Vec<u64>) -> usize {
         let from = out.len();
         let n = self.os.alloc_blocks(order, count, out);
-        if let Some(r) = &mut self.reporter {
-            for &b in &out[from..] {
-                if let Ok(g) = GfnRange::new(b, 1 << order) {
-                    r.forget(g);
-                }
-            }
+        for &b in &out[from..] {
+            self.forget_ballooned(b, order);
         }
         n
     }

@@ -84,6 +84,9 @@ pub struct Reporter {
     pub calls: u64,
     /// Pages reported, in all.
     pub reported_pages_total: u64,
+    /// Blocks of a hint whose call failed without an answer (the transport failed with
+    /// it in flight): the host may or may not have discarded them.
+    unanswered: Vec<GfnRange>,
 }
 
 impl Default for Reporter {
@@ -102,6 +105,7 @@ impl Reporter {
             failures: 0,
             calls: 0,
             reported_pages_total: 0,
+            unanswered: Vec::new(),
         }
     }
 
@@ -135,6 +139,12 @@ impl Reporter {
             self.reported.remove(*r);
         }
         back
+    }
+
+    /// Takes the blocks of hints whose calls failed without an answer. They stay
+    /// unreported, so the guest must write them again: the host may have discarded them.
+    pub fn take_unanswered(&mut self) -> Vec<GfnRange> {
+        std::mem::take(&mut self.unanswered)
     }
 
     /// `pages` left the guest's free memory without being written (the balloon took
@@ -185,7 +195,13 @@ impl Reporter {
         let blocks = self.unreported_blocks(free, budget + 1);
         let more = blocks.len() > budget;
         for batch in blocks[..blocks.len().min(budget)].chunks(CAPACITY) {
-            let done = hint(hv, batch)?;
+            let done = match hint(hv, batch) {
+                Ok(done) => done,
+                Err(e) => {
+                    self.unanswered.extend_from_slice(batch);
+                    return Err(e);
+                }
+            };
             for &b in &batch[..done] {
                 self.reported.insert(b);
                 self.reported_pages_total += b.count();

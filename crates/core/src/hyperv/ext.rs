@@ -50,7 +50,8 @@ impl Hypervisor {
             || self.config.cold_discard_hint
     }
 
-    fn extended_caller(&self, caller: PartitionId) -> HvResult<u32> {
+    /// The caller's slot if it may make extended hypercalls (ACCESS_DENIED otherwise).
+    pub(super) fn extended_caller(&self, caller: PartitionId) -> HvResult<u32> {
         let c = self.caller_slot(caller)?;
         if !self.part(c).privileges.enable_extended_hypercalls() {
             return Err(HvError::ACCESS_DENIED);

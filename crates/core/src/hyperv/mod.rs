@@ -337,7 +337,7 @@ impl Hypervisor {
                 // it is checked after the privilege, as in `memory_heat_hint`.
                 if list.len() > usize::from(HV_MEMORY_HINT_MAX_GPA_PAGE_RANGES) {
                     let e = self
-                        .query_capabilities(caller)
+                        .extended_caller(caller)
                         .err()
                         .unwrap_or(HvError::INVALID_PARAMETER);
                     return err(e, start);
